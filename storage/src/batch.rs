@@ -1,0 +1,763 @@
+//! The record batch: Strata's unit of appending, compression, checksumming and replication.
+//!
+//! A batch is a fixed 61-byte header followed by a records section (compressed as a whole when
+//! the header says so). The byte layout is specified in `storage/FORMAT.md`; the golden vector in
+//! `tests/golden.rs` pins it. The CRC32C covers everything from the `attributes` field to the end
+//! of the batch, so the log can assign the base offset without recomputing it — the same trick
+//! Kafka's record batch uses.
+//!
+//! [`BatchBuilder`] encodes, [`Batch::parse`] validates the header and checksum of raw bytes,
+//! [`Batch::records`] decodes (and decompresses) the records.
+
+use bytes::{Bytes, BytesMut};
+use integer_encoding::VarInt;
+
+/// Format version written in every batch's `magic` byte.
+pub const BATCH_MAGIC: u8 = 1;
+/// Length of the fixed batch header in bytes.
+pub const HEADER_LEN: usize = 61;
+/// Bytes before `batch_length` counts: `base_offset` (8) and `batch_length` (4).
+pub const LOG_OVERHEAD: usize = 12;
+/// Largest records section a compressed batch may expand to (guards against decompression bombs).
+pub const MAX_UNCOMPRESSED_LEN: usize = 256 * 1024 * 1024;
+
+const OFF_BASE_OFFSET: usize = 0;
+const OFF_BATCH_LENGTH: usize = 8;
+const OFF_MAGIC: usize = 12;
+const OFF_CRC: usize = 13;
+const OFF_ATTRIBUTES: usize = 17;
+const OFF_LAST_OFFSET_DELTA: usize = 19;
+const OFF_RECORD_COUNT: usize = 23;
+const OFF_FIRST_TIMESTAMP: usize = 27;
+const OFF_MAX_TIMESTAMP: usize = 35;
+const OFF_PRODUCER_ID: usize = 43;
+const OFF_PRODUCER_EPOCH: usize = 51;
+const OFF_BASE_SEQUENCE: usize = 53;
+const OFF_UNCOMPRESSED_LEN: usize = 57;
+
+const ATTR_COMPRESSION_MASK: u16 = 0b111;
+const ATTR_TRANSACTIONAL: u16 = 1 << 4;
+const ATTR_CONTROL: u16 = 1 << 5;
+const ATTR_KNOWN: u16 = ATTR_COMPRESSION_MASK | ATTR_TRANSACTIONAL | ATTR_CONTROL;
+
+/// Why bytes are not a valid batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("truncated: {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("unknown batch format version {0}")]
+    BadMagic(u8),
+    #[error("batch length {0} is impossible")]
+    BadLength(u32),
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("unknown attribute bits {0:#06x}")]
+    UnknownAttributes(u16),
+    #[error("unknown compression codec {0}")]
+    UnknownCompression(u8),
+    #[error("records section does not decompress: {0}")]
+    Decompress(String),
+    #[error("record {index} is malformed: {reason}")]
+    MalformedRecord { index: u32, reason: &'static str },
+    #[error("header says {header} records, section holds {actual}")]
+    RecordCountMismatch { header: u32, actual: u32 },
+    #[error("a batch holds at least one record")]
+    Empty,
+}
+
+/// Per-batch compression codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    fn code(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+            Compression::Zstd => 2,
+        }
+    }
+
+    fn from_code(code: u16) -> Result<Self, BatchError> {
+        match code {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Lz4),
+            2 => Ok(Compression::Zstd),
+            other => Err(BatchError::UnknownCompression(other as u8)),
+        }
+    }
+}
+
+/// Identifies the producer session that wrote a batch (for idempotence and transactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerInfo {
+    /// A batch written outside any producer session.
+    pub const NONE: ProducerInfo = ProducerInfo {
+        id: -1,
+        epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// A header on a record: a name and an opaque value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Bytes,
+}
+
+/// One record as decoded from a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    /// `None` is a tombstone: on a compacted log it deletes the key.
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+/// Builds one batch. Offsets inside the batch are dense unless given explicitly (compaction).
+#[derive(Debug)]
+pub struct BatchBuilder {
+    compression: Compression,
+    producer: ProducerInfo,
+    transactional: bool,
+    control: bool,
+    records: Vec<u8>,
+    count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+    last_offset_delta: u32,
+    next_offset_delta: u32,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression) -> Self {
+        Self {
+            compression,
+            producer: ProducerInfo::NONE,
+            transactional: false,
+            control: false,
+            records: Vec::new(),
+            count: 0,
+            first_timestamp: 0,
+            max_timestamp: i64::MIN,
+            last_offset_delta: 0,
+            next_offset_delta: 0,
+        }
+    }
+
+    pub fn producer(mut self, producer: ProducerInfo) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    pub fn transactional(mut self, yes: bool) -> Self {
+        self.transactional = yes;
+        self
+    }
+
+    pub fn control(mut self, yes: bool) -> Self {
+        self.control = yes;
+        self
+    }
+
+    /// Number of records pushed so far.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Uncompressed size of the records pushed so far.
+    pub fn records_len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Appends a record at the next dense offset delta.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        let delta = self.next_offset_delta;
+        self.push_at(delta, timestamp, key, value, headers);
+    }
+
+    /// Appends a record at an explicit offset delta, which must exceed the previous one.
+    /// Compaction uses this to keep the original offsets of the records it retains.
+    pub fn push_at(
+        &mut self,
+        offset_delta: u32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
+        debug_assert!(self.count == 0 || offset_delta >= self.next_offset_delta);
+        if self.count == 0 {
+            self.first_timestamp = timestamp;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let mut body =
+            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        body.push(0u8); // record attributes, reserved
+        put_var(&mut body, timestamp.wrapping_sub(self.first_timestamp));
+        put_var(&mut body, offset_delta);
+        put_nullable(&mut body, key);
+        put_nullable(&mut body, value);
+        put_var(&mut body, headers.len() as u32);
+        for header in headers {
+            put_var(&mut body, header.name.len() as u32);
+            body.extend_from_slice(header.name.as_bytes());
+            put_var(&mut body, header.value.len() as u32);
+            body.extend_from_slice(&header.value);
+        }
+        put_var(&mut self.records, body.len() as u32);
+        self.records.extend_from_slice(&body);
+        self.count += 1;
+        self.last_offset_delta = offset_delta;
+        self.next_offset_delta = offset_delta + 1;
+    }
+
+    /// Keeps the batch's offset span even when its last records were dropped (compaction).
+    pub fn set_last_offset_delta(&mut self, last_offset_delta: u32) {
+        debug_assert!(last_offset_delta >= self.last_offset_delta);
+        self.last_offset_delta = last_offset_delta;
+    }
+
+    /// Encodes the batch with base offset 0 (the log assigns the real one).
+    ///
+    /// # Errors
+    /// [`BatchError::Empty`] when no record was pushed; a batch always holds one.
+    pub fn build(self) -> Result<Vec<u8>, BatchError> {
+        if self.count == 0 {
+            return Err(BatchError::Empty);
+        }
+        let uncompressed_len = match self.compression {
+            Compression::None => 0,
+            _ => self.records.len() as u32,
+        };
+        let section = match self.compression {
+            Compression::None => self.records,
+            Compression::Lz4 => lz4_flex::block::compress(&self.records),
+            Compression::Zstd => zstd::bulk::compress(&self.records, 1)
+                .map_err(|e| BatchError::Decompress(e.to_string()))?,
+        };
+        let mut attributes = self.compression.code();
+        if self.transactional {
+            attributes |= ATTR_TRANSACTIONAL;
+        }
+        if self.control {
+            attributes |= ATTR_CONTROL;
+        }
+        let total = HEADER_LEN + section.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.extend_from_slice(&((total - LOG_OVERHEAD) as u32).to_le_bytes());
+        out.push(BATCH_MAGIC);
+        out.extend_from_slice(&0u32.to_le_bytes()); // crc, filled below
+        out.extend_from_slice(&attributes.to_le_bytes());
+        out.extend_from_slice(&self.last_offset_delta.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
+        out.extend_from_slice(&self.first_timestamp.to_le_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_le_bytes());
+        out.extend_from_slice(&self.producer.id.to_le_bytes());
+        out.extend_from_slice(&self.producer.epoch.to_le_bytes());
+        out.extend_from_slice(&self.producer.base_sequence.to_le_bytes());
+        out.extend_from_slice(&uncompressed_len.to_le_bytes());
+        debug_assert_eq!(out.len(), HEADER_LEN);
+        out.extend_from_slice(&section);
+        let crc = crc32c::crc32c(&out[OFF_ATTRIBUTES..]);
+        out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+}
+
+fn put_var<V: VarInt>(out: &mut Vec<u8>, v: V) {
+    let mut buf = [0u8; 10];
+    let n = v.encode_var(&mut buf);
+    out.extend_from_slice(&buf[..n]);
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_var(out, -1i32),
+        Some(b) => {
+            put_var(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// The fixed header of a batch, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: u64,
+    /// Bytes following the `batch_length` field; the batch occupies `LOG_OVERHEAD + batch_length`.
+    pub batch_length: u32,
+    pub crc: u32,
+    pub compression: Compression,
+    pub transactional: bool,
+    pub control: bool,
+    pub last_offset_delta: u32,
+    pub record_count: u32,
+    pub first_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer: ProducerInfo,
+    pub uncompressed_len: u32,
+}
+
+impl BatchHeader {
+    /// Decodes the fixed header from the first [`HEADER_LEN`] bytes, checking what can be checked
+    /// without the rest of the batch (version, length, attributes) but not the checksum.
+    ///
+    /// # Errors
+    /// A [`BatchError`] naming what is wrong.
+    pub fn decode(buf: &[u8]) -> Result<Self, BatchError> {
+        if buf.len() < HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: HEADER_LEN,
+                available: buf.len(),
+            });
+        }
+        let magic = buf[OFF_MAGIC];
+        if magic != BATCH_MAGIC {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let batch_length = le_u32(buf, OFF_BATCH_LENGTH);
+        if (batch_length as usize) < HEADER_LEN - LOG_OVERHEAD {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        let attributes = le_u16(buf, OFF_ATTRIBUTES);
+        if attributes & !ATTR_KNOWN != 0 {
+            return Err(BatchError::UnknownAttributes(attributes));
+        }
+        let record_count = le_u32(buf, OFF_RECORD_COUNT);
+        let last_offset_delta = le_u32(buf, OFF_LAST_OFFSET_DELTA);
+        if record_count == 0 {
+            return Err(BatchError::Empty);
+        }
+        if last_offset_delta < record_count - 1 {
+            return Err(BatchError::MalformedRecord {
+                index: 0,
+                reason: "last offset delta below record count",
+            });
+        }
+        Ok(Self {
+            base_offset: le_u64(buf, OFF_BASE_OFFSET),
+            batch_length,
+            crc: le_u32(buf, OFF_CRC),
+            compression: Compression::from_code(attributes & ATTR_COMPRESSION_MASK)?,
+            transactional: attributes & ATTR_TRANSACTIONAL != 0,
+            control: attributes & ATTR_CONTROL != 0,
+            last_offset_delta,
+            record_count,
+            first_timestamp: le_i64(buf, OFF_FIRST_TIMESTAMP),
+            max_timestamp: le_i64(buf, OFF_MAX_TIMESTAMP),
+            producer: ProducerInfo {
+                id: le_i64(buf, OFF_PRODUCER_ID),
+                epoch: le_u16(buf, OFF_PRODUCER_EPOCH) as i16,
+                base_sequence: le_u32(buf, OFF_BASE_SEQUENCE) as i32,
+            },
+            uncompressed_len: le_u32(buf, OFF_UNCOMPRESSED_LEN),
+        })
+    }
+
+    /// Total bytes the batch occupies in a segment.
+    pub fn total_len(&self) -> usize {
+        LOG_OVERHEAD + self.batch_length as usize
+    }
+
+    pub fn last_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.last_offset_delta)
+    }
+
+    /// The offset the next batch in the log starts at.
+    pub fn next_offset(&self) -> u64 {
+        self.last_offset() + 1
+    }
+}
+
+/// A complete batch whose header and checksum have been verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl Batch {
+    /// Verifies the header and CRC of `bytes`, which must hold exactly one batch.
+    ///
+    /// # Errors
+    /// A [`BatchError`] naming what is wrong.
+    pub fn parse(bytes: Bytes) -> Result<Self, BatchError> {
+        let header = BatchHeader::decode(&bytes)?;
+        if header.total_len() != bytes.len() {
+            return Err(BatchError::Truncated {
+                needed: header.total_len(),
+                available: bytes.len(),
+            });
+        }
+        let computed = crc32c::crc32c(&bytes[OFF_ATTRIBUTES..]);
+        if computed != header.crc {
+            return Err(BatchError::BadCrc {
+                stored: header.crc,
+                computed,
+            });
+        }
+        Ok(Self { header, bytes })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch exactly as stored.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Decodes every record, decompressing the section first if needed.
+    ///
+    /// # Errors
+    /// A [`BatchError`] when the section does not decompress or a record does not decode; a
+    /// batch that passed [`Batch::parse`] fails here only if its writer was broken.
+    pub fn records(&self) -> Result<Vec<Record>, BatchError> {
+        let section = self.bytes.slice(HEADER_LEN..);
+        let section = match self.header.compression {
+            Compression::None => section,
+            codec => Bytes::from(decompress(codec, &section, self.header.uncompressed_len)?),
+        };
+        decode_records(&self.header, &section)
+    }
+}
+
+fn decompress(
+    codec: Compression,
+    section: &[u8],
+    uncompressed_len: u32,
+) -> Result<Vec<u8>, BatchError> {
+    let len = uncompressed_len as usize;
+    if len > MAX_UNCOMPRESSED_LEN {
+        return Err(BatchError::Decompress(format!(
+            "declared size {len} exceeds {MAX_UNCOMPRESSED_LEN}"
+        )));
+    }
+    match codec {
+        Compression::None => Ok(section.to_vec()),
+        Compression::Lz4 => {
+            let mut out = vec![0u8; len];
+            let n = lz4_flex::block::decompress_into(section, &mut out)
+                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            if n != len {
+                return Err(BatchError::Decompress(format!(
+                    "expanded to {n} bytes, header says {len}"
+                )));
+            }
+            Ok(out)
+        }
+        Compression::Zstd => {
+            let out = zstd::bulk::decompress(section, len)
+                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            if out.len() != len {
+                return Err(BatchError::Decompress(format!(
+                    "expanded to {} bytes, header says {len}",
+                    out.len()
+                )));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A cursor over a records section that reports malformed input instead of panicking.
+struct Cursor<'a> {
+    section: &'a Bytes,
+    pos: usize,
+    index: u32,
+}
+
+impl Cursor<'_> {
+    fn fail(&self, reason: &'static str) -> BatchError {
+        BatchError::MalformedRecord {
+            index: self.index,
+            reason,
+        }
+    }
+
+    fn var<V: VarInt>(&mut self, what: &'static str) -> Result<V, BatchError> {
+        let (v, n) = V::decode_var(&self.section[self.pos..]).ok_or_else(|| self.fail(what))?;
+        self.pos += n;
+        Ok(v)
+    }
+
+    fn byte(&mut self) -> Result<u8, BatchError> {
+        let b = *self
+            .section
+            .get(self.pos)
+            .ok_or_else(|| self.fail("truncated attributes"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, len: usize, end: usize, what: &'static str) -> Result<Bytes, BatchError> {
+        let stop = self
+            .pos
+            .checked_add(len)
+            .filter(|&s| s <= end)
+            .ok_or_else(|| self.fail(what))?;
+        let out = self.section.slice(self.pos..stop);
+        self.pos = stop;
+        Ok(out)
+    }
+
+    fn nullable(&mut self, end: usize, what: &'static str) -> Result<Option<Bytes>, BatchError> {
+        match self.var::<i32>(what)? {
+            -1 => Ok(None),
+            len if len >= 0 => self.take(len as usize, end, what).map(Some),
+            _ => Err(self.fail(what)),
+        }
+    }
+}
+
+fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let mut records = Vec::with_capacity(header.record_count.min(1 << 16) as usize);
+    let mut cur = Cursor {
+        section,
+        pos: 0,
+        index: 0,
+    };
+    let mut previous_delta: Option<u32> = None;
+    while cur.pos < section.len() {
+        let len = cur.var::<u32>("bad length")? as usize;
+        let end = cur
+            .pos
+            .checked_add(len)
+            .filter(|&e| e <= section.len())
+            .ok_or_else(|| cur.fail("length past the section"))?;
+        let _attributes = cur.byte()?;
+        let ts_delta = cur.var::<i64>("bad timestamp delta")?;
+        let offset_delta = cur.var::<u32>("bad offset delta")?;
+        if previous_delta.is_some_and(|p| offset_delta <= p)
+            || offset_delta > header.last_offset_delta
+        {
+            return Err(cur.fail("offset deltas not increasing within the batch span"));
+        }
+        previous_delta = Some(offset_delta);
+        let key = cur.nullable(end, "bad key")?;
+        let value = cur.nullable(end, "bad value")?;
+        let header_count = cur.var::<u32>("bad header count")?;
+        let mut headers = Vec::with_capacity(header_count.min(64) as usize);
+        for _ in 0..header_count {
+            let name_len = cur.var::<u32>("bad header name")? as usize;
+            let name = cur.take(name_len, end, "bad header name")?;
+            let name = String::from_utf8(name.to_vec())
+                .map_err(|_| cur.fail("header name is not UTF-8"))?;
+            let value_len = cur.var::<u32>("bad header value")? as usize;
+            let value = cur.take(value_len, end, "bad header value")?;
+            headers.push(Header { name, value });
+        }
+        if cur.pos != end {
+            return Err(cur.fail("record length disagrees with its fields"));
+        }
+        records.push(Record {
+            offset: header.base_offset + u64::from(offset_delta),
+            timestamp: header.first_timestamp.wrapping_add(ts_delta),
+            key,
+            value,
+            headers,
+        });
+        cur.index += 1;
+    }
+    if records.len() as u64 != u64::from(header.record_count) {
+        return Err(BatchError::RecordCountMismatch {
+            header: header.record_count,
+            actual: records.len() as u32,
+        });
+    }
+    Ok(records)
+}
+
+/// Writes `base_offset` into an encoded batch (outside the CRC, so nothing else changes).
+pub(crate) fn set_base_offset(batch: &mut [u8], base_offset: u64) {
+    batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
+}
+
+/// Iterates the batches in a buffer of whole batches, as returned by a read.
+pub fn split_batches(buf: &Bytes) -> impl Iterator<Item = Result<Batch, BatchError>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= buf.len() {
+            return None;
+        }
+        let result = BatchHeader::decode(&buf[pos..]).and_then(|h| {
+            let end = pos + h.total_len();
+            if end > buf.len() {
+                return Err(BatchError::Truncated {
+                    needed: h.total_len(),
+                    available: buf.len() - pos,
+                });
+            }
+            Batch::parse(buf.slice(pos..end))
+        });
+        match &result {
+            Ok(b) => pos += b.header().total_len(),
+            Err(_) => pos = buf.len(),
+        }
+        Some(result)
+    })
+}
+
+/// Concatenates batches into one buffer (the shape reads return).
+pub fn concat_batches(batches: &[Batch]) -> Bytes {
+    let mut out = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
+    for b in batches {
+        out.extend_from_slice(&b.bytes);
+    }
+    out.freeze()
+}
+
+fn le_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([buf[at], buf[at + 1]])
+}
+
+fn le_u32(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn le_u64(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn le_i64(buf: &[u8], at: usize) -> i64 {
+    le_u64(buf, at) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_record() -> impl Strategy<
+        Value = (
+            i64,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Vec<(String, Vec<u8>)>,
+        ),
+    > {
+        (
+            -1_000_000i64..1_000_000,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+            proptest::collection::vec(
+                ("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..16)),
+                0..3,
+            ),
+        )
+    }
+
+    fn codec() -> impl Strategy<Value = Compression> {
+        prop_oneof![
+            Just(Compression::None),
+            Just(Compression::Lz4),
+            Just(Compression::Zstd)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(records in proptest::collection::vec(arb_record(), 1..40), codec in codec(), base in 0u64..1 << 40,
+                       pid in any::<i64>(), epoch in any::<i16>(), seq in any::<i32>(), txn in any::<bool>()) {
+            let producer = ProducerInfo { id: pid, epoch, base_sequence: seq };
+            let mut builder = BatchBuilder::new(codec).producer(producer).transactional(txn);
+            for (ts, k, v, h) in &records {
+                let headers: Vec<Header> = h.iter().map(|(n, v)| Header { name: n.clone(), value: Bytes::from(v.clone()) }).collect();
+                builder.push(*ts, k.as_deref(), v.as_deref(), &headers);
+            }
+            let mut encoded = builder.build().unwrap();
+            set_base_offset(&mut encoded, base);
+            let batch = Batch::parse(Bytes::from(encoded)).unwrap();
+            let h = batch.header();
+            prop_assert_eq!(h.base_offset, base);
+            prop_assert_eq!(h.record_count as usize, records.len());
+            prop_assert_eq!(h.last_offset(), base + records.len() as u64 - 1);
+            prop_assert_eq!(h.compression, codec);
+            prop_assert_eq!(h.producer, producer);
+            prop_assert_eq!(h.transactional, txn);
+            prop_assert_eq!(h.max_timestamp, records.iter().map(|r| r.0).max().unwrap());
+            let decoded = batch.records().unwrap();
+            for (i, (rec, (ts, k, v, hs))) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(rec.offset, base + i as u64);
+                prop_assert_eq!(rec.timestamp, *ts);
+                prop_assert_eq!(rec.key.as_deref(), k.as_deref());
+                prop_assert_eq!(rec.value.as_deref(), v.as_deref());
+                prop_assert_eq!(rec.headers.len(), hs.len());
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(b) = Batch::parse(Bytes::from(bytes)) {
+                let _ = b.records();
+            }
+        }
+
+        #[test]
+        fn any_flipped_bit_is_detected(flip in 0usize..10_000, bit in 0u8..8) {
+            let mut builder = BatchBuilder::new(Compression::None);
+            for i in 0..10u8 {
+                builder.push(i64::from(i), Some(&[i]), Some(&[i; 40]), &[]);
+            }
+            let mut encoded = builder.build().unwrap();
+            let at = OFF_MAGIC + flip % (encoded.len() - OFF_MAGIC);
+            encoded[at] ^= 1 << bit;
+            prop_assert!(Batch::parse(Bytes::from(encoded)).is_err());
+        }
+    }
+
+    #[test]
+    fn empty_batch_is_refused() {
+        assert_eq!(
+            BatchBuilder::new(Compression::None).build(),
+            Err(BatchError::Empty)
+        );
+    }
+
+    #[test]
+    fn records_with_a_valid_crc_but_garbage_inside_are_refused() {
+        let mut builder = BatchBuilder::new(Compression::None);
+        builder.push(1, Some(b"k"), Some(b"v"), &[]);
+        let mut encoded = builder.build().unwrap();
+        // Corrupt the record length, then fix up the CRC as a broken writer would.
+        encoded[HEADER_LEN] = 0x7f;
+        let crc = crc32c::crc32c(&encoded[OFF_ATTRIBUTES..]);
+        encoded[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        let batch = Batch::parse(Bytes::from(encoded)).unwrap();
+        assert!(matches!(
+            batch.records(),
+            Err(BatchError::MalformedRecord { .. })
+        ));
+    }
+}

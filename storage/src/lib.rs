@@ -1,0 +1,47 @@
+//! `strata-storage`: the durable partition log everything in Strata stands on. No networking,
+//! no Raft — one directory of files per partition.
+//!
+//! ```text
+//!  BatchBuilder ──encode──► Log::append ──pwrite──► active segment  <base>.log  (preallocated)
+//!                              │                        │ roll (size / age)
+//!                              │                        ▼
+//!                              │                  sealed segments  <base>.log + <base>.index
+//!                              ▼                        │
+//!                 flusher thread: fdatasync,            ├── retention: delete oldest whole segments
+//!                 group commit, wake appenders          └── compaction: latest record per key,
+//!                                                           rewritten via <base>.log.cleaned + rename
+//!  Log::read(offset) ◄── index lookup ◄── whole stored batches, checksums verified, no re-encoding
+//! ```
+//!
+//! - [`batch`]: the record batch format (see `storage/FORMAT.md`).
+//! - [`segment`] and [`index`]: segment files and their sparse offset and time indexes.
+//! - [`Log`] (`partition_log`): append, read, timestamp lookup, durability per [`Durability`].
+//! - `recovery`: reopening after a crash scans only the active segment.
+//! - `retention` and `compaction`: the two cleanup policies.
+//! - [`LogManager`]: many logs sharing a bounded [`file_cache::FileCache`] and one flusher.
+
+pub mod batch;
+mod clock;
+mod compaction;
+mod config;
+mod error;
+pub mod file_cache;
+mod flusher;
+pub mod index;
+mod manager;
+mod partition_log;
+mod recovery;
+mod retention;
+pub mod segment;
+
+pub use batch::{
+    Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use compaction::CompactionOutcome;
+pub use config::{CleanupPolicy, Durability, LogConfig};
+pub use error::{Error, Result};
+pub use flusher::{Fsync, OsFsync};
+pub use manager::{LogManager, StorageOptions};
+pub use partition_log::{AppendInfo, Log, PendingAppend, ReadResult, SegmentInfo};
+pub use retention::RetentionOutcome;

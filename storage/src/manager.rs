@@ -1,0 +1,179 @@
+//! The log manager: the logs of one data directory and what they share — the bounded cache of
+//! open files, the flusher thread (one fsync in flight per disk) and the clock.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::LogConfig;
+use crate::error::{Error, IoContext, Result};
+use crate::file_cache::FileCache;
+use crate::flusher::{Flusher, Fsync, OsFsync};
+use crate::partition_log::{Log, Shared};
+
+/// Options shared by every log of a manager.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Most segment files held open at once, across all logs.
+    pub max_open_files: usize,
+    pub clock: Arc<dyn Clock>,
+    pub fsync: Arc<dyn Fsync>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            max_open_files: 1024,
+            clock: Arc::new(SystemClock),
+            fsync: Arc::new(OsFsync),
+        }
+    }
+}
+
+/// Opens and owns partition logs under one root directory.
+#[derive(Debug)]
+pub struct LogManager {
+    root: PathBuf,
+    shared: Arc<Shared>,
+    // A std mutex: guards a map lookup; opening a log happens outside it.
+    logs: Mutex<HashMap<String, Log>>,
+}
+
+impl LogManager {
+    /// # Errors
+    /// [`Error::Io`] if the root cannot be created or the flusher thread cannot start.
+    pub fn new(root: impl Into<PathBuf>, options: StorageOptions) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).at(&root)?;
+        Ok(Self {
+            shared: new_shared(options, &root)?,
+            root,
+            logs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Opens (recovering if needed) the log stored in `<root>/<name>`, or returns it if open.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad name or config; recovery's errors.
+    pub fn open_log(&self, name: &str, config: LogConfig) -> Result<Log> {
+        if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+            return Err(Error::InvalidConfig {
+                key: "name",
+                reason: format!("{name:?} is not a valid log directory name"),
+            });
+        }
+        if let Some(log) = self.lock().get(name) {
+            return Ok(log.clone());
+        }
+        let log = Log::open_with(&self.root.join(name), config, Arc::clone(&self.shared))?;
+        Ok(self.lock().entry(name.to_string()).or_insert(log).clone())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Log> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Deletes a log and its files; later appends through any handle fail with `LogDeleted`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if its directory cannot be removed.
+    pub fn delete_log(&self, name: &str) -> Result<()> {
+        let log = self.lock().remove(name);
+        match log {
+            Some(log) => log.delete(),
+            None => Ok(()),
+        }
+    }
+
+    /// Segment files currently held open.
+    pub fn open_files(&self) -> usize {
+        self.shared.files.len()
+    }
+
+    /// fsyncs every open log.
+    ///
+    /// # Errors
+    /// The first log that fails.
+    pub fn flush_all(&self) -> Result<()> {
+        let logs: Vec<Log> = self.lock().values().cloned().collect();
+        logs.iter().try_for_each(Log::flush)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Log>> {
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn new_shared(options: StorageOptions, root: &Path) -> Result<Arc<Shared>> {
+    Ok(Arc::new(Shared {
+        files: FileCache::new(options.max_open_files),
+        clock: options.clock,
+        fsync: options.fsync,
+        flusher: Flusher::start().at(root)?,
+    }))
+}
+
+impl Log {
+    /// Opens a standalone log (its own file cache and flusher); use a [`LogManager`] for many.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`]; recovery's errors.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        Self::open_with_options(
+            dir,
+            config,
+            StorageOptions {
+                max_open_files: 64,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Like [`Log::open`], with explicit options (a test clock, a fault-injecting fsync).
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_with_options(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        options: StorageOptions,
+    ) -> Result<Log> {
+        let dir = dir.as_ref();
+        Log::open_with(dir, config, new_shared(options, dir)?)
+    }
+
+    /// Removes the log's files. Waiting appends fail; later calls get [`Error::LogDeleted`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be removed.
+    pub fn delete(&self) -> Result<()> {
+        let _maintenance = self
+            .inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut st = self.lock();
+        st.deleted = true;
+        for w in st.take_waiters() {
+            let _ = w.send(Err(Error::LogDeleted {
+                dir: self.dir().to_path_buf(),
+            }));
+        }
+        for seg in st.sealed.values() {
+            self.inner.shared.files.evict(seg.id);
+        }
+        self.inner.shared.files.evict(st.active.id);
+        drop(st);
+        std::fs::remove_dir_all(self.dir()).at(self.dir())?;
+        if let Some(parent) = self.dir().parent() {
+            crate::segment::sync_dir(parent).at(parent)?;
+        }
+        Ok(())
+    }
+}

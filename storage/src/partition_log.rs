@@ -1,0 +1,927 @@
+//! The partition log: appends assign dense offsets, reads return whole stored batches.
+//!
+//! State lives behind one `std::sync::Mutex` per log. It is held for the in-memory bookkeeping
+//! and the `pwrite` of a batch into the page cache (tens of microseconds), never for an
+//! `fdatasync` on the append path (the flusher runs those without the lock) and never across an
+//! `.await`. Reads take the lock only to pick a segment and its bounds, then do their I/O unlocked.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::batch::{self, Batch, BatchHeader};
+use crate::clock::Clock;
+use crate::config::{Durability, LogConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::file_cache::{FileCache, FileId};
+use crate::flusher::{Flushable, Flusher, Fsync};
+use crate::index::{IndexedBatch, SegmentIndex};
+use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
+
+/// Smallest and largest step by which the active segment is preallocated.
+const MIN_PREALLOCATE: u64 = 64 * 1024;
+const MAX_PREALLOCATE: u64 = 8 * 1024 * 1024;
+
+/// What the logs of one [`crate::LogManager`] share: the descriptor cache, the flusher, time.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) files: FileCache,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) fsync: Arc<dyn Fsync>,
+    pub(crate) flusher: Flusher,
+}
+
+/// A sealed, immutable segment. Its index is loaded (or rebuilt) on first use.
+#[derive(Debug)]
+pub(crate) struct SealedSegment {
+    pub(crate) base: u64,
+    pub(crate) id: FileId,
+    pub(crate) ino: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) index: OnceLock<SegmentIndex>,
+}
+
+/// The segment appends go to.
+#[derive(Debug)]
+pub(crate) struct ActiveSegment {
+    pub(crate) base: u64,
+    pub(crate) id: FileId,
+    pub(crate) ino: u64,
+    pub(crate) path: PathBuf,
+    /// Write position: end of the last batch.
+    pub(crate) size: u64,
+    /// File length, zeros beyond `size`.
+    pub(crate) allocated: u64,
+    pub(crate) index: SegmentIndex,
+    /// Wall-clock time the segment's age is measured from.
+    pub(crate) created_ms: i64,
+}
+
+pub(crate) struct Waiter {
+    next_offset: u64,
+    tx: oneshot::Sender<Result<()>>,
+}
+
+pub(crate) struct LogState {
+    pub(crate) config: LogConfig,
+    pub(crate) sealed: BTreeMap<u64, Arc<SealedSegment>>,
+    pub(crate) active: ActiveSegment,
+    /// Offset the next appended record gets.
+    pub(crate) next_offset: u64,
+    pub(crate) log_start: u64,
+    /// Everything below this offset is fsynced.
+    pub(crate) durable: u64,
+    /// Byte position in the active segment that `durable` corresponds to.
+    pub(crate) durable_pos: (u64, u64),
+    pub(crate) waiters: Vec<Waiter>,
+    /// An interval flush is scheduled.
+    pub(crate) flush_scheduled: bool,
+    pub(crate) poisoned: bool,
+    pub(crate) deleted: bool,
+}
+
+impl LogState {
+    /// First offset not readable: under `always`, only fsynced records are visible.
+    pub(crate) fn high_watermark(&self) -> u64 {
+        match self.config.durability {
+            Durability::Always => self.durable,
+            _ => self.next_offset,
+        }
+    }
+
+    /// Readable end of the active segment.
+    fn active_bound(&self) -> u64 {
+        match self.config.durability {
+            Durability::Always if self.durable_pos.0 == self.active.base => self.durable_pos.1,
+            Durability::Always => SEGMENT_HEADER_LEN,
+            _ => self.active.size,
+        }
+    }
+
+    /// Records that everything below `offset` is durable and wakes the appends it covers.
+    pub(crate) fn mark_durable(&mut self, offset: u64, pos: (u64, u64)) {
+        if offset > self.durable || (offset == self.durable && pos > self.durable_pos) {
+            self.durable = offset;
+            self.durable_pos = pos;
+        }
+        let durable = self.durable;
+        let (done, waiting): (Vec<_>, Vec<_>) = self
+            .waiters
+            .drain(..)
+            .partition(|w| w.next_offset <= durable);
+        self.waiters = waiting;
+        for w in done {
+            let _ = w.tx.send(Ok(()));
+        }
+    }
+
+    /// Removes every waiting append's notifier (to fail them).
+    pub(crate) fn take_waiters(&mut self) -> Vec<oneshot::Sender<Result<()>>> {
+        self.waiters.drain(..).map(|w| w.tx).collect()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.sealed.values().map(|s| s.size).sum::<u64>() + self.active.size
+    }
+}
+
+pub(crate) struct LogInner {
+    pub(crate) dir: PathBuf,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: Mutex<LogState>,
+    /// Serialises retention, compaction and deletion (the slow maintenance work).
+    pub(crate) maintenance: Mutex<()>,
+    flush_queued: AtomicBool,
+}
+
+/// One partition's log. Cheap to clone; all clones are the same log.
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Arc<LogInner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// An append whose bytes are written; [`PendingAppend::wait`] or [`PendingAppend::durable`]
+/// returns once they are as durable as the log's policy promises.
+#[derive(Debug)]
+#[must_use = "under `always` durability the append is acknowledged only by waiting"]
+pub struct PendingAppend {
+    info: AppendInfo,
+    rx: Option<oneshot::Receiver<Result<()>>>,
+    dir: PathBuf,
+}
+
+impl PendingAppend {
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+
+    /// Blocks until durable.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the fsync covering this append failed.
+    ///
+    /// # Panics
+    /// If called from inside an async runtime's worker thread; use [`PendingAppend::durable`].
+    pub fn wait(self) -> Result<AppendInfo> {
+        match self.rx {
+            None => Ok(self.info),
+            Some(rx) => rx
+                .blocking_recv()
+                .unwrap_or(Err(Error::Poisoned { dir: self.dir }))
+                .map(|()| self.info),
+        }
+    }
+
+    /// Resolves once durable.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the fsync covering this append failed.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not undo the append; it only stops waiting.
+    pub async fn durable(self) -> Result<AppendInfo> {
+        match self.rx {
+            None => Ok(self.info),
+            Some(rx) => rx
+                .await
+                .unwrap_or(Err(Error::Poisoned { dir: self.dir }))
+                .map(|()| self.info),
+        }
+    }
+}
+
+/// Whole batches read from the log.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Stored batches, concatenated; the first may start before the requested offset.
+    pub batches: Bytes,
+    /// Offset to read next.
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl ReadResult {
+    /// Decodes the records at or after `from` (convenience for callers that want records).
+    ///
+    /// # Errors
+    /// A batch that does not decode (damage found after the checksum passed).
+    pub fn records_from(&self, from: u64) -> Result<Vec<batch::Record>> {
+        let mut out = Vec::new();
+        for b in batch::split_batches(&self.batches) {
+            let b = b.map_err(|source| Error::InvalidBatch { source })?;
+            let records = b
+                .records()
+                .map_err(|source| Error::InvalidBatch { source })?;
+            out.extend(
+                records
+                    .into_iter()
+                    .filter(|r| r.offset >= from && r.offset < self.high_watermark),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Segment facts for introspection and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: u64,
+    pub size_bytes: u64,
+    pub sealed: bool,
+}
+
+/// Which segment a read goes to, captured under the lock.
+struct ReadTarget {
+    path: PathBuf,
+    id: FileId,
+    ino: u64,
+    writable: bool,
+    bound: u64,
+    /// Scan start for the active segment (its index is in memory, read under the lock).
+    start: u64,
+    /// A sealed segment's index may need I/O to load: looked up after the lock is released.
+    sealed: Option<Arc<SealedSegment>>,
+    next_base: Option<u64>,
+}
+
+impl ReadTarget {
+    fn start_for_offset(&self, log: &Log, offset: u64) -> u64 {
+        match &self.sealed {
+            Some(seg) => log
+                .sealed_index(seg)
+                .position_for_offset(seg.base, offset)
+                .unwrap_or(SEGMENT_HEADER_LEN),
+            None => self.start,
+        }
+    }
+}
+
+impl Log {
+    pub(crate) fn from_parts(dir: PathBuf, shared: Arc<Shared>, state: LogState) -> Self {
+        let inner = LogInner {
+            dir,
+            shared,
+            state: Mutex::new(state),
+            maintenance: Mutex::new(()),
+            flush_queued: AtomicBool::new(false),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.lock().config.clone()
+    }
+
+    /// Changes the config; size and age limits apply from the next append or maintenance run.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`].
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.lock().config = config;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.lock().log_start
+    }
+
+    /// First offset not yet readable (under `always`: not yet fsynced).
+    pub fn high_watermark(&self) -> u64 {
+        self.lock().high_watermark()
+    }
+
+    /// Offset the next record will get.
+    pub fn log_end_offset(&self) -> u64 {
+        self.lock().next_offset
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.lock().size_bytes()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .sealed
+            .values()
+            .map(|s| SegmentInfo {
+                base_offset: s.base,
+                size_bytes: s.size,
+                sealed: true,
+            })
+            .collect();
+        out.push(SegmentInfo {
+            base_offset: st.active.base,
+            size_bytes: st.active.size,
+            sealed: false,
+        });
+        out
+    }
+
+    /// Appends one encoded batch (as built by [`crate::BatchBuilder`]), assigning its offsets.
+    ///
+    /// The batch is validated completely (checksum and every record) before anything is written.
+    ///
+    /// # Errors
+    /// [`Error::BatchTooLarge`], [`Error::InvalidBatch`], [`Error::LogDeleted`],
+    /// [`Error::Poisoned`], [`Error::Io`] (which poisons the log).
+    pub fn append(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
+        let max = self.lock().config.max_batch_bytes as usize;
+        if batch.len() > max {
+            return Err(Error::BatchTooLarge {
+                size: batch.len(),
+                max,
+            });
+        }
+        let header = validate_batch(&batch)?;
+        let mut st = self.lock();
+        if st.deleted {
+            return Err(Error::LogDeleted {
+                dir: self.inner.dir.clone(),
+            });
+        }
+        if st.poisoned {
+            return Err(Error::Poisoned {
+                dir: self.inner.dir.clone(),
+            });
+        }
+        let len = batch.len() as u64;
+        let now = self.inner.shared.clock.now_ms();
+        let active = &st.active;
+        let too_big = active.size + len > st.config.segment_bytes;
+        let too_old = st
+            .config
+            .segment_ms
+            .is_some_and(|ms| now.saturating_sub(active.created_ms) >= ms as i64);
+        let span_full = st.next_offset + u64::from(header.last_offset_delta) - active.base
+            >= u64::from(u32::MAX);
+        if active.size > SEGMENT_HEADER_LEN && (too_big || too_old || span_full) {
+            self.roll(&mut st, now)?;
+        }
+        let base_offset = st.next_offset;
+        batch::set_base_offset(&mut batch, base_offset);
+        if let Err(e) = self.write_batch(&mut st, &batch) {
+            st.poisoned = true;
+            return Err(e);
+        }
+        let info = AppendInfo {
+            base_offset,
+            last_offset: base_offset + u64::from(header.last_offset_delta),
+            max_timestamp: header.max_timestamp,
+        };
+        let indexed = IndexedBatch {
+            base_offset,
+            next_offset: info.last_offset + 1,
+            max_timestamp: header.max_timestamp,
+            position: st.active.size,
+            len,
+            crc: header.crc,
+        };
+        let (base, interval) = (st.active.base, st.config.index_interval_bytes);
+        st.active.index.on_append(base, &indexed, interval);
+        st.active.size += len;
+        st.next_offset = info.last_offset + 1;
+        let rx = match st.config.durability {
+            Durability::Always => {
+                let (tx, rx) = oneshot::channel();
+                let next_offset = st.next_offset;
+                st.waiters.push(Waiter { next_offset, tx });
+                drop(st);
+                self.queue_flush();
+                Some(rx)
+            }
+            Durability::Interval(every) => {
+                if !std::mem::replace(&mut st.flush_scheduled, true) {
+                    drop(st);
+                    self.inner
+                        .shared
+                        .flusher
+                        .flush_after(self.inner.clone(), every);
+                }
+                None
+            }
+            Durability::Never => None,
+        };
+        Ok(PendingAppend {
+            info,
+            rx,
+            dir: self.inner.dir.clone(),
+        })
+    }
+
+    /// Writes a batch at the end of the active segment, growing the preallocated zone if needed.
+    fn write_batch(&self, st: &mut LogState, batch: &[u8]) -> Result<()> {
+        let file = self.active_file(st)?;
+        let end = st.active.size + batch.len() as u64;
+        if end > st.active.allocated {
+            let step =
+                (st.active.allocated - SEGMENT_HEADER_LEN).clamp(MIN_PREALLOCATE, MAX_PREALLOCATE);
+            let target = (st.active.allocated + step)
+                .min(st.config.segment_bytes.max(end))
+                .max(end);
+            segment::zero_fill(&file, st.active.allocated, target).at(&st.active.path)?;
+            st.active.allocated = target;
+        }
+        file.write_all_at(batch, st.active.size).at(&st.active.path)
+    }
+
+    fn active_file(&self, st: &LogState) -> Result<Arc<File>> {
+        let a = &st.active;
+        self.inner
+            .shared
+            .files
+            .get(a.id, &a.path, a.ino, true)
+            .at(&a.path)
+    }
+
+    /// Seals the active segment and starts a new one at `next_offset`. Called under the lock.
+    fn roll(&self, st: &mut LogState, now: i64) -> Result<()> {
+        let result = self.seal_and_create(st, now);
+        if result.is_err() {
+            st.poisoned = true;
+        }
+        result
+    }
+
+    fn seal_and_create(&self, st: &mut LogState, now: i64) -> Result<()> {
+        let file = self.active_file(st)?;
+        let path = st.active.path.clone();
+        if st.active.allocated > st.active.size {
+            file.set_len(st.active.size).at(&path)?;
+        }
+        self.inner.shared.fsync.sync_data(&file).at(&path)?;
+        let base = st.active.base;
+        write_index_file(&self.inner.dir, base, &st.active.index);
+        let next = st.next_offset;
+        let new_active = create_segment(&self.inner.dir, next, &self.inner.shared, now)?;
+        let old = std::mem::replace(&mut st.active, new_active);
+        let sealed = SealedSegment {
+            base: old.base,
+            id: old.id,
+            ino: old.ino,
+            path: old.path,
+            size: old.size,
+            index: OnceLock::from(old.index),
+        };
+        st.sealed.insert(sealed.base, Arc::new(sealed));
+        let pos = (st.active.base, SEGMENT_HEADER_LEN);
+        st.mark_durable(next, pos);
+        Ok(())
+    }
+
+    fn queue_flush(&self) {
+        if !self.inner.flush_queued.swap(true, Ordering::AcqRel) {
+            self.inner.shared.flusher.flush_now(self.inner.clone());
+        }
+    }
+
+    /// Makes everything appended so far durable, now, on the calling thread.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] or the failed fsync's [`Error::Io`].
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Reads whole batches starting with the one that holds `offset` (or, across a compaction
+    /// gap, the first after it), up to about `max_bytes` and at least one batch.
+    ///
+    /// # Errors
+    /// [`Error::OffsetOutOfRange`] outside `[log_start_offset, high_watermark]`;
+    /// [`Error::Corrupt`] naming the file and byte when stored data fails its checksum.
+    pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        let mut offset = offset;
+        let mut stale_retries = 0;
+        loop {
+            let (target, hw, log_start) = {
+                let st = self.lock();
+                let (hw, log_start) = (st.high_watermark(), st.log_start);
+                if offset < log_start || offset > hw {
+                    return Err(Error::OffsetOutOfRange {
+                        requested: offset,
+                        log_start,
+                        high_watermark: hw,
+                    });
+                }
+                if offset == hw {
+                    return Ok(ReadResult {
+                        batches: Bytes::new(),
+                        next_offset: hw,
+                        high_watermark: hw,
+                        log_start_offset: log_start,
+                    });
+                }
+                (self.read_target(&st, offset), hw, log_start)
+            };
+            let target = match target {
+                Ok(t) => t,
+                Err(e) => return Err(e),
+            };
+            let file = match self.inner.shared.files.get(
+                target.id,
+                &target.path,
+                target.ino,
+                target.writable,
+            ) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && stale_retries < 3 => {
+                    // Retention or compaction replaced the segment after we picked it.
+                    stale_retries += 1;
+                    continue;
+                }
+                Err(e) => return Err(Error::io(&target.path, e)),
+            };
+            let start = target.start_for_offset(self, offset);
+            match segment::read_batches(&file, start, target.bound, offset, max_bytes) {
+                Ok(Some(r)) => {
+                    return Ok(ReadResult {
+                        batches: r.bytes,
+                        next_offset: r.next_offset.min(hw),
+                        high_watermark: hw,
+                        log_start_offset: log_start,
+                    });
+                }
+                Ok(None) => match target.next_base {
+                    // Compaction left nothing at or after `offset` in this segment.
+                    Some(next) if next > offset => offset = next,
+                    _ => {
+                        return Ok(ReadResult {
+                            batches: Bytes::new(),
+                            next_offset: hw,
+                            high_watermark: hw,
+                            log_start_offset: log_start,
+                        });
+                    }
+                },
+                Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
+                Err(ReadFailure::Corrupt { position, error }) => {
+                    return Err(Error::Corrupt {
+                        path: target.path,
+                        position,
+                        source: error,
+                    });
+                }
+            }
+        }
+    }
+
+    fn read_target(&self, st: &LogState, offset: u64) -> Result<ReadTarget> {
+        if offset >= st.active.base {
+            let a = &st.active;
+            let start = a
+                .index
+                .position_for_offset(a.base, offset)
+                .unwrap_or(SEGMENT_HEADER_LEN);
+            return Ok(ReadTarget {
+                path: a.path.clone(),
+                id: a.id,
+                ino: a.ino,
+                writable: true,
+                bound: st.active_bound(),
+                start,
+                sealed: None,
+                next_base: None,
+            });
+        }
+        let (_, seg) = st
+            .sealed
+            .range(..=offset)
+            .next_back()
+            .ok_or(Error::Internal("offset above log start has no segment"))?;
+        let next_base = st
+            .sealed
+            .range(seg.base + 1..)
+            .next()
+            .map_or(st.active.base, |(b, _)| *b);
+        Ok(ReadTarget {
+            path: seg.path.clone(),
+            id: seg.id,
+            ino: seg.ino,
+            writable: false,
+            bound: seg.size,
+            start: SEGMENT_HEADER_LEN,
+            sealed: Some(Arc::clone(seg)),
+            next_base: Some(next_base),
+        })
+    }
+
+    /// The index of a sealed segment: from its file if that matches the log, else rebuilt.
+    /// Must not be called with the state lock held (it may take it, and it may do I/O).
+    pub(crate) fn sealed_index<'a>(&self, seg: &'a SealedSegment) -> &'a SegmentIndex {
+        seg.index.get_or_init(|| {
+            let interval = self.lock().config.index_interval_bytes;
+            load_or_rebuild_index(&self.inner.dir, seg, &self.inner.shared, interval)
+        })
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp`, if any is readable.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] or [`Error::Io`] from the segment scanned.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>> {
+        let (sealed, active_max, hw, log_start) = {
+            let st = self.lock();
+            let sealed: Vec<_> = st.sealed.values().cloned().collect();
+            (
+                sealed,
+                st.active.index.max_timestamp,
+                st.high_watermark(),
+                st.log_start,
+            )
+        };
+        for seg in &sealed {
+            if self.sealed_index(seg).max_timestamp >= timestamp
+                && let Some(found) = self.find_timestamp_in(seg.base, timestamp, hw)?
+            {
+                return Ok(Some(found.max(log_start)));
+            }
+        }
+        if active_max >= timestamp {
+            let base = self.lock().active.base;
+            return self.find_timestamp_in(base, timestamp, hw);
+        }
+        Ok(None)
+    }
+
+    fn find_timestamp_in(&self, base: u64, timestamp: i64, hw: u64) -> Result<Option<u64>> {
+        let mut target = {
+            let st = self.lock();
+            let mut t = self.read_target(&st, base)?;
+            if t.sealed.is_none() {
+                t.start = st
+                    .active
+                    .index
+                    .position_for_timestamp(timestamp)
+                    .unwrap_or(SEGMENT_HEADER_LEN);
+            }
+            t
+        };
+        if let Some(seg) = &target.sealed {
+            target.start = self
+                .sealed_index(seg)
+                .position_for_timestamp(timestamp)
+                .unwrap_or(SEGMENT_HEADER_LEN);
+        }
+        let file = self
+            .inner
+            .shared
+            .files
+            .get(target.id, &target.path, target.ino, target.writable)
+            .at(&target.path)?;
+        let mut pos = target.start;
+        loop {
+            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20) {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Ok(None),
+                Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
+                Err(ReadFailure::Corrupt { position, error }) => {
+                    return Err(Error::Corrupt {
+                        path: target.path,
+                        position,
+                        source: error,
+                    });
+                }
+            };
+            for b in batch::split_batches(&chunk.bytes) {
+                let b = b.map_err(|source| Error::Corrupt {
+                    path: target.path.clone(),
+                    position: pos,
+                    source,
+                })?;
+                if b.header().max_timestamp >= timestamp {
+                    let records = b.records().map_err(|source| Error::Corrupt {
+                        path: target.path.clone(),
+                        position: pos,
+                        source,
+                    })?;
+                    if let Some(r) = records
+                        .iter()
+                        .find(|r| r.timestamp >= timestamp && r.offset < hw)
+                    {
+                        return Ok(Some(r.offset));
+                    }
+                }
+            }
+            pos += chunk.bytes.len() as u64;
+        }
+    }
+}
+
+impl LogInner {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One fsync of the active segment, covering every append written before it starts.
+    fn flush(&self) -> Result<()> {
+        let (file, path, target_offset, target_pos) = {
+            let mut st = self.lock();
+            st.flush_scheduled = false;
+            if st.poisoned {
+                return Err(Error::Poisoned {
+                    dir: self.dir.clone(),
+                });
+            }
+            if st.deleted {
+                return Ok(());
+            }
+            if st.durable >= st.next_offset {
+                return Ok(());
+            }
+            let a = &st.active;
+            let file = self
+                .shared
+                .files
+                .get(a.id, &a.path, a.ino, true)
+                .at(&a.path)?;
+            (file, a.path.clone(), st.next_offset, (a.base, a.size))
+        };
+        let result = self.shared.fsync.sync_data(&file);
+        let mut st = self.lock();
+        match result {
+            Ok(()) => {
+                st.mark_durable(target_offset, target_pos);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
+                st.poisoned = true;
+                for w in st.waiters.drain(..) {
+                    let _ = w.tx.send(Err(Error::Poisoned {
+                        dir: self.dir.clone(),
+                    }));
+                }
+                Err(Error::io(path, e))
+            }
+        }
+    }
+}
+
+impl Flushable for LogInner {
+    fn flush_from_queue(&self) {
+        self.flush_queued.store(false, Ordering::Release);
+        // Errors are delivered to the waiting appenders; nothing more to do here.
+        let _ = self.flush();
+    }
+}
+
+/// Checks a caller's batch completely before it touches the log.
+fn validate_batch(batch: &[u8]) -> Result<BatchHeader> {
+    let parsed = Batch::parse(Bytes::copy_from_slice(batch))
+        .map_err(|source| Error::InvalidBatch { source })?;
+    parsed
+        .records()
+        .map_err(|source| Error::InvalidBatch { source })?;
+    Ok(*parsed.header())
+}
+
+/// Creates `<base>.log` with its header and a first preallocated zone, durably.
+pub(crate) fn create_segment(
+    dir: &Path,
+    base: u64,
+    shared: &Shared,
+    now: i64,
+) -> Result<ActiveSegment> {
+    use std::os::unix::fs::MetadataExt;
+    let path = segment::log_path(dir, base);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .at(&path)?;
+    file.write_all_at(&segment::encode_header(base), 0)
+        .at(&path)?;
+    let allocated = SEGMENT_HEADER_LEN + MIN_PREALLOCATE;
+    segment::zero_fill(&file, SEGMENT_HEADER_LEN, allocated).at(&path)?;
+    shared.fsync.sync_data(&file).at(&path)?;
+    segment::sync_dir(dir).at(dir)?;
+    let ino = file.metadata().at(&path)?.ino();
+    let id = FileId::fresh();
+    shared.files.insert(id, Arc::new(file));
+    Ok(ActiveSegment {
+        base,
+        id,
+        ino,
+        path,
+        size: SEGMENT_HEADER_LEN,
+        allocated,
+        index: SegmentIndex::empty(base, SEGMENT_HEADER_LEN),
+        created_ms: now,
+    })
+}
+
+/// Writes an index file via a temporary name, so a reader never sees half of one. Failure is
+/// logged, not fatal: a missing index is rebuilt from the log on first use.
+pub(crate) fn write_index_file(dir: &Path, base: u64, index: &SegmentIndex) {
+    let path = segment::index_path(dir, base);
+    let tmp = path.with_extension("index.tmp");
+    let result = (|| -> io::Result<()> {
+        let file = File::create(&tmp)?;
+        file.write_all_at(&index.encode(base), 0)?;
+        file.sync_data()?;
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "could not write segment index; it will be rebuilt");
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+fn load_or_rebuild_index(
+    dir: &Path,
+    seg: &SealedSegment,
+    shared: &Shared,
+    interval: u32,
+) -> SegmentIndex {
+    let index_path = segment::index_path(dir, seg.base);
+    let file = shared.files.get(seg.id, &seg.path, seg.ino, false);
+    if let Some(index) = SegmentIndex::load(&index_path, seg.base)
+        && index.log_len == seg.size
+    {
+        let matches = match (index.last_batch, &file) {
+            (None, _) => seg.size == SEGMENT_HEADER_LEN,
+            (Some((pos, crc)), Ok(file)) => {
+                let mut buf = [0u8; 4];
+                file.read_exact_at(&mut buf, pos + 13).is_ok() && u32::from_le_bytes(buf) == crc
+            }
+            (Some(_), Err(_)) => false,
+        };
+        if matches {
+            return index;
+        }
+    }
+    let Ok(file) = file else {
+        return SegmentIndex::empty(seg.base, SEGMENT_HEADER_LEN);
+    };
+    match segment::scan(
+        &file,
+        seg.base,
+        SEGMENT_HEADER_LEN,
+        seg.size,
+        interval,
+        false,
+    ) {
+        Ok(scan) => {
+            match scan.end {
+                segment::ScanEnd::Clean => {
+                    tracing::info!(path = %seg.path.display(), "rebuilt missing or stale segment index");
+                    write_index_file(dir, seg.base, &scan.index);
+                }
+                segment::ScanEnd::Invalid {
+                    position,
+                    ref error,
+                } => {
+                    // Keep the valid prefix indexed; reads past it report the damage.
+                    tracing::error!(path = %seg.path.display(), position, %error, "sealed segment is damaged");
+                }
+            }
+            scan.index
+        }
+        Err(e) => {
+            tracing::error!(path = %seg.path.display(), error = %e, "cannot scan segment to rebuild its index");
+            SegmentIndex::empty(seg.base, SEGMENT_HEADER_LEN)
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! Segment files: `<base offset, 20 digits>.log` holding a 32-byte header and then whole batches.
+//!
+//! The active segment is preallocated by writing zeros ahead of the write position (a write into
+//! already-allocated blocks lets `fdatasync` skip the journal commit that a growing file pays),
+//! so a segment may end in zeros: the scan treats an all-zero header as the end of data. Sealing
+//! trims the zeros off.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use crate::batch::{BatchError, BatchHeader, HEADER_LEN};
+use crate::index::{IndexedBatch, SegmentIndex};
+
+pub const SEGMENT_MAGIC: &[u8; 8] = b"STRATSEG";
+pub const SEGMENT_VERSION: u16 = 1;
+/// Bytes before the first batch of a segment.
+pub const SEGMENT_HEADER_LEN: u64 = 32;
+/// How much a scan reads at once.
+const SCAN_WINDOW: usize = 1 << 20;
+
+pub fn log_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+pub fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+/// Parses `<20 digits>.<ext>` into the base offset.
+pub fn parse_file_name(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// The segment file header for `base_offset`.
+pub fn encode_header(base_offset: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[0..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8..10].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&base_offset.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks a segment header. `Ok(false)` when it is all zeros (never written).
+pub fn check_header(buf: &[u8], base_offset: u64) -> Result<bool, &'static str> {
+    if buf.len() < SEGMENT_HEADER_LEN as usize {
+        return if buf.iter().all(|&b| b == 0) {
+            Ok(false)
+        } else {
+            Err("truncated segment header")
+        };
+    }
+    if buf[..SEGMENT_HEADER_LEN as usize].iter().all(|&b| b == 0) {
+        return Ok(false);
+    }
+    if buf[..SEGMENT_HEADER_LEN as usize] != encode_header(base_offset) {
+        return Err("segment header does not match its file name or is damaged");
+    }
+    Ok(true)
+}
+
+/// Where and why a scan stopped.
+#[derive(Debug)]
+pub enum ScanEnd {
+    /// End of file or preallocated zeros.
+    Clean,
+    /// A batch that is torn, damaged or out of sequence starts here.
+    Invalid { position: u64, error: BatchError },
+}
+
+/// Result of reading a segment batch by batch.
+#[derive(Debug)]
+pub struct Scan {
+    pub index: SegmentIndex,
+    /// Position after the last valid batch.
+    pub valid_end: u64,
+    pub end: ScanEnd,
+}
+
+/// Reads a file through a window so scanning small batches is not one syscall each.
+struct Window<'a> {
+    file: &'a File,
+    bound: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a File, bound: u64) -> Self {
+        Self {
+            file,
+            bound,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The bytes `[pos, pos + len)`, or fewer if the bound comes first.
+    fn get(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
+        let end = (pos + len as u64).min(self.bound);
+        if pos >= end {
+            return Ok(&[]);
+        }
+        if pos < self.start || end > self.start + self.buf.len() as u64 {
+            let want = (len.max(SCAN_WINDOW) as u64).min(self.bound - pos) as usize;
+            self.buf.resize(want, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.start = pos;
+        }
+        let from = (pos - self.start) as usize;
+        Ok(&self.buf[from..from + (end - pos) as usize])
+    }
+}
+
+/// Validates the batches of a segment from `from` up to `bound`, building its index.
+///
+/// `strict` requires dense offsets starting at `index.next_offset` (the active segment is never
+/// compacted); otherwise batches need only increase (compaction leaves gaps).
+pub fn scan(
+    file: &File,
+    base_offset: u64,
+    from: u64,
+    bound: u64,
+    interval: u32,
+    strict: bool,
+) -> io::Result<Scan> {
+    let mut index = SegmentIndex::empty(base_offset, from);
+    let mut window = Window::new(file, bound);
+    let mut pos = from;
+    let end = loop {
+        let head = window.get(pos, HEADER_LEN)?;
+        if head.is_empty() || head.iter().all(|&b| b == 0) {
+            break ScanEnd::Clean;
+        }
+        let header = match BatchHeader::decode(head) {
+            Ok(h) => h,
+            Err(error) => {
+                break ScanEnd::Invalid {
+                    position: pos,
+                    error,
+                };
+            }
+        };
+        let len = header.total_len();
+        let bytes = window.get(pos, len)?;
+        if bytes.len() < len {
+            break ScanEnd::Invalid {
+                position: pos,
+                error: BatchError::Truncated {
+                    needed: len,
+                    available: bytes.len(),
+                },
+            };
+        }
+        let computed = crc32c::crc32c(&bytes[17..]);
+        if computed != header.crc {
+            break ScanEnd::Invalid {
+                position: pos,
+                error: BatchError::BadCrc {
+                    stored: header.crc,
+                    computed,
+                },
+            };
+        }
+        let in_sequence = if strict {
+            header.base_offset == index.next_offset
+        } else {
+            header.base_offset >= index.next_offset
+        };
+        if !in_sequence {
+            break ScanEnd::Invalid {
+                position: pos,
+                error: BatchError::MalformedRecord {
+                    index: 0,
+                    reason: "batch base offset out of sequence",
+                },
+            };
+        }
+        let indexed = IndexedBatch {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+            max_timestamp: header.max_timestamp,
+            position: pos,
+            len: len as u64,
+            crc: header.crc,
+        };
+        index.on_append(base_offset, &indexed, interval);
+        pos += len as u64;
+    };
+    index.log_len = pos;
+    Ok(Scan {
+        index,
+        valid_end: pos,
+        end,
+    })
+}
+
+/// Batches read from one segment.
+#[derive(Debug)]
+pub struct SegmentRead {
+    /// Whole batches, exactly as stored.
+    pub bytes: Bytes,
+    pub first_offset: u64,
+    /// One past the last offset of the last batch returned.
+    pub next_offset: u64,
+}
+
+/// Why a segment read failed.
+#[derive(Debug)]
+pub enum ReadFailure {
+    Io(io::Error),
+    Corrupt { position: u64, error: BatchError },
+}
+
+impl From<io::Error> for ReadFailure {
+    fn from(e: io::Error) -> Self {
+        ReadFailure::Io(e)
+    }
+}
+
+/// Reads whole batches, starting with the one holding `offset` (or the first after it), up to
+/// `max_bytes` (at least one batch) and never past `bound`. `Ok(None)`: no such batch here.
+pub fn read_batches(
+    file: &File,
+    start: u64,
+    bound: u64,
+    offset: u64,
+    max_bytes: usize,
+) -> Result<Option<SegmentRead>, ReadFailure> {
+    // Find the batch holding `offset` by walking headers from the index position.
+    let mut window = Window::new(file, bound);
+    let mut pos = start;
+    let first_len = loop {
+        let head = window.get(pos, HEADER_LEN)?;
+        if head.is_empty() || head.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt {
+            position: pos,
+            error,
+        })?;
+        if pos + header.total_len() as u64 > bound {
+            let error = BatchError::Truncated {
+                needed: header.total_len(),
+                available: (bound - pos) as usize,
+            };
+            return Err(ReadFailure::Corrupt {
+                position: pos,
+                error,
+            });
+        }
+        if header.last_offset() >= offset {
+            break header.total_len();
+        }
+        pos += header.total_len() as u64;
+    };
+    let len = (max_bytes.max(first_len) as u64).min(bound - pos) as usize;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, pos)?;
+    // Keep whole, verified batches only.
+    let mut at = 0usize;
+    let mut first_offset = None;
+    let mut next_offset = 0;
+    while at + HEADER_LEN <= buf.len() {
+        let position = pos + at as u64;
+        if buf[at..at + HEADER_LEN].iter().all(|&b| b == 0) {
+            break;
+        }
+        let header = BatchHeader::decode(&buf[at..])
+            .map_err(|error| ReadFailure::Corrupt { position, error })?;
+        let end = at + header.total_len();
+        if end > buf.len() {
+            break;
+        }
+        let computed = crc32c::crc32c(&buf[at + 17..end]);
+        if computed != header.crc {
+            return Err(ReadFailure::Corrupt {
+                position,
+                error: BatchError::BadCrc {
+                    stored: header.crc,
+                    computed,
+                },
+            });
+        }
+        if header.base_offset < next_offset {
+            let error = BatchError::MalformedRecord {
+                index: 0,
+                reason: "batch base offset out of sequence",
+            };
+            return Err(ReadFailure::Corrupt { position, error });
+        }
+        first_offset.get_or_insert(header.base_offset);
+        next_offset = header.next_offset();
+        at = end;
+    }
+    buf.truncate(at);
+    Ok(first_offset.map(|first_offset| SegmentRead {
+        bytes: Bytes::from(buf),
+        first_offset,
+        next_offset,
+    }))
+}
+
+/// Writes zeros over `[from, to)` (preallocation), in bounded chunks.
+pub fn zero_fill(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min((to - from) as usize)];
+    let mut pos = from;
+    while pos < to {
+        let n = ((to - pos) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether `[from, to)` of the file holds only zeros.
+pub fn is_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut window = Window::new(file, to);
+    let mut pos = from;
+    while pos < to {
+        let chunk = window.get(pos, SCAN_WINDOW)?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += chunk.len() as u64;
+    }
+    Ok(true)
+}
+
+/// fsyncs a directory, so that creating, renaming or deleting a file in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_parse_strictly() {
+        assert_eq!(parse_file_name("00000000000000000042.log", "log"), Some(42));
+        assert_eq!(parse_file_name("00000000000000000042.index", "log"), None);
+        assert_eq!(parse_file_name("42.log", "log"), None);
+        assert_eq!(parse_file_name("0000000000000000004x.log", "log"), None);
+        let p = log_path(Path::new("/d"), 7);
+        assert_eq!(p, Path::new("/d/00000000000000000007.log"));
+    }
+
+    #[test]
+    fn headers_check_their_base_offset() {
+        let h = encode_header(9);
+        assert_eq!(check_header(&h, 9), Ok(true));
+        assert!(check_header(&h, 10).is_err());
+        assert_eq!(check_header(&[0u8; 32], 9), Ok(false));
+        assert_eq!(check_header(&[0u8; 5], 9), Ok(false));
+        assert!(check_header(&h[..10], 9).is_err());
+    }
+}

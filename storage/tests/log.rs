@@ -1,0 +1,425 @@
+//! End-to-end behaviour of one partition log: append, read, roll, reopen, timestamps, retention,
+//! compaction, many logs and group commit.
+
+mod common;
+
+use std::sync::Arc;
+use std::thread;
+
+use common::{batch, keyed, read_all, small_segments};
+use strata_storage::{
+    CleanupPolicy, Compression, Durability, Error, Log, LogConfig, LogManager, ManualClock,
+    StorageOptions,
+};
+
+#[test]
+fn appends_get_dense_offsets_and_read_back_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    let mut expected = 0;
+    for tag in 0..50u64 {
+        let info = log
+            .append(batch(tag, 5, 1000 + tag as i64))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(info.base_offset, expected);
+        assert_eq!(info.last_offset, expected + 4);
+        expected += 5;
+    }
+    assert_eq!(log.high_watermark(), 250);
+    assert!(
+        log.segments().len() > 2,
+        "small segments must roll: {:?}",
+        log.segments()
+    );
+    let records = read_all(&log, 0);
+    assert_eq!(records.len(), 250);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.offset, i as u64);
+        let (tag, idx) = (i / 5, i % 5);
+        assert_eq!(r.key.as_deref(), Some(format!("k{tag}-{idx}").as_bytes()));
+        assert_eq!(r.headers[0].name, "h");
+    }
+    // A read from the middle of a batch returns the whole batch; records_from trims it.
+    let r = log.read(102, 1).unwrap();
+    assert_eq!(r.records_from(102).unwrap()[0].offset, 102);
+    assert!(matches!(
+        log.read(251, 10),
+        Err(Error::OffsetOutOfRange {
+            requested: 251,
+            log_start: 0,
+            high_watermark: 250
+        })
+    ));
+    assert!(log.read(250, 10).unwrap().batches.is_empty());
+}
+
+#[test]
+fn compressed_batches_round_trip_through_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        let mut b = strata_storage::BatchBuilder::new(codec);
+        for i in 0..100 {
+            b.push(
+                i,
+                Some(b"key"),
+                Some(format!("value {i} {}", "abc".repeat(20)).as_bytes()),
+                &[],
+            );
+        }
+        log.append(b.build().unwrap()).unwrap().wait().unwrap();
+    }
+    let records = read_all(&log, 0);
+    assert_eq!(records.len(), 300);
+    assert_eq!(
+        records[250].value.as_deref(),
+        Some(format!("value 50 {}", "abc".repeat(20)).as_bytes())
+    );
+}
+
+#[test]
+fn reopening_keeps_everything_and_continues_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = Log::open(dir.path(), small_segments()).unwrap();
+        for tag in 0..30 {
+            log.append(batch(tag, 3, tag as i64))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+    }
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.high_watermark(), 90);
+    assert_eq!(
+        log.append(batch(99, 1, 0))
+            .unwrap()
+            .wait()
+            .unwrap()
+            .base_offset,
+        90
+    );
+    assert_eq!(read_all(&log, 0).len(), 91);
+}
+
+#[test]
+fn timestamp_lookup_finds_the_first_offset_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    for tag in 0..40u64 {
+        log.append(batch(tag, 4, 10_000 + tag as i64 * 100))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(10_000).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(10_001).unwrap(), Some(4));
+    assert_eq!(log.offset_for_timestamp(12_500).unwrap(), Some(100));
+    assert_eq!(log.offset_for_timestamp(13_900).unwrap(), Some(156));
+    assert_eq!(log.offset_for_timestamp(13_901).unwrap(), None);
+    // Timestamps need not be monotonic.
+    log.append(batch(40, 1, 5)).unwrap().wait().unwrap();
+    assert_eq!(log.offset_for_timestamp(14_000).unwrap(), None);
+}
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = StorageOptions {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let config = LogConfig {
+        segment_ms: Some(60_000),
+        ..LogConfig::default()
+    };
+    let log = Log::open_with_options(dir.path(), config, options).unwrap();
+    log.append(batch(0, 1, 1_000_000)).unwrap().wait().unwrap();
+    clock.advance(59_000);
+    log.append(batch(1, 1, 1_059_000)).unwrap().wait().unwrap();
+    assert_eq!(log.segments().len(), 1);
+    clock.advance(2_000);
+    log.append(batch(2, 1, 1_061_000)).unwrap().wait().unwrap();
+    assert_eq!(log.segments().len(), 2);
+    assert_eq!(log.segments()[1].base_offset, 2);
+}
+
+#[test]
+fn retention_deletes_whole_old_segments_and_moves_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = StorageOptions {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let config = LogConfig {
+        retention_ms: Some(10_000),
+        retention_bytes: None,
+        ..small_segments()
+    };
+    let log = Log::open_with_options(dir.path(), config.clone(), options.clone()).unwrap();
+    for tag in 0..40u64 {
+        // Records get older timestamps first: tag 0 is 40 s old, tag 39 is 1 s old.
+        log.append(batch(tag, 4, 1_000_000 - (40 - tag as i64) * 1000))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let before = log.segments();
+    let outcome = log.enforce_retention().unwrap();
+    assert!(outcome.deleted_segments > 0);
+    let start = log.log_start_offset();
+    assert_eq!(start, outcome.log_start_offset);
+    assert!(start > 0 && start < 160);
+    assert_eq!(start, log.segments()[0].base_offset);
+    assert!(before.len() > log.segments().len());
+    // Nothing at or after 10 s old was deleted.
+    let kept = read_all(&log, start);
+    assert!(kept.iter().all(|r| r.offset >= start));
+    assert!(kept.first().unwrap().offset == start);
+    let first_recent = (40 - 10) * 4; // tag 30 is exactly 10 s old
+    assert!(start <= first_recent);
+    assert!(
+        matches!(log.read(0, 10), Err(Error::OffsetOutOfRange { requested: 0, log_start, .. }) if log_start == start)
+    );
+
+    // Size-based retention keeps the newest segments under the limit (plus the active one).
+    let by_size = LogConfig {
+        retention_ms: None,
+        retention_bytes: Some(8192),
+        ..config
+    };
+    log.set_config(by_size).unwrap();
+    log.enforce_retention().unwrap();
+    assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
+    // Reopen: log start survives as the first segment's base.
+    let start = log.log_start_offset();
+    drop(log);
+    let log = Log::open_with_options(dir.path(), small_segments(), options).unwrap();
+    assert_eq!(log.log_start_offset(), start);
+    assert_eq!(read_all(&log, start).len() as u64, 160 - start);
+}
+
+#[test]
+fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let options = StorageOptions {
+        clock: clock.clone(),
+        ..Default::default()
+    };
+    let config = LogConfig {
+        cleanup_policy: CleanupPolicy::Compact,
+        tombstone_retention_ms: 5_000,
+        retention_ms: None,
+        segment_bytes: 2048,
+        index_interval_bytes: 128,
+        ..LogConfig::default()
+    };
+    let log = Log::open_with_options(dir.path(), config.clone(), options.clone()).unwrap();
+    // 300 updates over 10 keys; key 3 is deleted (tombstone) at offset 300, key 4 at 301 later.
+    for i in 0..300u64 {
+        log.append(keyed(
+            &format!("key{}", i % 10),
+            Some(&format!("value{i}")),
+            900_000 + i as i64,
+        ))
+        .unwrap()
+        .wait()
+        .unwrap();
+    }
+    log.append(keyed("key3", None, 900_000))
+        .unwrap()
+        .wait()
+        .unwrap(); // old tombstone
+    log.append(keyed("key4", None, 999_000))
+        .unwrap()
+        .wait()
+        .unwrap(); // recent tombstone
+    for i in 0..60u64 {
+        log.append(keyed("filler", Some(&format!("{i}")), 1_000_000))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let active_base = log.segments().last().unwrap().base_offset;
+    let outcome = log.compact().unwrap();
+    assert!(outcome.records_removed > 250, "{outcome:?}");
+    assert!(outcome.bytes_after < outcome.bytes_before);
+    let records = read_all(&log, 0);
+    let sealed: Vec<_> = records.iter().filter(|r| r.offset < active_base).collect();
+    let mut seen = std::collections::HashSet::new();
+    for r in &sealed {
+        assert!(
+            seen.insert(r.key.clone()),
+            "key {:?} kept twice in sealed segments",
+            r.key
+        );
+    }
+    // Latest values survive at their original offsets.
+    let find = |k: &str| {
+        records
+            .iter()
+            .find(|r| r.key.as_deref() == Some(k.as_bytes()))
+            .cloned()
+    };
+    let k7 = find("key7").unwrap();
+    assert_eq!(
+        (k7.offset, k7.value.as_deref()),
+        (297, Some(&b"value297"[..]))
+    );
+    assert!(
+        find("key3").is_none(),
+        "the old tombstone and every key3 record are gone"
+    );
+    let k4 = find("key4").unwrap();
+    assert_eq!(
+        (k4.offset, k4.value),
+        (301, None),
+        "a recent tombstone stays"
+    );
+    // Offsets only grow; the active segment is untouched.
+    assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
+    assert_eq!(
+        records.iter().filter(|r| r.offset >= active_base).count() as u64,
+        log.high_watermark() - active_base
+    );
+    // Reading from a compacted-away offset gives the next record.
+    let r = log.read(5, 1024).unwrap();
+    assert!(r.records_from(5).unwrap()[0].offset > 5);
+    // A second run finds nothing more to do; reopening reads the same.
+    assert_eq!(log.compact().unwrap().records_removed, 0);
+    drop(log);
+    let log = Log::open_with_options(dir.path(), config, options).unwrap();
+    assert_eq!(read_all(&log, 0), records);
+}
+
+#[test]
+fn ten_thousand_logs_stay_within_the_descriptor_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(
+        dir.path(),
+        StorageOptions {
+            max_open_files: 128,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let config = LogConfig {
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    for p in 0..10_000u64 {
+        let log = manager.open_log(&format!("t-{p}"), config.clone()).unwrap();
+        log.append(batch(p, 1, 0)).unwrap().wait().unwrap();
+    }
+    assert!(manager.open_files() <= 128);
+    let fds_after = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    assert!(
+        fds_after <= fds_before + 140,
+        "{fds_before} -> {fds_after} descriptors"
+    );
+    // Every log is still readable through the cache.
+    for p in (0..10_000u64).step_by(997) {
+        let log = manager.get(&format!("t-{p}")).unwrap();
+        let r = read_all(&log, 0);
+        assert_eq!(r[0].key.as_deref(), Some(format!("k{p}-0").as_bytes()));
+    }
+}
+
+#[test]
+fn concurrent_appenders_are_group_committed_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 256 * 1024,
+            ..LogConfig::default()
+        },
+    )
+    .unwrap();
+    let handles: Vec<_> = (0..16u64)
+        .map(|t| {
+            let log = log.clone();
+            thread::spawn(move || {
+                (0..50u64)
+                    .map(|i| {
+                        log.append(batch(t * 1000 + i, 10, 0))
+                            .unwrap()
+                            .wait()
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut infos: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    infos.sort_by_key(|i| i.base_offset);
+    assert_eq!(infos.len(), 800);
+    for (i, info) in infos.iter().enumerate() {
+        assert_eq!(info.base_offset, i as u64 * 10, "offsets dense and unique");
+    }
+    assert_eq!(log.high_watermark(), 8000);
+    assert_eq!(read_all(&log, 0).len(), 8000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_appenders_wait_for_durability_without_blocking_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    log.append(batch(t * 100 + i, 2, 0))
+                        .unwrap()
+                        .durable()
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(log.high_watermark(), 320);
+}
+
+#[test]
+fn interval_and_never_durability_make_records_visible_at_once() {
+    for durability in [
+        Durability::Interval(std::time::Duration::from_millis(5)),
+        Durability::Never,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                durability,
+                ..LogConfig::default()
+            },
+        )
+        .unwrap();
+        let pending = log.append(batch(0, 3, 0)).unwrap();
+        assert_eq!(log.high_watermark(), 3, "{durability:?}");
+        pending.wait().unwrap();
+        log.flush().unwrap();
+        drop(log);
+        assert_eq!(
+            Log::open(dir.path(), LogConfig::default())
+                .unwrap()
+                .high_watermark(),
+            3
+        );
+    }
+}
