@@ -103,11 +103,7 @@ pub struct ProducerInfo {
 
 impl ProducerInfo {
     /// A batch written outside any producer session.
-    pub const NONE: ProducerInfo = ProducerInfo {
-        id: -1,
-        epoch: -1,
-        base_sequence: -1,
-    };
+    pub const NONE: ProducerInfo = ProducerInfo { id: -1, epoch: -1, base_sequence: -1 };
 }
 
 /// A header on a record: a name and an opaque value.
@@ -189,13 +185,7 @@ impl BatchBuilder {
     }
 
     /// Appends a record at the next dense offset delta.
-    pub fn push(
-        &mut self,
-        timestamp: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: &[Header],
-    ) {
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) {
         let delta = self.next_offset_delta;
         self.push_at(delta, timestamp, key, value, headers);
     }
@@ -215,8 +205,7 @@ impl BatchBuilder {
             self.first_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let mut body =
-            Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
+        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
         body.push(0u8); // record attributes, reserved
         put_var(&mut body, timestamp.wrapping_sub(self.first_timestamp));
         put_var(&mut body, offset_delta);
@@ -257,8 +246,9 @@ impl BatchBuilder {
         let section = match self.compression {
             Compression::None => self.records,
             Compression::Lz4 => lz4_flex::block::compress(&self.records),
-            Compression::Zstd => zstd::bulk::compress(&self.records, 1)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?,
+            Compression::Zstd => {
+                zstd::bulk::compress(&self.records, 1).map_err(|e| BatchError::Decompress(e.to_string()))?
+            }
         };
         let mut attributes = self.compression.code();
         if self.transactional {
@@ -332,10 +322,7 @@ impl BatchHeader {
     /// A [`BatchError`] naming what is wrong.
     pub fn decode(buf: &[u8]) -> Result<Self, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated {
-                needed: HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(BatchError::Truncated { needed: HEADER_LEN, available: buf.len() });
         }
         let magic = buf[OFF_MAGIC];
         if magic != BATCH_MAGIC {
@@ -355,10 +342,7 @@ impl BatchHeader {
             return Err(BatchError::Empty);
         }
         if last_offset_delta < record_count - 1 {
-            return Err(BatchError::MalformedRecord {
-                index: 0,
-                reason: "last offset delta below record count",
-            });
+            return Err(BatchError::MalformedRecord { index: 0, reason: "last offset delta below record count" });
         }
         Ok(Self {
             base_offset: le_u64(buf, OFF_BASE_OFFSET),
@@ -410,17 +394,11 @@ impl Batch {
     pub fn parse(bytes: Bytes) -> Result<Self, BatchError> {
         let header = BatchHeader::decode(&bytes)?;
         if header.total_len() != bytes.len() {
-            return Err(BatchError::Truncated {
-                needed: header.total_len(),
-                available: bytes.len(),
-            });
+            return Err(BatchError::Truncated { needed: header.total_len(), available: bytes.len() });
         }
         let computed = crc32c::crc32c(&bytes[OFF_ATTRIBUTES..]);
         if computed != header.crc {
-            return Err(BatchError::BadCrc {
-                stored: header.crc,
-                computed,
-            });
+            return Err(BatchError::BadCrc { stored: header.crc, computed });
         }
         Ok(Self { header, bytes })
     }
@@ -449,16 +427,10 @@ impl Batch {
     }
 }
 
-fn decompress(
-    codec: Compression,
-    section: &[u8],
-    uncompressed_len: u32,
-) -> Result<Vec<u8>, BatchError> {
+fn decompress(codec: Compression, section: &[u8], uncompressed_len: u32) -> Result<Vec<u8>, BatchError> {
     let len = uncompressed_len as usize;
     if len > MAX_UNCOMPRESSED_LEN {
-        return Err(BatchError::Decompress(format!(
-            "declared size {len} exceeds {MAX_UNCOMPRESSED_LEN}"
-        )));
+        return Err(BatchError::Decompress(format!("declared size {len} exceeds {MAX_UNCOMPRESSED_LEN}")));
     }
     match codec {
         Compression::None => Ok(section.to_vec()),
@@ -467,20 +439,14 @@ fn decompress(
             let n = lz4_flex::block::decompress_into(section, &mut out)
                 .map_err(|e| BatchError::Decompress(e.to_string()))?;
             if n != len {
-                return Err(BatchError::Decompress(format!(
-                    "expanded to {n} bytes, header says {len}"
-                )));
+                return Err(BatchError::Decompress(format!("expanded to {n} bytes, header says {len}")));
             }
             Ok(out)
         }
         Compression::Zstd => {
-            let out = zstd::bulk::decompress(section, len)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            let out = zstd::bulk::decompress(section, len).map_err(|e| BatchError::Decompress(e.to_string()))?;
             if out.len() != len {
-                return Err(BatchError::Decompress(format!(
-                    "expanded to {} bytes, header says {len}",
-                    out.len()
-                )));
+                return Err(BatchError::Decompress(format!("expanded to {} bytes, header says {len}", out.len())));
             }
             Ok(out)
         }
@@ -496,10 +462,7 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn fail(&self, reason: &'static str) -> BatchError {
-        BatchError::MalformedRecord {
-            index: self.index,
-            reason,
-        }
+        BatchError::MalformedRecord { index: self.index, reason }
     }
 
     fn var<V: VarInt>(&mut self, what: &'static str) -> Result<V, BatchError> {
@@ -509,20 +472,13 @@ impl Cursor<'_> {
     }
 
     fn byte(&mut self) -> Result<u8, BatchError> {
-        let b = *self
-            .section
-            .get(self.pos)
-            .ok_or_else(|| self.fail("truncated attributes"))?;
+        let b = *self.section.get(self.pos).ok_or_else(|| self.fail("truncated attributes"))?;
         self.pos += 1;
         Ok(b)
     }
 
     fn take(&mut self, len: usize, end: usize, what: &'static str) -> Result<Bytes, BatchError> {
-        let stop = self
-            .pos
-            .checked_add(len)
-            .filter(|&s| s <= end)
-            .ok_or_else(|| self.fail(what))?;
+        let stop = self.pos.checked_add(len).filter(|&s| s <= end).ok_or_else(|| self.fail(what))?;
         let out = self.section.slice(self.pos..stop);
         self.pos = stop;
         Ok(out)
@@ -539,11 +495,7 @@ impl Cursor<'_> {
 
 fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, BatchError> {
     let mut records = Vec::with_capacity(header.record_count.min(1 << 16) as usize);
-    let mut cur = Cursor {
-        section,
-        pos: 0,
-        index: 0,
-    };
+    let mut cur = Cursor { section, pos: 0, index: 0 };
     let mut previous_delta: Option<u32> = None;
     while cur.pos < section.len() {
         let len = cur.var::<u32>("bad length")? as usize;
@@ -555,9 +507,7 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
         let _attributes = cur.byte()?;
         let ts_delta = cur.var::<i64>("bad timestamp delta")?;
         let offset_delta = cur.var::<u32>("bad offset delta")?;
-        if previous_delta.is_some_and(|p| offset_delta <= p)
-            || offset_delta > header.last_offset_delta
-        {
+        if previous_delta.is_some_and(|p| offset_delta <= p) || offset_delta > header.last_offset_delta {
             return Err(cur.fail("offset deltas not increasing within the batch span"));
         }
         previous_delta = Some(offset_delta);
@@ -568,8 +518,7 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
         for _ in 0..header_count {
             let name_len = cur.var::<u32>("bad header name")? as usize;
             let name = cur.take(name_len, end, "bad header name")?;
-            let name = String::from_utf8(name.to_vec())
-                .map_err(|_| cur.fail("header name is not UTF-8"))?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| cur.fail("header name is not UTF-8"))?;
             let value_len = cur.var::<u32>("bad header value")? as usize;
             let value = cur.take(value_len, end, "bad header value")?;
             headers.push(Header { name, value });
@@ -587,10 +536,7 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
         cur.index += 1;
     }
     if records.len() as u64 != u64::from(header.record_count) {
-        return Err(BatchError::RecordCountMismatch {
-            header: header.record_count,
-            actual: records.len() as u32,
-        });
+        return Err(BatchError::RecordCountMismatch { header: header.record_count, actual: records.len() as u32 });
     }
     Ok(records)
 }
@@ -610,10 +556,7 @@ pub fn split_batches(buf: &Bytes) -> impl Iterator<Item = Result<Batch, BatchErr
         let result = BatchHeader::decode(&buf[pos..]).and_then(|h| {
             let end = pos + h.total_len();
             if end > buf.len() {
-                return Err(BatchError::Truncated {
-                    needed: h.total_len(),
-                    available: buf.len() - pos,
-                });
+                return Err(BatchError::Truncated { needed: h.total_len(), available: buf.len() - pos });
             }
             Batch::parse(buf.slice(pos..end))
         });
@@ -659,31 +602,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_record() -> impl Strategy<
-        Value = (
-            i64,
-            Option<Vec<u8>>,
-            Option<Vec<u8>>,
-            Vec<(String, Vec<u8>)>,
-        ),
-    > {
+    fn arb_record() -> impl Strategy<Value = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)> {
         (
             -1_000_000i64..1_000_000,
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
-            proptest::collection::vec(
-                ("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..16)),
-                0..3,
-            ),
+            proptest::collection::vec(("[a-z]{0,8}", proptest::collection::vec(any::<u8>(), 0..16)), 0..3),
         )
     }
 
     fn codec() -> impl Strategy<Value = Compression> {
-        prop_oneof![
-            Just(Compression::None),
-            Just(Compression::Lz4),
-            Just(Compression::Zstd)
-        ]
+        prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)]
     }
 
     proptest! {
@@ -739,10 +668,7 @@ mod tests {
 
     #[test]
     fn empty_batch_is_refused() {
-        assert_eq!(
-            BatchBuilder::new(Compression::None).build(),
-            Err(BatchError::Empty)
-        );
+        assert_eq!(BatchBuilder::new(Compression::None).build(), Err(BatchError::Empty));
     }
 
     #[test]
@@ -755,9 +681,6 @@ mod tests {
         let crc = crc32c::crc32c(&encoded[OFF_ATTRIBUTES..]);
         encoded[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         let batch = Batch::parse(Bytes::from(encoded)).unwrap();
-        assert!(matches!(
-            batch.records(),
-            Err(BatchError::MalformedRecord { .. })
-        ));
+        assert!(matches!(batch.records(), Err(BatchError::MalformedRecord { .. })));
     }
 }

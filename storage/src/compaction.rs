@@ -41,17 +41,10 @@ impl Log {
     /// [`Error::Corrupt`] if a sealed segment is damaged (nothing is rewritten then), or
     /// [`Error::Io`].
     pub fn compact(&self) -> Result<CompactionOutcome> {
-        let _maintenance = self
-            .inner
-            .maintenance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
         let (sealed, config) = {
             let st = self.lock();
-            (
-                st.sealed.values().cloned().collect::<Vec<_>>(),
-                st.config.clone(),
-            )
+            (st.sealed.values().cloned().collect::<Vec<_>>(), st.config.clone())
         };
         let mut outcome = CompactionOutcome::default();
         if config.cleanup_policy != CleanupPolicy::Compact || sealed.is_empty() {
@@ -67,18 +60,10 @@ impl Log {
                 }
             }
         }
-        let tombstone_horizon = self
-            .inner
-            .shared
-            .clock
-            .now_ms()
-            .saturating_sub(config.tombstone_retention_ms as i64);
+        let tombstone_horizon = self.inner.shared.clock.now_ms().saturating_sub(config.tombstone_retention_ms as i64);
         let keep = |r: &Record| match &r.key {
             None => true,
-            Some(key) => {
-                latest.get(key) == Some(&r.offset)
-                    && (r.value.is_some() || r.timestamp >= tombstone_horizon)
-            }
+            Some(key) => latest.get(key) == Some(&r.offset) && (r.value.is_some() || r.timestamp >= tombstone_horizon),
         };
         for seg in &sealed {
             let batches = self.segment_batches(seg)?;
@@ -111,12 +96,7 @@ impl Log {
 
     /// Every batch of a sealed segment, verified.
     fn segment_batches(&self, seg: &SealedSegment) -> Result<Vec<Batch>> {
-        let file = self
-            .inner
-            .shared
-            .files
-            .get(seg.id, &seg.path, seg.ino, false)
-            .at(&seg.path)?;
+        let file = self.inner.shared.files.get(seg.id, &seg.path, seg.ino, false).at(&seg.path)?;
         let mut pos = SEGMENT_HEADER_LEN;
         let mut out = Vec::new();
         loop {
@@ -134,11 +114,7 @@ impl Log {
                 }
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&seg.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {
-                    return Err(Error::Corrupt {
-                        path: seg.path.clone(),
-                        position,
-                        source: error,
-                    });
+                    return Err(Error::Corrupt { path: seg.path.clone(), position, source: error });
                 }
             }
         }
@@ -148,18 +124,10 @@ impl Log {
     fn swap_in(&self, seg: &SealedSegment, batches: &[Vec<u8>]) -> Result<Arc<SealedSegment>> {
         let dir = self.dir();
         let cleaned = seg.path.with_extension("log.cleaned");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&cleaned)
-            .at(&cleaned)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&cleaned).at(&cleaned)?;
         let interval = self.lock().config.index_interval_bytes;
         let mut index = SegmentIndex::empty(seg.base, SEGMENT_HEADER_LEN);
-        let mut bytes = Vec::with_capacity(
-            batches.iter().map(Vec::len).sum::<usize>() + SEGMENT_HEADER_LEN as usize,
-        );
+        let mut bytes = Vec::with_capacity(batches.iter().map(Vec::len).sum::<usize>() + SEGMENT_HEADER_LEN as usize);
         bytes.extend_from_slice(&segment::encode_header(seg.base));
         for b in batches {
             let header = batch::BatchHeader::decode(b)
@@ -196,34 +164,20 @@ impl Log {
 }
 
 fn records_of(seg: &SealedSegment, b: &Batch) -> Result<Vec<Record>> {
-    b.records().map_err(|source| Error::Corrupt {
-        path: seg.path.clone(),
-        position: 0,
-        source,
-    })
+    b.records().map_err(|source| Error::Corrupt { path: seg.path.clone(), position: 0, source })
 }
 
 /// A batch holding only `kept`, with the original base offset, offset span and producer fields.
 fn rebuild(original: &Batch, kept: &[&Record]) -> Result<Vec<u8>> {
     let h = original.header();
-    let mut builder = BatchBuilder::new(h.compression)
-        .producer(h.producer)
-        .transactional(h.transactional)
-        .control(h.control);
+    let mut builder =
+        BatchBuilder::new(h.compression).producer(h.producer).transactional(h.transactional).control(h.control);
     for r in kept {
         let delta = (r.offset - h.base_offset) as u32;
-        builder.push_at(
-            delta,
-            r.timestamp,
-            r.key.as_deref(),
-            r.value.as_deref(),
-            &r.headers,
-        );
+        builder.push_at(delta, r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
     }
     builder.set_last_offset_delta(h.last_offset_delta);
-    let mut out = builder
-        .build()
-        .map_err(|_| Error::Internal("compaction rebuilt an empty batch"))?;
+    let mut out = builder.build().map_err(|_| Error::Internal("compaction rebuilt an empty batch"))?;
     batch::set_base_offset(&mut out, h.base_offset);
     Ok(out)
 }

@@ -75,10 +75,7 @@ impl LogConfig {
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
             return bad(
                 "segment_bytes",
-                format!(
-                    "{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
-                    self.segment_bytes
-                ),
+                format!("{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}", self.segment_bytes),
             );
         }
         if self.segment_ms == Some(0) {
@@ -93,13 +90,7 @@ impl LogConfig {
             return bad("index_interval_bytes", "must be positive".into());
         }
         if self.max_batch_bytes < 128 || u64::from(self.max_batch_bytes) > MAX_SEGMENT_BYTES {
-            return bad(
-                "max_batch_bytes",
-                format!(
-                    "{} is outside 128..={MAX_SEGMENT_BYTES}",
-                    self.max_batch_bytes
-                ),
-            );
+            return bad("max_batch_bytes", format!("{} is outside 128..={MAX_SEGMENT_BYTES}", self.max_batch_bytes));
         }
         Ok(())
     }

@@ -12,14 +12,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The offset is below the log start or beyond the high watermark.
-    #[error(
-        "offset {requested} is out of range: readable offsets are {log_start}..{high_watermark}"
-    )]
-    OffsetOutOfRange {
-        requested: u64,
-        log_start: u64,
-        high_watermark: u64,
-    },
+    #[error("offset {requested} is out of range: readable offsets are {log_start}..{high_watermark}")]
+    OffsetOutOfRange { requested: u64, log_start: u64, high_watermark: u64 },
 
     #[error("batch of {size} bytes exceeds the log's limit of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
@@ -65,10 +59,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }
 

@@ -38,9 +38,7 @@ pub struct FileCache {
 impl FileCache {
     pub fn new(capacity: usize) -> Self {
         let capacity = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            files: Mutex::new(LruCache::new(capacity)),
-        }
+        Self { files: Mutex::new(LruCache::new(capacity)) }
     }
 
     /// Returns the open handle of `id`, opening `path` on a miss (read-write when `writable`).
@@ -53,10 +51,7 @@ impl FileCache {
         }
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
         if file.metadata()?.ino() != ino {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "segment file was replaced",
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotFound, "segment file was replaced"));
         }
         let file = Arc::new(file);
         let mut files = self.lock();
@@ -87,8 +82,6 @@ impl FileCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<FileId, Arc<File>>> {
         // A panic while holding this lock cannot leave the map inconsistent: keep going.
-        self.files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

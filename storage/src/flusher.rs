@@ -106,13 +106,8 @@ impl Flusher {
     pub(crate) fn start() -> io::Result<Self> {
         let state = Arc::new(State::default());
         let worker = Arc::clone(&state);
-        let thread = std::thread::Builder::new()
-            .name("strata-flusher".into())
-            .spawn(move || run(&worker))?;
-        Ok(Self {
-            state,
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("strata-flusher".into()).spawn(move || run(&worker))?;
+        Ok(Self { state, thread: Some(thread) })
     }
 
     /// Flush `target` as soon as possible.
@@ -125,11 +120,7 @@ impl Flusher {
     pub(crate) fn flush_after(&self, target: Arc<dyn Flushable>, delay: Duration) {
         let mut q = self.state.lock();
         q.seq += 1;
-        let timer = Timer {
-            at: Instant::now() + delay,
-            seq: q.seq,
-            target,
-        };
+        let timer = Timer { at: Instant::now() + delay, seq: q.seq, target };
         q.timers.push(Reverse(timer));
         drop(q);
         self.state.wake.notify_one();
@@ -141,7 +132,11 @@ impl Drop for Flusher {
         self.state.lock().shutdown = true;
         self.state.wake.notify_one();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // The last reference may be dropped by the flusher thread itself (a queued log held
+            // it): it then exits on its own after this flush round, and must not join itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -172,11 +167,7 @@ fn run(state: &State) {
                 q = match q.timers.peek() {
                     Some(Reverse(t)) => {
                         let wait = t.at.saturating_duration_since(now);
-                        state
-                            .wake
-                            .wait_timeout(q, wait)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0
+                        state.wake.wait_timeout(q, wait).unwrap_or_else(PoisonError::into_inner).0
                     }
                     None => state.wake.wait(q).unwrap_or_else(PoisonError::into_inner),
                 };

@@ -46,12 +46,7 @@ pub struct IndexedBatch {
 
 impl SegmentIndex {
     pub fn empty(base_offset: u64, log_len: u64) -> Self {
-        Self {
-            next_offset: base_offset,
-            max_timestamp: i64::MIN,
-            log_len,
-            ..Default::default()
-        }
+        Self { next_offset: base_offset, max_timestamp: i64::MIN, log_len, ..Default::default() }
     }
 
     /// Records a batch appended at the end of the segment.
@@ -73,9 +68,7 @@ impl SegmentIndex {
             }
             self.max_timestamp = batch.max_timestamp;
         }
-        self.bytes_since_offset_entry = self
-            .bytes_since_offset_entry
-            .saturating_add(batch.len as u32);
+        self.bytes_since_offset_entry = self.bytes_since_offset_entry.saturating_add(batch.len as u32);
         self.bytes_since_time_entry = self.bytes_since_time_entry.saturating_add(batch.len as u32);
         self.next_offset = batch.next_offset;
         self.log_len = batch.position + batch.len;
@@ -101,9 +94,8 @@ impl SegmentIndex {
 
     /// Serialises the index into its file format (see FORMAT.md).
     pub fn encode(&self, base_offset: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.offsets.len() * OFFSET_ENTRY_LEN + self.times.len() * TIME_ENTRY_LEN + FOOTER_LEN,
-        );
+        let mut out =
+            Vec::with_capacity(self.offsets.len() * OFFSET_ENTRY_LEN + self.times.len() * TIME_ENTRY_LEN + FOOTER_LEN);
         for &(rel, pos) in &self.offsets {
             out.extend_from_slice(&rel.to_le_bytes());
             out.extend_from_slice(&pos.to_le_bytes());
@@ -141,20 +133,9 @@ impl SegmentIndex {
             return None;
         }
         let f = &buf[buf.len() - FOOTER_LEN..];
-        let u64_at = |at: usize| {
-            f.get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let u32_at = |at: usize| {
-            f.get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-        };
-        if &f[56..64] != INDEX_MAGIC
-            || f[52..54] != INDEX_VERSION.to_le_bytes()
-            || u64_at(0)? != base_offset
-        {
+        let u64_at = |at: usize| f.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let u32_at = |at: usize| f.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+        if &f[56..64] != INDEX_MAGIC || f[52..54] != INDEX_VERSION.to_le_bytes() || u64_at(0)? != base_offset {
             return None;
         }
         let (n_off, n_time) = (u32_at(44)? as usize, u32_at(48)? as usize);
@@ -197,14 +178,7 @@ mod tests {
     use super::*;
 
     fn batch(base: u64, n: u64, ts: i64, pos: u64, len: u64) -> IndexedBatch {
-        IndexedBatch {
-            base_offset: base,
-            next_offset: base + n,
-            max_timestamp: ts,
-            position: pos,
-            len,
-            crc: 7,
-        }
+        IndexedBatch { base_offset: base, next_offset: base + n, max_timestamp: ts, position: pos, len, crc: 7 }
     }
 
     #[test]
@@ -222,17 +196,11 @@ mod tests {
         assert_eq!(decoded.next_offset, 600);
         assert_eq!(decoded.log_len, pos);
         assert_eq!(decoded.last_batch, Some((pos - 1000, 7)));
-        assert!(
-            SegmentIndex::decode(&encoded, 101).is_none(),
-            "wrong base offset"
-        );
+        assert!(SegmentIndex::decode(&encoded, 101).is_none(), "wrong base offset");
         for at in [0, encoded.len() / 2, encoded.len() - 1] {
             let mut damaged = encoded.clone();
             damaged[at] ^= 0x10;
-            assert!(
-                SegmentIndex::decode(&damaged, 100).is_none(),
-                "flip at {at} undetected"
-            );
+            assert!(SegmentIndex::decode(&damaged, 100).is_none(), "flip at {at} undetected");
         }
         assert!(SegmentIndex::decode(&encoded[..encoded.len() - 3], 100).is_none());
     }
@@ -247,10 +215,7 @@ mod tests {
         }
         for target in [0u64, 5, 10, 555, 999] {
             let start = idx.position_for_offset(0, target).unwrap_or(32);
-            assert!(
-                start <= 32 + (target / 10) * 3000,
-                "offset {target} starts at {start}"
-            );
+            assert!(start <= 32 + (target / 10) * 3000, "offset {target} starts at {start}");
         }
         for ts in [0i64, 1000, 1050, 1099, 5000] {
             let start = idx.position_for_timestamp(ts).unwrap_or(32);

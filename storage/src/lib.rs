@@ -34,9 +34,7 @@ mod recovery;
 mod retention;
 pub mod segment;
 
-pub use batch::{
-    Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record,
-};
+pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Durability, LogConfig};

@@ -23,11 +23,7 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        Self {
-            max_open_files: 1024,
-            clock: Arc::new(SystemClock),
-            fsync: Arc::new(OsFsync),
-        }
+        Self { max_open_files: 1024, clock: Arc::new(SystemClock), fsync: Arc::new(OsFsync) }
     }
 }
 
@@ -46,11 +42,7 @@ impl LogManager {
     pub fn new(root: impl Into<PathBuf>, options: StorageOptions) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).at(&root)?;
-        Ok(Self {
-            shared: new_shared(options, &root)?,
-            root,
-            logs: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { shared: new_shared(options, &root)?, root, logs: Mutex::new(HashMap::new()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -125,25 +117,14 @@ impl Log {
     /// # Errors
     /// [`Error::InvalidConfig`]; recovery's errors.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
-        Self::open_with_options(
-            dir,
-            config,
-            StorageOptions {
-                max_open_files: 64,
-                ..Default::default()
-            },
-        )
+        Self::open_with_options(dir, config, StorageOptions { max_open_files: 64, ..Default::default() })
     }
 
     /// Like [`Log::open`], with explicit options (a test clock, a fault-injecting fsync).
     ///
     /// # Errors
     /// As [`Log::open`].
-    pub fn open_with_options(
-        dir: impl AsRef<Path>,
-        config: LogConfig,
-        options: StorageOptions,
-    ) -> Result<Log> {
+    pub fn open_with_options(dir: impl AsRef<Path>, config: LogConfig, options: StorageOptions) -> Result<Log> {
         let dir = dir.as_ref();
         Log::open_with(dir, config, new_shared(options, dir)?)
     }
@@ -153,17 +134,11 @@ impl Log {
     /// # Errors
     /// [`Error::Io`] if the directory cannot be removed.
     pub fn delete(&self) -> Result<()> {
-        let _maintenance = self
-            .inner
-            .maintenance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
         let mut st = self.lock();
         st.deleted = true;
         for w in st.take_waiters() {
-            let _ = w.send(Err(Error::LogDeleted {
-                dir: self.dir().to_path_buf(),
-            }));
+            let _ = w.send(Err(Error::LogDeleted { dir: self.dir().to_path_buf() }));
         }
         for seg in st.sealed.values() {
             self.inner.shared.files.evict(seg.id);

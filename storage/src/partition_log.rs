@@ -113,10 +113,7 @@ impl LogState {
             self.durable_pos = pos;
         }
         let durable = self.durable;
-        let (done, waiting): (Vec<_>, Vec<_>) = self
-            .waiters
-            .drain(..)
-            .partition(|w| w.next_offset <= durable);
+        let (done, waiting): (Vec<_>, Vec<_>) = self.waiters.drain(..).partition(|w| w.next_offset <= durable);
         self.waiters = waiting;
         for w in done {
             let _ = w.tx.send(Ok(()));
@@ -150,9 +147,7 @@ pub struct Log {
 
 impl std::fmt::Debug for Log {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Log")
-            .field("dir", &self.inner.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Log").field("dir", &self.inner.dir).finish_non_exhaustive()
     }
 }
 
@@ -189,10 +184,7 @@ impl PendingAppend {
     pub fn wait(self) -> Result<AppendInfo> {
         match self.rx {
             None => Ok(self.info),
-            Some(rx) => rx
-                .blocking_recv()
-                .unwrap_or(Err(Error::Poisoned { dir: self.dir }))
-                .map(|()| self.info),
+            Some(rx) => rx.blocking_recv().unwrap_or(Err(Error::Poisoned { dir: self.dir })).map(|()| self.info),
         }
     }
 
@@ -206,10 +198,7 @@ impl PendingAppend {
     pub async fn durable(self) -> Result<AppendInfo> {
         match self.rx {
             None => Ok(self.info),
-            Some(rx) => rx
-                .await
-                .unwrap_or(Err(Error::Poisoned { dir: self.dir }))
-                .map(|()| self.info),
+            Some(rx) => rx.await.unwrap_or(Err(Error::Poisoned { dir: self.dir })).map(|()| self.info),
         }
     }
 }
@@ -234,14 +223,8 @@ impl ReadResult {
         let mut out = Vec::new();
         for b in batch::split_batches(&self.batches) {
             let b = b.map_err(|source| Error::InvalidBatch { source })?;
-            let records = b
-                .records()
-                .map_err(|source| Error::InvalidBatch { source })?;
-            out.extend(
-                records
-                    .into_iter()
-                    .filter(|r| r.offset >= from && r.offset < self.high_watermark),
-            );
+            let records = b.records().map_err(|source| Error::InvalidBatch { source })?;
+            out.extend(records.into_iter().filter(|r| r.offset >= from && r.offset < self.high_watermark));
         }
         Ok(out)
     }
@@ -272,10 +255,7 @@ struct ReadTarget {
 impl ReadTarget {
     fn start_for_offset(&self, log: &Log, offset: u64) -> u64 {
         match &self.sealed {
-            Some(seg) => log
-                .sealed_index(seg)
-                .position_for_offset(seg.base, offset)
-                .unwrap_or(SEGMENT_HEADER_LEN),
+            Some(seg) => log.sealed_index(seg).position_for_offset(seg.base, offset).unwrap_or(SEGMENT_HEADER_LEN),
             None => self.start,
         }
     }
@@ -290,9 +270,7 @@ impl Log {
             maintenance: Mutex::new(()),
             flush_queued: AtomicBool::new(false),
         };
-        Self {
-            inner: Arc::new(inner),
-        }
+        Self { inner: Arc::new(inner) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -300,10 +278,7 @@ impl Log {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn config(&self) -> LogConfig {
@@ -341,20 +316,9 @@ impl Log {
 
     pub fn segments(&self) -> Vec<SegmentInfo> {
         let st = self.lock();
-        let mut out: Vec<_> = st
-            .sealed
-            .values()
-            .map(|s| SegmentInfo {
-                base_offset: s.base,
-                size_bytes: s.size,
-                sealed: true,
-            })
-            .collect();
-        out.push(SegmentInfo {
-            base_offset: st.active.base,
-            size_bytes: st.active.size,
-            sealed: false,
-        });
+        let mut out: Vec<_> =
+            st.sealed.values().map(|s| SegmentInfo { base_offset: s.base, size_bytes: s.size, sealed: true }).collect();
+        out.push(SegmentInfo { base_offset: st.active.base, size_bytes: st.active.size, sealed: false });
         out
     }
 
@@ -368,33 +332,22 @@ impl Log {
     pub fn append(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
         let max = self.lock().config.max_batch_bytes as usize;
         if batch.len() > max {
-            return Err(Error::BatchTooLarge {
-                size: batch.len(),
-                max,
-            });
+            return Err(Error::BatchTooLarge { size: batch.len(), max });
         }
         let header = validate_batch(&batch)?;
         let mut st = self.lock();
         if st.deleted {
-            return Err(Error::LogDeleted {
-                dir: self.inner.dir.clone(),
-            });
+            return Err(Error::LogDeleted { dir: self.inner.dir.clone() });
         }
         if st.poisoned {
-            return Err(Error::Poisoned {
-                dir: self.inner.dir.clone(),
-            });
+            return Err(Error::Poisoned { dir: self.inner.dir.clone() });
         }
         let len = batch.len() as u64;
         let now = self.inner.shared.clock.now_ms();
         let active = &st.active;
         let too_big = active.size + len > st.config.segment_bytes;
-        let too_old = st
-            .config
-            .segment_ms
-            .is_some_and(|ms| now.saturating_sub(active.created_ms) >= ms as i64);
-        let span_full = st.next_offset + u64::from(header.last_offset_delta) - active.base
-            >= u64::from(u32::MAX);
+        let too_old = st.config.segment_ms.is_some_and(|ms| now.saturating_sub(active.created_ms) >= ms as i64);
+        let span_full = st.next_offset + u64::from(header.last_offset_delta) - active.base >= u64::from(u32::MAX);
         if active.size > SEGMENT_HEADER_LEN && (too_big || too_old || span_full) {
             self.roll(&mut st, now)?;
         }
@@ -433,20 +386,13 @@ impl Log {
             Durability::Interval(every) => {
                 if !std::mem::replace(&mut st.flush_scheduled, true) {
                     drop(st);
-                    self.inner
-                        .shared
-                        .flusher
-                        .flush_after(self.inner.clone(), every);
+                    self.inner.shared.flusher.flush_after(self.inner.clone(), every);
                 }
                 None
             }
             Durability::Never => None,
         };
-        Ok(PendingAppend {
-            info,
-            rx,
-            dir: self.inner.dir.clone(),
-        })
+        Ok(PendingAppend { info, rx, dir: self.inner.dir.clone() })
     }
 
     /// Writes a batch at the end of the active segment, growing the preallocated zone if needed.
@@ -454,11 +400,8 @@ impl Log {
         let file = self.active_file(st)?;
         let end = st.active.size + batch.len() as u64;
         if end > st.active.allocated {
-            let step =
-                (st.active.allocated - SEGMENT_HEADER_LEN).clamp(MIN_PREALLOCATE, MAX_PREALLOCATE);
-            let target = (st.active.allocated + step)
-                .min(st.config.segment_bytes.max(end))
-                .max(end);
+            let step = (st.active.allocated - SEGMENT_HEADER_LEN).clamp(MIN_PREALLOCATE, MAX_PREALLOCATE);
+            let target = (st.active.allocated + step).min(st.config.segment_bytes.max(end)).max(end);
             segment::zero_fill(&file, st.active.allocated, target).at(&st.active.path)?;
             st.active.allocated = target;
         }
@@ -467,11 +410,7 @@ impl Log {
 
     fn active_file(&self, st: &LogState) -> Result<Arc<File>> {
         let a = &st.active;
-        self.inner
-            .shared
-            .files
-            .get(a.id, &a.path, a.ino, true)
-            .at(&a.path)
+        self.inner.shared.files.get(a.id, &a.path, a.ino, true).at(&a.path)
     }
 
     /// Seals the active segment and starts a new one at `next_offset`. Called under the lock.
@@ -537,11 +476,7 @@ impl Log {
                 let st = self.lock();
                 let (hw, log_start) = (st.high_watermark(), st.log_start);
                 if offset < log_start || offset > hw {
-                    return Err(Error::OffsetOutOfRange {
-                        requested: offset,
-                        log_start,
-                        high_watermark: hw,
-                    });
+                    return Err(Error::OffsetOutOfRange { requested: offset, log_start, high_watermark: hw });
                 }
                 if offset == hw {
                     return Ok(ReadResult {
@@ -557,12 +492,7 @@ impl Log {
                 Ok(t) => t,
                 Err(e) => return Err(e),
             };
-            let file = match self.inner.shared.files.get(
-                target.id,
-                &target.path,
-                target.ino,
-                target.writable,
-            ) {
+            let file = match self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && stale_retries < 3 => {
                     // Retention or compaction replaced the segment after we picked it.
@@ -595,11 +525,7 @@ impl Log {
                 },
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {
-                    return Err(Error::Corrupt {
-                        path: target.path,
-                        position,
-                        source: error,
-                    });
+                    return Err(Error::Corrupt { path: target.path, position, source: error });
                 }
             }
         }
@@ -608,10 +534,7 @@ impl Log {
     fn read_target(&self, st: &LogState, offset: u64) -> Result<ReadTarget> {
         if offset >= st.active.base {
             let a = &st.active;
-            let start = a
-                .index
-                .position_for_offset(a.base, offset)
-                .unwrap_or(SEGMENT_HEADER_LEN);
+            let start = a.index.position_for_offset(a.base, offset).unwrap_or(SEGMENT_HEADER_LEN);
             return Ok(ReadTarget {
                 path: a.path.clone(),
                 id: a.id,
@@ -623,16 +546,9 @@ impl Log {
                 next_base: None,
             });
         }
-        let (_, seg) = st
-            .sealed
-            .range(..=offset)
-            .next_back()
-            .ok_or(Error::Internal("offset above log start has no segment"))?;
-        let next_base = st
-            .sealed
-            .range(seg.base + 1..)
-            .next()
-            .map_or(st.active.base, |(b, _)| *b);
+        let (_, seg) =
+            st.sealed.range(..=offset).next_back().ok_or(Error::Internal("offset above log start has no segment"))?;
+        let next_base = st.sealed.range(seg.base + 1..).next().map_or(st.active.base, |(b, _)| *b);
         Ok(ReadTarget {
             path: seg.path.clone(),
             id: seg.id,
@@ -662,12 +578,7 @@ impl Log {
         let (sealed, active_max, hw, log_start) = {
             let st = self.lock();
             let sealed: Vec<_> = st.sealed.values().cloned().collect();
-            (
-                sealed,
-                st.active.index.max_timestamp,
-                st.high_watermark(),
-                st.log_start,
-            )
+            (sealed, st.active.index.max_timestamp, st.high_watermark(), st.log_start)
         };
         for seg in &sealed {
             if self.sealed_index(seg).max_timestamp >= timestamp
@@ -688,26 +599,14 @@ impl Log {
             let st = self.lock();
             let mut t = self.read_target(&st, base)?;
             if t.sealed.is_none() {
-                t.start = st
-                    .active
-                    .index
-                    .position_for_timestamp(timestamp)
-                    .unwrap_or(SEGMENT_HEADER_LEN);
+                t.start = st.active.index.position_for_timestamp(timestamp).unwrap_or(SEGMENT_HEADER_LEN);
             }
             t
         };
         if let Some(seg) = &target.sealed {
-            target.start = self
-                .sealed_index(seg)
-                .position_for_timestamp(timestamp)
-                .unwrap_or(SEGMENT_HEADER_LEN);
+            target.start = self.sealed_index(seg).position_for_timestamp(timestamp).unwrap_or(SEGMENT_HEADER_LEN);
         }
-        let file = self
-            .inner
-            .shared
-            .files
-            .get(target.id, &target.path, target.ino, target.writable)
-            .at(&target.path)?;
+        let file = self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable).at(&target.path)?;
         let mut pos = target.start;
         loop {
             let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20) {
@@ -715,29 +614,18 @@ impl Log {
                 Ok(None) => return Ok(None),
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {
-                    return Err(Error::Corrupt {
-                        path: target.path,
-                        position,
-                        source: error,
-                    });
+                    return Err(Error::Corrupt { path: target.path, position, source: error });
                 }
             };
             for b in batch::split_batches(&chunk.bytes) {
-                let b = b.map_err(|source| Error::Corrupt {
-                    path: target.path.clone(),
-                    position: pos,
-                    source,
-                })?;
+                let b = b.map_err(|source| Error::Corrupt { path: target.path.clone(), position: pos, source })?;
                 if b.header().max_timestamp >= timestamp {
                     let records = b.records().map_err(|source| Error::Corrupt {
                         path: target.path.clone(),
                         position: pos,
                         source,
                     })?;
-                    if let Some(r) = records
-                        .iter()
-                        .find(|r| r.timestamp >= timestamp && r.offset < hw)
-                    {
+                    if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp && r.offset < hw) {
                         return Ok(Some(r.offset));
                     }
                 }
@@ -758,9 +646,7 @@ impl LogInner {
             let mut st = self.lock();
             st.flush_scheduled = false;
             if st.poisoned {
-                return Err(Error::Poisoned {
-                    dir: self.dir.clone(),
-                });
+                return Err(Error::Poisoned { dir: self.dir.clone() });
             }
             if st.deleted {
                 return Ok(());
@@ -769,11 +655,7 @@ impl LogInner {
                 return Ok(());
             }
             let a = &st.active;
-            let file = self
-                .shared
-                .files
-                .get(a.id, &a.path, a.ino, true)
-                .at(&a.path)?;
+            let file = self.shared.files.get(a.id, &a.path, a.ino, true).at(&a.path)?;
             (file, a.path.clone(), st.next_offset, (a.base, a.size))
         };
         let result = self.shared.fsync.sync_data(&file);
@@ -787,9 +669,7 @@ impl LogInner {
                 tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
                 st.poisoned = true;
                 for w in st.waiters.drain(..) {
-                    let _ = w.tx.send(Err(Error::Poisoned {
-                        dir: self.dir.clone(),
-                    }));
+                    let _ = w.tx.send(Err(Error::Poisoned { dir: self.dir.clone() }));
                 }
                 Err(Error::io(path, e))
             }
@@ -807,32 +687,17 @@ impl Flushable for LogInner {
 
 /// Checks a caller's batch completely before it touches the log.
 fn validate_batch(batch: &[u8]) -> Result<BatchHeader> {
-    let parsed = Batch::parse(Bytes::copy_from_slice(batch))
-        .map_err(|source| Error::InvalidBatch { source })?;
-    parsed
-        .records()
-        .map_err(|source| Error::InvalidBatch { source })?;
+    let parsed = Batch::parse(Bytes::copy_from_slice(batch)).map_err(|source| Error::InvalidBatch { source })?;
+    parsed.records().map_err(|source| Error::InvalidBatch { source })?;
     Ok(*parsed.header())
 }
 
 /// Creates `<base>.log` with its header and a first preallocated zone, durably.
-pub(crate) fn create_segment(
-    dir: &Path,
-    base: u64,
-    shared: &Shared,
-    now: i64,
-) -> Result<ActiveSegment> {
+pub(crate) fn create_segment(dir: &Path, base: u64, shared: &Shared, now: i64) -> Result<ActiveSegment> {
     use std::os::unix::fs::MetadataExt;
     let path = segment::log_path(dir, base);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .at(&path)?;
-    file.write_all_at(&segment::encode_header(base), 0)
-        .at(&path)?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).at(&path)?;
+    file.write_all_at(&segment::encode_header(base), 0).at(&path)?;
     let allocated = SEGMENT_HEADER_LEN + MIN_PREALLOCATE;
     segment::zero_fill(&file, SEGMENT_HEADER_LEN, allocated).at(&path)?;
     shared.fsync.sync_data(&file).at(&path)?;
@@ -869,12 +734,7 @@ pub(crate) fn write_index_file(dir: &Path, base: u64, index: &SegmentIndex) {
     }
 }
 
-fn load_or_rebuild_index(
-    dir: &Path,
-    seg: &SealedSegment,
-    shared: &Shared,
-    interval: u32,
-) -> SegmentIndex {
+fn load_or_rebuild_index(dir: &Path, seg: &SealedSegment, shared: &Shared, interval: u32) -> SegmentIndex {
     let index_path = segment::index_path(dir, seg.base);
     let file = shared.files.get(seg.id, &seg.path, seg.ino, false);
     if let Some(index) = SegmentIndex::load(&index_path, seg.base)
@@ -895,24 +755,14 @@ fn load_or_rebuild_index(
     let Ok(file) = file else {
         return SegmentIndex::empty(seg.base, SEGMENT_HEADER_LEN);
     };
-    match segment::scan(
-        &file,
-        seg.base,
-        SEGMENT_HEADER_LEN,
-        seg.size,
-        interval,
-        false,
-    ) {
+    match segment::scan(&file, seg.base, SEGMENT_HEADER_LEN, seg.size, interval, false) {
         Ok(scan) => {
             match scan.end {
                 segment::ScanEnd::Clean => {
                     tracing::info!(path = %seg.path.display(), "rebuilt missing or stale segment index");
                     write_index_file(dir, seg.base, &scan.index);
                 }
-                segment::ScanEnd::Invalid {
-                    position,
-                    ref error,
-                } => {
+                segment::ScanEnd::Invalid { position, ref error } => {
                     // Keep the valid prefix indexed; reads past it report the damage.
                     tracing::error!(path = %seg.path.display(), position, %error, "sealed segment is damaged");
                 }

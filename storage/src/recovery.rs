@@ -49,11 +49,7 @@ impl Log {
         }
         let Some((&active_base, sealed_bases)) = bases.split_last() else {
             let active = create_segment(dir, 0, &shared, now)?;
-            return Ok(Log::from_parts(
-                dir.to_path_buf(),
-                shared,
-                fresh_state(config, BTreeMap::new(), active),
-            ));
+            return Ok(Log::from_parts(dir.to_path_buf(), shared, fresh_state(config, BTreeMap::new(), active)));
         };
         let mut sealed = BTreeMap::new();
         for &base in sealed_bases {
@@ -76,11 +72,7 @@ impl Log {
     }
 }
 
-fn fresh_state(
-    config: LogConfig,
-    sealed: BTreeMap<u64, Arc<SealedSegment>>,
-    active: ActiveSegment,
-) -> LogState {
+fn fresh_state(config: LogConfig, sealed: BTreeMap<u64, Arc<SealedSegment>>, active: ActiveSegment) -> LogState {
     let next_offset = active.index.next_offset;
     let log_start = sealed.keys().next().copied().unwrap_or(active.base);
     let durable_pos = (active.base, active.size);
@@ -100,19 +92,9 @@ fn fresh_state(
 }
 
 /// Scans the last segment, cuts a torn tail, and makes what remains durable.
-fn recover_active(
-    dir: &Path,
-    base: u64,
-    config: &LogConfig,
-    shared: &Shared,
-    now: i64,
-) -> Result<ActiveSegment> {
+fn recover_active(dir: &Path, base: u64, config: &LogConfig, shared: &Shared, now: i64) -> Result<ActiveSegment> {
     let path = segment::log_path(dir, base);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .at(&path)?;
+    let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
     let meta = file.metadata().at(&path)?;
     let len = meta.len();
     let mut head = vec![0u8; (SEGMENT_HEADER_LEN.min(len)) as usize];
@@ -125,35 +107,18 @@ fn recover_active(
             return create_segment(dir, base, shared, now);
         }
         Ok(false) | Err(_) => {
-            let reason = crate::batch::BatchError::MalformedRecord {
-                index: 0,
-                reason: "segment header is damaged",
-            };
-            return Err(Error::Corrupt {
-                path,
-                position: 0,
-                source: reason,
-            });
+            let reason = crate::batch::BatchError::MalformedRecord { index: 0, reason: "segment header is damaged" };
+            return Err(Error::Corrupt { path, position: 0, source: reason });
         }
     }
-    let scan = segment::scan(
-        &file,
-        base,
-        SEGMENT_HEADER_LEN,
-        len,
-        config.index_interval_bytes,
-        true,
-    )
-    .at(&path)?;
+    let scan = segment::scan(&file, base, SEGMENT_HEADER_LEN, len, config.index_interval_bytes, true).at(&path)?;
     let mut allocated = len;
     let torn = match &scan.end {
         ScanEnd::Invalid { position, error } => {
             tracing::warn!(path = %path.display(), position, %error, "truncating torn or damaged tail of the active segment");
             true
         }
-        ScanEnd::Clean => {
-            scan.valid_end < len && !segment::is_zero(&file, scan.valid_end, len).at(&path)?
-        }
+        ScanEnd::Clean => scan.valid_end < len && !segment::is_zero(&file, scan.valid_end, len).at(&path)?,
     };
     if torn {
         file.set_len(scan.valid_end).at(&path)?;
@@ -166,7 +131,14 @@ fn recover_active(
     }
     let id = FileId::fresh();
     shared.files.insert(id, Arc::new(file));
-    let created_ms = first_timestamp(&scan.index).unwrap_or(now).min(now);
+    // Age counts from the file's creation (record timestamps are the producers' to choose, and
+    // old ones must not make every append roll a segment).
+    let created_ms = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now, |d| d.as_millis() as i64)
+        .min(now);
     Ok(ActiveSegment {
         base,
         id,
@@ -177,9 +149,4 @@ fn recover_active(
         index: scan.index,
         created_ms,
     })
-}
-
-/// Age of a segment counts from its first batch's newest timestamp (as Kafka's roll does).
-fn first_timestamp(index: &crate::index::SegmentIndex) -> Option<i64> {
-    index.times.first().map(|&(ts, _)| ts)
 }

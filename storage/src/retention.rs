@@ -25,26 +25,18 @@ impl Log {
     /// # Errors
     /// [`crate::Error::Io`] if a file cannot be removed (the log stays consistent).
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
-        let _maintenance = self
-            .inner
-            .maintenance
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
         let (sealed, active_size, config) = {
             let st = self.lock();
-            (
-                st.sealed.values().cloned().collect::<Vec<_>>(),
-                st.active.size,
-                st.config.clone(),
-            )
+            (st.sealed.values().cloned().collect::<Vec<_>>(), st.active.size, st.config.clone())
         };
         let now = self.inner.shared.clock.now_ms();
         let mut total: u64 = sealed.iter().map(|s| s.size).sum::<u64>() + active_size;
         let mut doomed: Vec<Arc<SealedSegment>> = Vec::new();
         for seg in &sealed {
-            let expired = config.retention_ms.is_some_and(|ms| {
-                self.sealed_index(seg).max_timestamp < now.saturating_sub(ms as i64)
-            });
+            let expired = config
+                .retention_ms
+                .is_some_and(|ms| self.sealed_index(seg).max_timestamp < now.saturating_sub(ms as i64));
             let oversize = config.retention_bytes.is_some_and(|max| total > max);
             if !(expired || oversize) {
                 break;
@@ -53,10 +45,7 @@ impl Log {
             doomed.push(Arc::clone(seg));
         }
         if doomed.is_empty() {
-            return Ok(RetentionOutcome {
-                log_start_offset: self.log_start_offset(),
-                ..Default::default()
-            });
+            return Ok(RetentionOutcome { log_start_offset: self.log_start_offset(), ..Default::default() });
         }
         let log_start = {
             let mut st = self.lock();
@@ -80,10 +69,6 @@ impl Log {
         }
         segment::sync_dir(self.dir()).at(self.dir())?;
         tracing::info!(dir = %self.dir().display(), segments = doomed.len(), log_start, "retention deleted segments");
-        Ok(RetentionOutcome {
-            deleted_segments: doomed.len(),
-            deleted_bytes,
-            log_start_offset: log_start,
-        })
+        Ok(RetentionOutcome { deleted_segments: doomed.len(), deleted_bytes, log_start_offset: log_start })
     }
 }

@@ -33,9 +33,7 @@ pub fn index_path(dir: &Path, base_offset: u64) -> PathBuf {
 /// Parses `<20 digits>.<ext>` into the base offset.
 pub fn parse_file_name(name: &str, ext: &str) -> Option<u64> {
     let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
-    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| stem.parse().ok())
-        .flatten()
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit())).then(|| stem.parse().ok()).flatten()
 }
 
 /// The segment file header for `base_offset`.
@@ -52,11 +50,7 @@ pub fn encode_header(base_offset: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 /// Checks a segment header. `Ok(false)` when it is all zeros (never written).
 pub fn check_header(buf: &[u8], base_offset: u64) -> Result<bool, &'static str> {
     if buf.len() < SEGMENT_HEADER_LEN as usize {
-        return if buf.iter().all(|&b| b == 0) {
-            Ok(false)
-        } else {
-            Err("truncated segment header")
-        };
+        return if buf.iter().all(|&b| b == 0) { Ok(false) } else { Err("truncated segment header") };
     }
     if buf[..SEGMENT_HEADER_LEN as usize].iter().all(|&b| b == 0) {
         return Ok(false);
@@ -95,12 +89,7 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     fn new(file: &'a File, bound: u64) -> Self {
-        Self {
-            file,
-            bound,
-            start: 0,
-            buf: Vec::new(),
-        }
+        Self { file, bound, start: 0, buf: Vec::new() }
     }
 
     /// The bytes `[pos, pos + len)`, or fewer if the bound comes first.
@@ -124,14 +113,7 @@ impl<'a> Window<'a> {
 ///
 /// `strict` requires dense offsets starting at `index.next_offset` (the active segment is never
 /// compacted); otherwise batches need only increase (compaction leaves gaps).
-pub fn scan(
-    file: &File,
-    base_offset: u64,
-    from: u64,
-    bound: u64,
-    interval: u32,
-    strict: bool,
-) -> io::Result<Scan> {
+pub fn scan(file: &File, base_offset: u64, from: u64, bound: u64, interval: u32, strict: bool) -> io::Result<Scan> {
     let mut index = SegmentIndex::empty(base_offset, from);
     let mut window = Window::new(file, bound);
     let mut pos = from;
@@ -143,10 +125,7 @@ pub fn scan(
         let header = match BatchHeader::decode(head) {
             Ok(h) => h,
             Err(error) => {
-                break ScanEnd::Invalid {
-                    position: pos,
-                    error,
-                };
+                break ScanEnd::Invalid { position: pos, error };
             }
         };
         let len = header.total_len();
@@ -154,34 +133,19 @@ pub fn scan(
         if bytes.len() < len {
             break ScanEnd::Invalid {
                 position: pos,
-                error: BatchError::Truncated {
-                    needed: len,
-                    available: bytes.len(),
-                },
+                error: BatchError::Truncated { needed: len, available: bytes.len() },
             };
         }
         let computed = crc32c::crc32c(&bytes[17..]);
         if computed != header.crc {
-            break ScanEnd::Invalid {
-                position: pos,
-                error: BatchError::BadCrc {
-                    stored: header.crc,
-                    computed,
-                },
-            };
+            break ScanEnd::Invalid { position: pos, error: BatchError::BadCrc { stored: header.crc, computed } };
         }
-        let in_sequence = if strict {
-            header.base_offset == index.next_offset
-        } else {
-            header.base_offset >= index.next_offset
-        };
+        let in_sequence =
+            if strict { header.base_offset == index.next_offset } else { header.base_offset >= index.next_offset };
         if !in_sequence {
             break ScanEnd::Invalid {
                 position: pos,
-                error: BatchError::MalformedRecord {
-                    index: 0,
-                    reason: "batch base offset out of sequence",
-                },
+                error: BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" },
             };
         }
         let indexed = IndexedBatch {
@@ -196,11 +160,7 @@ pub fn scan(
         pos += len as u64;
     };
     index.log_len = pos;
-    Ok(Scan {
-        index,
-        valid_end: pos,
-        end,
-    })
+    Ok(Scan { index, valid_end: pos, end })
 }
 
 /// Batches read from one segment.
@@ -243,19 +203,10 @@ pub fn read_batches(
         if head.is_empty() || head.iter().all(|&b| b == 0) {
             return Ok(None);
         }
-        let header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt {
-            position: pos,
-            error,
-        })?;
+        let header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt { position: pos, error })?;
         if pos + header.total_len() as u64 > bound {
-            let error = BatchError::Truncated {
-                needed: header.total_len(),
-                available: (bound - pos) as usize,
-            };
-            return Err(ReadFailure::Corrupt {
-                position: pos,
-                error,
-            });
+            let error = BatchError::Truncated { needed: header.total_len(), available: (bound - pos) as usize };
+            return Err(ReadFailure::Corrupt { position: pos, error });
         }
         if header.last_offset() >= offset {
             break header.total_len();
@@ -274,27 +225,17 @@ pub fn read_batches(
         if buf[at..at + HEADER_LEN].iter().all(|&b| b == 0) {
             break;
         }
-        let header = BatchHeader::decode(&buf[at..])
-            .map_err(|error| ReadFailure::Corrupt { position, error })?;
+        let header = BatchHeader::decode(&buf[at..]).map_err(|error| ReadFailure::Corrupt { position, error })?;
         let end = at + header.total_len();
         if end > buf.len() {
             break;
         }
         let computed = crc32c::crc32c(&buf[at + 17..end]);
         if computed != header.crc {
-            return Err(ReadFailure::Corrupt {
-                position,
-                error: BatchError::BadCrc {
-                    stored: header.crc,
-                    computed,
-                },
-            });
+            return Err(ReadFailure::Corrupt { position, error: BatchError::BadCrc { stored: header.crc, computed } });
         }
         if header.base_offset < next_offset {
-            let error = BatchError::MalformedRecord {
-                index: 0,
-                reason: "batch base offset out of sequence",
-            };
+            let error = BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" };
             return Err(ReadFailure::Corrupt { position, error });
         }
         first_offset.get_or_insert(header.base_offset);
@@ -302,11 +243,7 @@ pub fn read_batches(
         at = end;
     }
     buf.truncate(at);
-    Ok(first_offset.map(|first_offset| SegmentRead {
-        bytes: Bytes::from(buf),
-        first_offset,
-        next_offset,
-    }))
+    Ok(first_offset.map(|first_offset| SegmentRead { bytes: Bytes::from(buf), first_offset, next_offset }))
 }
 
 /// Writes zeros over `[from, to)` (preallocation), in bounded chunks.

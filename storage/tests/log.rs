@@ -8,8 +8,7 @@ use std::thread;
 
 use common::{batch, keyed, read_all, small_segments};
 use strata_storage::{
-    CleanupPolicy, Compression, Durability, Error, Log, LogConfig, LogManager, ManualClock,
-    StorageOptions,
+    CleanupPolicy, Compression, Durability, Error, Log, LogConfig, LogManager, ManualClock, StorageOptions,
 };
 
 #[test]
@@ -18,21 +17,13 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
     let log = Log::open(dir.path(), small_segments()).unwrap();
     let mut expected = 0;
     for tag in 0..50u64 {
-        let info = log
-            .append(batch(tag, 5, 1000 + tag as i64))
-            .unwrap()
-            .wait()
-            .unwrap();
+        let info = log.append(batch(tag, 5, 1000 + tag as i64)).unwrap().wait().unwrap();
         assert_eq!(info.base_offset, expected);
         assert_eq!(info.last_offset, expected + 4);
         expected += 5;
     }
     assert_eq!(log.high_watermark(), 250);
-    assert!(
-        log.segments().len() > 2,
-        "small segments must roll: {:?}",
-        log.segments()
-    );
+    assert!(log.segments().len() > 2, "small segments must roll: {:?}", log.segments());
     let records = read_all(&log, 0);
     assert_eq!(records.len(), 250);
     for (i, r) in records.iter().enumerate() {
@@ -46,11 +37,7 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
     assert_eq!(r.records_from(102).unwrap()[0].offset, 102);
     assert!(matches!(
         log.read(251, 10),
-        Err(Error::OffsetOutOfRange {
-            requested: 251,
-            log_start: 0,
-            high_watermark: 250
-        })
+        Err(Error::OffsetOutOfRange { requested: 251, log_start: 0, high_watermark: 250 })
     ));
     assert!(log.read(250, 10).unwrap().batches.is_empty());
 }
@@ -62,21 +49,13 @@ fn compressed_batches_round_trip_through_the_log() {
     for codec in [Compression::None, Compression::Lz4, Compression::Zstd] {
         let mut b = strata_storage::BatchBuilder::new(codec);
         for i in 0..100 {
-            b.push(
-                i,
-                Some(b"key"),
-                Some(format!("value {i} {}", "abc".repeat(20)).as_bytes()),
-                &[],
-            );
+            b.push(i, Some(b"key"), Some(format!("value {i} {}", "abc".repeat(20)).as_bytes()), &[]);
         }
         log.append(b.build().unwrap()).unwrap().wait().unwrap();
     }
     let records = read_all(&log, 0);
     assert_eq!(records.len(), 300);
-    assert_eq!(
-        records[250].value.as_deref(),
-        Some(format!("value 50 {}", "abc".repeat(20)).as_bytes())
-    );
+    assert_eq!(records[250].value.as_deref(), Some(format!("value 50 {}", "abc".repeat(20)).as_bytes()));
 }
 
 #[test]
@@ -85,22 +64,12 @@ fn reopening_keeps_everything_and_continues_offsets() {
     {
         let log = Log::open(dir.path(), small_segments()).unwrap();
         for tag in 0..30 {
-            log.append(batch(tag, 3, tag as i64))
-                .unwrap()
-                .wait()
-                .unwrap();
+            log.append(batch(tag, 3, tag as i64)).unwrap().wait().unwrap();
         }
     }
     let log = Log::open(dir.path(), small_segments()).unwrap();
     assert_eq!(log.high_watermark(), 90);
-    assert_eq!(
-        log.append(batch(99, 1, 0))
-            .unwrap()
-            .wait()
-            .unwrap()
-            .base_offset,
-        90
-    );
+    assert_eq!(log.append(batch(99, 1, 0)).unwrap().wait().unwrap().base_offset, 90);
     assert_eq!(read_all(&log, 0).len(), 91);
 }
 
@@ -109,10 +78,7 @@ fn timestamp_lookup_finds_the_first_offset_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), small_segments()).unwrap();
     for tag in 0..40u64 {
-        log.append(batch(tag, 4, 10_000 + tag as i64 * 100))
-            .unwrap()
-            .wait()
-            .unwrap();
+        log.append(batch(tag, 4, 10_000 + tag as i64 * 100)).unwrap().wait().unwrap();
     }
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
     assert_eq!(log.offset_for_timestamp(10_000).unwrap(), Some(0));
@@ -129,14 +95,8 @@ fn timestamp_lookup_finds_the_first_offset_at_or_after() {
 fn segments_roll_by_age() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let options = StorageOptions {
-        clock: clock.clone(),
-        ..Default::default()
-    };
-    let config = LogConfig {
-        segment_ms: Some(60_000),
-        ..LogConfig::default()
-    };
+    let options = StorageOptions { clock: clock.clone(), ..Default::default() };
+    let config = LogConfig { segment_ms: Some(60_000), ..LogConfig::default() };
     let log = Log::open_with_options(dir.path(), config, options).unwrap();
     log.append(batch(0, 1, 1_000_000)).unwrap().wait().unwrap();
     clock.advance(59_000);
@@ -152,22 +112,12 @@ fn segments_roll_by_age() {
 fn retention_deletes_whole_old_segments_and_moves_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let options = StorageOptions {
-        clock: clock.clone(),
-        ..Default::default()
-    };
-    let config = LogConfig {
-        retention_ms: Some(10_000),
-        retention_bytes: None,
-        ..small_segments()
-    };
+    let options = StorageOptions { clock: clock.clone(), ..Default::default() };
+    let config = LogConfig { retention_ms: Some(10_000), retention_bytes: None, ..small_segments() };
     let log = Log::open_with_options(dir.path(), config.clone(), options.clone()).unwrap();
     for tag in 0..40u64 {
         // Records get older timestamps first: tag 0 is 40 s old, tag 39 is 1 s old.
-        log.append(batch(tag, 4, 1_000_000 - (40 - tag as i64) * 1000))
-            .unwrap()
-            .wait()
-            .unwrap();
+        log.append(batch(tag, 4, 1_000_000 - (40 - tag as i64) * 1000)).unwrap().wait().unwrap();
     }
     let before = log.segments();
     let outcome = log.enforce_retention().unwrap();
@@ -188,11 +138,7 @@ fn retention_deletes_whole_old_segments_and_moves_log_start() {
     );
 
     // Size-based retention keeps the newest segments under the limit (plus the active one).
-    let by_size = LogConfig {
-        retention_ms: None,
-        retention_bytes: Some(8192),
-        ..config
-    };
+    let by_size = LogConfig { retention_ms: None, retention_bytes: Some(8192), ..config };
     log.set_config(by_size).unwrap();
     log.enforce_retention().unwrap();
     assert!(log.size_bytes() <= 8192 + 4096, "size {}", log.size_bytes());
@@ -208,10 +154,7 @@ fn retention_deletes_whole_old_segments_and_moves_log_start() {
 fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_000_000));
-    let options = StorageOptions {
-        clock: clock.clone(),
-        ..Default::default()
-    };
+    let options = StorageOptions { clock: clock.clone(), ..Default::default() };
     let config = LogConfig {
         cleanup_policy: CleanupPolicy::Compact,
         tombstone_retention_ms: 5_000,
@@ -223,28 +166,15 @@ fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() 
     let log = Log::open_with_options(dir.path(), config.clone(), options.clone()).unwrap();
     // 300 updates over 10 keys; key 3 is deleted (tombstone) at offset 300, key 4 at 301 later.
     for i in 0..300u64 {
-        log.append(keyed(
-            &format!("key{}", i % 10),
-            Some(&format!("value{i}")),
-            900_000 + i as i64,
-        ))
-        .unwrap()
-        .wait()
-        .unwrap();
-    }
-    log.append(keyed("key3", None, 900_000))
-        .unwrap()
-        .wait()
-        .unwrap(); // old tombstone
-    log.append(keyed("key4", None, 999_000))
-        .unwrap()
-        .wait()
-        .unwrap(); // recent tombstone
-    for i in 0..60u64 {
-        log.append(keyed("filler", Some(&format!("{i}")), 1_000_000))
+        log.append(keyed(&format!("key{}", i % 10), Some(&format!("value{i}")), 900_000 + i as i64))
             .unwrap()
             .wait()
             .unwrap();
+    }
+    log.append(keyed("key3", None, 900_000)).unwrap().wait().unwrap(); // old tombstone
+    log.append(keyed("key4", None, 999_000)).unwrap().wait().unwrap(); // recent tombstone
+    for i in 0..60u64 {
+        log.append(keyed("filler", Some(&format!("{i}")), 1_000_000)).unwrap().wait().unwrap();
     }
     let active_base = log.segments().last().unwrap().base_offset;
     let outcome = log.compact().unwrap();
@@ -254,40 +184,18 @@ fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() 
     let sealed: Vec<_> = records.iter().filter(|r| r.offset < active_base).collect();
     let mut seen = std::collections::HashSet::new();
     for r in &sealed {
-        assert!(
-            seen.insert(r.key.clone()),
-            "key {:?} kept twice in sealed segments",
-            r.key
-        );
+        assert!(seen.insert(r.key.clone()), "key {:?} kept twice in sealed segments", r.key);
     }
     // Latest values survive at their original offsets.
-    let find = |k: &str| {
-        records
-            .iter()
-            .find(|r| r.key.as_deref() == Some(k.as_bytes()))
-            .cloned()
-    };
+    let find = |k: &str| records.iter().find(|r| r.key.as_deref() == Some(k.as_bytes())).cloned();
     let k7 = find("key7").unwrap();
-    assert_eq!(
-        (k7.offset, k7.value.as_deref()),
-        (297, Some(&b"value297"[..]))
-    );
-    assert!(
-        find("key3").is_none(),
-        "the old tombstone and every key3 record are gone"
-    );
+    assert_eq!((k7.offset, k7.value.as_deref()), (297, Some(&b"value297"[..])));
+    assert!(find("key3").is_none(), "the old tombstone and every key3 record are gone");
     let k4 = find("key4").unwrap();
-    assert_eq!(
-        (k4.offset, k4.value),
-        (301, None),
-        "a recent tombstone stays"
-    );
+    assert_eq!((k4.offset, k4.value), (301, None), "a recent tombstone stays");
     // Offsets only grow; the active segment is untouched.
     assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
-    assert_eq!(
-        records.iter().filter(|r| r.offset >= active_base).count() as u64,
-        log.high_watermark() - active_base
-    );
+    assert_eq!(records.iter().filter(|r| r.offset >= active_base).count() as u64, log.high_watermark() - active_base);
     // Reading from a compacted-away offset gives the next record.
     let r = log.read(5, 1024).unwrap();
     assert!(r.records_from(5).unwrap()[0].offset > 5);
@@ -301,18 +209,8 @@ fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() 
 #[test]
 fn ten_thousand_logs_stay_within_the_descriptor_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let manager = LogManager::new(
-        dir.path(),
-        StorageOptions {
-            max_open_files: 128,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let config = LogConfig {
-        durability: Durability::Never,
-        ..LogConfig::default()
-    };
+    let manager = LogManager::new(dir.path(), StorageOptions { max_open_files: 128, ..Default::default() }).unwrap();
+    let config = LogConfig { durability: Durability::Never, ..LogConfig::default() };
     let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
     for p in 0..10_000u64 {
         let log = manager.open_log(&format!("t-{p}"), config.clone()).unwrap();
@@ -320,10 +218,7 @@ fn ten_thousand_logs_stay_within_the_descriptor_budget() {
     }
     assert!(manager.open_files() <= 128);
     let fds_after = std::fs::read_dir("/proc/self/fd").unwrap().count();
-    assert!(
-        fds_after <= fds_before + 140,
-        "{fds_before} -> {fds_after} descriptors"
-    );
+    assert!(fds_after <= fds_before + 140, "{fds_before} -> {fds_after} descriptors");
     // Every log is still readable through the cache.
     for p in (0..10_000u64).step_by(997) {
         let log = manager.get(&format!("t-{p}")).unwrap();
@@ -335,33 +230,16 @@ fn ten_thousand_logs_stay_within_the_descriptor_budget() {
 #[test]
 fn concurrent_appenders_are_group_committed_without_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(
-        dir.path(),
-        LogConfig {
-            segment_bytes: 256 * 1024,
-            ..LogConfig::default()
-        },
-    )
-    .unwrap();
+    let log = Log::open(dir.path(), LogConfig { segment_bytes: 256 * 1024, ..LogConfig::default() }).unwrap();
     let handles: Vec<_> = (0..16u64)
         .map(|t| {
             let log = log.clone();
             thread::spawn(move || {
-                (0..50u64)
-                    .map(|i| {
-                        log.append(batch(t * 1000 + i, 10, 0))
-                            .unwrap()
-                            .wait()
-                            .unwrap()
-                    })
-                    .collect::<Vec<_>>()
+                (0..50u64).map(|i| log.append(batch(t * 1000 + i, 10, 0)).unwrap().wait().unwrap()).collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut infos: Vec<_> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let mut infos: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     infos.sort_by_key(|i| i.base_offset);
     assert_eq!(infos.len(), 800);
     for (i, info) in infos.iter().enumerate() {
@@ -380,11 +258,7 @@ async fn async_appenders_wait_for_durability_without_blocking_the_runtime() {
             let log = log.clone();
             tokio::spawn(async move {
                 for i in 0..20 {
-                    log.append(batch(t * 100 + i, 2, 0))
-                        .unwrap()
-                        .durable()
-                        .await
-                        .unwrap();
+                    log.append(batch(t * 100 + i, 2, 0)).unwrap().durable().await.unwrap();
                 }
             })
         })
@@ -397,29 +271,14 @@ async fn async_appenders_wait_for_durability_without_blocking_the_runtime() {
 
 #[test]
 fn interval_and_never_durability_make_records_visible_at_once() {
-    for durability in [
-        Durability::Interval(std::time::Duration::from_millis(5)),
-        Durability::Never,
-    ] {
+    for durability in [Durability::Interval(std::time::Duration::from_millis(5)), Durability::Never] {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(
-            dir.path(),
-            LogConfig {
-                durability,
-                ..LogConfig::default()
-            },
-        )
-        .unwrap();
+        let log = Log::open(dir.path(), LogConfig { durability, ..LogConfig::default() }).unwrap();
         let pending = log.append(batch(0, 3, 0)).unwrap();
         assert_eq!(log.high_watermark(), 3, "{durability:?}");
         pending.wait().unwrap();
         log.flush().unwrap();
         drop(log);
-        assert_eq!(
-            Log::open(dir.path(), LogConfig::default())
-                .unwrap()
-                .high_watermark(),
-            3
-        );
+        assert_eq!(Log::open(dir.path(), LogConfig::default()).unwrap().high_watermark(), 3);
     }
 }

@@ -9,15 +9,7 @@ pub fn batch(tag: u64, n: usize, ts: i64) -> Vec<u8> {
     for i in 0..n {
         let key = format!("k{tag}-{i}");
         let value = format!("v{tag}-{i}-{}", "x".repeat(i % 7));
-        b.push(
-            ts,
-            Some(key.as_bytes()),
-            Some(value.as_bytes()),
-            &[Header {
-                name: "h".into(),
-                value: "1".into(),
-            }],
-        );
+        b.push(ts, Some(key.as_bytes()), Some(value.as_bytes()), &[Header { name: "h".into(), value: "1".into() }]);
     }
     b.build().unwrap()
 }
@@ -44,9 +36,5 @@ pub fn read_all(log: &Log, from: u64) -> Vec<Record> {
 }
 
 pub fn small_segments() -> LogConfig {
-    LogConfig {
-        segment_bytes: 4096,
-        index_interval_bytes: 256,
-        ..LogConfig::default()
-    }
+    LogConfig { segment_bytes: 1024, index_interval_bytes: 256, ..LogConfig::default() }
 }
