@@ -1,1 +1,32 @@
-fn main() {}
+//! Strata's benchmark harness. Every figure is printed beside a baseline measured in the same
+//! run (BENCHMARKS.md): a plain-file writer or reader doing the same I/O without Strata.
+//!
+//! `strata-bench storage` runs the storage engine benchmarks of issue #2 and writes
+//! `benches/results/<date>-storage.json` plus a markdown table on stdout.
+
+mod storage;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "strata-bench", about = "Strata benchmarks, side by side with baselines from the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Storage engine: append (group commit), latency, sequential read, reopen, memory.
+    Storage(storage::Args),
+    /// Internal: open N idle logs and print peak RSS (run in its own process).
+    #[command(hide = true)]
+    IdleLogs { dir: std::path::PathBuf, count: u64 },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Storage(args) => storage::run(&args),
+        Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
+    }
+}

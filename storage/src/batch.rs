@@ -602,7 +602,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn arb_record() -> impl Strategy<Value = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>)> {
+    /// (timestamp, key, value, headers)
+    type ArbRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Vec<u8>)>);
+
+    fn arb_record() -> impl Strategy<Value = ArbRecord> {
         (
             -1_000_000i64..1_000_000,
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),

@@ -32,7 +32,7 @@ impl Default for StorageOptions {
 pub struct LogManager {
     root: PathBuf,
     shared: Arc<Shared>,
-    // A std mutex: guards a map lookup; opening a log happens outside it.
+    // A std mutex: held for map operations and while a log opens (recovery must not race).
     logs: Mutex<HashMap<String, Log>>,
 }
 
@@ -60,11 +60,15 @@ impl LogManager {
                 reason: format!("{name:?} is not a valid log directory name"),
             });
         }
-        if let Some(log) = self.lock().get(name) {
+        // Opened under the map lock: two handles recovering the same files at once could cut
+        // each other's tail.
+        let mut logs = self.lock();
+        if let Some(log) = logs.get(name) {
             return Ok(log.clone());
         }
         let log = Log::open_with(&self.root.join(name), config, Arc::clone(&self.shared))?;
-        Ok(self.lock().entry(name.to_string()).or_insert(log).clone())
+        logs.insert(name.to_string(), log.clone());
+        Ok(log)
     }
 
     pub fn get(&self, name: &str) -> Option<Log> {

@@ -25,10 +25,6 @@ use crate::flusher::{Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
 
-/// Smallest and largest step by which the active segment is preallocated.
-const MIN_PREALLOCATE: u64 = 64 * 1024;
-const MAX_PREALLOCATE: u64 = 8 * 1024 * 1024;
-
 /// What the logs of one [`crate::LogManager`] share: the descriptor cache, the flusher, time.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -58,7 +54,7 @@ pub(crate) struct ActiveSegment {
     pub(crate) path: PathBuf,
     /// Write position: end of the last batch.
     pub(crate) size: u64,
-    /// File length, zeros beyond `size`.
+    /// File length: beyond `size` only zeros (a tail a crash left extended but unwritten).
     pub(crate) allocated: u64,
     pub(crate) index: SegmentIndex,
     /// Wall-clock time the segment's age is measured from.
@@ -395,17 +391,14 @@ impl Log {
         Ok(PendingAppend { info, rx, dir: self.inner.dir.clone() })
     }
 
-    /// Writes a batch at the end of the active segment, growing the preallocated zone if needed.
+    /// Writes a batch at the end of the active segment (the file grows; see the module docs of
+    /// `segment` for why segments are not preallocated).
     fn write_batch(&self, st: &mut LogState, batch: &[u8]) -> Result<()> {
         let file = self.active_file(st)?;
         let end = st.active.size + batch.len() as u64;
-        if end > st.active.allocated {
-            let step = (st.active.allocated - SEGMENT_HEADER_LEN).clamp(MIN_PREALLOCATE, MAX_PREALLOCATE);
-            let target = (st.active.allocated + step).min(st.config.segment_bytes.max(end)).max(end);
-            segment::zero_fill(&file, st.active.allocated, target).at(&st.active.path)?;
-            st.active.allocated = target;
-        }
-        file.write_all_at(batch, st.active.size).at(&st.active.path)
+        file.write_all_at(batch, st.active.size).at(&st.active.path)?;
+        st.active.allocated = st.active.allocated.max(end);
+        Ok(())
     }
 
     fn active_file(&self, st: &LogState) -> Result<Arc<File>> {
@@ -488,10 +481,7 @@ impl Log {
                 }
                 (self.read_target(&st, offset), hw, log_start)
             };
-            let target = match target {
-                Ok(t) => t,
-                Err(e) => return Err(e),
-            };
+            let target = target?;
             let file = match self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && stale_retries < 3 => {
@@ -666,13 +656,21 @@ impl LogInner {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
-                st.poisoned = true;
-                for w in st.waiters.drain(..) {
-                    let _ = w.tx.send(Err(Error::Poisoned { dir: self.dir.clone() }));
-                }
+                drop(st);
+                self.poison(&path, &e);
                 Err(Error::io(path, e))
             }
+        }
+    }
+}
+
+impl LogInner {
+    fn poison(&self, path: &Path, e: &io::Error) {
+        tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
+        let mut st = self.lock();
+        st.poisoned = true;
+        for w in st.waiters.drain(..) {
+            let _ = w.tx.send(Err(Error::Poisoned { dir: self.dir.clone() }));
         }
     }
 }
@@ -692,14 +690,13 @@ fn validate_batch(batch: &[u8]) -> Result<BatchHeader> {
     Ok(*parsed.header())
 }
 
-/// Creates `<base>.log` with its header and a first preallocated zone, durably.
+/// Creates `<base>.log` with its header, durably.
 pub(crate) fn create_segment(dir: &Path, base: u64, shared: &Shared, now: i64) -> Result<ActiveSegment> {
     use std::os::unix::fs::MetadataExt;
     let path = segment::log_path(dir, base);
     let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).at(&path)?;
     file.write_all_at(&segment::encode_header(base), 0).at(&path)?;
-    let allocated = SEGMENT_HEADER_LEN + MIN_PREALLOCATE;
-    segment::zero_fill(&file, SEGMENT_HEADER_LEN, allocated).at(&path)?;
+    let allocated = SEGMENT_HEADER_LEN;
     shared.fsync.sync_data(&file).at(&path)?;
     segment::sync_dir(dir).at(dir)?;
     let ino = file.metadata().at(&path)?.ino();

@@ -1,9 +1,13 @@
 //! Segment files: `<base offset, 20 digits>.log` holding a 32-byte header and then whole batches.
 //!
-//! The active segment is preallocated by writing zeros ahead of the write position (a write into
-//! already-allocated blocks lets `fdatasync` skip the journal commit that a growing file pays),
-//! so a segment may end in zeros: the scan treats an all-zero header as the end of data. Sealing
-//! trims the zeros off.
+//! A segment may end in zeros (a crash can leave a file extended but its last blocks unwritten):
+//! the scan treats an all-zero header as the end of data, and sealing trims such a tail.
+//!
+//! Segments are not preallocated. Measured on this project's disk: an fdatasync after a 64 KiB
+//! write into pre-zeroed blocks took 0.12 ms at the median against 0.18 ms for a growing file,
+//! but writing the zeros through the page cache makes the next data fdatasyncs wait for them:
+//! with it, append p99 at half the peak rate was 4 ms, without it 0.8 ms. A future attempt should
+//! zero with O_DIRECT on its own thread, or keep a pre-zeroed spare segment per disk.
 
 use std::fs::File;
 use std::io;
@@ -244,19 +248,6 @@ pub fn read_batches(
     }
     buf.truncate(at);
     Ok(first_offset.map(|first_offset| SegmentRead { bytes: Bytes::from(buf), first_offset, next_offset }))
-}
-
-/// Writes zeros over `[from, to)` (preallocation), in bounded chunks.
-pub fn zero_fill(file: &File, from: u64, to: u64) -> io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK.min((to - from) as usize)];
-    let mut pos = from;
-    while pos < to {
-        let n = ((to - pos) as usize).min(zeros.len());
-        file.write_all_at(&zeros[..n], pos)?;
-        pos += n as u64;
-    }
-    Ok(())
 }
 
 /// Whether `[from, to)` of the file holds only zeros.

@@ -1,6 +1,8 @@
 //! Bad input and damaged files: each case gets a typed error naming the problem, the rest of the
 //! log stays readable, and nothing panics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 mod common;
 
 use std::fs::OpenOptions;
@@ -64,7 +66,10 @@ fn append_to_a_deleted_log_is_refused() {
     manager.delete_log("orders-0").unwrap();
     assert!(!dir.path().join("orders-0").exists());
     assert!(matches!(log.append(batch(1, 1, 0)), Err(Error::LogDeleted { .. })));
-    assert!(matches!(manager.open_log("../escape", LogConfig::default()), Err(Error::InvalidConfig { key: "name", .. })));
+    assert!(matches!(
+        manager.open_log("../escape", LogConfig::default()),
+        Err(Error::InvalidConfig { key: "name", .. })
+    ));
 }
 
 #[test]
@@ -213,5 +218,7 @@ fn damaged_active_segment_header_is_a_typed_error() {
     let file = OpenOptions::new().write(true).open(&active).unwrap();
     file.write_all_at(b"XX", 0).unwrap();
     drop(file);
-    assert!(matches!(Log::open(dir.path(), small_segments()), Err(Error::Corrupt { path, position: 0, .. }) if path == active));
+    assert!(
+        matches!(Log::open(dir.path(), small_segments()), Err(Error::Corrupt { path, position: 0, .. }) if path == active)
+    );
 }

@@ -1,6 +1,8 @@
 //! The batch format's golden vector (see `storage/FORMAT.md`): these exact bytes must keep
 //! decoding to these exact records, and the builder must keep producing them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 use bytes::Bytes;
 use strata_storage::{Batch, BatchBuilder, Compression, Header, ProducerInfo};
 

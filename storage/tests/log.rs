@@ -1,6 +1,8 @@
 //! End-to-end behaviour of one partition log: append, read, roll, reopen, timestamps, retention,
 //! compaction, many logs and group commit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 mod common;
 
 use std::sync::Arc;

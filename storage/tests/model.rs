@@ -1,6 +1,8 @@
 //! Any sequence of appends, reads, retention runs, compactions and reopens gives the same
 //! answers as a simple in-memory model of the log.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 mod common;
 
 use std::collections::HashMap;
@@ -62,7 +64,12 @@ fn config() -> LogConfig {
 fn log_records(log: &Log) -> Vec<Rec> {
     common::read_all(log, log.log_start_offset())
         .into_iter()
-        .map(|r| Rec { offset: r.offset, key: r.key.map(|k| k.to_vec()), value: r.value.map(|v| v.to_vec()), ts: r.timestamp })
+        .map(|r| Rec {
+            offset: r.offset,
+            key: r.key.map(|k| k.to_vec()),
+            value: r.value.map(|v| v.to_vec()),
+            ts: r.timestamp,
+        })
         .collect()
 }
 

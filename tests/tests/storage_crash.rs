@@ -2,6 +2,8 @@
 //! restart each acknowledged batch is present with its exact bytes, offsets are dense, and
 //! appending continues where it stopped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -56,7 +58,12 @@ fn acknowledged_batches_survive_sigkill_at_random_moments() {
                     let records = batch.records().unwrap();
                     for (i, rec) in records.iter().enumerate() {
                         let value = format!("{tag}-{i}-{}", "p".repeat((tag % 200) as usize));
-                        assert_eq!(rec.value.as_deref(), Some(value.as_bytes()), "iteration {iteration}, offset {}", rec.offset);
+                        assert_eq!(
+                            rec.value.as_deref(),
+                            Some(value.as_bytes()),
+                            "iteration {iteration}, offset {}",
+                            rec.offset
+                        );
                     }
                 }
             }

@@ -1,5 +1,5 @@
 //! Helpers shared by the storage integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use strata_storage::{BatchBuilder, Compression, Header, Log, LogConfig, Record};
 
