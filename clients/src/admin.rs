@@ -1,0 +1,73 @@
+//! Topic administration over gRPC.
+
+use std::collections::HashMap;
+
+use strata_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use crate::ClientError;
+
+/// Admin calls (`strata.v1.Admin`).
+#[derive(Debug, Clone)]
+pub struct Admin {
+    client: pb::admin_client::AdminClient<Channel>,
+}
+
+impl Admin {
+    pub(crate) fn new(channel: Channel) -> Self {
+        Self { client: pb::admin_client::AdminClient::new(channel) }
+    }
+
+    /// # Errors
+    /// The server's status (`ALREADY_EXISTS`, `INVALID_ARGUMENT`, ...).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: HashMap<String, String>,
+    ) -> Result<pb::TopicInfo, ClientError> {
+        let request = pb::CreateTopicRequest { name: name.to_string(), partitions, replication_factor: 0, config };
+        Ok(self.client.clone().create_topic(request).await?.into_inner())
+    }
+
+    /// # Errors
+    /// The server's status.
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicInfo>, ClientError> {
+        Ok(self.client.clone().list_topics(pb::ListTopicsRequest {}).await?.into_inner().topics)
+    }
+
+    /// # Errors
+    /// `NOT_FOUND` for an unknown topic.
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicInfo, ClientError> {
+        Ok(self.client.clone().describe_topic(pb::TopicRequest { name: name.to_string() }).await?.into_inner())
+    }
+
+    /// # Errors
+    /// The server's status.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        config: HashMap<String, String>,
+    ) -> Result<pb::TopicInfo, ClientError> {
+        let request = pb::AlterTopicConfigRequest { name: name.to_string(), config };
+        Ok(self.client.clone().alter_topic_config(request).await?.into_inner())
+    }
+
+    /// # Errors
+    /// The server's status.
+    pub async fn add_partitions(&self, name: &str, count: u32) -> Result<pb::TopicInfo, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .add_partitions(pb::AddPartitionsRequest { name: name.to_string(), count })
+            .await?
+            .into_inner())
+    }
+
+    /// # Errors
+    /// `NOT_FOUND` for an unknown topic.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        self.client.clone().delete_topic(pb::TopicRequest { name: name.to_string() }).await?;
+        Ok(())
+    }
+}

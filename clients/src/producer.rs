@@ -1,0 +1,299 @@
+//! The batching producer.
+//!
+//! `send` hands a record to a background task and returns a [`Delivery`] that resolves to its
+//! offset. The task groups records per partition and sends a batch when it reaches
+//! `batch_bytes` or has waited `linger`. Keys are partitioned with murmur2 exactly as the server
+//! (and Kafka) would; keyless records stick to one partition per batch. One request per partition
+//! is in flight at a time, so records of a partition keep their order across retries. The bytes
+//! held (queued or in flight) are bounded by `max_buffered_bytes`: `send` waits for room.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_proto::v1 as pb;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{Admin, ClientError, partition_for_key};
+
+/// Producer tuning.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// How long a batch may wait for more records.
+    pub linger: Duration,
+    /// A batch is sent when it holds this many bytes.
+    pub batch_bytes: usize,
+    /// Most record bytes held by the producer at once; `send` waits beyond it.
+    pub max_buffered_bytes: usize,
+    /// Attempts after the first for retriable failures (the server unavailable).
+    pub retries: u32,
+    /// First backoff; doubles each retry.
+    pub retry_backoff: Duration,
+    pub acks: pb::Acks,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_bytes: 1 << 20,
+            max_buffered_bytes: 64 << 20,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+            acks: pb::Acks::Leader,
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub timestamp_ms: Option<i64>,
+    pub partition: Option<u32>,
+}
+
+impl Record {
+    pub fn new(key: Option<impl Into<Vec<u8>>>, value: impl Into<Vec<u8>>) -> Self {
+        Self { key: key.map(Into::into), value: Some(value.into()), ..Default::default() }
+    }
+
+    fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+            + 16
+    }
+}
+
+/// Resolves to `(partition, offset)` once the record is acknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    rx: oneshot::Receiver<Result<(u32, u64), ClientError>>,
+}
+
+impl Delivery {
+    /// # Errors
+    /// The failure that ended the record's last attempt.
+    pub async fn wait(self) -> Result<(u32, u64), ClientError> {
+        self.rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+}
+
+type Reply = oneshot::Sender<Result<(u32, u64), ClientError>>;
+
+enum Msg {
+    Send { topic: String, record: Record, reply: Reply, permit: OwnedSemaphorePermit },
+    Flush(oneshot::Sender<()>),
+}
+
+/// A batching, retrying producer. Dropping it stops its task after sending what it holds.
+#[derive(Debug)]
+pub struct Producer {
+    tx: mpsc::UnboundedSender<Msg>,
+    budget: Arc<Semaphore>,
+    max_record: usize,
+}
+
+struct Pending {
+    records: Vec<(pb::Record, Reply, OwnedSemaphorePermit)>,
+    bytes: usize,
+    since: Instant,
+}
+
+impl Producer {
+    pub(crate) fn start(channel: Channel, admin: Admin, config: ProducerConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(config.max_buffered_bytes));
+        let max_record = config.max_buffered_bytes;
+        tokio::spawn(run(channel, admin, config, rx));
+        Self { tx, budget, max_record }
+    }
+
+    /// Queues a record, waiting while the producer holds `max_buffered_bytes`.
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] for a record larger than the whole buffer; [`ClientError::Closed`].
+    pub async fn send(&self, topic: &str, record: Record) -> Result<Delivery, ClientError> {
+        let size = record.size();
+        if size > self.max_record {
+            return Err(ClientError::Invalid(format!("record of {size} bytes exceeds the producer's buffer")));
+        }
+        let permit = Arc::clone(&self.budget).acquire_many_owned(size as u32).await.map_err(|_| ClientError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Send { topic: topic.to_string(), record, reply, permit }).map_err(|_| ClientError::Closed)?;
+        Ok(Delivery { rx })
+    }
+
+    /// Sends everything queued and waits until every record sent so far is acknowledged or failed.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the producer task is gone.
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Flush(tx)).map_err(|_| ClientError::Closed)?;
+        rx.await.map_err(|_| ClientError::Closed)
+    }
+}
+
+async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut pending: HashMap<(String, u32), Pending> = HashMap::new();
+    let mut partitions: HashMap<String, u32> = HashMap::new();
+    let mut sticky: HashMap<String, u32> = HashMap::new();
+    let mut sticky_counter = 0u32;
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let locks: Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>> = Arc::default();
+    loop {
+        let deadline = pending.values().map(|p| p.since + config.linger).min();
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = sleep_until(deadline) => {
+                let now = Instant::now();
+                let due: Vec<_> = pending.iter().filter(|(_, p)| p.since + config.linger <= now).map(|(k, _)| k.clone()).collect();
+                for key in due {
+                    if let Some(batch) = pending.remove(&key) {
+                        dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                    }
+                }
+                continue;
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
+        };
+        match msg {
+            None => {
+                for (key, batch) in pending.drain() {
+                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                }
+                while in_flight.join_next().await.is_some() {}
+                return;
+            }
+            Some(Msg::Flush(done)) => {
+                for (key, batch) in pending.drain() {
+                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                }
+                while in_flight.join_next().await.is_some() {}
+                let _ = done.send(());
+            }
+            Some(Msg::Send { topic, record, reply, permit }) => {
+                let count = match partitions.get(&topic) {
+                    Some(&n) => n,
+                    None => match admin.describe_topic(&topic).await {
+                        Ok(info) => {
+                            let n = info.partitions.len().max(1) as u32;
+                            partitions.insert(topic.clone(), n);
+                            n
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    },
+                };
+                let partition = match (record.partition, &record.key) {
+                    (Some(p), _) => p,
+                    (None, Some(key)) => partition_for_key(key, count),
+                    (None, None) => *sticky.entry(topic.clone()).or_insert_with(|| {
+                        sticky_counter = sticky_counter.wrapping_add(1);
+                        sticky_counter % count
+                    }),
+                };
+                let size = record.size();
+                let proto = pb::Record {
+                    key: record.key,
+                    value: record.value,
+                    headers: record.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
+                    timestamp_ms: record.timestamp_ms,
+                    partition: Some(partition),
+                };
+                let key = (topic.clone(), partition);
+                let batch = pending.entry(key.clone()).or_insert_with(|| Pending {
+                    records: Vec::new(),
+                    bytes: 0,
+                    since: Instant::now(),
+                });
+                batch.records.push((proto, reply, permit));
+                batch.bytes += size;
+                if batch.bytes >= config.batch_bytes
+                    && let Some(batch) = pending.remove(&key)
+                {
+                    if record.partition.is_none() && record_was_keyless(&batch) {
+                        sticky.remove(&topic);
+                    }
+                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                }
+            }
+        }
+    }
+}
+
+fn record_was_keyless(batch: &Pending) -> bool {
+    batch.records.last().is_some_and(|(r, _, _)| r.key.is_none())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dispatch(
+    in_flight: &mut JoinSet<()>,
+    channel: &Channel,
+    config: &ProducerConfig,
+    locks: &Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>>,
+    key: (String, u32),
+    batch: Pending,
+) {
+    let lock = {
+        let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry(key.clone()).or_default())
+    };
+    let mut client = pb::producer_client::ProducerClient::new(channel.clone())
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(256 << 20);
+    let config = config.clone();
+    in_flight.spawn(async move {
+        // One request per partition in flight keeps the partition's order through retries.
+        let _turn = lock.lock().await;
+        let (records, replies): (Vec<pb::Record>, Vec<(Reply, OwnedSemaphorePermit)>) =
+            batch.records.into_iter().map(|(r, reply, permit)| (r, (reply, permit))).unzip();
+        let request = pb::ProduceRequest { topic: key.0.clone(), records, acks: config.acks as i32, request_id: 0 };
+        let mut backoff = config.retry_backoff;
+        let mut attempt = 0;
+        let result = loop {
+            let result = client.produce(request.clone()).await.map_err(ClientError::from);
+            match result {
+                Err(e) if e.is_retriable() && attempt < config.retries => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "produce failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                for (i, (reply, _permit)) in replies.into_iter().enumerate() {
+                    let offset = response.offsets.get(i).map(|o| (o.partition, o.offset));
+                    let _ = reply.send(offset.ok_or_else(|| ClientError::Produce {
+                        code: "internal".into(),
+                        message: "missing offset in response".into(),
+                    }));
+                }
+            }
+            Err(e) => {
+                for (reply, _permit) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    });
+}

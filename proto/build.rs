@@ -1,0 +1,8 @@
+//! Compiles the .proto files with protox (pure Rust: no system `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=strata");
+    let fds = protox::compile(["strata/v1/strata.proto"], ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

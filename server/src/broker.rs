@@ -1,0 +1,462 @@
+//! The broker: partition logs of every topic, the produce and fetch paths, and long-poll wakeups.
+//!
+//! Topics come from the metadata state machine; the broker follows it (opening logs of new
+//! topics and partitions, deleting logs of deleted topics) whenever it changes, so every change
+//! goes through Raft first and the local logs follow.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_storage::{BatchBuilder, Compression, Header, Log, LogManager, PendingAppend};
+use tokio::sync::watch;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::metadata::{Metadata, TopicMeta};
+use crate::partitioner::{Sticky, partition_for_key};
+use crate::topic::MAX_BATCH_BYTES;
+
+/// A record as a producer hands it to the broker.
+#[derive(Debug, Clone, Default)]
+pub struct ProduceRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    pub timestamp: Option<i64>,
+    pub partition: Option<u32>,
+}
+
+impl ProduceRecord {
+    fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
+    }
+}
+
+/// When a produce is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Once appended (in the page cache), before it is durable.
+    None,
+    /// Once durable on this node per the topic's `flush` policy (`all` is the same on one node).
+    Leader,
+}
+
+/// Where a fetch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Offset(u64),
+    Earliest,
+    Latest,
+    Timestamp(i64),
+}
+
+/// A fetched record.
+#[derive(Debug, Clone)]
+pub struct FetchedRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchResult {
+    pub records: Vec<FetchedRecord>,
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// Live facts about one partition.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Partition {
+    log: Log,
+    /// Bumped to the high watermark after every append, for long-polling fetchers.
+    hw: watch::Sender<u64>,
+}
+
+/// Appends made, waiting to become durable.
+#[derive(Debug)]
+pub struct PendingProduce {
+    appends: Vec<(Partition, PendingAppend)>,
+    offsets: Vec<(u32, u64)>,
+    acks: Acks,
+}
+
+impl PendingProduce {
+    /// Resolves to one `(partition, offset)` per record, in request order.
+    ///
+    /// # Errors
+    /// `unavailable` if an fsync failed (the partition then refuses writes until restart).
+    pub async fn acknowledged(self) -> Result<Vec<(u32, u64)>, ApiError> {
+        for (partition, pending) in self.appends {
+            match self.acks {
+                Acks::Leader => {
+                    pending.durable().await?;
+                    partition.notify();
+                }
+                // Readers see the records once durable: wake them then, without waiting here.
+                Acks::None => {
+                    tokio::spawn(async move {
+                        if pending.durable().await.is_ok() {
+                            partition.notify();
+                        }
+                    });
+                }
+            }
+        }
+        Ok(self.offsets)
+    }
+}
+
+impl Partition {
+    /// Wakes long-polling fetchers if the high watermark moved.
+    fn notify(&self) {
+        let hw = self.log.high_watermark();
+        self.hw.send_if_modified(|v| {
+            let moved = hw > *v;
+            *v = (*v).max(hw);
+            moved
+        });
+    }
+}
+
+/// Partition logs and the produce/fetch paths.
+#[derive(Debug)]
+pub struct Broker {
+    storage: LogManager,
+    metadata: Metadata,
+    // A std lock: held for map lookups only, never across I/O or `.await`.
+    partitions: RwLock<HashMap<(String, u32), Partition>>,
+    sticky: Sticky,
+}
+
+fn log_name(topic: &str, partition: u32) -> String {
+    format!("{topic}-{partition}")
+}
+
+impl Broker {
+    pub fn new(storage: LogManager, metadata: Metadata) -> Self {
+        Self { storage, metadata, partitions: RwLock::new(HashMap::new()), sticky: Sticky::default() }
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    pub fn storage(&self) -> &LogManager {
+        &self.storage
+    }
+
+    fn read_partitions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, u32), Partition>> {
+        self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_partitions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, u32), Partition>> {
+        self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Brings the open logs in line with the metadata: opens new partitions, applies config
+    /// changes, deletes the logs of deleted topics. Blocking (opening a log recovers it).
+    ///
+    /// # Errors
+    /// The first log that cannot be opened.
+    pub fn reconcile(&self) -> Result<(), ApiError> {
+        let topics = self.metadata.topics();
+        let mut wanted: HashMap<(String, u32), &TopicMeta> = HashMap::new();
+        for t in topics.values() {
+            for p in 0..t.partitions {
+                wanted.insert((t.name.clone(), p), t);
+            }
+        }
+        let existing: Vec<(String, u32)> = self.read_partitions().keys().cloned().collect();
+        for key in existing {
+            if !wanted.contains_key(&key) {
+                self.write_partitions().remove(&key);
+                self.storage.delete_log(&log_name(&key.0, key.1))?;
+                tracing::info!(topic = %key.0, partition = key.1, "deleted partition log");
+            }
+        }
+        for (key, meta) in wanted {
+            let config = meta.config.log_config();
+            let existing = self.read_partitions().get(&key).map(|p| p.log.clone());
+            match existing {
+                Some(log) => {
+                    if log.config() != config {
+                        log.set_config(config)?;
+                    }
+                }
+                None => {
+                    let log = self.storage.open_log(&log_name(&key.0, key.1), config)?;
+                    let (hw, _) = watch::channel(log.high_watermark());
+                    self.write_partitions().insert(key, Partition { log, hw });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes logs on disk that no topic owns (a topic deleted while the node was down).
+    ///
+    /// # Errors
+    /// The data directory cannot be listed.
+    pub fn remove_orphan_logs(&self) -> Result<(), ApiError> {
+        let open = self.read_partitions();
+        let owned: std::collections::HashSet<String> = open.keys().map(|(t, p)| log_name(t, *p)).collect();
+        drop(open);
+        let entries = std::fs::read_dir(self.storage.root())
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot list data dir: {e}")))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let is_partition = name.rsplit_once('-').is_some_and(|(_, p)| p.parse::<u32>().is_ok());
+            if is_partition && !owned.contains(&name) && entry.path().is_dir() {
+                tracing::info!(dir = %name, "removing the log of a deleted topic");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<Partition, ApiError> {
+        if let Some(p) = self.read_partitions().get(&(topic.to_string(), partition)) {
+            return Ok(p.clone());
+        }
+        match self.metadata.topic(topic) {
+            None => Err(ApiError::topic_not_found(topic)),
+            Some(t) if partition >= t.partitions => Err(ApiError::new(
+                ErrorCode::PartitionNotFound,
+                format!("topic {topic:?} has partitions 0..{}, not {partition}", t.partitions),
+            )),
+            Some(_) => Err(ApiError::new(ErrorCode::Unavailable, "partition is being opened; retry")),
+        }
+    }
+
+    /// Runs retention and compaction on every partition (blocking).
+    pub fn run_cleanup(&self) {
+        let logs: Vec<(String, u32, Log)> =
+            self.read_partitions().iter().map(|((t, p), part)| (t.clone(), *p, part.log.clone())).collect();
+        for (topic, partition, log) in logs {
+            if let Err(e) = log.enforce_retention() {
+                tracing::warn!(%topic, partition, error = %e, "retention failed");
+            }
+            if let Err(e) = log.compact() {
+                tracing::warn!(%topic, partition, error = %e, "compaction failed");
+            }
+        }
+    }
+
+    /// Live status of a topic's partitions.
+    pub fn partition_status(&self, topic: &str, partitions: u32) -> Vec<PartitionStatus> {
+        let map = self.read_partitions();
+        (0..partitions)
+            .map(|p| match map.get(&(topic.to_string(), p)) {
+                Some(part) => PartitionStatus {
+                    partition: p,
+                    log_start_offset: part.log.log_start_offset(),
+                    high_watermark: part.log.high_watermark(),
+                    size_bytes: part.log.size_bytes(),
+                },
+                None => PartitionStatus { partition: p, log_start_offset: 0, high_watermark: 0, size_bytes: 0 },
+            })
+            .collect()
+    }
+
+    /// Every open partition with its status (for metrics).
+    pub fn all_partition_status(&self) -> Vec<(String, PartitionStatus)> {
+        let map = self.read_partitions();
+        map.iter()
+            .map(|((t, p), part)| {
+                let status = PartitionStatus {
+                    partition: *p,
+                    log_start_offset: part.log.log_start_offset(),
+                    high_watermark: part.log.high_watermark(),
+                    size_bytes: part.log.size_bytes(),
+                };
+                (t.clone(), status)
+            })
+            .collect()
+    }
+
+    /// Validates and appends a produce request; the result resolves when acknowledged.
+    /// Records of one partition become one batch, appended in request order.
+    ///
+    /// # Errors
+    /// `topic_not_found`, `partition_not_found`, `record_too_large`, `invalid_record`, or a
+    /// storage error.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        acks: Acks,
+    ) -> Result<PendingProduce, ApiError> {
+        let meta = self.metadata.topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
+        if records.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRecord, "a produce request needs at least one record"));
+        }
+        let max_record = meta.config.max_record_bytes as usize;
+        let sticky = self.sticky.next_partition(meta.partitions);
+        let now = now_ms();
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.size() > max_record {
+                return Err(ApiError::new(
+                    ErrorCode::RecordTooLarge,
+                    format!("record {i} is {} bytes; topic {topic:?} allows {max_record} (max_record_bytes)", r.size()),
+                ));
+            }
+            let p = match (r.partition, &r.key) {
+                (Some(p), _) => p,
+                (None, Some(key)) => partition_for_key(key, meta.partitions),
+                (None, None) => sticky,
+            };
+            if p >= meta.partitions {
+                return Err(ApiError::new(
+                    ErrorCode::PartitionNotFound,
+                    format!("record {i}: topic {topic:?} has partitions 0..{}, not {p}", meta.partitions),
+                ));
+            }
+            by_partition.entry(p).or_default().push(i);
+        }
+        let mut batches = Vec::with_capacity(by_partition.len());
+        for (p, indexes) in &by_partition {
+            let partition = self.partition(topic, *p)?;
+            let mut builder = BatchBuilder::new(Compression::None);
+            for &i in indexes {
+                let r = &records[i];
+                builder.push(r.timestamp.unwrap_or(now), r.key.as_deref(), r.value.as_deref(), &r.headers);
+            }
+            let batch = builder.build().map_err(|e| ApiError::new(ErrorCode::InvalidRecord, e.to_string()))?;
+            if batch.len() > MAX_BATCH_BYTES as usize {
+                return Err(ApiError::new(ErrorCode::RequestTooLarge, "records for one partition exceed 64 MiB"));
+            }
+            batches.push((*p, partition, batch));
+        }
+        // Appending validates and pwrites each batch (tens of microseconds, occasionally a
+        // segment roll with fsyncs): off the async workers.
+        let appended = tokio::task::spawn_blocking(move || {
+            batches
+                .into_iter()
+                .map(|(p, partition, batch)| {
+                    let pending = partition.log.append(batch)?;
+                    Ok::<_, strata_storage::Error>((p, partition, pending))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
+        let mut offsets = vec![(0u32, 0u64); records.len()];
+        let mut appends = Vec::with_capacity(appended.len());
+        for (p, partition, pending) in appended {
+            let base = pending.info().base_offset;
+            for (k, &i) in by_partition[&p].iter().enumerate() {
+                offsets[i] = (p, base + k as u64);
+            }
+            appends.push((partition, pending));
+        }
+        Ok(PendingProduce { appends, offsets, acks })
+    }
+
+    /// Reads records from a partition, long-polling up to `wait` when there are none yet.
+    ///
+    /// # Errors
+    /// `topic_not_found`, `partition_not_found`, `offset_out_of_range`, or a storage error.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<FetchResult, ApiError> {
+        let part = self.partition(topic, partition)?;
+        let log = part.log.clone();
+        let mut rx = part.hw.subscribe();
+        let offset = match start {
+            Start::Offset(o) => o,
+            Start::Earliest => log.log_start_offset(),
+            Start::Latest => log.high_watermark(),
+            Start::Timestamp(ts) => {
+                let l = log.clone();
+                tokio::task::spawn_blocking(move || l.offset_for_timestamp(ts))
+                    .await
+                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??
+                    .unwrap_or_else(|| log.high_watermark())
+            }
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            rx.borrow_and_update();
+            let l = log.clone();
+            let read = tokio::task::spawn_blocking(move || l.read(offset, max_bytes))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+            if !read.batches.is_empty() || wait.is_zero() {
+                return decode(partition, offset, read, max_records);
+            }
+            // Nothing yet: wait for an append (or the deadline), then read again.
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return decode(partition, offset, read, max_records),
+            }
+        }
+    }
+}
+
+fn decode(
+    partition: u32,
+    from: u64,
+    read: strata_storage::ReadResult,
+    max_records: usize,
+) -> Result<FetchResult, ApiError> {
+    let mut records: Vec<FetchedRecord> = read
+        .records_from(from)?
+        .into_iter()
+        .take(max_records.max(1))
+        .map(|r| FetchedRecord {
+            partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        })
+        .collect();
+    records.truncate(max_records.max(1));
+    let next_offset = match records.last() {
+        Some(last) if records.len() >= max_records.max(1) => last.offset + 1,
+        _ => read.next_offset.max(from),
+    };
+    Ok(FetchResult {
+        records,
+        next_offset,
+        high_watermark: read.high_watermark,
+        log_start_offset: read.log_start_offset,
+    })
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::new(ErrorCode::Internal, format!("task failed: {e}"))
+    }
+}
+
+/// Convenience for tests and tools: `Arc` the broker.
+pub type SharedBroker = Arc<Broker>;

@@ -1,0 +1,141 @@
+//! The server's configuration: one typed tree with defaults in code, layered
+//! defaults → TOML file (`--config`) → `STRATA_*` environment → command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything `strata serve` can be told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// One port for HTTP/1.1 (JSON) and gRPC (HTTP/2).
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub node_id: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_window_ms: u64,
+    /// Most segment files held open at once.
+    pub max_open_files: usize,
+    /// How often retention and compaction run.
+    pub cleanup_interval_ms: u64,
+    /// Most a fetch may wait for records (`wait_ms` is capped to this).
+    pub max_wait_ms: u64,
+    /// Log filter (`tracing` env-filter syntax), e.g. `info` or `strata_server=debug`.
+    pub log: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from("./strata-data"),
+            node_id: 1,
+            max_request_bytes: 32 * 1024 * 1024,
+            idempotency_window_ms: 24 * 3600 * 1000,
+            max_open_files: 1024,
+            cleanup_interval_ms: 60_000,
+            max_wait_ms: 30_000,
+            log: "info".into(),
+        }
+    }
+}
+
+/// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
+/// client commands (e.g. `STRATA_SERVER`).
+const ENV_KEYS: [&str; 9] = [
+    "listen",
+    "data_dir",
+    "node_id",
+    "max_request_bytes",
+    "idempotency_window_ms",
+    "max_open_files",
+    "cleanup_interval_ms",
+    "max_wait_ms",
+    "log",
+];
+
+/// Values given as command-line flags (they win over everything else).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+}
+
+impl ServerConfig {
+    /// Builds the config from its layers.
+    ///
+    /// # Errors
+    /// A message naming the file or key that is wrong (unknown key, bad value, missing file).
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("STRATA_").only(&ENV_KEYS)).merge(Serialized::globals(flags));
+        let config: ServerConfig = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_else(|| "config".into());
+            if key.is_empty() {
+                format!("invalid config ({source}): {e}")
+            } else {
+                format!("invalid config key `{key}` ({source}): {e}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.max_request_bytes < 1024 {
+            return Err("invalid config key `max_request_bytes`: must be at least 1024".into());
+        }
+        if self.node_id == 0 {
+            return Err("invalid config key `node_id`: must be positive".into());
+        }
+        if self.idempotency_window_ms == 0 {
+            return Err("invalid config key `idempotency_window_ms`: must be positive".into());
+        }
+        if self.cleanup_interval_ms == 0 {
+            return Err("invalid config key `cleanup_interval_ms`: must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("strata.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nnode_id = 3\n").unwrap();
+        let flags = FlagOverrides { node_id: Some(4), ..Default::default() };
+        let c = ServerConfig::load(Some(&file), &flags).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.node_id, 4, "flags win over the file");
+
+        std::fs::write(&file, "lissten = \"x\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("lissten"), "{e}");
+        std::fs::write(&file, "max_request_bytes = \"lots\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("max_request_bytes"), "{e}");
+        let e = ServerConfig::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

@@ -1,0 +1,186 @@
+//! One error type for every API: each [`ApiError`] carries a stable [`ErrorCode`], which maps
+//! once to an HTTP status, once to a gRPC code, and names the problem+json `code`.
+
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Stable machine names of everything that can go wrong, as clients see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    TopicNotFound,
+    TopicAlreadyExists,
+    PartitionNotFound,
+    InvalidTopic,
+    InvalidConfig,
+    InvalidRequest,
+    InvalidRecord,
+    RecordTooLarge,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    OffsetOutOfRange,
+    OffsetMismatch,
+    IdempotencyKeyReused,
+    NotFound,
+    /// The node cannot serve now (shutting down, no Raft leader, storage refusing writes).
+    Unavailable,
+    /// Stored data is damaged.
+    DataCorrupt,
+    /// A bug.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::TopicNotFound => "topic_not_found",
+            ErrorCode::TopicAlreadyExists => "topic_already_exists",
+            ErrorCode::PartitionNotFound => "partition_not_found",
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::RecordTooLarge => "record_too_large",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::OffsetOutOfRange => "offset_out_of_range",
+            ErrorCode::OffsetMismatch => "offset_mismatch",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::DataCorrupt => "data_corrupt",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::TopicNotFound | ErrorCode::PartitionNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TopicAlreadyExists => StatusCode::CONFLICT,
+            ErrorCode::InvalidTopic
+            | ErrorCode::InvalidConfig
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidRecord => StatusCode::BAD_REQUEST,
+            ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
+            ErrorCode::OffsetMismatch => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::DataCorrupt | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::TopicNotFound | ErrorCode::PartitionNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::TopicAlreadyExists => tonic::Code::AlreadyExists,
+            ErrorCode::InvalidTopic
+            | ErrorCode::InvalidConfig
+            | ErrorCode::InvalidRequest
+            | ErrorCode::InvalidRecord
+            | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
+            ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => tonic::Code::ResourceExhausted,
+            ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
+            ErrorCode::OffsetMismatch | ErrorCode::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::DataCorrupt => tonic::Code::DataLoss,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self.http_status().canonical_reason() {
+            Some(reason) => reason,
+            None => "Error",
+        }
+    }
+}
+
+/// An error as an API reports it: a code and a human sentence.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into() }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, detail)
+    }
+
+    pub fn topic_not_found(topic: &str) -> Self {
+        Self::new(ErrorCode::TopicNotFound, format!("topic {topic:?} does not exist"))
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The problem+json body (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.http_status();
+        let body = Problem {
+            kind: format!("https://strata.dev/problems/{}", self.code.as_str()),
+            title: self.code.title().to_string(),
+            status: status.as_u16(),
+            detail: self.detail,
+            code: self.code.as_str().to_string(),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.code.grpc_code(), format!("{}: {}", e.code.as_str(), e.detail))
+    }
+}
+
+impl From<strata_storage::Error> for ApiError {
+    fn from(e: strata_storage::Error) -> Self {
+        use strata_storage::Error as S;
+        let code = match &e {
+            S::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            S::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
+            S::InvalidBatch { .. } => ErrorCode::InvalidRecord,
+            S::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+            S::LogDeleted { .. } => ErrorCode::TopicNotFound,
+            S::Poisoned { .. } => ErrorCode::Unavailable,
+            S::Corrupt { .. } => ErrorCode::DataCorrupt,
+            S::Io { .. } | S::Internal(_) => ErrorCode::Internal,
+        };
+        if matches!(code, ErrorCode::Internal | ErrorCode::DataCorrupt | ErrorCode::Unavailable) {
+            tracing::error!(error = %e, "storage error");
+        }
+        ApiError::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,261 @@
+//! The gRPC services of `strata.v1`: Producer (unary and pipelined stream), Consumer.Fetch, Admin.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use strata_proto::v1 as pb;
+use strata_storage::Header;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::AppState;
+use crate::broker::{Acks, ProduceRecord, Start};
+use crate::error::ApiError;
+use crate::topic::TopicConfig;
+
+/// Most produce requests of one stream waiting for their acknowledgement at once.
+const STREAM_PIPELINE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Services {
+    state: Arc<AppState>,
+}
+
+impl Services {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    /// All services as routes for the shared axum router.
+    pub fn routes(self) -> axum::Router {
+        tonic::service::Routes::new(pb::producer_server::ProducerServer::new(self.clone()))
+            .add_service(pb::consumer_server::ConsumerServer::new(self.clone()))
+            .add_service(pb::admin_server::AdminServer::new(self))
+            .into_axum_router()
+    }
+}
+
+fn acks(a: i32) -> Acks {
+    match pb::Acks::try_from(a) {
+        Ok(pb::Acks::None) => Acks::None,
+        _ => Acks::Leader,
+    }
+}
+
+fn records(req: &mut pb::ProduceRequest) -> Vec<ProduceRecord> {
+    std::mem::take(&mut req.records)
+        .into_iter()
+        .map(|r| ProduceRecord {
+            key: r.key.map(Bytes::from),
+            value: r.value.map(Bytes::from),
+            headers: r.headers.into_iter().map(|h| Header { name: h.name, value: Bytes::from(h.value) }).collect(),
+            timestamp: r.timestamp_ms,
+            partition: r.partition,
+        })
+        .collect()
+}
+
+fn offsets(offsets: Vec<(u32, u64)>, request_id: u64) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        offsets: offsets.into_iter().map(|(partition, offset)| pb::RecordOffset { partition, offset }).collect(),
+        request_id,
+        error: None,
+    }
+}
+
+type AckFuture = Pin<Box<dyn std::future::Future<Output = pb::ProduceResponse> + Send>>;
+
+#[tonic::async_trait]
+impl pb::producer_server::Producer for Services {
+    async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
+        let mut req = request.into_inner();
+        let records = records(&mut req);
+        self.state.metrics.records_in(&req.topic, records.len());
+        let pending = self.state.broker.produce(&req.topic, records, acks(req.acks)).await?;
+        Ok(Response::new(offsets(pending.acknowledged().await?, req.request_id)))
+    }
+
+    type ProduceStreamStream = ReceiverStream<Result<pb::ProduceResponse, Status>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<pb::ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut input = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_PIPELINE);
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move {
+            // Appends happen one request at a time, in stream order; only the wait for
+            // durability overlaps, and acknowledgements leave in request order.
+            let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            let mut input_done = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(ack) = inflight.next(), if !inflight.is_empty() => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                    msg = input.next(), if !input_done && inflight.len() < STREAM_PIPELINE => match msg {
+                        Some(Ok(mut req)) => {
+                            let id = req.request_id;
+                            let records = records(&mut req);
+                            state.metrics.records_in(&req.topic, records.len());
+                            let fut: AckFuture = match state.broker.produce(&req.topic, records, acks(req.acks)).await {
+                                Ok(pending) => Box::pin(async move {
+                                    match pending.acknowledged().await {
+                                        Ok(o) => offsets(o, id),
+                                        Err(e) => error_response(id, e),
+                                    }
+                                }),
+                                Err(e) => Box::pin(std::future::ready(error_response(id, e))),
+                            };
+                            inflight.push_back(fut);
+                        }
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => input_done = true,
+                    },
+                    else => return,
+                }
+                if input_done && inflight.is_empty() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn error_response(request_id: u64, e: ApiError) -> pb::ProduceResponse {
+    pb::ProduceResponse {
+        offsets: Vec::new(),
+        request_id,
+        error: Some(pb::Error { code: e.code.as_str().to_string(), message: e.detail }),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::consumer_server::Consumer for Services {
+    async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let start = match req.start {
+            Some(pb::fetch_request::Start::Offset(o)) => Start::Offset(o),
+            Some(pb::fetch_request::Start::TimestampMs(ts)) => Start::Timestamp(ts),
+            Some(pb::fetch_request::Start::Position(p)) if p == pb::Position::Latest as i32 => Start::Latest,
+            _ => Start::Earliest,
+        };
+        let max_records = if req.max_records == 0 { 500 } else { req.max_records.min(10_000) } as usize;
+        let max_bytes = if req.max_bytes == 0 { 1 << 20 } else { req.max_bytes.min(64 << 20) } as usize;
+        let wait = Duration::from_millis(u64::from(req.wait_ms).min(self.state.max_wait_ms));
+        let result = self.state.broker.fetch(&req.topic, req.partition, start, max_records, max_bytes, wait).await?;
+        self.state.metrics.records_out(&req.topic, result.records.len());
+        Ok(Response::new(pb::FetchResponse {
+            records: result
+                .records
+                .into_iter()
+                .map(|r| pb::FetchedRecord {
+                    partition: r.partition,
+                    offset: r.offset,
+                    timestamp_ms: r.timestamp,
+                    key: r.key.map(|b| b.to_vec()),
+                    value: r.value.map(|b| b.to_vec()),
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|h| pb::Header { name: h.name, value: h.value.to_vec() })
+                        .collect(),
+                })
+                .collect(),
+            next_offset: result.next_offset,
+            high_watermark: result.high_watermark,
+            log_start_offset: result.log_start_offset,
+        }))
+    }
+}
+
+fn topic_info(state: &AppState, name: &str) -> Result<pb::TopicInfo, ApiError> {
+    let view = crate::http::topic_view(state, name)?;
+    Ok(pb::TopicInfo {
+        name: view.name,
+        config: view.config.to_strings().into_iter().collect(),
+        partitions: view
+            .partitions
+            .into_iter()
+            .map(|p| pb::PartitionInfo {
+                partition: p.partition,
+                leader: p.leader,
+                replicas: p.replicas,
+                isr: p.isr,
+                log_start_offset: p.log_start_offset,
+                local_start_offset: p.local_start_offset,
+                tiered_end_offset: p.tiered_end_offset,
+                high_watermark: p.high_watermark,
+            })
+            .collect(),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        let req = request.into_inner();
+        let settings: BTreeMap<String, String> = req.config.into_iter().collect();
+        let config = TopicConfig::default().with(&settings)?;
+        let partitions = if req.partitions == 0 { 1 } else { req.partitions };
+        let rf = (req.replication_factor != 0).then_some(req.replication_factor);
+        self.state.admin.create_topic(&req.name, partitions, rf, config).await?;
+        Ok(Response::new(topic_info(&self.state, &req.name)?))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let names: Vec<String> = self.state.broker.metadata().topics().into_keys().collect();
+        let topics = names.iter().filter_map(|n| topic_info(&self.state, n).ok()).collect();
+        Ok(Response::new(pb::ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(&self, request: Request<pb::TopicRequest>) -> Result<Response<pb::TopicInfo>, Status> {
+        Ok(Response::new(topic_info(&self.state, &request.into_inner().name)?))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        request: Request<pb::AlterTopicConfigRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
+        let req = request.into_inner();
+        let current =
+            self.state.broker.metadata().topic(&req.name).ok_or_else(|| ApiError::topic_not_found(&req.name))?;
+        let settings: BTreeMap<String, String> = req.config.into_iter().collect();
+        let config = current.config.clone().with(&settings)?;
+        self.state.admin.alter_config(&req.name, config).await?;
+        Ok(Response::new(topic_info(&self.state, &req.name)?))
+    }
+
+    async fn add_partitions(
+        &self,
+        request: Request<pb::AddPartitionsRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
+        let req = request.into_inner();
+        self.state.admin.add_partitions(&req.name, req.count).await?;
+        Ok(Response::new(topic_info(&self.state, &req.name)?))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::TopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        self.state.admin.delete_topic(&request.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+}

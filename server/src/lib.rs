@@ -1,0 +1,195 @@
+//! `strata-server`: the `strata` binary's server side.
+//!
+//! ```text
+//!  one TCP port ──► axum router ──┬─ /v1/...            http/     (JSON, problem+json errors)
+//!  (HTTP/1.1 + h2c)               ├─ /strata.v1.*/...   grpc.rs   (tonic services)
+//!                                 └─ /healthz /readyz /metrics /openapi.json
+//!                                          │
+//!          admin.rs ── Command ──► metadata/ (openraft: log + state machine) ──► broker reconciles
+//!          broker.rs: produce (partitioner, batches) / fetch (long-poll) ──► strata-storage logs
+//!          idempotency.rs: Idempotency-Key replay, kept in an internal log
+//! ```
+//!
+//! [`run`] takes an already bound listener, so tests bind port 0 and read the address back.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod idempotency;
+pub mod metadata;
+pub mod metrics;
+pub mod partitioner;
+pub mod topic;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderName, Request};
+use strata_storage::{LogManager, StorageOptions};
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::ServerConfig;
+
+use crate::admin::Admin;
+use crate::broker::Broker;
+use crate::error::{ApiError, ErrorCode};
+use crate::idempotency::IdempotencyStore;
+use crate::metadata::Metadata;
+use crate::metrics::Metrics;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+    pub admin: Admin,
+    pub idempotency: Arc<IdempotencyStore>,
+    pub metrics: Arc<Metrics>,
+    pub node_id: u64,
+    pub max_request_bytes: usize,
+    pub max_wait_ms: u64,
+    pub ready: AtomicBool,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("metadata: {0}")]
+    Metadata(String),
+    #[error("storage: {0}")]
+    Storage(#[from] strata_storage::Error),
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Runs the server on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
+/// requests finish, fsyncs every log and returns.
+///
+/// # Errors
+/// Start-up failures (data directory, metadata, storage recovery) and listener errors.
+pub async fn run(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    tracing::info!(?config, %addr, "starting strata");
+
+    let metadata = Metadata::start(config.node_id, &data_dir.join("meta"), addr.to_string())
+        .await
+        .map_err(|e| ServerError::Metadata(e.to_string()))?;
+    let options = StorageOptions { max_open_files: config.max_open_files, ..Default::default() };
+    let storage = LogManager::new(data_dir.join("logs"), options)?;
+    let broker = Arc::new(Broker::new(storage, metadata.clone()));
+    let b = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        b.reconcile()?;
+        b.remove_orphan_logs()
+    })
+    .await
+    .map_err(|e| ServerError::Api(e.into()))??;
+    let window = Duration::from_millis(config.idempotency_window_ms);
+    let idempotency = Arc::new(IdempotencyStore::open(broker.storage(), window)?);
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(AppState {
+        admin: Admin::new(Arc::clone(&broker)),
+        broker: Arc::clone(&broker),
+        idempotency,
+        metrics: Arc::clone(&metrics),
+        node_id: config.node_id,
+        max_request_bytes: config.max_request_bytes,
+        max_wait_ms: config.max_wait_ms,
+        ready: AtomicBool::new(false),
+    });
+
+    let stop = CancellationToken::new();
+    let background = vec![
+        tokio::spawn(follow_metadata(Arc::clone(&broker), stop.clone())),
+        tokio::spawn(cleanup(Arc::clone(&broker), Duration::from_millis(config.cleanup_interval_ms), stop.clone())),
+    ];
+
+    let app = http::router(Arc::clone(&state))
+        .merge(grpc::Services::new(Arc::clone(&state)).routes())
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such path") })
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%addr, "serving HTTP and gRPC");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+
+    tracing::info!("shutting down: flushing logs");
+    state.ready.store(false, Ordering::Release);
+    stop.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    let b = Arc::clone(&broker);
+    let flushed = tokio::task::spawn_blocking(move || b.storage().flush_all()).await;
+    metadata.shutdown().await;
+    served.map_err(ServerError::Serve)?;
+    match flushed {
+        Ok(result) => result?,
+        Err(e) => return Err(ServerError::Api(e.into())),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens and deletes logs as the metadata changes (on this node, whoever made the change).
+async fn follow_metadata(broker: Arc<Broker>, stop: CancellationToken) {
+    let mut changes = broker.metadata().subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let b = Arc::clone(&broker);
+        match tokio::task::spawn_blocking(move || b.reconcile()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot follow metadata change"),
+            Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+        }
+    }
+}
+
+/// Retention and compaction, every `every`.
+async fn cleanup(broker: Arc<Broker>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let b = Arc::clone(&broker);
+        if let Err(e) = tokio::task::spawn_blocking(move || b.run_cleanup()).await {
+            tracing::error!(error = %e, "cleanup task failed");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `strata`: the server (`strata serve`) and the command-line client (`strata topic|produce|consume`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use strata_server::config::{FlagOverrides, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "strata", version, about = "Strata: event streaming in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTP + gRPC on one port).
+    Serve {
+        /// TOML config file; `STRATA_*` environment variables and flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (default ./strata-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address for HTTP and gRPC (default 127.0.0.1:7070).
+        #[arg(long)]
+        listen: Option<String>,
+        /// This node's id (default 1).
+        #[arg(long)]
+        node_id: Option<u64>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("strata: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config, data_dir, listen, node_id } => {
+            runtime.block_on(serve(config, FlagOverrides { listen, data_dir, node_id }))
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config_file: Option<PathBuf>, flags: FlagOverrides) -> anyhow::Result<()> {
+    let config = ServerConfig::load(config_file.as_deref(), &flags).map_err(anyhow::Error::msg)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    strata_server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,140 @@
+//! Prometheus metrics: request rate and latency per API (HTTP route or gRPC method), records in
+//! and out per topic, and per-partition high watermark and log size (read at scrape time).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::broker::Broker;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiOnly {
+    api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: String,
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    // A std mutex: encoding is synchronous and short.
+    registry: Mutex<Registry>,
+    requests: Family<ApiLabels, Counter>,
+    latency: Family<ApiOnly, Histogram>,
+    bytes_in: Family<ApiOnly, Counter>,
+    records_in: Family<TopicLabels, Counter>,
+    records_out: Family<TopicLabels, Counter>,
+    high_watermark: Family<PartitionLabels, Gauge>,
+    log_size: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("strata");
+        let requests = Family::<ApiLabels, Counter>::default();
+        let latency =
+            Family::<ApiOnly, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        let bytes_in = Family::<ApiOnly, Counter>::default();
+        let records_in = Family::<TopicLabels, Counter>::default();
+        let records_out = Family::<TopicLabels, Counter>::default();
+        let high_watermark = Family::<PartitionLabels, Gauge>::default();
+        let log_size = Family::<PartitionLabels, Gauge>::default();
+        registry.register("requests", "Requests by API and status", requests.clone());
+        registry.register("request_duration_seconds", "Request latency by API", latency.clone());
+        registry.register("request_bytes", "Request body bytes by API", bytes_in.clone());
+        registry.register("records_produced", "Records appended, by topic", records_in.clone());
+        registry.register("records_fetched", "Records returned by fetches, by topic", records_out.clone());
+        registry.register("partition_high_watermark", "High watermark per partition", high_watermark.clone());
+        registry.register("partition_log_bytes", "Log size per partition", log_size.clone());
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            bytes_in,
+            records_in,
+            records_out,
+            high_watermark,
+            log_size,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn records_in(&self, topic: &str, n: usize) {
+        self.records_in.get_or_create(&TopicLabels { topic: topic.into() }).inc_by(n as u64);
+    }
+
+    pub fn records_out(&self, topic: &str, n: usize) {
+        self.records_out.get_or_create(&TopicLabels { topic: topic.into() }).inc_by(n as u64);
+    }
+
+    pub fn observe(&self, api: &str, status: &str, seconds: f64, bytes: u64) {
+        self.requests.get_or_create(&ApiLabels { api: api.into(), status: status.into() }).inc();
+        self.latency.get_or_create(&ApiOnly { api: api.into() }).observe(seconds);
+        self.bytes_in.get_or_create(&ApiOnly { api: api.into() }).inc_by(bytes);
+    }
+
+    /// The Prometheus text exposition, with partition gauges read now.
+    ///
+    /// # Errors
+    /// Encoding failed (a bug).
+    pub fn render(&self, broker: &Broker) -> Result<String, std::fmt::Error> {
+        for (topic, s) in broker.all_partition_status() {
+            let labels = PartitionLabels { topic, partition: s.partition.to_string() };
+            self.high_watermark.get_or_create(&labels).set(s.high_watermark as i64);
+            self.log_size.get_or_create(&labels).set(s.size_bytes as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+/// Middleware: times every request and counts it by API and status. gRPC calls are labelled by
+/// method path (`/strata.v1.Producer/Produce`), HTTP calls by route.
+pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let api = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| format!("{} {}", request.method(), p.as_str()))
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let bytes = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = match response.headers().get("grpc-status").and_then(|v| v.to_str().ok()) {
+        Some(code) => format!("grpc-{code}"),
+        None => response.status().as_u16().to_string(),
+    };
+    metrics.observe(&api, &status, start.elapsed().as_secs_f64(), bytes);
+    response
+}
