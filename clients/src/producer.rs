@@ -87,6 +87,9 @@ impl Delivery {
 
 type Reply = oneshot::Sender<Result<(u32, u64), ClientError>>;
 
+/// One lock per partition: whoever holds it has the partition's only request in flight.
+type PartitionLocks = Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>>;
+
 enum Msg {
     Send { topic: String, record: Record, reply: Reply, permit: OwnedSemaphorePermit },
     Flush(oneshot::Sender<()>),
@@ -147,7 +150,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
     let mut sticky: HashMap<String, u32> = HashMap::new();
     let mut sticky_counter = 0u32;
     let mut in_flight: JoinSet<()> = JoinSet::new();
-    let locks: Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>> = Arc::default();
+    let locks: PartitionLocks = Arc::default();
     loop {
         let deadline = pending.values().map(|p| p.since + config.linger).min();
         let msg = tokio::select! {
@@ -246,7 +249,7 @@ fn dispatch(
     in_flight: &mut JoinSet<()>,
     channel: &Channel,
     config: &ProducerConfig,
-    locks: &Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>>,
+    locks: &PartitionLocks,
     key: (String, u32),
     batch: Pending,
 ) {

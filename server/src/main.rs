@@ -62,6 +62,8 @@ async fn serve(config_file: Option<PathBuf>, flags: FlagOverrides) -> anyhow::Re
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    // One machine-readable line on stdout, so scripts and tests started on port 0 learn the port.
+    println!("listening on {}", listener.local_addr()?);
     strata_server::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }

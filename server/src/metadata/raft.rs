@@ -179,7 +179,7 @@ enum LogRecord {
     /// Everything up to and including this id is purged (only written as the first line).
     Purged(LogId),
     /// A log entry; it replaces any entry with index >= its own index.
-    Entry(Entry),
+    Entry(Box<Entry>),
 }
 
 #[derive(Debug, Default)]
@@ -232,7 +232,7 @@ impl LogStore {
                 }
                 LogRecord::Entry(ent) => {
                     mem.entries.split_off(&ent.log_id.index);
-                    mem.entries.insert(ent.log_id.index, ent);
+                    mem.entries.insert(ent.log_id.index, *ent);
                 }
             }
             valid_len += line.len();
@@ -259,7 +259,7 @@ impl LogStore {
             buf.push(b'\n');
         }
         for e in entries {
-            serde_json::to_writer(&mut buf, &LogRecord::Entry(e)).map_err(io::Error::other)?;
+            serde_json::to_writer(&mut buf, &LogRecord::Entry(Box::new(e))).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
         let dir = self.dir.clone();
@@ -332,7 +332,7 @@ impl RaftLogStorage<C> for LogStore {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut buf = Vec::new();
         for e in &entries {
-            serde_json::to_writer(&mut buf, &LogRecord::Entry(e.clone())).map_err(io::Error::other)?;
+            serde_json::to_writer(&mut buf, &LogRecord::Entry(Box::new(e.clone()))).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
         let file = self.file.clone();
