@@ -121,6 +121,14 @@ pub fn request(method: &str, url: &str, body: &Value) -> Reply {
     reply(agent.run(req))
 }
 
+/// POST that reports connection failures instead of panicking (the server may be killed).
+pub fn try_post(url: &str, json_body: &[u8]) -> Result<Reply, ureq::Error> {
+    let mut r = agent().post(url).header("content-type", "application/json").send(json_body)?;
+    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = r.body_mut().read_to_vec()?;
+    Ok(Reply { status: r.status().as_u16(), content_type, body })
+}
+
 pub fn post_raw(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut req = agent().post(url);
     for (k, v) in headers {
