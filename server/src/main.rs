@@ -1,5 +1,7 @@
 //! `strata`: the server (`strata serve`) and the command-line client (`strata topic|produce|consume`).
 
+mod cli;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,8 @@ enum Command {
         #[arg(long)]
         node_id: Option<u64>,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config, data_dir, listen, node_id } => {
             runtime.block_on(serve(config, FlagOverrides { listen, data_dir, node_id }))
         }
+        Command::Client(command) => runtime.block_on(cli::run(command)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

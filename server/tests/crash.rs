@@ -52,7 +52,9 @@ fn acknowledged_records_survive_sigkill_of_the_server() {
                         let records: Vec<_> = values.iter().map(|v| json!({"key": v, "value": v})).collect();
                         let body = serde_json::to_vec(&json!({"records": records, "acks": "leader"})).unwrap();
                         // A request cut off by the kill was never acknowledged: stop there.
-                        let Ok(reply) = common::try_post(&format!("{url}/v1/topics/ledger/records"), &body) else { return };
+                        let Ok(reply) = common::try_post(&format!("{url}/v1/topics/ledger/records"), &body) else {
+                            return;
+                        };
                         if reply.status != 200 {
                             return;
                         }

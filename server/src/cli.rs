@@ -1,0 +1,322 @@
+//! The command-line client: `strata topic|produce|consume`, on top of `strata-client`.
+//! Friendly on pipes: values in one per line, records out one per line; errors are one line on
+//! stderr with a non-zero exit code; progress and rates go to stderr.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::{Args, Subcommand, ValueEnum};
+use strata_client::{Client, ProducerConfig, Record, Start, proto};
+
+#[derive(Args, Debug)]
+pub struct ServerArg {
+    /// Server URL.
+    #[arg(long, env = "STRATA_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
+    pub server: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Create, list, describe, alter, grow and delete topics.
+    Topic {
+        #[command(subcommand)]
+        action: TopicAction,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Produce values read from stdin, one per line (or one `--value`).
+    Produce {
+        topic: String,
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        partition: Option<u32>,
+        #[arg(long, value_enum, default_value = "leader")]
+        acks: AcksArg,
+        /// Produce this one value instead of reading stdin.
+        #[arg(long)]
+        value: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Print records, one per line.
+    Consume {
+        topic: String,
+        /// Consumer groups arrive with issue #4; only group-less reading works today.
+        #[arg(long)]
+        group: Option<String>,
+        /// `earliest`, `latest`, an offset, or a time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Only this partition (default: all).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Stop after this many records (default: follow forever).
+        #[arg(long)]
+        max: Option<u64>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicAction {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// `key=value`, repeatable (keys as in the HTTP API: retention_ms, flush, ...).
+        #[arg(long = "config", value_parser = parse_kv)]
+        config: Vec<(String, String)>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Alter {
+        name: String,
+        #[arg(long = "config", value_parser = parse_kv, required = true)]
+        config: Vec<(String, String)>,
+    },
+    AddPartitions {
+        name: String,
+        /// The new total.
+        #[arg(long)]
+        count: u32,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum AcksArg {
+    None,
+    Leader,
+    All,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Topic { action, server } => topic(&connect(&server).await?, action).await,
+        ClientCommand::Produce { topic, key, partition, acks, value, server } => {
+            produce(&connect(&server).await?, &topic, key, partition, acks, value).await
+        }
+        ClientCommand::Consume { topic, group, from, partition, max, format, server } => {
+            if group.is_some() {
+                bail!("consumer groups are not available yet (issue #4); drop --group to read without one");
+            }
+            consume(&connect(&server).await?, &topic, &from, partition, max, format).await
+        }
+    }
+}
+
+async fn connect(server: &ServerArg) -> anyhow::Result<Client> {
+    Ok(Client::connect(&server.server).await?)
+}
+
+fn print_topic(info: &proto::TopicInfo) {
+    let hw: Vec<String> = info.partitions.iter().map(|p| format!("{}:{}", p.partition, p.high_watermark)).collect();
+    println!("{}\tpartitions={}\thigh_watermarks={}", info.name, info.partitions.len(), hw.join(","));
+}
+
+async fn topic(client: &Client, action: TopicAction) -> anyhow::Result<()> {
+    let admin = client.admin();
+    match action {
+        TopicAction::Create { name, partitions, config } => {
+            print_topic(&admin.create_topic(&name, partitions, config.into_iter().collect()).await?)
+        }
+        TopicAction::List => {
+            for t in admin.list_topics().await? {
+                print_topic(&t);
+            }
+        }
+        TopicAction::Describe { name } => {
+            let info = admin.describe_topic(&name).await?;
+            print_topic(&info);
+            let mut config: Vec<_> = info.config.iter().collect();
+            config.sort();
+            for (k, v) in config {
+                println!("  {k}={v}");
+            }
+            for p in &info.partitions {
+                println!(
+                    "  partition {}: leader {} log_start {} high_watermark {}",
+                    p.partition, p.leader, p.log_start_offset, p.high_watermark
+                );
+            }
+        }
+        TopicAction::Alter { name, config } => {
+            print_topic(&admin.alter_topic_config(&name, config.into_iter().collect::<HashMap<_, _>>()).await?)
+        }
+        TopicAction::AddPartitions { name, count } => print_topic(&admin.add_partitions(&name, count).await?),
+        TopicAction::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Human units for rates.
+fn rate(n: u64, bytes: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    format!("{n} records in {:.2} s ({:.0} records/s, {:.2} MB/s)", secs, n as f64 / secs, bytes as f64 / secs / 1e6)
+}
+
+async fn produce(
+    client: &Client,
+    topic: &str,
+    key: Option<String>,
+    partition: Option<u32>,
+    acks: AcksArg,
+    value: Option<String>,
+) -> anyhow::Result<()> {
+    let acks = match acks {
+        AcksArg::None => proto::Acks::None,
+        AcksArg::Leader => proto::Acks::Leader,
+        AcksArg::All => proto::Acks::All,
+    };
+    client.admin().describe_topic(topic).await?;
+    let producer = client.producer(ProducerConfig { acks, ..ProducerConfig::default() });
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let mut deliveries = Vec::new();
+    let make = |v: String| Record {
+        key: key.clone().map(String::into_bytes),
+        value: Some(v.into_bytes()),
+        headers: vec![],
+        timestamp_ms: None,
+        partition,
+    };
+    let values: Box<dyn Iterator<Item = std::io::Result<String>>> = match value {
+        Some(v) => Box::new(std::iter::once(Ok(v))),
+        None => Box::new(std::io::stdin().lock().lines()),
+    };
+    for line in values {
+        let line = line.context("reading stdin")?;
+        bytes += line.len() as u64;
+        deliveries.push(producer.send(topic, make(line)).await?);
+        n += 1;
+        if last_progress.elapsed() > Duration::from_secs(1) {
+            eprintln!("strata: {}", rate(n, bytes, start.elapsed()));
+            last_progress = Instant::now();
+        }
+        // Bound what is tracked: check the oldest deliveries as we go.
+        if deliveries.len() >= 10_000 {
+            for d in deliveries.drain(..) {
+                d.wait().await?;
+            }
+        }
+    }
+    producer.flush().await?;
+    for d in deliveries {
+        d.wait().await?;
+    }
+    eprintln!("strata: produced {}", rate(n, bytes, start.elapsed()));
+    Ok(())
+}
+
+fn parse_from(from: &str) -> anyhow::Result<Start> {
+    Ok(match from {
+        "earliest" => Start::Earliest,
+        "latest" => Start::Latest,
+        other => match other.parse::<u64>() {
+            Ok(offset) => Start::Offset(offset),
+            Err(_) => {
+                let time = humantime::parse_rfc3339_weak(other).with_context(|| {
+                    format!("--from must be earliest, latest, an offset or an RFC 3339 time, got {other:?}")
+                })?;
+                let ms = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                Start::Timestamp(ms)
+            }
+        },
+    })
+}
+
+fn text(bytes: &Option<Vec<u8>>) -> serde_json::Value {
+    match bytes {
+        None => serde_json::Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => serde_json::Value::String(s.to_string()),
+            Err(_) => serde_json::json!({ "b64": B64.encode(b) }),
+        },
+    }
+}
+
+async fn consume(
+    client: &Client,
+    topic: &str,
+    from: &str,
+    partition: Option<u32>,
+    max: Option<u64>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let info = client.admin().describe_topic(topic).await?;
+    let partitions: Vec<u32> = match partition {
+        Some(p) if (p as usize) < info.partitions.len() => vec![p],
+        Some(p) => bail!("topic {topic:?} has partitions 0..{}, not {p}", info.partitions.len()),
+        None => (0..info.partitions.len() as u32).collect(),
+    };
+    let start = parse_from(from)?;
+    let mut positions: Vec<(u32, Start)> = partitions.iter().map(|&p| (p, start)).collect();
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let mut got_any = false;
+        for (p, pos) in positions.iter_mut() {
+            let limit = max.map_or(1000, |m| (m - printed).min(1000)) as u32;
+            let page = client.fetch(topic, *p, *pos, limit, Duration::ZERO).await?;
+            *pos = Start::Offset(page.next_offset);
+            let mut out = stdout.lock();
+            for r in page.records {
+                got_any = true;
+                match format {
+                    Format::Text => {
+                        writeln!(out, "{}", r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default())?
+                    }
+                    Format::Json => {
+                        let headers: serde_json::Map<String, serde_json::Value> =
+                            r.headers.iter().map(|h| (h.name.clone(), text(&Some(h.value.clone())))).collect();
+                        let line = serde_json::json!({
+                            "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
+                            "key": text(&r.key), "value": text(&r.value), "headers": headers,
+                        });
+                        writeln!(out, "{line}")?;
+                    }
+                }
+                printed += 1;
+                if max.is_some_and(|m| printed >= m) {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
+            out.flush()?;
+        }
+        if !got_any {
+            // Caught up everywhere: long-poll the first partition briefly, then go round again.
+            if let Some((p, pos)) = positions.first() {
+                let _ = client.fetch(topic, *p, *pos, 1, Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
