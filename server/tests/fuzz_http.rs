@@ -74,7 +74,8 @@ fn random_input_never_gets_a_server_error() {
         .unwrap();
     runner
         .run(&"[ -~]{0,40}", |q| {
-            let url = format!("{}/v1/topics/fuzz/partitions/0/records?{}", s.url, q.replace(' ', "%20").replace('#', "%23"));
+            let url =
+                format!("{}/v1/topics/fuzz/partitions/0/records?{}", s.url, q.replace(' ', "%20").replace('#', "%23"));
             check(&common::get(&url))
         })
         .unwrap();
