@@ -302,6 +302,21 @@ impl Broker {
         records: Vec<ProduceRecord>,
         acks: Acks,
     ) -> Result<PendingProduce, ApiError> {
+        self.produce_expecting(topic, records, acks, None).await
+    }
+
+    /// Like [`Broker::produce`]; with `expected_offset`, every record must name one partition
+    /// and the append happens only if that partition's next offset is `expected_offset`.
+    ///
+    /// # Errors
+    /// As [`Broker::produce`], and `offset_mismatch`.
+    pub async fn produce_expecting(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+        acks: Acks,
+        expected_offset: Option<u64>,
+    ) -> Result<PendingProduce, ApiError> {
         let meta = self.metadata.topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
         if records.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidRecord, "a produce request needs at least one record"));
@@ -330,6 +345,9 @@ impl Broker {
             }
             by_partition.entry(p).or_default().push(i);
         }
+        if expected_offset.is_some() && (by_partition.len() != 1 || records.iter().any(|r| r.partition.is_none())) {
+            return Err(ApiError::invalid("expected_offset needs every record to name the same explicit partition"));
+        }
         let mut batches = Vec::with_capacity(by_partition.len());
         for (p, indexes) in &by_partition {
             let partition = self.partition(topic, *p)?;
@@ -350,7 +368,7 @@ impl Broker {
             batches
                 .into_iter()
                 .map(|(p, partition, batch)| {
-                    let pending = partition.log.append(batch)?;
+                    let pending = partition.log.append_expecting(batch, expected_offset)?;
                     Ok::<_, strata_storage::Error>((p, partition, pending))
                 })
                 .collect::<Result<Vec<_>, _>>()

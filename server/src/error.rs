@@ -170,6 +170,7 @@ impl From<strata_storage::Error> for ApiError {
         use strata_storage::Error as S;
         let code = match &e {
             S::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            S::OffsetMismatch { .. } => ErrorCode::OffsetMismatch,
             S::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
             S::InvalidBatch { .. } => ErrorCode::InvalidRecord,
             S::InvalidConfig { .. } => ErrorCode::InvalidConfig,

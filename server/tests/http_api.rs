@@ -231,6 +231,26 @@ fn fifty_concurrent_producers_to_one_partition_lose_and_duplicate_nothing() {
 }
 
 #[test]
+fn expected_offset_appends_only_at_that_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "ledger", 2, json!({}));
+    let url = format!("{}/v1/topics/ledger/records", s.url);
+    let ok = post_json(
+        &url,
+        &json!({"records": [{"value": 1, "partition": 1}, {"value": 2, "partition": 1}], "expected_offset": 0}),
+    );
+    assert_eq!(ok.status, 200);
+    let stale = post_json(&url, &json!({"records": [{"value": 3, "partition": 1}], "expected_offset": 1}));
+    assert_eq!((stale.status, stale.json()["code"].as_str().unwrap()), (412, "offset_mismatch"));
+    let next = post_json(&url, &json!({"records": [{"value": 3, "partition": 1}], "expected_offset": 2}));
+    assert_eq!(next.json()["offsets"][0]["offset"], 2);
+    let no_partition = post_json(&url, &json!({"records": [{"value": 3}], "expected_offset": 3}));
+    assert_eq!(no_partition.status, 400);
+    assert_eq!(fetch(&s.url, "ledger", 1, "offset=0")["high_watermark"], 3);
+}
+
+#[test]
 fn operations_endpoints_answer() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());

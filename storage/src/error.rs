@@ -15,6 +15,10 @@ pub enum Error {
     #[error("offset {requested} is out of range: readable offsets are {log_start}..{high_watermark}")]
     OffsetOutOfRange { requested: u64, log_start: u64, high_watermark: u64 },
 
+    /// A conditional append found another next offset than the caller expected.
+    #[error("expected the next offset to be {expected}, but it is {actual}")]
+    OffsetMismatch { expected: u64, actual: u64 },
+
     #[error("batch of {size} bytes exceeds the log's limit of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
 

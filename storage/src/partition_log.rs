@@ -325,7 +325,16 @@ impl Log {
     /// # Errors
     /// [`Error::BatchTooLarge`], [`Error::InvalidBatch`], [`Error::LogDeleted`],
     /// [`Error::Poisoned`], [`Error::Io`] (which poisons the log).
-    pub fn append(&self, mut batch: Vec<u8>) -> Result<PendingAppend> {
+    pub fn append(&self, batch: Vec<u8>) -> Result<PendingAppend> {
+        self.append_expecting(batch, None)
+    }
+
+    /// Like [`Log::append`], but only if the log's next offset is `expected_offset` (when given):
+    /// optimistic concurrency for a single writer. The check and the append are atomic.
+    ///
+    /// # Errors
+    /// As [`Log::append`], and [`Error::OffsetMismatch`] when another append came first.
+    pub fn append_expecting(&self, mut batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
         let max = self.lock().config.max_batch_bytes as usize;
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
@@ -337,6 +346,11 @@ impl Log {
         }
         if st.poisoned {
             return Err(Error::Poisoned { dir: self.inner.dir.clone() });
+        }
+        if let Some(expected) = expected_offset
+            && expected != st.next_offset
+        {
+            return Err(Error::OffsetMismatch { expected, actual: st.next_offset });
         }
         let len = batch.len() as u64;
         let now = self.inner.shared.clock.now_ms();

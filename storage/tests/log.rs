@@ -284,3 +284,16 @@ fn interval_and_never_durability_make_records_visible_at_once() {
         assert_eq!(Log::open(dir.path(), LogConfig::default()).unwrap().high_watermark(), 3);
     }
 }
+
+#[test]
+fn conditional_append_checks_the_next_offset_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    log.append_expecting(batch(0, 2, 0), Some(0)).unwrap().wait().unwrap();
+    assert!(matches!(
+        log.append_expecting(batch(1, 1, 0), Some(0)),
+        Err(Error::OffsetMismatch { expected: 0, actual: 2 })
+    ));
+    assert_eq!(log.append_expecting(batch(2, 1, 0), Some(2)).unwrap().wait().unwrap().base_offset, 2);
+    assert_eq!(log.high_watermark(), 3);
+}

@@ -49,6 +49,8 @@ pub struct ProduceBody {
     pub records: Vec<JsonRecord>,
     /// `none`, `leader` (default) or `all`.
     pub acks: Option<String>,
+    /// Append only if the (explicit) partition's next offset is this; else 412 `offset_mismatch`.
+    pub expected_offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -95,8 +97,9 @@ fn bytes_field(
     }
 }
 
-fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks), ApiError> {
+fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks, Option<u64>), ApiError> {
     let acks = parse_acks(body.acks.as_deref())?;
+    let expected_offset = body.expected_offset;
     let records = body
         .records
         .into_iter()
@@ -116,7 +119,7 @@ fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks), ApiErro
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok((records, acks))
+    Ok((records, acks, expected_offset))
 }
 
 /// The webhook door: the body is one record's value; key, partition and headers come from
@@ -125,7 +128,7 @@ fn webhook_record(
     headers: &HeaderMap,
     query: &std::collections::HashMap<String, String>,
     body: Bytes,
-) -> Result<(Vec<ProduceRecord>, Acks), ApiError> {
+) -> Result<(Vec<ProduceRecord>, Acks, Option<u64>), ApiError> {
     let partition = query.get("partition").map(|p| parse_partition(p)).transpose()?;
     let record_headers = headers
         .iter()
@@ -148,7 +151,17 @@ fn webhook_record(
         timestamp,
         partition,
     };
-    Ok((vec![record], parse_acks(query.get("acks").map(String::as_str))?))
+    let expected_offset = query
+        .get("expected_offset")
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::invalid(format!(
+                    "query parameter `expected_offset` must be a non-negative integer, got {v:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    Ok((vec![record], parse_acks(query.get("acks").map(String::as_str))?, expected_offset))
 }
 
 #[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)), request_body = ProduceBody,
@@ -166,7 +179,7 @@ pub async fn produce(
         .map(|v| v.to_str().map(str::to_string).map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII")))
         .transpose()?;
     let json = is_json(&headers);
-    let (records, acks) =
+    let (records, acks, expected_offset) =
         if json { json_records(parse_json(&body)?)? } else { webhook_record(&headers, &query, body.clone())? };
     // The append runs in its own task: a client that disconnects mid-request must not leave it
     // half done (an idempotent retry relies on the first attempt finishing or failing cleanly).
@@ -176,7 +189,12 @@ pub async fn produce(
         move || {
             tokio::spawn(async move {
                 state.metrics.records_in(&topic, records.len());
-                let offsets = state.broker.produce(&topic, records, acks).await?.acknowledged().await?;
+                let offsets = state
+                    .broker
+                    .produce_expecting(&topic, records, acks, expected_offset)
+                    .await?
+                    .acknowledged()
+                    .await?;
                 Ok::<_, ApiError>(ProduceResponse {
                     offsets: offsets
                         .into_iter()
