@@ -1,9 +1,10 @@
 //! Strata's benchmark harness. Every figure is printed beside a baseline measured in the same
 //! run (BENCHMARKS.md): a plain-file writer or reader doing the same I/O without Strata.
 //!
-//! `strata-bench storage` runs the storage engine benchmarks of issue #2 and writes
-//! `benches/results/<date>-storage.json` plus a markdown table on stdout.
+//! `strata-bench storage` runs the storage engine benchmarks of issue #2 and `strata-bench server`
+//! those of issue #3; each writes `benches/results/<date>-<name>.json` and prints a markdown table.
 
+mod server;
 mod storage;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Storage engine: append (group commit), latency, sequential read, reopen, memory.
     Storage(storage::Args),
+    /// Server: produce through each door, latency at half the peak, catch-up fetch, idle memory.
+    Server(server::Args),
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -27,6 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
+        Command::Server(args) => server::run(&args),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

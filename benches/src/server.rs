@@ -1,0 +1,539 @@
+//! Server benchmarks (issue #3): produce through each door, latency at half the peak, catch-up
+//! fetch, idle memory — each beside a baseline measured in the same run.
+//!
+//! The server is the release `strata` binary started as its own process on 127.0.0.1 port 0 with
+//! a fresh data directory; the load generator runs in this process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use strata_client::proto;
+use strata_storage::{BatchBuilder, Compression, Durability, Log, LogConfig};
+use tokio_stream::StreamExt;
+
+const RECORD_BYTES: usize = 1024;
+const BATCH: usize = 100;
+const MB: f64 = 1e6;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Short runs: checks the harness works (no meaningful numbers).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of each measurement (median and range are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Concurrent clients per door.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// The `strata` binary (default: next to this one).
+    #[arg(long)]
+    strata: Option<PathBuf>,
+    /// Where to put data (default: a temporary directory under the current one).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to write the JSON results (default: benches/results/<date>-server.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    pid: u32,
+}
+
+impl Server {
+    fn start(strata: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        let mut child = Command::new(strata)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("STRATA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", strata.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        let addr =
+            line.trim().strip_prefix("listening on ").with_context(|| format!("unexpected {line:?}"))?.to_string();
+        let pid = child.id();
+        Ok(Server { child, url: format!("http://{addr}"), pid })
+    }
+
+    /// User + system CPU seconds the server has used.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    fn rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse::<f64>()? / 1024.0)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn show(v: &[f64], unit: &str) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!("{:.0} {unit} ({:.0}–{:.0})", s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+fn records(seq: u64) -> Vec<proto::Record> {
+    (0..BATCH)
+        .map(|i| proto::Record {
+            key: Some(format!("k{}", (seq as usize * BATCH + i) % 1000).into_bytes()),
+            value: Some(vec![b'x'; RECORD_BYTES]),
+            partition: Some(0),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn json_body() -> Vec<u8> {
+    let value = "x".repeat(RECORD_BYTES - 2);
+    let recs: Vec<serde_json::Value> =
+        (0..BATCH).map(|i| serde_json::json!({"key": format!("k{i}"), "value": value, "partition": 0})).collect();
+    serde_json::to_vec(&serde_json::json!({"records": recs, "acks": "leader"})).unwrap_or_default()
+}
+
+/// Outcome of a throughput run.
+struct Run {
+    records_per_s: f64,
+    mb_per_s: f64,
+    latency: Histogram<u64>,
+    cpu_s_per_gb: f64,
+}
+
+async fn create_topic(url: &str, name: &str, partitions: u32, flush: &str) -> anyhow::Result<()> {
+    let client = strata_client::Client::connect(url).await?;
+    let config = [("flush".to_string(), flush.to_string())].into_iter().collect();
+    client.admin().create_topic(name, partitions, config).await?;
+    Ok(())
+}
+
+/// Produces for `seconds` through `door` with `clients` concurrent clients.
+async fn produce_run(server: &Server, topic: &str, door: &str, clients: usize, seconds: f64) -> anyhow::Result<Run> {
+    let url = server.url.clone();
+    let count = Arc::new(AtomicU64::new(0));
+    let cpu_before = server.cpu_seconds()?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (url, count, topic, door) = (url.clone(), Arc::clone(&count), topic.to_string(), door.to_string());
+        tasks.spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            match door.as_str() {
+                "grpc-stream" => {
+                    let mut client = proto::producer_client::ProducerClient::connect(url).await?;
+                    let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(16);
+                    let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+                    let feeder = {
+                        let (topic, sent_at) = (topic.clone(), Arc::clone(&sent_at));
+                        tokio::spawn(async move {
+                            let mut seq = c as u64 * 1_000_000;
+                            while Instant::now() < deadline {
+                                let req = proto::ProduceRequest {
+                                    topic: topic.clone(),
+                                    records: records(seq),
+                                    acks: proto::Acks::Leader as i32,
+                                    request_id: seq,
+                                };
+                                sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.push_back(Instant::now());
+                                if tx.send(req).await.is_err() {
+                                    break;
+                                }
+                                seq += 1;
+                            }
+                            Ok::<_, anyhow::Error>(())
+                        })
+                    };
+                    let mut acks =
+                        client.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+                    while let Some(ack) = acks.next().await {
+                        let ack = ack?;
+                        anyhow::ensure!(ack.error.is_none(), "produce failed: {:?}", ack.error);
+                        let sent = sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.pop_front();
+                        if let Some(sent) = sent {
+                            h.record(sent.elapsed().as_micros() as u64)?;
+                        }
+                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    }
+                    feeder.await??;
+                }
+                "grpc-unary" => {
+                    let mut client = proto::producer_client::ProducerClient::connect(url).await?;
+                    let mut seq = c as u64 * 1_000_000;
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        let req = proto::ProduceRequest {
+                            topic: topic.clone(),
+                            records: records(seq),
+                            acks: proto::Acks::Leader as i32,
+                            request_id: seq,
+                        };
+                        client.produce(req).await?;
+                        h.record(t.elapsed().as_micros() as u64)?;
+                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
+                        seq += 1;
+                    }
+                }
+                _ => {
+                    // HTTP JSON over keep-alive connections, one blocking client per thread.
+                    let body = json_body();
+                    let target = format!("{url}/v1/topics/{topic}/records");
+                    h = tokio::task::spawn_blocking(move || -> anyhow::Result<Histogram<u64>> {
+                        let agent: ureq::Agent =
+                            ureq::Agent::config_builder().http_status_as_error(true).build().into();
+                        let mut h = Histogram::<u64>::new(3)?;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            agent
+                                .post(&target)
+                                .header("content-type", "application/json")
+                                .send(&body[..])?
+                                .body_mut()
+                                .read_to_vec()?;
+                            h.record(t.elapsed().as_micros() as u64)?;
+                            count.fetch_add(BATCH as u64, Ordering::Relaxed);
+                        }
+                        Ok(h)
+                    })
+                    .await??;
+                }
+            }
+            Ok::<_, anyhow::Error>(h)
+        });
+    }
+    let mut latency = Histogram::<u64>::new(3)?;
+    while let Some(h) = tasks.join_next().await {
+        latency.add(h??)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = count.load(Ordering::Relaxed) as f64;
+    let bytes = n * RECORD_BYTES as f64;
+    let cpu = server.cpu_seconds()? - cpu_before;
+    Ok(Run {
+        records_per_s: n / secs,
+        mb_per_s: bytes / MB / secs,
+        latency,
+        cpu_s_per_gb: cpu / (bytes / 1e9).max(1e-9),
+    })
+}
+
+/// The same batches appended directly to a storage log in this process, `clients` threads.
+fn direct_append(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<f64> {
+    let log = Log::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() })?;
+    let mut b = BatchBuilder::new(Compression::None);
+    for i in 0..BATCH {
+        b.push(0, Some(format!("k{i}").as_bytes()), Some(&[b'x'; RECORD_BYTES]), &[]);
+    }
+    let batch = b.build()?;
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| -> anyhow::Result<()> {
+                    while Instant::now() < deadline {
+                        log.append(batch.clone())?.wait()?;
+                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("appender panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Open-loop unary produces at `rate` requests/s; latency from each request's scheduled time.
+async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
+    let clients = 8usize;
+    let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
+    let per_client = ((rate * seconds) as usize / clients).max(10);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        let (url, topic) = (url.to_string(), topic.to_string());
+        tasks.spawn(async move {
+            let mut client = proto::producer_client::ProducerClient::connect(url).await?;
+            let mut h = Histogram::<u64>::new(3)?;
+            let offset = interval.mul_f64(c as f64 / clients as f64);
+            for i in 0..per_client {
+                let due = start + offset + interval * i as u32;
+                tokio::time::sleep_until(due).await;
+                let req = proto::ProduceRequest {
+                    topic: topic.clone(),
+                    records: records(i as u64),
+                    acks: proto::Acks::Leader as i32,
+                    request_id: 0,
+                };
+                client.produce(req).await?;
+                h.record(due.elapsed().as_micros() as u64)?;
+            }
+            Ok::<_, anyhow::Error>(h)
+        });
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    while let Some(h) = tasks.join_next().await {
+        all.add(h??)?;
+    }
+    Ok(all)
+}
+
+/// Reads a partition from offset 0 to its end over gRPC Fetch (1 MiB per fetch). MB/s of values.
+async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
+    let client = strata_client::Client::connect(url).await?;
+    let start = Instant::now();
+    let (mut offset, mut bytes) = (0u64, 0usize);
+    loop {
+        let page = client.fetch(topic, 0, strata_client::Start::Offset(offset), 10_000, Duration::ZERO).await?;
+        if page.records.is_empty() {
+            break;
+        }
+        bytes += page.records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        offset = page.next_offset;
+    }
+    Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())
+}
+
+/// Reads the same partition log directly (decoding records). MB/s of values.
+fn storage_read(dir: &Path) -> anyhow::Result<f64> {
+    let log = Log::open(dir, LogConfig { durability: Durability::Never, ..LogConfig::default() })?;
+    let start = Instant::now();
+    let (mut offset, mut bytes) = (0u64, 0usize);
+    loop {
+        let r = log.read(offset, 1 << 20)?;
+        if r.batches.is_empty() {
+            break;
+        }
+        bytes += r.records_from(offset)?.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        offset = r.next_offset;
+    }
+    Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: &Args) -> anyhow::Result<()> {
+    let strata = match &args.strata {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.parent().context("no exe dir")?.join("strata"),
+    };
+    anyhow::ensure!(
+        strata.exists(),
+        "{} not found: build it first (cargo build --release --bin strata)",
+        strata.display()
+    );
+    let root = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            tempfile::tempdir_in(d)?
+        }
+        None => tempfile::tempdir_in(".")?,
+    };
+    let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let seconds = if args.quick { 1.0 } else { 5.0 };
+    let catchup_mb: usize = if args.quick { 32 } else { 1024 };
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# server benchmarks — {runs} run(s) of {seconds} s, {} clients, 1 KiB records, {BATCH} per request, load average at start: {}",
+        args.clients,
+        loadavg.trim()
+    );
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut json: Vec<String> = Vec::new();
+
+    // 1. Produce through each door vs direct storage appends, acks=leader, flush=always.
+    let mut direct = Vec::new();
+    for r in 0..runs {
+        let d = root.path().join(format!("direct-{r}"));
+        direct.push(direct_append(&d, args.clients, seconds)?);
+        std::fs::remove_dir_all(&d)?;
+    }
+    let direct_median = median(direct.clone());
+    rows.push([
+        "direct in-process append (baseline), `always`".into(),
+        show(&direct, "records/s"),
+        "—".into(),
+        "1.00".into(),
+    ]);
+    let mut stream_peak = 0.0f64;
+    for door in ["grpc-stream", "grpc-unary", "http-json"] {
+        let (mut rps, mut mbps, mut p50, mut p99, mut p999, mut cpu) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for r in 0..runs {
+            let data = root.path().join(format!("{door}-{r}"));
+            let server = Server::start(&strata, &data)?;
+            create_topic(&server.url, "bench", 1, "always").await?;
+            let run = produce_run(&server, "bench", door, args.clients, seconds).await?;
+            server.stop()?;
+            std::fs::remove_dir_all(&data)?;
+            rps.push(run.records_per_s);
+            mbps.push(run.mb_per_s);
+            p50.push(run.latency.value_at_quantile(0.5) as f64 / 1000.0);
+            p99.push(run.latency.value_at_quantile(0.99) as f64 / 1000.0);
+            p999.push(run.latency.value_at_quantile(0.999) as f64 / 1000.0);
+            cpu.push(run.cpu_s_per_gb);
+        }
+        if door == "grpc-stream" {
+            stream_peak = median(rps.clone());
+        }
+        rows.push([
+            format!("produce via {door}, `always`"),
+            format!("{} = {:.0} MB/s", show(&rps, "records/s"), median(mbps.clone())),
+            format!(
+                "latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms; server CPU {:.1} s/GB",
+                median(p50),
+                median(p99),
+                median(p999),
+                median(cpu)
+            ),
+            format!("{:.2}× direct append", median(rps.clone()) / direct_median),
+        ]);
+        json.push(format!("\"{door}\":{{\"records_per_s\":{:?},\"direct_records_per_s\":{direct_median:.0}}}", rps));
+    }
+
+    // 2. Latency at half the gRPC stream peak, flush=always, open loop (unary requests).
+    let rate = stream_peak / BATCH as f64 / 2.0;
+    let mut p99s = vec![];
+    let mut p50s = vec![];
+    for r in 0..runs {
+        let data = root.path().join(format!("latency-{r}"));
+        let server = Server::start(&strata, &data)?;
+        create_topic(&server.url, "lat", 1, "always").await?;
+        let h = latency_at(&server.url, "lat", rate, seconds).await?;
+        server.stop()?;
+        std::fs::remove_dir_all(&data)?;
+        p50s.push(h.value_at_quantile(0.5) as f64 / 1000.0);
+        p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
+    }
+    rows.push([
+        format!("produce latency at {rate:.0} requests/s (½ stream peak), `always`, open loop"),
+        format!("p50 {:.2} ms, p99 {:.2} ms", median(p50s.clone()), median(p99s.clone())),
+        "target p99 ≤ 5 ms".into(),
+        "—".into(),
+    ]);
+    json.push(format!(
+        "\"latency_half_peak\":{{\"rate_requests_s\":{rate:.0},\"p50_ms\":{p50s:?},\"p99_ms\":{p99s:?}}}"
+    ));
+
+    // 3. Catch-up fetch of a large partition vs the storage engine reading the same log.
+    let data = root.path().join("catchup");
+    let server = Server::start(&strata, &data)?;
+    create_topic(&server.url, "catchup", 1, "never").await?;
+    let client = strata_client::Client::connect(&server.url).await?;
+    let mut producer = proto::producer_client::ProducerClient::connect(server.url.clone()).await?;
+    let batches = catchup_mb * 1024 * 1024 / (BATCH * RECORD_BYTES);
+    let reqs: Vec<_> = (0..batches as u64)
+        .map(|i| proto::ProduceRequest {
+            topic: "catchup".into(),
+            records: records(i),
+            acks: proto::Acks::Leader as i32,
+            request_id: i,
+        })
+        .collect();
+    let mut acks = producer.produce_stream(tokio_stream::iter(reqs)).await?.into_inner();
+    while let Some(a) = acks.next().await {
+        a?;
+    }
+    drop(client);
+    let mut fetch = vec![];
+    for _ in 0..runs {
+        fetch.push(fetch_all(&server.url, "catchup").await?);
+    }
+    server.stop()?;
+    let log_dir = data.join("logs").join("catchup-0");
+    let mut direct_read = vec![];
+    for _ in 0..runs {
+        direct_read.push(storage_read(&log_dir)?);
+    }
+    rows.push([
+        format!("catch-up fetch of {catchup_mb} MiB over gRPC"),
+        show(&fetch, "MB/s"),
+        format!("storage reading + decoding the same log: {}", show(&direct_read, "MB/s")),
+        format!("{:.2}× storage", median(fetch.clone()) / median(direct_read.clone())),
+    ]);
+    json.push(format!("\"catchup_fetch\":{{\"mb_s\":{fetch:?},\"storage_mb_s\":{direct_read:?}}}"));
+
+    // 4. Idle RSS with 1,000 partitions.
+    let data = root.path().join("idle");
+    let server = Server::start(&strata, &data)?;
+    let before = server.rss_mib()?;
+    create_topic(&server.url, "wide", 1000, "always").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = server.rss_mib()?;
+    server.stop()?;
+    rows.push([
+        "server RSS at idle, 1,000 partitions".into(),
+        format!("{idle:.0} MiB"),
+        format!("empty server: {before:.0} MiB"),
+        "target ≤ 300 MiB".into(),
+    ]);
+    json.push(format!("\"idle_rss\":{{\"mib\":{idle:.1},\"empty_mib\":{before:.1}}}"));
+
+    println!();
+    println!("| measurement | Strata | same-run comparison | ratio |");
+    println!("| --- | --- | --- | --- |");
+    for [a, b, c, d] in &rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+    let out_path = match &args.out {
+        Some(p) => p.clone(),
+        None => {
+            let date = Command::new("date").arg("+%Y-%m-%d").output()?;
+            let date = String::from_utf8(date.stdout)?.trim().to_string();
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join(format!("{date}-server.json"))
+        }
+    };
+    if let Some(parent) = out_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &out_path,
+        format!(
+            "{{\"quick\":{},\"runs\":{runs},\"clients\":{},\"loadavg\":\"{}\",{}}}\n",
+            args.quick,
+            args.clients,
+            loadavg.trim(),
+            json.join(",")
+        ),
+    )?;
+    println!("\nresults written to {}", out_path.display());
+    Ok(())
+}
