@@ -202,7 +202,8 @@ impl Broker {
                 None => {
                     let log = self.storage.open_log(&log_name(&key.0, key.1), config)?;
                     let (hw, _) = watch::channel(log.high_watermark());
-                    self.write_partitions().insert(key, Partition { log, hw });
+                    // Two reconciles may race: keep the first entry, whose watchers are live.
+                    self.write_partitions().entry(key).or_insert(Partition { log, hw });
                 }
             }
         }

@@ -31,11 +31,13 @@ impl Services {
         Self { state }
     }
 
-    /// All services as routes for the shared axum router.
+    /// All services as routes for the shared axum router. Requests may be as large as the
+    /// configured `max_request_bytes` (tonic's default is 4 MiB).
     pub fn routes(self) -> axum::Router {
-        tonic::service::Routes::new(pb::producer_server::ProducerServer::new(self.clone()))
-            .add_service(pb::consumer_server::ConsumerServer::new(self.clone()))
-            .add_service(pb::admin_server::AdminServer::new(self))
+        let max = self.state.max_request_bytes;
+        tonic::service::Routes::new(pb::producer_server::ProducerServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(pb::consumer_server::ConsumerServer::new(self.clone()).max_decoding_message_size(max))
+            .add_service(pb::admin_server::AdminServer::new(self).max_decoding_message_size(max))
             .into_axum_router()
     }
 }

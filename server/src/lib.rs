@@ -62,6 +62,8 @@ pub struct AppState {
 pub enum ServerError {
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error("data directory {path} is in use by another strata process")]
+    DataDirInUse { path: String },
     #[error("metadata: {0}")]
     Metadata(String),
     #[error("storage: {0}")]
@@ -87,6 +89,15 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|source| ServerError::DataDir { path: data_dir.display().to_string(), source })?;
+    // One server per data directory: a second one would recover the same logs under the first.
+    let lock_path = data_dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| ServerError::DataDir { path: lock_path.display().to_string(), source })?;
+    lock.try_lock().map_err(|_| ServerError::DataDirInUse { path: data_dir.display().to_string() })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(?config, %addr, "starting strata");
 
@@ -158,6 +169,7 @@ pub async fn run(
         Err(e) => return Err(ServerError::Api(e.into())),
     }
     tracing::info!("stopped");
+    drop(lock);
     Ok(())
 }
 

@@ -189,6 +189,13 @@ fn restart_keeps_topics_data_and_idempotency_keys() {
         produce(&s.url, "payments", json!({"records": [{"key": format!("k{i}"), "value": i}]}));
     }
     let before: Vec<_> = (0..2).map(|p| fetch_all(&s.url, "payments", p)).collect();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "a second server on the same data directory is refused");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"), "{}", String::from_utf8_lossy(&second.stderr));
     assert_eq!(s.terminate().code(), Some(0), "SIGTERM exits cleanly");
 
     let s = Server::start(dir.path());
