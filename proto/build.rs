@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=strata");
     let fds = protox::compile(["strata/v1/strata.proto"], ["."])?;
-    tonic_prost_build::configure().codec_path("crate::codec::StrataCodec").compile_fds(fds)?;
+    // `bytes` fields as `bytes::Bytes`: record keys and values move without copies.
+    tonic_prost_build::configure().codec_path("crate::codec::StrataCodec").bytes(".").compile_fds(fds)?;
     Ok(())
 }

@@ -108,8 +108,8 @@ fn show(v: &[f64], unit: &str) -> String {
 fn records(seq: u64) -> Vec<proto::Record> {
     (0..BATCH)
         .map(|i| proto::Record {
-            key: Some(format!("k{}", (seq as usize * BATCH + i) % 1000).into_bytes()),
-            value: Some(vec![b'x'; RECORD_BYTES]),
+            key: Some(format!("k{}", (seq as usize * BATCH + i) % 1000).into_bytes().into()),
+            value: Some(bytes::Bytes::from_static(&[b'x'; RECORD_BYTES])),
             partition: Some(0),
             ..Default::default()
         })
@@ -324,7 +324,7 @@ async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
         if page.records.is_empty() {
             break;
         }
-        bytes += page.records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).sum::<usize>();
+        bytes += page.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
         offset = page.next_offset;
     }
     Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())

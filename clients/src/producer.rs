@@ -207,9 +207,13 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                 };
                 let size = record.size();
                 let proto = pb::Record {
-                    key: record.key,
-                    value: record.value,
-                    headers: record.headers.into_iter().map(|(name, value)| pb::Header { name, value }).collect(),
+                    key: record.key.map(Into::into),
+                    value: record.value.map(Into::into),
+                    headers: record
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| pb::Header { name, value: value.into() })
+                        .collect(),
                     timestamp_ms: record.timestamp_ms,
                     partition: Some(partition),
                 };

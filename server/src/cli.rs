@@ -253,7 +253,7 @@ fn parse_from(from: &str) -> anyhow::Result<Start> {
     })
 }
 
-fn text(bytes: &Option<Vec<u8>>) -> serde_json::Value {
+fn text(bytes: Option<&[u8]>) -> serde_json::Value {
     match bytes {
         None => serde_json::Value::Null,
         Some(b) => match std::str::from_utf8(b) {
@@ -296,10 +296,10 @@ async fn consume(
                     }
                     Format::Json => {
                         let headers: serde_json::Map<String, serde_json::Value> =
-                            r.headers.iter().map(|h| (h.name.clone(), text(&Some(h.value.clone())))).collect();
+                            r.headers.iter().map(|h| (h.name.clone(), text(Some(&h.value)))).collect();
                         let line = serde_json::json!({
                             "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
-                            "key": text(&r.key), "value": text(&r.value), "headers": headers,
+                            "key": text(r.key.as_deref()), "value": text(r.value.as_deref()), "headers": headers,
                         });
                         writeln!(out, "{line}")?;
                     }

@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use strata_proto::v1 as pb;
 use strata_storage::Header;
@@ -35,10 +34,12 @@ impl Services {
     /// configured `max_request_bytes` (tonic's default is 4 MiB).
     pub fn routes(self) -> axum::Router {
         let max = self.state.max_request_bytes;
-        tonic::service::Routes::new(pb::producer_server::ProducerServer::new(self.clone()).max_decoding_message_size(max))
-            .add_service(pb::consumer_server::ConsumerServer::new(self.clone()).max_decoding_message_size(max))
-            .add_service(pb::admin_server::AdminServer::new(self).max_decoding_message_size(max))
-            .into_axum_router()
+        tonic::service::Routes::new(
+            pb::producer_server::ProducerServer::new(self.clone()).max_decoding_message_size(max),
+        )
+        .add_service(pb::consumer_server::ConsumerServer::new(self.clone()).max_decoding_message_size(max))
+        .add_service(pb::admin_server::AdminServer::new(self).max_decoding_message_size(max))
+        .into_axum_router()
     }
 }
 
@@ -53,9 +54,9 @@ fn records(req: &mut pb::ProduceRequest) -> Vec<ProduceRecord> {
     std::mem::take(&mut req.records)
         .into_iter()
         .map(|r| ProduceRecord {
-            key: r.key.map(Bytes::from),
-            value: r.value.map(Bytes::from),
-            headers: r.headers.into_iter().map(|h| Header { name: h.name, value: Bytes::from(h.value) }).collect(),
+            key: r.key,
+            value: r.value,
+            headers: r.headers.into_iter().map(|h| Header { name: h.name, value: h.value }).collect(),
             timestamp: r.timestamp_ms,
             partition: r.partition,
         })
@@ -168,13 +169,9 @@ impl pb::consumer_server::Consumer for Services {
                     partition: r.partition,
                     offset: r.offset,
                     timestamp_ms: r.timestamp,
-                    key: r.key.map(|b| b.to_vec()),
-                    value: r.value.map(|b| b.to_vec()),
-                    headers: r
-                        .headers
-                        .into_iter()
-                        .map(|h| pb::Header { name: h.name, value: h.value.to_vec() })
-                        .collect(),
+                    key: r.key,
+                    value: r.value,
+                    headers: r.headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect(),
                 })
                 .collect(),
             next_offset: result.next_offset,

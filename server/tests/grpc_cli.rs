@@ -28,7 +28,11 @@ async fn grpc_unary_stream_fetch_and_admin() {
 
     // Unary produce: keys land where Kafka's partitioner puts them.
     let mut raw = proto::producer_client::ProducerClient::connect(s.url.clone()).await.unwrap();
-    let record = |k: &str, v: &str| proto::Record { key: Some(k.into()), value: Some(v.into()), ..Default::default() };
+    let record = |k: &str, v: &str| proto::Record {
+        key: Some(bytes::Bytes::copy_from_slice(k.as_bytes())),
+        value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+        ..Default::default()
+    };
     let reply = raw
         .produce(proto::ProduceRequest {
             topic: "clicks".into(),
@@ -80,7 +84,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
     // Fetch.
     let page = client.fetch("clicks", 0, Start::Earliest, 1000, Duration::ZERO).await.unwrap();
     let values: Vec<String> =
-        page.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap()).collect();
+        page.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
     assert!(values.contains(&"s0".to_string()) && values.contains(&"s199".to_string()));
     let err = client.fetch("clicks", 0, Start::Offset(1_000_000), 10, Duration::ZERO).await.unwrap_err();
     assert!(matches!(err, strata_client::ClientError::Server { code: tonic::Code::OutOfRange, .. }), "{err}");
