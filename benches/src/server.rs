@@ -32,6 +32,12 @@ pub struct Args {
     /// Concurrent clients per door.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Size of the catch-up fetch measurement, MiB (default 1024, 32 with --quick).
+    #[arg(long)]
+    catchup_mib: Option<usize>,
+    /// Run only the catch-up fetch measurement.
+    #[arg(long)]
+    only_catchup: bool,
     /// The `strata` binary (default: next to this one).
     #[arg(long)]
     strata: Option<PathBuf>,
@@ -314,13 +320,14 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
     Ok(all)
 }
 
-/// Reads a partition from offset 0 to its end over gRPC Fetch (1 MiB per fetch). MB/s of values.
+/// Reads a partition from offset 0 to its end over gRPC Fetch in raw-batch mode (8 MiB per
+/// fetch), decoding the records in the client. MB/s of values.
 async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
     let client = strata_client::Client::connect(url).await?;
     let start = Instant::now();
     let (mut offset, mut bytes) = (0u64, 0usize);
     loop {
-        let page = client.fetch(topic, 0, strata_client::Start::Offset(offset), 10_000, Duration::ZERO).await?;
+        let page = client.fetch_batches(topic, 0, offset, 8 << 20, Duration::ZERO).await?;
         if page.records.is_empty() {
             break;
         }
@@ -370,7 +377,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
     let seconds = if args.quick { 1.0 } else { 5.0 };
-    let catchup_mb: usize = if args.quick { 32 } else { 1024 };
+    let catchup_mb: usize = args.catchup_mib.unwrap_or(if args.quick { 32 } else { 1024 });
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "# server benchmarks — {runs} run(s) of {seconds} s, {} clients, 1 KiB records, {BATCH} per request, load average at start: {}",
@@ -382,76 +389,82 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // 1. Produce through each door vs direct storage appends, acks=leader, flush=always.
     let mut direct = Vec::new();
-    for r in 0..runs {
+    for r in 0..if args.only_catchup { 0 } else { runs } {
         let d = root.path().join(format!("direct-{r}"));
         direct.push(direct_append(&d, args.clients, seconds)?);
         std::fs::remove_dir_all(&d)?;
     }
-    let direct_median = median(direct.clone());
-    rows.push([
-        "direct in-process append (baseline), `always`".into(),
-        show(&direct, "records/s"),
-        "—".into(),
-        "1.00".into(),
-    ]);
+    let direct_median = if args.only_catchup { 1.0 } else { median(direct.clone()) };
     let mut stream_peak = 0.0f64;
-    for door in ["grpc-stream", "grpc-unary", "http-json"] {
-        let (mut rps, mut mbps, mut p50, mut p99, mut p999, mut cpu) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    if !args.only_catchup {
+        rows.push([
+            "direct in-process append (baseline), `always`".into(),
+            show(&direct, "records/s"),
+            "—".into(),
+            "1.00".into(),
+        ]);
+        for door in ["grpc-stream", "grpc-unary", "http-json"] {
+            let (mut rps, mut mbps, mut p50, mut p99, mut p999, mut cpu) =
+                (vec![], vec![], vec![], vec![], vec![], vec![]);
+            for r in 0..runs {
+                let data = root.path().join(format!("{door}-{r}"));
+                let server = Server::start(&strata, &data)?;
+                create_topic(&server.url, "bench", 1, "always").await?;
+                let run = produce_run(&server, "bench", door, args.clients, seconds).await?;
+                server.stop()?;
+                std::fs::remove_dir_all(&data)?;
+                rps.push(run.records_per_s);
+                mbps.push(run.mb_per_s);
+                p50.push(run.latency.value_at_quantile(0.5) as f64 / 1000.0);
+                p99.push(run.latency.value_at_quantile(0.99) as f64 / 1000.0);
+                p999.push(run.latency.value_at_quantile(0.999) as f64 / 1000.0);
+                cpu.push(run.cpu_s_per_gb);
+            }
+            if door == "grpc-stream" {
+                stream_peak = median(rps.clone());
+            }
+            rows.push([
+                format!("produce via {door}, `always`"),
+                format!("{} = {:.0} MB/s", show(&rps, "records/s"), median(mbps.clone())),
+                format!(
+                    "latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms; server CPU {:.1} s/GB",
+                    median(p50),
+                    median(p99),
+                    median(p999),
+                    median(cpu)
+                ),
+                format!("{:.2}× direct append", median(rps.clone()) / direct_median),
+            ]);
+            json.push(format!(
+                "\"{door}\":{{\"records_per_s\":{:?},\"direct_records_per_s\":{direct_median:.0}}}",
+                rps
+            ));
+        }
+
+        // 2. Latency at half the gRPC stream peak, flush=always, open loop (unary requests).
+        let rate = stream_peak / BATCH as f64 / 2.0;
+        let mut p99s = vec![];
+        let mut p50s = vec![];
         for r in 0..runs {
-            let data = root.path().join(format!("{door}-{r}"));
+            let data = root.path().join(format!("latency-{r}"));
             let server = Server::start(&strata, &data)?;
-            create_topic(&server.url, "bench", 1, "always").await?;
-            let run = produce_run(&server, "bench", door, args.clients, seconds).await?;
+            create_topic(&server.url, "lat", 1, "always").await?;
+            let h = latency_at(&server.url, "lat", rate, seconds).await?;
             server.stop()?;
             std::fs::remove_dir_all(&data)?;
-            rps.push(run.records_per_s);
-            mbps.push(run.mb_per_s);
-            p50.push(run.latency.value_at_quantile(0.5) as f64 / 1000.0);
-            p99.push(run.latency.value_at_quantile(0.99) as f64 / 1000.0);
-            p999.push(run.latency.value_at_quantile(0.999) as f64 / 1000.0);
-            cpu.push(run.cpu_s_per_gb);
-        }
-        if door == "grpc-stream" {
-            stream_peak = median(rps.clone());
+            p50s.push(h.value_at_quantile(0.5) as f64 / 1000.0);
+            p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
         }
         rows.push([
-            format!("produce via {door}, `always`"),
-            format!("{} = {:.0} MB/s", show(&rps, "records/s"), median(mbps.clone())),
-            format!(
-                "latency p50 {:.2} / p99 {:.2} / p99.9 {:.2} ms; server CPU {:.1} s/GB",
-                median(p50),
-                median(p99),
-                median(p999),
-                median(cpu)
-            ),
-            format!("{:.2}× direct append", median(rps.clone()) / direct_median),
+            format!("produce latency at {rate:.0} requests/s (½ stream peak), `always`, open loop"),
+            format!("p50 {:.2} ms, p99 {:.2} ms", median(p50s.clone()), median(p99s.clone())),
+            "target p99 ≤ 5 ms".into(),
+            "—".into(),
         ]);
-        json.push(format!("\"{door}\":{{\"records_per_s\":{:?},\"direct_records_per_s\":{direct_median:.0}}}", rps));
+        json.push(format!(
+            "\"latency_half_peak\":{{\"rate_requests_s\":{rate:.0},\"p50_ms\":{p50s:?},\"p99_ms\":{p99s:?}}}"
+        ));
     }
-
-    // 2. Latency at half the gRPC stream peak, flush=always, open loop (unary requests).
-    let rate = stream_peak / BATCH as f64 / 2.0;
-    let mut p99s = vec![];
-    let mut p50s = vec![];
-    for r in 0..runs {
-        let data = root.path().join(format!("latency-{r}"));
-        let server = Server::start(&strata, &data)?;
-        create_topic(&server.url, "lat", 1, "always").await?;
-        let h = latency_at(&server.url, "lat", rate, seconds).await?;
-        server.stop()?;
-        std::fs::remove_dir_all(&data)?;
-        p50s.push(h.value_at_quantile(0.5) as f64 / 1000.0);
-        p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
-    }
-    rows.push([
-        format!("produce latency at {rate:.0} requests/s (½ stream peak), `always`, open loop"),
-        format!("p50 {:.2} ms, p99 {:.2} ms", median(p50s.clone()), median(p99s.clone())),
-        "target p99 ≤ 5 ms".into(),
-        "—".into(),
-    ]);
-    json.push(format!(
-        "\"latency_half_peak\":{{\"rate_requests_s\":{rate:.0},\"p50_ms\":{p50s:?},\"p99_ms\":{p99s:?}}}"
-    ));
 
     // 3. Catch-up fetch of a large partition vs the storage engine reading the same log.
     let data = root.path().join("catchup");

@@ -90,10 +90,57 @@ impl Client {
             // Large reads amortise the round trip when catching up; the server caps at 64 MiB.
             max_bytes: 8 << 20,
             wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            raw_batches: false,
         };
         let mut client =
             proto::consumer_client::ConsumerClient::new(self.channel.clone()).max_decoding_message_size(256 << 20);
         Ok(client.fetch(request).await?.into_inner())
+    }
+}
+
+/// Records fetched as stored batches and decoded here (see [`Client::fetch_batches`]).
+#[derive(Debug, Clone)]
+pub struct Batches {
+    pub records: Vec<strata_storage::Record>,
+    pub next_offset: u64,
+    pub high_watermark: u64,
+}
+
+impl Client {
+    /// Fetches whole stored batches and decodes them in the client: the server does no
+    /// per-record work, which is the fast path for catching up. Records before the requested
+    /// offset (the start of the first batch) are skipped.
+    ///
+    /// # Errors
+    /// The server's status, or [`ClientError::Invalid`] for a batch that does not decode.
+    pub async fn fetch_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        wait: Duration,
+    ) -> Result<Batches, ClientError> {
+        let request = proto::FetchRequest {
+            topic: topic.to_string(),
+            partition,
+            start: Some(proto::fetch_request::Start::Offset(offset)),
+            max_records: 0,
+            max_bytes,
+            wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            raw_batches: true,
+        };
+        let mut client =
+            proto::consumer_client::ConsumerClient::new(self.channel.clone()).max_decoding_message_size(256 << 20);
+        let response = client.fetch(request).await?.into_inner();
+        let mut records = Vec::new();
+        for batch in strata_storage::batch::split_batches(&response.batches) {
+            let batch = batch.map_err(|e| ClientError::Invalid(format!("fetched batch does not decode: {e}")))?;
+            let decoded =
+                batch.records().map_err(|e| ClientError::Invalid(format!("fetched batch does not decode: {e}")))?;
+            records.extend(decoded.into_iter().filter(|r| r.offset >= offset && r.offset < response.high_watermark));
+        }
+        Ok(Batches { records, next_offset: response.next_offset, high_watermark: response.high_watermark })
     }
 }
 

@@ -401,6 +401,36 @@ impl Broker {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<FetchResult, ApiError> {
+        let (offset, read) = self.read_waiting(topic, partition, start, max_bytes, wait).await?;
+        decode(partition, offset, read, max_records)
+    }
+
+    /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start
+    /// before the requested offset): no per-record work, for consumers that decode batches.
+    ///
+    /// # Errors
+    /// As [`Broker::fetch`].
+    pub async fn fetch_raw(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<strata_storage::ReadResult, ApiError> {
+        Ok(self.read_waiting(topic, partition, start, max_bytes, wait).await?.1)
+    }
+
+    /// Resolves `start`, then reads; while there is nothing to read, waits for an append or the
+    /// end of `wait`. Returns the resolved offset and what was read.
+    async fn read_waiting(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<(u64, strata_storage::ReadResult), ApiError> {
         let part = self.partition(topic, partition)?;
         let log = part.log.clone();
         let mut rx = part.hw.subscribe();
@@ -411,8 +441,7 @@ impl Broker {
             Start::Timestamp(ts) => {
                 let l = log.clone();
                 tokio::task::spawn_blocking(move || l.offset_for_timestamp(ts))
-                    .await
-                    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??
+                    .await??
                     .unwrap_or_else(|| log.high_watermark())
             }
         };
@@ -420,16 +449,14 @@ impl Broker {
         loop {
             rx.borrow_and_update();
             let l = log.clone();
-            let read = tokio::task::spawn_blocking(move || l.read(offset, max_bytes))
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))??;
+            let read = tokio::task::spawn_blocking(move || l.read(offset, max_bytes)).await??;
             if !read.batches.is_empty() || wait.is_zero() {
-                return decode(partition, offset, read, max_records);
+                return Ok((offset, read));
             }
             // Nothing yet: wait for an append (or the deadline), then read again.
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return decode(partition, offset, read, max_records),
+                _ => return Ok((offset, read)),
             }
         }
     }

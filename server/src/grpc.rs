@@ -159,6 +159,16 @@ impl pb::consumer_server::Consumer for Services {
         let max_records = if req.max_records == 0 { 500 } else { req.max_records.min(10_000) } as usize;
         let max_bytes = if req.max_bytes == 0 { 1 << 20 } else { req.max_bytes.min(64 << 20) } as usize;
         let wait = Duration::from_millis(u64::from(req.wait_ms).min(self.state.max_wait_ms));
+        if req.raw_batches {
+            let read = self.state.broker.fetch_raw(&req.topic, req.partition, start, max_bytes, wait).await?;
+            return Ok(Response::new(pb::FetchResponse {
+                records: Vec::new(),
+                next_offset: read.next_offset,
+                high_watermark: read.high_watermark,
+                log_start_offset: read.log_start_offset,
+                batches: read.batches,
+            }));
+        }
         let result = self.state.broker.fetch(&req.topic, req.partition, start, max_records, max_bytes, wait).await?;
         self.state.metrics.records_out(&req.topic, result.records.len());
         Ok(Response::new(pb::FetchResponse {
@@ -177,6 +187,7 @@ impl pb::consumer_server::Consumer for Services {
             next_offset: result.next_offset,
             high_watermark: result.high_watermark,
             log_start_offset: result.log_start_offset,
+            batches: bytes::Bytes::new(),
         }))
     }
 }

@@ -86,6 +86,12 @@ async fn grpc_unary_stream_fetch_and_admin() {
     let values: Vec<String> =
         page.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
     assert!(values.contains(&"s0".to_string()) && values.contains(&"s199".to_string()));
+    // Raw-batch fetch: the same records from offset 5 on, decoded in the client.
+    let raw = client.fetch_batches("clicks", 0, 5, 1 << 20, Duration::ZERO).await.unwrap();
+    let decoded = client.fetch("clicks", 0, Start::Offset(5), 1000, Duration::ZERO).await.unwrap();
+    assert_eq!(raw.records.len(), decoded.records.len());
+    assert_eq!(raw.records[0].offset, 5);
+    assert!(raw.records.iter().zip(&decoded.records).all(|(a, b)| a.offset == b.offset && a.value == b.value));
     let err = client.fetch("clicks", 0, Start::Offset(1_000_000), 10, Duration::ZERO).await.unwrap_err();
     assert!(matches!(err, strata_client::ClientError::Server { code: tonic::Code::OutOfRange, .. }), "{err}");
     let err = client.fetch("clicks", 7, Start::Earliest, 10, Duration::ZERO).await.unwrap_err();
