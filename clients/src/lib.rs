@@ -17,6 +17,7 @@ pub use error::ClientError;
 pub use murmur::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerConfig, Record};
 pub use strata_proto::v1 as proto;
+pub use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where a fetch starts.

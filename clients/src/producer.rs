@@ -33,6 +33,8 @@ pub struct ProducerConfig {
     /// First backoff; doubles each retry.
     pub retry_backoff: Duration,
     pub acks: pb::Acks,
+    /// Compress each request (`Zstd` or `Gzip`); `None` sends it as is.
+    pub compression: Option<tonic::codec::CompressionEncoding>,
 }
 
 impl Default for ProducerConfig {
@@ -44,6 +46,7 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             acks: pb::Acks::Leader,
+            compression: None,
         }
     }
 }
@@ -264,6 +267,9 @@ fn dispatch(
     let mut client = pb::producer_client::ProducerClient::new(channel.clone())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(256 << 20);
+    if let Some(encoding) = config.compression {
+        client = client.send_compressed(encoding);
+    }
     let config = config.clone();
     in_flight.spawn(async move {
         // One request per partition in flight keeps the partition's order through retries.

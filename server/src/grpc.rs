@@ -33,13 +33,20 @@ impl Services {
     /// All services as routes for the shared axum router. Requests may be as large as the
     /// configured `max_request_bytes` (tonic's default is 4 MiB).
     pub fn routes(self) -> axum::Router {
+        use tonic::codec::CompressionEncoding::{Gzip, Zstd};
         let max = self.state.max_request_bytes;
-        tonic::service::Routes::new(
-            pb::producer_server::ProducerServer::new(self.clone()).max_decoding_message_size(max),
-        )
-        .add_service(pb::consumer_server::ConsumerServer::new(self.clone()).max_decoding_message_size(max))
-        .add_service(pb::admin_server::AdminServer::new(self).max_decoding_message_size(max))
-        .into_axum_router()
+        // Requests may come compressed (zstd or gzip); responses are compressed when the client
+        // asks for it.
+        let producer = pb::producer_server::ProducerServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .accept_compressed(Zstd)
+            .accept_compressed(Gzip);
+        let consumer = pb::consumer_server::ConsumerServer::new(self.clone())
+            .max_decoding_message_size(max)
+            .send_compressed(Zstd)
+            .send_compressed(Gzip);
+        let admin = pb::admin_server::AdminServer::new(self).max_decoding_message_size(max);
+        tonic::service::Routes::new(producer).add_service(consumer).add_service(admin).into_axum_router()
     }
 }
 

@@ -98,7 +98,11 @@ async fn grpc_unary_stream_fetch_and_admin() {
     assert!(matches!(err, strata_client::ClientError::Server { code: tonic::Code::NotFound, .. }), "{err}");
 
     // The batching producer, keyed: same partition as the server's partitioner would pick.
-    let producer = client.producer(ProducerConfig { linger: Duration::from_millis(2), ..Default::default() });
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(2),
+        compression: Some(strata_client::CompressionEncoding::Zstd),
+        ..Default::default()
+    });
     let mut deliveries = Vec::new();
     for i in 0..300 {
         deliveries.push(
