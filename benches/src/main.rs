@@ -4,6 +4,7 @@
 //! `strata-bench storage` runs the storage engine benchmarks of issue #2 and `strata-bench server`
 //! those of issue #3; each writes `benches/results/<date>-<name>.json` and prints a markdown table.
 
+mod harness;
 mod server;
 mod storage;
 

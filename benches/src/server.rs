@@ -23,12 +23,8 @@ const MB: f64 = 1e6;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Short runs: checks the harness works (no meaningful numbers).
-    #[arg(long)]
-    quick: bool,
-    /// Repetitions of each measurement (median and range are reported).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    #[command(flatten)]
+    run: crate::harness::RunArgs,
     /// Concurrent clients per door.
     #[arg(long, default_value_t = 4)]
     clients: usize,
@@ -41,12 +37,6 @@ pub struct Args {
     /// The `strata` binary (default: next to this one).
     #[arg(long)]
     strata: Option<PathBuf>,
-    /// Where to put data (default: a temporary directory under the current one).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Where to write the JSON results (default: benches/results/<date>-server.json).
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
 struct Server {
@@ -368,17 +358,11 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         "{} not found: build it first (cargo build --release --bin strata)",
         strata.display()
     );
-    let root = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            tempfile::tempdir_in(d)?
-        }
-        None => tempfile::tempdir_in(".")?,
-    };
-    let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let seconds = if args.quick { 1.0 } else { 5.0 };
-    let catchup_mb: usize = args.catchup_mib.unwrap_or(if args.quick { 32 } else { 1024 });
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let root = args.run.data_root()?;
+    let runs = args.run.runs();
+    let seconds = if args.run.quick { 1.0 } else { 5.0 };
+    let catchup_mb: usize = args.catchup_mib.unwrap_or(if args.run.quick { 32 } else { 1024 });
+    let loadavg = crate::harness::loadavg();
     println!(
         "# server benchmarks — {runs} run(s) of {seconds} s, {} clients, 1 KiB records, {BATCH} per request, load average at start: {}",
         args.clients,
@@ -526,27 +510,14 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     for [a, b, c, d] in &rows {
         println!("| {a} | {b} | {c} | {d} |");
     }
-    let out_path = match &args.out {
-        Some(p) => p.clone(),
-        None => {
-            let date = Command::new("date").arg("+%Y-%m-%d").output()?;
-            let date = String::from_utf8(date.stdout)?.trim().to_string();
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join(format!("{date}-server.json"))
-        }
-    };
-    if let Some(parent) = out_path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(
-        &out_path,
-        format!(
-            "{{\"quick\":{},\"runs\":{runs},\"clients\":{},\"loadavg\":\"{}\",{}}}\n",
-            args.quick,
-            args.clients,
-            loadavg.trim(),
-            json.join(",")
-        ),
-    )?;
+    let doc = format!(
+        "{{\"quick\":{},\"runs\":{runs},\"clients\":{},\"loadavg\":\"{}\",{}}}\n",
+        args.run.quick,
+        args.clients,
+        loadavg,
+        json.join(",")
+    );
+    let out_path = args.run.write_results("server", &doc)?;
     println!("\nresults written to {}", out_path.display());
     Ok(())
 }

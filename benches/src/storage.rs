@@ -18,24 +18,14 @@ const RECORD_BYTES: usize = 1024;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Small sizes, one run: checks the harness works (no meaningful numbers).
-    #[arg(long)]
-    quick: bool,
-    /// Repetitions of each measurement; the median is reported with the range.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Where to put data (default: a temporary directory under the current one, on the same disk).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    #[command(flatten)]
+    run: crate::harness::RunArgs,
     /// Offered rate for the latency run (batches/s); default half the measured 16-appender peak.
     #[arg(long)]
     rate: Option<f64>,
     /// Run only these measurements (append, latency, read, reopen, idle); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Where to write the JSON results (default: benches/results/<date>-storage.json).
-    #[arg(long)]
-    out: Option<PathBuf>,
 }
 
 /// Counts fdatasync calls (a decorator over the real one).
@@ -90,18 +80,12 @@ fn sample_batch() -> anyhow::Result<Vec<u8>> {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let root = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            tempfile::tempdir_in(d)?
-        }
-        None => tempfile::tempdir_in(".")?,
-    };
-    let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let seconds = if args.quick { 0.3 } else { 5.0 };
-    let read_mib: u64 = if args.quick { 64 } else { 1024 };
-    let (sealed_mib, active_mib) = if args.quick { (128, 16) } else { (2048, 64) };
-    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let root = args.run.data_root()?;
+    let runs = args.run.runs();
+    let seconds = if args.run.quick { 0.3 } else { 5.0 };
+    let read_mib: u64 = if args.run.quick { 64 } else { 1024 };
+    let (sealed_mib, active_mib) = if args.run.quick { (128, 16) } else { (2048, 64) };
+    let loadavg = crate::harness::loadavg();
     let batch = sample_batch()?;
     println!(
         "# storage benchmarks — {} run(s), batch {} B ({} × {} B records), load average at start: {}",
@@ -239,7 +223,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     // 5. Peak RSS with 10,000 idle logs, in a fresh process.
     if want("idle") {
-        let count = if args.quick { 1000 } else { 10_000 };
+        let count = if args.run.quick { 1000 } else { 10_000 };
         let out = std::process::Command::new(std::env::current_exe()?)
             .args(["idle-logs", &root.path().join("idle").display().to_string(), &count.to_string()])
             .output()?;
@@ -262,25 +246,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for (a, b, c, d) in &rows {
         println!("| {a} | {b} | {c} | {d} |");
     }
-    let out_path = match &args.out {
-        Some(p) => p.clone(),
-        None => {
-            let date = std::process::Command::new("date").arg("+%Y-%m-%d").output()?;
-            let date = String::from_utf8(date.stdout)?.trim().to_string();
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join(format!("{date}-storage.json"))
-        }
-    };
-    if let Some(parent) = out_path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let doc = format!(
         "{{\"quick\":{},\"runs\":{runs},\"loadavg\":\"{}\",\"batch_bytes\":{},{}}}\n",
-        args.quick,
+        args.run.quick,
         loadavg.trim(),
         batch.len(),
         json.join(",")
     );
-    std::fs::write(&out_path, doc)?;
+    let out_path = args.run.write_results("storage", &doc)?;
     println!("\nresults written to {}", out_path.display());
     Ok(())
 }
@@ -340,11 +313,10 @@ fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64) -> anyhow::Result
     Ok(pos as f64 / MIB / secs)
 }
 
-/// Open-loop appends at `rate` batches/s from 16 threads; latency from each append's scheduled
-/// start (so stalls are not hidden by coordinated omission), in microseconds.
-fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
-    let dir = tempfile::tempdir_in(root)?;
-    let log = Log::open(dir.path(), LogConfig::default())?;
+/// Runs `op` from 16 threads at `rate` calls/s in total for `seconds`, open loop: each call has a
+/// scheduled time and its latency counts from then, so stalls are not hidden by coordinated
+/// omission. Microseconds.
+fn open_loop(rate: f64, seconds: f64, op: impl Fn() -> anyhow::Result<()> + Sync) -> anyhow::Result<Histogram<u64>> {
     let threads = 16usize;
     let interval = Duration::from_secs_f64(threads as f64 / rate.max(1.0));
     let per_thread = ((rate * seconds) as usize / threads).max(10);
@@ -352,7 +324,7 @@ fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow:
     let hists = std::thread::scope(|s| -> anyhow::Result<Vec<Histogram<u64>>> {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let log = &log;
+                let op = &op;
                 s.spawn(move || -> anyhow::Result<Histogram<u64>> {
                     let mut h = Histogram::<u64>::new(3)?;
                     let offset = interval.mul_f64(t as f64 / threads as f64);
@@ -362,14 +334,14 @@ fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow:
                         if due > now {
                             std::thread::sleep(due - now);
                         }
-                        log.append(batch.to_vec())?.wait()?;
+                        op()?;
                         h.record(due.elapsed().as_micros() as u64)?;
                     }
                     Ok(h)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("appender panicked"))?).collect()
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?).collect()
     })?;
     let mut all = Histogram::<u64>::new(3)?;
     for h in hists {
@@ -378,47 +350,31 @@ fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow:
     Ok(all)
 }
 
-/// The plain-file counterpart of [`append_latency`]: 16 threads at the same total rate, each
-/// writing its batch at the next position of one file and fdatasyncing it. Microseconds.
+/// Open-loop appends of `batch` at `rate` batches/s under `always`.
+fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
+    let dir = tempfile::tempdir_in(root)?;
+    let log = Log::open(dir.path(), LogConfig::default())?;
+    open_loop(rate, seconds, || {
+        log.append(batch.to_vec())?.wait()?;
+        Ok(())
+    })
+}
+
+/// The plain-file counterpart of [`append_latency`]: at the same rate, each call writes a batch
+/// at the next position of one file and fdatasyncs it.
 fn plain_open_loop(root: &Path, chunk: usize, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
     let path = root.join("plain-open-loop.bin");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    let threads = 16usize;
-    let interval = Duration::from_secs_f64(threads as f64 / rate.max(1.0));
-    let per_thread = ((rate * seconds) as usize / threads).max(10);
     let next = AtomicU64::new(0);
-    let start = Instant::now() + Duration::from_millis(20);
     let buf = vec![5u8; chunk];
-    let hists = std::thread::scope(|s| -> anyhow::Result<Vec<Histogram<u64>>> {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (file, next, buf) = (&file, &next, &buf);
-                s.spawn(move || -> anyhow::Result<Histogram<u64>> {
-                    let mut h = Histogram::<u64>::new(3)?;
-                    let offset = interval.mul_f64(t as f64 / threads as f64);
-                    for i in 0..per_thread {
-                        let due = start + offset + interval * i as u32;
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
-                        }
-                        let pos = next.fetch_add(chunk as u64, Ordering::Relaxed);
-                        file.write_all_at(buf, pos)?;
-                        file.sync_data()?;
-                        h.record(due.elapsed().as_micros() as u64)?;
-                    }
-                    Ok(h)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("writer panicked"))?).collect()
+    let h = open_loop(rate, seconds, || {
+        let pos = next.fetch_add(chunk as u64, Ordering::Relaxed);
+        file.write_all_at(&buf, pos)?;
+        file.sync_data()?;
+        Ok(())
     })?;
     std::fs::remove_file(&path)?;
-    let mut all = Histogram::<u64>::new(3)?;
-    for h in hists {
-        all.add(h)?;
-    }
-    Ok(all)
+    Ok(h)
 }
 
 /// p99 of write + fdatasync into a preallocated, zero-filled file, in milliseconds.

@@ -44,14 +44,8 @@ pub enum Acks {
     Leader,
 }
 
-/// Where a fetch starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    Offset(u64),
-    Earliest,
-    Latest,
-    Timestamp(i64),
-}
+/// Where a fetch starts (the client's type: one definition for both sides).
+pub use strata_client::Start;
 
 /// A fetched record.
 #[derive(Debug, Clone)]
