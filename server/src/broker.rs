@@ -395,8 +395,18 @@ impl Broker {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<FetchResult, ApiError> {
-        let (offset, read) = self.read_waiting(topic, partition, start, max_bytes, wait).await?;
-        decode(partition, offset, read, max_records)
+        let (mut offset, mut read) = self.read_waiting(topic, partition, start, max_bytes, wait).await?;
+        loop {
+            let result = decode(partition, offset, read, max_records)?;
+            // Compaction keeps a batch's offset span, so a read can return only records below the
+            // requested offset: skip ahead rather than hand the caller an empty page.
+            if !result.records.is_empty() || result.next_offset >= result.high_watermark || result.next_offset <= offset
+            {
+                return Ok(result);
+            }
+            offset = result.next_offset;
+            read = self.read_waiting(topic, partition, Start::Offset(offset), max_bytes, Duration::ZERO).await?.1;
+        }
     }
 
     /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start

@@ -41,13 +41,17 @@ impl Log {
     /// [`Error::Corrupt`] if a sealed segment is damaged (nothing is rewritten then), or
     /// [`Error::Io`].
     pub fn compact(&self) -> Result<CompactionOutcome> {
-        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
         let (sealed, config) = {
             let st = self.lock();
             (st.sealed.values().cloned().collect::<Vec<_>>(), st.config.clone())
         };
         let mut outcome = CompactionOutcome::default();
-        if config.cleanup_policy != CleanupPolicy::Compact || sealed.is_empty() {
+        let shape = |segments: &[Arc<SealedSegment>]| segments.iter().map(|s| (s.base, s.size)).collect::<Vec<_>>();
+        if config.cleanup_policy != CleanupPolicy::Compact
+            || sealed.is_empty()
+            || maintenance.compacted.as_ref() == Some(&shape(&sealed))
+        {
             return Ok(outcome);
         }
         let mut latest: HashMap<Bytes, u64> = HashMap::new();
@@ -91,6 +95,8 @@ impl Log {
         if outcome.segments_rewritten > 0 {
             tracing::info!(dir = %self.dir().display(), ?outcome, "compacted");
         }
+        let now_sealed: Vec<_> = self.lock().sealed.values().cloned().collect();
+        maintenance.compacted = Some(shape(&now_sealed));
         Ok(outcome)
     }
 

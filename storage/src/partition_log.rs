@@ -126,12 +126,20 @@ impl LogState {
     }
 }
 
+/// State of the maintenance work, guarded by its own lock.
+#[derive(Debug, Default)]
+pub(crate) struct Maintenance {
+    /// `(base, size)` of the sealed segments as the last compaction left them: while they are
+    /// unchanged, compacting again would find nothing new.
+    pub(crate) compacted: Option<Vec<(u64, u64)>>,
+}
+
 pub(crate) struct LogInner {
     pub(crate) dir: PathBuf,
     pub(crate) shared: Arc<Shared>,
     pub(crate) state: Mutex<LogState>,
     /// Serialises retention, compaction and deletion (the slow maintenance work).
-    pub(crate) maintenance: Mutex<()>,
+    pub(crate) maintenance: Mutex<Maintenance>,
     flush_queued: AtomicBool,
 }
 
@@ -263,7 +271,7 @@ impl Log {
             dir,
             shared,
             state: Mutex::new(state),
-            maintenance: Mutex::new(()),
+            maintenance: Mutex::new(Maintenance::default()),
             flush_queued: AtomicBool::new(false),
         };
         Self { inner: Arc::new(inner) }
