@@ -115,14 +115,39 @@ impl Metrics {
     }
 }
 
+/// gRPC methods we serve; any other method path is labelled `grpc other`.
+const GRPC_METHODS: [&str; 9] = [
+    "/strata.v1.Producer/Produce",
+    "/strata.v1.Producer/ProduceStream",
+    "/strata.v1.Consumer/Fetch",
+    "/strata.v1.Admin/CreateTopic",
+    "/strata.v1.Admin/ListTopics",
+    "/strata.v1.Admin/DescribeTopic",
+    "/strata.v1.Admin/AlterTopicConfig",
+    "/strata.v1.Admin/AddPartitions",
+    "/strata.v1.Admin/DeleteTopic",
+];
+
+/// A label from a bounded set, whatever paths clients send: the route for HTTP, the method for
+/// gRPC, `unmatched` for anything else.
+fn api_label(request: &Request) -> String {
+    let path = request.uri().path();
+    if let Some(method) = GRPC_METHODS.iter().find(|m| **m == path) {
+        return (*method).to_string();
+    }
+    if path.starts_with("/strata.") {
+        return "grpc other".to_string();
+    }
+    match request.extensions().get::<MatchedPath>() {
+        Some(route) => format!("{} {}", request.method(), route.as_str()),
+        None => "unmatched".to_string(),
+    }
+}
+
 /// Middleware: times every request and counts it by API and status. gRPC calls are labelled by
 /// method path (`/strata.v1.Producer/Produce`), HTTP calls by route.
 pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, request: Request, next: Next) -> Response {
-    let api = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| format!("{} {}", request.method(), p.as_str()))
-        .unwrap_or_else(|| request.uri().path().to_string());
+    let api = api_label(&request);
     let bytes = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
