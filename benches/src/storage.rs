@@ -362,7 +362,7 @@ fn append_latency(root: &Path, batch: &[u8], rate: f64, seconds: f64) -> anyhow:
 
 /// The plain-file counterpart of [`append_latency`]: at the same rate, each call writes a batch
 /// at the next position of one file and fdatasyncs it.
-fn plain_open_loop(root: &Path, chunk: usize, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn plain_open_loop(root: &Path, chunk: usize, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
     let path = root.join("plain-open-loop.bin");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
     let next = AtomicU64::new(0);
