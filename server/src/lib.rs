@@ -16,6 +16,7 @@ pub mod admin;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod idempotency;
