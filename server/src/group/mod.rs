@@ -1,4 +1,6 @@
-//! Consumer groups (issue #4, in progress): so far the partition assignors. The sans-IO
-//! coordinator, membership endpoints and offset commits build on them.
+//! Consumer groups (issue #4, in progress): the partition assignors and the sans-IO coordinator.
+//! Still to come: the async task driving the coordinator, persistence of groups and committed
+//! offsets through the metadata Raft group, and the HTTP/gRPC membership endpoints.
 
 pub mod assignor;
+pub mod coordinator;

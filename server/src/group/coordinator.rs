@@ -1,0 +1,299 @@
+//! The group coordinator as a sans-IO state machine: membership keyed by `member_id` and
+//! `generation` (never by a connection), server-side assignment, session expiry and generation
+//! fencing. A thin async task (with the metadata Raft group for persistence) will drive it; here
+//! every input carries the time, so it is tested without tokio.
+//!
+//! Every join, leave, expiry or partition-count change that alters the assignment starts a new
+//! generation, computed at once. Eager assignors (`range`, `roundrobin`) fence every request from
+//! an older generation. `sticky` is cooperative: a member may go on using a stale generation for
+//! the partitions it still owns, so only partitions that actually move stop flowing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::assignor::{Assignment, Strategy, TopicPartition, assign};
+
+/// Why a member's request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    #[error("member {0:?} is not in the group (it expired or left): join again")]
+    UnknownMember(String),
+    #[error("generation {given} is stale; the group is at generation {current}: heartbeat to learn it")]
+    StaleGeneration { given: u64, current: u64 },
+    #[error("member does not own {topic}/{partition} in generation {generation}")]
+    NotOwner { topic: String, partition: u32, generation: u64 },
+}
+
+/// One member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub topics: BTreeSet<String>,
+    pub session_timeout_ms: u64,
+    pub last_seen_ms: i64,
+}
+
+/// What a member learns from a join or heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub member_id: String,
+    pub generation: u64,
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// A consumer group's membership and assignment.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub strategy: Strategy,
+    generation: u64,
+    members: BTreeMap<String, Member>,
+    assignment: Assignment,
+    next_member: u64,
+}
+
+impl Group {
+    pub fn new(id: impl Into<String>, strategy: Strategy) -> Self {
+        Self {
+            id: id.into(),
+            strategy,
+            generation: 0,
+            members: BTreeMap::new(),
+            assignment: Assignment::new(),
+            next_member: 0,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn assignment(&self) -> &Assignment {
+        &self.assignment
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn view(&self, member: &str) -> MemberView {
+        MemberView {
+            member_id: member.to_string(),
+            generation: self.generation,
+            assignment: self.assignment.get(member).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Recomputes the assignment; a new generation starts if anything changed.
+    fn rebalance(&mut self, partitions: &BTreeMap<String, u32>) {
+        let subscriptions: BTreeMap<String, BTreeSet<String>> =
+            self.members.values().map(|m| (m.id.clone(), m.topics.clone())).collect();
+        let next = assign(self.strategy, &subscriptions, partitions, &self.assignment);
+        if next != self.assignment || self.generation == 0 {
+            self.assignment = next;
+            self.generation += 1;
+        }
+    }
+
+    /// A new member joins (`member_id` = None) or an existing one re-joins.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`] when re-joining with an id the group does not know.
+    pub fn join(
+        &mut self,
+        member_id: Option<&str>,
+        topics: BTreeSet<String>,
+        session_timeout_ms: u64,
+        now_ms: i64,
+        partitions: &BTreeMap<String, u32>,
+    ) -> Result<MemberView, GroupError> {
+        let id = match member_id {
+            Some(id) if self.members.contains_key(id) => id.to_string(),
+            Some(id) => return Err(GroupError::UnknownMember(id.to_string())),
+            None => {
+                self.next_member += 1;
+                format!("{}-{}", self.id, self.next_member)
+            }
+        };
+        self.members.insert(id.clone(), Member { id: id.clone(), topics, session_timeout_ms, last_seen_ms: now_ms });
+        self.rebalance(partitions);
+        Ok(self.view(&id))
+    }
+
+    /// Keeps a member alive and tells it the current generation and its assignment.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`].
+    pub fn heartbeat(&mut self, member: &str, now_ms: i64) -> Result<MemberView, GroupError> {
+        let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        m.last_seen_ms = now_ms;
+        Ok(self.view(member))
+    }
+
+    /// A member leaves; the others take over its partitions.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`].
+    pub fn leave(&mut self, member: &str, partitions: &BTreeMap<String, u32>) -> Result<(), GroupError> {
+        self.members.remove(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        self.assignment.remove(member);
+        self.rebalance(partitions);
+        Ok(())
+    }
+
+    /// Expels members silent for longer than their session timeout; returns who was expelled.
+    pub fn expire(&mut self, now_ms: i64, partitions: &BTreeMap<String, u32>) -> Vec<String> {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| now_ms.saturating_sub(m.last_seen_ms) > m.session_timeout_ms as i64)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &expired {
+            self.members.remove(id);
+            self.assignment.remove(id);
+        }
+        if !expired.is_empty() {
+            self.rebalance(partitions);
+        }
+        expired
+    }
+
+    /// Partition counts changed (or topics appeared): rebalance if the assignment moves.
+    pub fn partitions_changed(&mut self, partitions: &BTreeMap<String, u32>) {
+        if !self.members.is_empty() {
+            self.rebalance(partitions);
+        }
+    }
+
+    /// Fencing for fetches and commits: may `member`, speaking for `generation`, use `tp`?
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`], [`GroupError::StaleGeneration`] (eager assignors, or a
+    /// partition that moved), [`GroupError::NotOwner`].
+    pub fn check(&self, member: &str, generation: u64, tp: &TopicPartition) -> Result<(), GroupError> {
+        if !self.members.contains_key(member) {
+            return Err(GroupError::UnknownMember(member.to_string()));
+        }
+        let owns = self.assignment.get(member).is_some_and(|a| a.contains(tp));
+        if generation > self.generation {
+            return Err(GroupError::StaleGeneration { given: generation, current: self.generation });
+        }
+        if generation < self.generation {
+            // Cooperative: a partition that did not move keeps flowing under the old generation.
+            if self.strategy == Strategy::Sticky && owns {
+                return Ok(());
+            }
+            return Err(GroupError::StaleGeneration { given: generation, current: self.generation });
+        }
+        if !owns {
+            return Err(GroupError::NotOwner { topic: tp.0.clone(), partition: tp.1, generation });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn parts(spec: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        spec.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+    }
+
+    /// No partition has two owners, and none is unowned while a subscriber is alive.
+    fn check_invariant(g: &Group, partitions: &BTreeMap<String, u32>) {
+        let mut owners: BTreeMap<&TopicPartition, &String> = BTreeMap::new();
+        for (m, tps) in g.assignment() {
+            for tp in tps {
+                assert!(owners.insert(tp, m).is_none(), "{tp:?} has two owners in generation {}", g.generation());
+            }
+        }
+        for m in g.members() {
+            for t in &m.topics {
+                for p in 0..partitions.get(t).copied().unwrap_or(0) {
+                    assert!(owners.contains_key(&(t.clone(), p)), "{t}/{p} unowned while {} subscribes", m.id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn joins_leaves_and_expiry_rebalance_with_new_generations() {
+        let p = parts(&[("orders", 4)]);
+        let mut g = Group::new("g", Strategy::Range);
+        let a = g.join(None, topics(&["orders"]), 10_000, 0, &p).unwrap();
+        assert_eq!((a.generation, a.assignment.len()), (1, 4));
+        let b = g.join(None, topics(&["orders"]), 10_000, 100, &p).unwrap();
+        assert_eq!(b.generation, 2);
+        check_invariant(&g, &p);
+        // A's generation 1 is now stale for everything (eager assignor).
+        let tp = ("orders".to_string(), 0);
+        assert!(matches!(g.check(&a.member_id, 1, &tp), Err(GroupError::StaleGeneration { given: 1, current: 2 })));
+        let a2 = g.heartbeat(&a.member_id, 200).unwrap();
+        assert_eq!(a2.assignment.len(), 2);
+        assert!(g.check(&a.member_id, 2, &a2.assignment[0]).is_ok());
+        assert!(matches!(g.check(&a.member_id, 2, &("orders".to_string(), 3)), Err(GroupError::NotOwner { .. })));
+        // B goes silent: after its session timeout A owns everything again.
+        assert_eq!(g.expire(10_050, &p), Vec::<String>::new());
+        assert_eq!(g.expire(10_101, &p), vec![b.member_id.clone()]);
+        assert_eq!(g.generation(), 3);
+        assert_eq!(g.heartbeat(&a.member_id, 10_300).unwrap().assignment.len(), 4);
+        assert!(matches!(g.heartbeat(&b.member_id, 10_300), Err(GroupError::UnknownMember(_))));
+        check_invariant(&g, &p);
+        g.leave(&a.member_id, &p).unwrap();
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn partition_growth_reaches_members() {
+        let mut p = parts(&[("t", 2)]);
+        let mut g = Group::new("g", Strategy::RoundRobin);
+        let a = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        let b = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        assert_eq!(b.generation, 2);
+        p.insert("t".into(), 4);
+        g.partitions_changed(&p);
+        assert_eq!(g.generation(), 3);
+        assert_eq!(g.heartbeat(&a.member_id, 1).unwrap().assignment.len(), 2);
+        check_invariant(&g, &p);
+        // Unchanged counts: no new generation.
+        g.partitions_changed(&p);
+        assert_eq!(g.generation(), 3);
+    }
+
+    #[test]
+    fn sticky_keeps_unmoved_partitions_flowing_under_the_old_generation() {
+        let p = parts(&[("t", 6)]);
+        let mut g = Group::new("g", Strategy::Sticky);
+        let a = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        assert_eq!(a.assignment.len(), 6);
+        let b = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        check_invariant(&g, &p);
+        let now_a = g.heartbeat(&a.member_id, 1).unwrap();
+        for tp in &a.assignment {
+            let kept = now_a.assignment.contains(tp);
+            let verdict = g.check(&a.member_id, a.generation, tp);
+            assert_eq!(verdict.is_ok(), kept, "{tp:?}: kept partitions flow on, moved ones are fenced");
+        }
+        for tp in &b.assignment {
+            assert!(g.check(&b.member_id, b.generation, tp).is_ok());
+        }
+    }
+
+    #[test]
+    fn rejoining_with_an_unknown_id_is_refused() {
+        let mut g = Group::new("g", Strategy::Range);
+        assert!(matches!(
+            g.join(Some("ghost"), topics(&["t"]), 1000, 0, &parts(&[("t", 1)])),
+            Err(GroupError::UnknownMember(_))
+        ));
+    }
+}
