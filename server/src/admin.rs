@@ -20,7 +20,7 @@ impl Admin {
     }
 
     async fn commit(&self, command: Command) -> Result<(), ApiError> {
-        let name = command.topic().to_string();
+        let name = command.subject().to_string();
         let result = self.broker.metadata().write(command).await?;
         match result {
             CommandResult::Ok => {}

@@ -17,7 +17,7 @@ use network::NoNetwork;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::InitializeError;
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
-pub use state_machine::TopicMeta;
+pub use state_machine::{GroupOffsets, TopicMeta};
 use state_machine::{MetaState, MetaStateMachine};
 use tokio::sync::watch;
 pub use types::{Command, CommandResult};
@@ -121,6 +121,11 @@ impl Metadata {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).topics.get(name).cloned()
     }
 
+    /// A group's committed offsets: topic → partition → next offset to process.
+    pub fn committed_offsets(&self, group: &str) -> BTreeMap<String, BTreeMap<u32, u64>> {
+        self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.get(group).cloned().unwrap_or_default()
+    }
+
     /// Changes whenever the state machine applies something.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
@@ -171,7 +176,14 @@ mod tests {
 
         let m = Metadata::start(1, tmp.path(), "127.0.0.1:1".into()).await.unwrap();
         assert_eq!(m.topics().keys().collect::<Vec<_>>(), ["a", "b"]);
+        let commit = |offsets: Vec<(&str, u32, u64)>| Command::CommitOffsets {
+            group: "g".into(),
+            offsets: offsets.into_iter().map(|(t, p, o)| (t.to_string(), p, o)).collect(),
+        };
+        assert_eq!(m.write(commit(vec![("a", 0, 7), ("b", 2, 42)])).await.unwrap(), CommandResult::Ok);
+        assert_eq!(m.write(commit(vec![("b", 9, 1)])).await.unwrap(), CommandResult::TopicNotFound, "no partition 9");
         assert_eq!(m.write(Command::DeleteTopic { name: "a".into() }).await.unwrap(), CommandResult::Ok);
+        assert!(!m.committed_offsets("g").contains_key("a"), "a deleted topic's offsets go with it");
         m.inner.raft.trigger().snapshot().await.unwrap();
         m.inner
             .raft
@@ -185,6 +197,7 @@ mod tests {
         let m = Metadata::start(1, tmp.path(), "127.0.0.1:1".into()).await.unwrap();
         assert_eq!(m.topics().keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(m.topic("b").unwrap().partitions, 3);
+        assert_eq!(m.committed_offsets("g")["b"][&2], 42, "offsets committed before the snapshot survive it");
         assert!(m.has_leader());
         m.shutdown().await;
     }

@@ -35,6 +35,19 @@ pub struct MetaState {
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembershipT,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Committed offsets: group → topic → partition → next offset to process.
+    pub offsets: GroupOffsets,
+}
+
+/// Committed offsets of every group: group → topic → partition → next offset to process.
+pub type GroupOffsets = BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>;
+
+/// What a snapshot holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    topics: BTreeMap<String, TopicMeta>,
+    #[serde(default)]
+    offsets: GroupOffsets,
 }
 
 impl MetaState {
@@ -64,9 +77,29 @@ impl MetaState {
                 None => CommandResult::TopicNotFound,
             },
             Command::DeleteTopic { name } => match self.topics.remove(&name) {
-                Some(_) => CommandResult::Ok,
+                Some(_) => {
+                    for topics in self.offsets.values_mut() {
+                        topics.remove(&name);
+                    }
+                    CommandResult::Ok
+                }
                 None => CommandResult::TopicNotFound,
             },
+            Command::CommitOffsets { group, offsets } => {
+                // Validated against the topics as applied, so every node decides alike.
+                if offsets.iter().any(|(t, p, _)| self.topics.get(t).is_none_or(|m| *p >= m.partitions)) {
+                    return CommandResult::TopicNotFound;
+                }
+                let committed = self.offsets.entry(group).or_default();
+                for (topic, partition, offset) in offsets {
+                    committed.entry(topic).or_default().insert(partition, offset);
+                }
+                CommandResult::Ok
+            }
+            Command::DeleteGroupOffsets { group } => {
+                self.offsets.remove(&group);
+                CommandResult::Ok
+            }
         }
     }
 }
@@ -136,7 +169,8 @@ impl RaftSnapshotBuilder<C> for MetaStateMachine {
             let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
             StoredSnapshot {
                 meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.last_membership.clone() },
-                data: serde_json::to_vec(&st.topics).map_err(io::Error::other)?,
+                data: serde_json::to_vec(&SnapshotData { topics: st.topics.clone(), offsets: st.offsets.clone() })
+                    .map_err(io::Error::other)?,
             }
         };
         let mut cur = self.snapshot.lock().await;
@@ -190,7 +224,7 @@ impl RaftStateMachine<C> for MetaStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let topics: BTreeMap<String, TopicMeta> =
+        let data: SnapshotData =
             serde_json::from_slice(&snapshot).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let snap = StoredSnapshot { meta: meta.clone(), data: snapshot };
         let mut cur = self.snapshot.lock().await;
@@ -203,7 +237,8 @@ impl RaftStateMachine<C> for MetaStateMachine {
             let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
             st.last_applied = meta.last_log_id;
             st.last_membership = meta.last_membership.clone();
-            st.topics = topics;
+            st.topics = data.topics;
+            st.offsets = data.offsets;
         }
         self.changes.send_modify(|v| *v += 1);
         *cur = Some(snap);

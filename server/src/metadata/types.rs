@@ -45,20 +45,43 @@ impl fmt::Display for Node {
 /// A metadata change, replicated through Raft and applied by every node's state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateTopic { name: String, partitions: u32, config: TopicConfig, created_ms: i64 },
-    AlterTopicConfig { name: String, config: TopicConfig },
-    AddPartitions { name: String, count: u32 },
-    DeleteTopic { name: String },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        config: TopicConfig,
+        created_ms: i64,
+    },
+    AlterTopicConfig {
+        name: String,
+        config: TopicConfig,
+    },
+    AddPartitions {
+        name: String,
+        count: u32,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    /// A consumer group's committed offsets (the next offset to process), per topic partition.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(String, u32, u64)>,
+    },
+    /// Forget a group's committed offsets.
+    DeleteGroupOffsets {
+        group: String,
+    },
 }
 
 impl Command {
-    /// The topic the command is about.
-    pub fn topic(&self) -> &str {
+    /// The topic or group the command is about.
+    pub fn subject(&self) -> &str {
         match self {
             Command::CreateTopic { name, .. }
             | Command::AlterTopicConfig { name, .. }
             | Command::AddPartitions { name, .. }
             | Command::DeleteTopic { name } => name,
+            Command::CommitOffsets { group, .. } | Command::DeleteGroupOffsets { group } => group,
         }
     }
 }
@@ -70,6 +93,8 @@ impl fmt::Display for Command {
             Command::AlterTopicConfig { name, .. } => write!(f, "alter config of topic {name}"),
             Command::AddPartitions { name, count } => write!(f, "grow topic {name} to {count} partitions"),
             Command::DeleteTopic { name } => write!(f, "delete topic {name}"),
+            Command::CommitOffsets { group, offsets } => write!(f, "commit {} offsets of group {group}", offsets.len()),
+            Command::DeleteGroupOffsets { group } => write!(f, "delete offsets of group {group}"),
         }
     }
 }
