@@ -23,6 +23,8 @@ pub enum ErrorCode {
     OffsetOutOfRange,
     OffsetMismatch,
     IdempotencyKeyReused,
+    UnknownMember,
+    StaleGeneration,
     NotFound,
     /// The node cannot serve now (shutting down, no Raft leader, storage refusing writes).
     Unavailable,
@@ -48,6 +50,8 @@ impl ErrorCode {
             ErrorCode::OffsetOutOfRange => "offset_out_of_range",
             ErrorCode::OffsetMismatch => "offset_mismatch",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::UnknownMember => "unknown_member",
+            ErrorCode::StaleGeneration => "stale_generation",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DataCorrupt => "data_corrupt",
@@ -57,8 +61,11 @@ impl ErrorCode {
 
     pub fn http_status(self) -> StatusCode {
         match self {
-            ErrorCode::TopicNotFound | ErrorCode::PartitionNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::TopicAlreadyExists => StatusCode::CONFLICT,
+            ErrorCode::TopicNotFound
+            | ErrorCode::PartitionNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::UnknownMember => StatusCode::NOT_FOUND,
+            ErrorCode::TopicAlreadyExists | ErrorCode::StaleGeneration => StatusCode::CONFLICT,
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
@@ -75,7 +82,11 @@ impl ErrorCode {
 
     pub fn grpc_code(self) -> tonic::Code {
         match self {
-            ErrorCode::TopicNotFound | ErrorCode::PartitionNotFound | ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::TopicNotFound
+            | ErrorCode::PartitionNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::UnknownMember => tonic::Code::NotFound,
+            ErrorCode::StaleGeneration => tonic::Code::FailedPrecondition,
             ErrorCode::TopicAlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig

@@ -51,6 +51,7 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     pub admin: Admin,
     pub idempotency: Arc<IdempotencyStore>,
+    pub groups: Arc<group::service::Groups>,
     pub metrics: Arc<Metrics>,
     pub node_id: u64,
     pub max_request_bytes: usize,
@@ -118,10 +119,12 @@ pub async fn run(
     let window = Duration::from_millis(config.idempotency_window_ms);
     let idempotency = Arc::new(IdempotencyStore::open(broker.storage(), window)?);
     let metrics = Arc::new(Metrics::default());
+    let groups = Arc::new(group::service::Groups::new(Arc::clone(&broker)));
     let state = Arc::new(AppState {
         admin: Admin::new(Arc::clone(&broker)),
         broker: Arc::clone(&broker),
         idempotency,
+        groups: Arc::clone(&groups),
         metrics: Arc::clone(&metrics),
         node_id: config.node_id,
         max_request_bytes: config.max_request_bytes,
@@ -133,6 +136,7 @@ pub async fn run(
     let background = vec![
         tokio::spawn(follow_metadata(Arc::clone(&broker), stop.clone())),
         tokio::spawn(cleanup(Arc::clone(&broker), Duration::from_millis(config.cleanup_interval_ms), stop.clone())),
+        tokio::spawn(group_ticks(Arc::clone(&groups), stop.clone())),
     ];
 
     let app = http::router(Arc::clone(&state))
@@ -187,6 +191,17 @@ async fn follow_metadata(broker: Arc<Broker>, stop: CancellationToken) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot follow metadata change"),
             Err(e) => tracing::error!(error = %e, "reconcile task failed"),
+        }
+    }
+}
+
+/// Session expiry and partition-count changes for consumer groups, four times a second.
+async fn group_ticks(groups: Arc<group::service::Groups>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => groups.tick(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 JSON API (API.md): topics, produce (JSON and the raw webhook door), fetch, and
 //! the operations endpoints. Every error is `application/problem+json` with a stable `code`.
 
+mod groups;
 mod ops;
 mod records;
 mod topics;
@@ -28,6 +29,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/partitions", post(topics::add_partitions))
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
+        .route("/v1/groups", get(groups::list))
+        .route("/v1/groups/{group}", get(groups::describe))
+        .route("/v1/groups/{group}/members", post(groups::join))
+        .route("/v1/groups/{group}/members/{member}", axum::routing::delete(groups::leave))
+        .route("/v1/groups/{group}/members/{member}/heartbeat", post(groups::heartbeat))
+        .route("/v1/groups/{group}/members/{member}/records", get(groups::records))
+        .route("/v1/groups/{group}/offsets", post(groups::commit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

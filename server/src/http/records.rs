@@ -267,7 +267,7 @@ fn json_or_b64(bytes: Option<Bytes>, force_b64: bool) -> (Option<Box<RawValue>>,
     }
 }
 
-fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecord {
+pub(crate) fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecord {
     let (key, key_b64) = json_or_b64(r.key, force_b64);
     let (value, value_b64) = json_or_b64(r.value, force_b64);
     JsonFetchedRecord {

@@ -1,0 +1,265 @@
+//! The consumer-group service: drives the sans-IO [`Group`] coordinators, keeps each member's
+//! delivery positions, and commits offsets through the metadata Raft group.
+//!
+//! Membership lives in memory on this node (a restart makes members join again); committed
+//! offsets are in the Raft state machine and survive restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::assignor::{Strategy, TopicPartition};
+use super::coordinator::{Group, GroupError, MemberView};
+use crate::broker::{Broker, FetchedRecord, Start, now_ms};
+use crate::error::{ApiError, ErrorCode};
+use crate::metadata::{Command, CommandResult};
+
+/// Where a partition without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug)]
+struct GroupEntry {
+    group: Group,
+    reset: Reset,
+    /// Next offset to deliver, per member and partition (what the member has been given).
+    positions: HashMap<(String, TopicPartition), u64>,
+}
+
+/// All groups of this node.
+#[derive(Debug)]
+pub struct Groups {
+    broker: Arc<Broker>,
+    // A std mutex: coordinator steps are pure and quick; never held across `.await`.
+    groups: Mutex<BTreeMap<String, GroupEntry>>,
+}
+
+impl From<GroupError> for ApiError {
+    fn from(e: GroupError) -> Self {
+        let code = match e {
+            GroupError::UnknownMember(_) => ErrorCode::UnknownMember,
+            GroupError::StaleGeneration { .. } | GroupError::NotOwner { .. } => ErrorCode::StaleGeneration,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+/// A group as `GET /v1/groups/{group}` shows it.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    pub strategy: Strategy,
+    pub generation: u64,
+    pub members: Vec<(String, Vec<TopicPartition>)>,
+    /// (topic, partition, committed, high watermark).
+    pub offsets: Vec<(String, u32, Option<u64>, u64)>,
+}
+
+impl Groups {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker, groups: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, GroupEntry>> {
+        self.groups.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.broker.metadata().topics().into_iter().map(|(name, t)| (name, t.partitions)).collect()
+    }
+
+    /// Joins `group` (creating it with `strategy` if new).
+    ///
+    /// # Errors
+    /// `topic_not_found` for an unknown topic; `invalid_request` for a different assignor than
+    /// the group uses.
+    pub fn join(
+        &self,
+        group: &str,
+        topics: BTreeSet<String>,
+        strategy: Strategy,
+        session_timeout_ms: u64,
+        reset: Reset,
+    ) -> Result<MemberView, ApiError> {
+        let counts = self.partition_counts();
+        if let Some(missing) = topics.iter().find(|t| !counts.contains_key(*t)) {
+            return Err(ApiError::topic_not_found(missing));
+        }
+        let mut groups = self.lock();
+        let entry = groups.entry(group.to_string()).or_insert_with(|| GroupEntry {
+            group: Group::new(group, strategy),
+            reset,
+            positions: HashMap::new(),
+        });
+        if entry.group.strategy != strategy && !entry.group.is_empty() {
+            return Err(ApiError::invalid(format!("group {group:?} uses the {:?} assignor", entry.group.strategy)));
+        }
+        entry.group.strategy = strategy;
+        entry.reset = reset;
+        Ok(entry.group.join(None, topics, session_timeout_ms, now_ms(), &counts)?)
+    }
+
+    /// # Errors
+    /// `unknown_member`.
+    pub fn heartbeat(&self, group: &str, member: &str) -> Result<MemberView, ApiError> {
+        let mut groups = self.lock();
+        let entry = groups.get_mut(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        Ok(entry.group.heartbeat(member, now_ms())?)
+    }
+
+    /// # Errors
+    /// `unknown_member`.
+    pub fn leave(&self, group: &str, member: &str) -> Result<(), ApiError> {
+        let counts = self.partition_counts();
+        let mut groups = self.lock();
+        let entry = groups.get_mut(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        entry.group.leave(member, &counts)?;
+        entry.positions.retain(|(m, _), _| m != member);
+        Ok(())
+    }
+
+    /// Expels silent members and follows partition-count changes (run periodically).
+    pub fn tick(&self) {
+        let counts = self.partition_counts();
+        let now = now_ms();
+        for (name, entry) in self.lock().iter_mut() {
+            for expired in entry.group.expire(now, &counts) {
+                tracing::info!(group = %name, member = %expired, "session expired");
+                entry.positions.retain(|(m, _), _| *m != expired);
+            }
+            entry.group.partitions_changed(&counts);
+        }
+    }
+
+    /// Records for `member` from its partitions, each from its position (the committed offset,
+    /// else the group's reset policy); records of one partition come contiguous and in order.
+    ///
+    /// # Errors
+    /// `unknown_member`, `stale_generation` when `generation` is given and stale.
+    pub async fn fetch(
+        &self,
+        group: &str,
+        member: &str,
+        generation: Option<u64>,
+        max_records: usize,
+        wait: Duration,
+    ) -> Result<Vec<(String, FetchedRecord)>, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.heartbeat(group, member)?;
+            if let Some(g) = generation {
+                for tp in &view.assignment {
+                    self.lock().get(group).map(|e| e.group.check(member, g, tp)).transpose()?;
+                }
+            }
+            let committed = self.broker.metadata().committed_offsets(group);
+            let mut out = Vec::new();
+            for (topic, partition) in &view.assignment {
+                if out.len() >= max_records {
+                    break;
+                }
+                let key = (member.to_string(), (topic.clone(), *partition));
+                let position = self.lock().get(group).and_then(|e| e.positions.get(&key).copied());
+                let start = match (position, committed.get(topic).and_then(|p| p.get(partition))) {
+                    (Some(p), _) => Start::Offset(p),
+                    (None, Some(&c)) => Start::Offset(c),
+                    (None, None) => match self.lock().get(group).map(|e| e.reset) {
+                        Some(Reset::Latest) => Start::Latest,
+                        _ => Start::Earliest,
+                    },
+                };
+                let result = match self
+                    .broker
+                    .fetch(topic, *partition, start, max_records - out.len(), 1 << 20, Duration::ZERO)
+                    .await
+                {
+                    Ok(r) => r,
+                    // Retention moved past the position: start over from the earliest record.
+                    Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                        self.broker
+                            .fetch(topic, *partition, Start::Earliest, max_records - out.len(), 1 << 20, Duration::ZERO)
+                            .await?
+                    }
+                    Err(e) => return Err(e),
+                };
+                if let Some(entry) = self.lock().get_mut(group) {
+                    entry.positions.insert(key, result.next_offset);
+                }
+                out.extend(result.records.into_iter().map(|r| (topic.clone(), r)));
+            }
+            if !out.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+
+    /// Commits offsets after checking the member owns each partition in `generation`.
+    ///
+    /// # Errors
+    /// `unknown_member`, `stale_generation`, `topic_not_found`, `unavailable`.
+    pub async fn commit(
+        &self,
+        group: &str,
+        member: &str,
+        generation: u64,
+        offsets: Vec<(String, u32, u64)>,
+    ) -> Result<(), ApiError> {
+        {
+            let groups = self.lock();
+            let entry = groups.get(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+            for (topic, partition, _) in &offsets {
+                entry.group.check(member, generation, &(topic.clone(), *partition))?;
+            }
+        }
+        match self.broker.metadata().write(Command::CommitOffsets { group: group.to_string(), offsets }).await? {
+            CommandResult::Ok => Ok(()),
+            _ => {
+                Err(ApiError::new(ErrorCode::TopicNotFound, "an offset names a topic or partition that does not exist"))
+            }
+        }
+    }
+
+    /// # Errors
+    /// `not_found` for an unknown group with no committed offsets.
+    pub fn describe(&self, group: &str) -> Result<GroupDescription, ApiError> {
+        let committed = self.broker.metadata().committed_offsets(group);
+        let groups = self.lock();
+        let entry = groups.get(group);
+        if entry.is_none() && committed.is_empty() {
+            return Err(ApiError::new(ErrorCode::NotFound, format!("group {group:?} does not exist")));
+        }
+        let mut tps: BTreeSet<TopicPartition> =
+            committed.iter().flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p))).collect();
+        if let Some(e) = entry {
+            tps.extend(e.group.assignment().values().flatten().cloned());
+        }
+        let counts = self.partition_counts();
+        let offsets = tps
+            .into_iter()
+            .map(|(t, p)| {
+                let hw = self
+                    .broker
+                    .partition_status(&t, counts.get(&t).copied().unwrap_or(0))
+                    .get(p as usize)
+                    .map_or(0, |s| s.high_watermark);
+                let c = committed.get(&t).and_then(|ps| ps.get(&p)).copied();
+                (t, p, c, hw)
+            })
+            .collect();
+        Ok(GroupDescription {
+            strategy: entry.map_or(Strategy::Sticky, |e| e.group.strategy),
+            generation: entry.map_or(0, |e| e.group.generation()),
+            members: entry
+                .map(|e| e.group.assignment().iter().map(|(m, a)| (m.clone(), a.clone())).collect())
+                .unwrap_or_default(),
+            offsets,
+        })
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}

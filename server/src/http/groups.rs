@@ -1,0 +1,237 @@
+//! Consumer groups over plain requests (no connection needs to stay open): join, heartbeat,
+//! fetch by member, commit, leave, describe, list.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::records::{JsonFetchedRecord, json_record};
+use super::{Query, parse_json, query_u64, read_body};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::group::assignor::Strategy;
+use crate::group::coordinator::MemberView;
+use crate::group::service::Reset;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    pub topics: Vec<String>,
+    /// `range`, `roundrobin` or `sticky` (default).
+    pub assignor: Option<String>,
+    /// 1,000–300,000 (default 10,000).
+    pub session_timeout_ms: Option<u64>,
+    /// Where partitions without a committed offset start: `earliest` or `latest` (default).
+    pub auto_offset_reset: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TopicPartitionView {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberResponse {
+    pub member_id: String,
+    pub generation: u64,
+    pub assignment: Vec<TopicPartitionView>,
+    pub rebalancing: bool,
+}
+
+fn member_response(v: MemberView) -> MemberResponse {
+    MemberResponse {
+        member_id: v.member_id,
+        generation: v.generation,
+        assignment: v
+            .assignment
+            .into_iter()
+            .map(|(topic, partition)| TopicPartitionView { topic, partition })
+            .collect(),
+        rebalancing: false,
+    }
+}
+
+#[utoipa::path(post, path = "/v1/groups/{group}/members", params(("group" = String, Path)), request_body = JoinBody,
+    responses((status = 200, body = MemberResponse), (status = "4XX", body = crate::error::Problem)))]
+pub async fn join(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Body,
+) -> Result<Json<MemberResponse>, ApiError> {
+    let body: JoinBody = parse_json(&read_body(body, state.max_request_bytes).await?)?;
+    if body.topics.is_empty() {
+        return Err(ApiError::invalid("`topics` must name at least one topic"));
+    }
+    let strategy = match body.assignor.as_deref() {
+        None => Strategy::Sticky,
+        Some(name) => Strategy::parse(name)
+            .ok_or_else(|| ApiError::invalid(format!("assignor must be range, roundrobin or sticky, got {name:?}")))?,
+    };
+    let timeout = body.session_timeout_ms.unwrap_or(10_000);
+    if !(1_000..=300_000).contains(&timeout) {
+        return Err(ApiError::invalid("session_timeout_ms must be 1000..=300000"));
+    }
+    let reset = match body.auto_offset_reset.as_deref() {
+        None | Some("latest") => Reset::Latest,
+        Some("earliest") => Reset::Earliest,
+        Some(other) => {
+            return Err(ApiError::invalid(format!("auto_offset_reset must be earliest or latest, got {other:?}")));
+        }
+    };
+    let topics: BTreeSet<String> = body.topics.into_iter().collect();
+    Ok(Json(member_response(state.groups.join(&group, topics, strategy, timeout, reset)?)))
+}
+
+#[utoipa::path(post, path = "/v1/groups/{group}/members/{member}/heartbeat", params(("group" = String, Path), ("member" = String, Path)),
+    responses((status = 200, body = MemberResponse), (status = 404, body = crate::error::Problem)))]
+pub async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    Path((group, member)): Path<(String, String)>,
+) -> Result<Json<MemberResponse>, ApiError> {
+    Ok(Json(member_response(state.groups.heartbeat(&group, &member)?)))
+}
+
+#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", params(("group" = String, Path), ("member" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::error::Problem)))]
+pub async fn leave(
+    State(state): State<Arc<AppState>>,
+    Path((group, member)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.groups.leave(&group, &member)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberRecords {
+    pub records: Vec<GroupRecord>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupRecord {
+    pub topic: String,
+    #[serde(flatten)]
+    pub record: JsonFetchedRecord,
+}
+
+#[utoipa::path(get, path = "/v1/groups/{group}/members/{member}/records", params(("group" = String, Path), ("member" = String, Path),
+        ("max_records" = Option<u32>, Query), ("wait_ms" = Option<u32>, Query), ("generation" = Option<u64>, Query)),
+    responses((status = 200, body = MemberRecords), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)))]
+pub async fn records(
+    State(state): State<Arc<AppState>>,
+    Path((group, member)): Path<(String, String)>,
+    query: Query,
+) -> Result<Json<MemberRecords>, ApiError> {
+    let max_records = query_u64(&query, "max_records")?.unwrap_or(500).clamp(1, 10_000) as usize;
+    let wait = Duration::from_millis(query_u64(&query, "wait_ms")?.unwrap_or(0).min(state.max_wait_ms));
+    let generation = query_u64(&query, "generation")?;
+    let records = state.groups.fetch(&group, &member, generation, max_records, wait).await?;
+    Ok(Json(MemberRecords {
+        records: records.into_iter().map(|(topic, r)| GroupRecord { topic, record: json_record(r, false) }).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitBody {
+    pub member_id: String,
+    pub generation: u64,
+    pub offsets: Vec<CommitOffset>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitOffset {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset to process.
+    pub offset: u64,
+}
+
+#[utoipa::path(post, path = "/v1/groups/{group}/offsets", params(("group" = String, Path)), request_body = CommitBody,
+    responses((status = 200), (status = 409, body = crate::error::Problem), (status = 404, body = crate::error::Problem)))]
+pub async fn commit(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: CommitBody = parse_json(&read_body(body, state.max_request_bytes).await?)?;
+    let offsets = body.offsets.into_iter().map(|o| (o.topic, o.partition, o.offset)).collect();
+    state.groups.commit(&group, &body.member_id, body.generation, offsets).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupOffsetView {
+    pub topic: String,
+    pub partition: u32,
+    pub committed: Option<u64>,
+    pub high_watermark: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupMemberView {
+    pub member_id: String,
+    pub assignment: Vec<TopicPartitionView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GroupView {
+    pub group: String,
+    pub state: String,
+    pub generation: u64,
+    pub assignor: String,
+    pub members: Vec<GroupMemberView>,
+    pub offsets: Vec<GroupOffsetView>,
+}
+
+#[utoipa::path(get, path = "/v1/groups/{group}", params(("group" = String, Path)),
+    responses((status = 200, body = GroupView), (status = 404, body = crate::error::Problem)))]
+pub async fn describe(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+) -> Result<Json<GroupView>, ApiError> {
+    let d = state.groups.describe(&group)?;
+    let assignor = match d.strategy {
+        Strategy::Range => "range",
+        Strategy::RoundRobin => "roundrobin",
+        Strategy::Sticky => "sticky",
+    };
+    Ok(Json(GroupView {
+        group,
+        state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
+        generation: d.generation,
+        assignor: assignor.into(),
+        members: d
+            .members
+            .into_iter()
+            .map(|(member_id, a)| GroupMemberView {
+                member_id,
+                assignment: a.into_iter().map(|(topic, partition)| TopicPartitionView { topic, partition }).collect(),
+            })
+            .collect(),
+        offsets: d
+            .offsets
+            .into_iter()
+            .map(|(topic, partition, committed, hw)| GroupOffsetView {
+                lag: hw.saturating_sub(committed.unwrap_or(0)),
+                topic,
+                partition,
+                committed,
+                high_watermark: hw,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/groups", responses((status = 200, description = "group names")))]
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "groups": state.groups.list() }))
+}

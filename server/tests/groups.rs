@@ -1,0 +1,112 @@
+//! Consumer groups over plain HTTP requests against a real server: join, fetch by member,
+//! commit, generation fencing, leave, session expiry, and committed offsets surviving a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Server, create_topic, get, post_json, produce, request};
+use serde_json::{Value, json};
+
+fn join(url: &str, group: &str, body: Value) -> Value {
+    let r = post_json(&format!("{url}/v1/groups/{group}/members"), &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn assignment(v: &Value) -> BTreeSet<u64> {
+    v["assignment"].as_array().unwrap().iter().map(|tp| tp["partition"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn group_membership_fetch_commit_and_fencing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "orders", 4, json!({}));
+    for p in 0..4 {
+        let records: Vec<Value> = (0..10).map(|i| json!({"value": format!("p{p}-{i}"), "partition": p})).collect();
+        produce(&s.url, "orders", json!({"records": records}));
+    }
+    let a =
+        join(&s.url, "billing", json!({"topics": ["orders"], "assignor": "range", "auto_offset_reset": "earliest"}));
+    let a_id = a["member_id"].as_str().unwrap().to_string();
+    assert_eq!((a["generation"].as_u64(), assignment(&a).len()), (Some(1), 4));
+
+    let page = get(&format!("{}/v1/groups/billing/members/{a_id}/records?max_records=100", s.url)).json();
+    let records = page["records"].as_array().unwrap();
+    assert_eq!(records.len(), 40);
+    for p in 0..4u64 {
+        let offsets: Vec<u64> =
+            records.iter().filter(|r| r["partition"] == p).map(|r| r["offset"].as_u64().unwrap()).collect();
+        assert_eq!(offsets, (0..10).collect::<Vec<_>>(), "partition {p}: contiguous, in order");
+    }
+    // The next fetch continues after what was delivered.
+    let again = get(&format!("{}/v1/groups/billing/members/{a_id}/records?wait_ms=100", s.url)).json();
+    assert_eq!(again["records"].as_array().unwrap().len(), 0);
+
+    let offsets: Vec<Value> = (0..4).map(|p| json!({"topic": "orders", "partition": p, "offset": 10})).collect();
+    let ok = post_json(
+        &format!("{}/v1/groups/billing/offsets", s.url),
+        &json!({"member_id": a_id, "generation": 1, "offsets": offsets}),
+    );
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+
+    // B joins: generation 2, the partitions split, and A's generation 1 is fenced.
+    let b = join(&s.url, "billing", json!({"topics": ["orders"], "assignor": "range"}));
+    let b_id = b["member_id"].as_str().unwrap().to_string();
+    assert_eq!(b["generation"], 2);
+    let stale = post_json(
+        &format!("{}/v1/groups/billing/offsets", s.url),
+        &json!({"member_id": a_id, "generation": 1, "offsets": [{"topic": "orders", "partition": 0, "offset": 10}]}),
+    );
+    assert_eq!((stale.status, stale.json()["code"].as_str().unwrap()), (409, "stale_generation"));
+    let hb = post_json(&format!("{}/v1/groups/billing/members/{a_id}/heartbeat", s.url), &json!({})).json();
+    assert_eq!(hb["generation"], 2);
+    let (mine, theirs) = (assignment(&hb), assignment(&b));
+    assert_eq!(mine.len() + theirs.len(), 4);
+    assert!(mine.is_disjoint(&theirs), "no partition has two owners");
+    let not_mine = *theirs.iter().next().unwrap();
+    let foreign = post_json(
+        &format!("{}/v1/groups/billing/offsets", s.url),
+        &json!({"member_id": a_id, "generation": 2, "offsets": [{"topic": "orders", "partition": not_mine, "offset": 3}]}),
+    );
+    assert_eq!(foreign.status, 409, "a partition the member does not own");
+    // B starts from the committed offsets: nothing new to read.
+    let b_page = get(&format!("{}/v1/groups/billing/members/{b_id}/records", s.url)).json();
+    assert_eq!(b_page["records"].as_array().unwrap().len(), 0);
+
+    let unknown = post_json(&format!("{}/v1/groups/billing/members/nobody/heartbeat", s.url), &json!({}));
+    assert_eq!((unknown.status, unknown.json()["code"].as_str().unwrap()), (404, "unknown_member"));
+
+    assert_eq!(request("DELETE", &format!("{}/v1/groups/billing/members/{b_id}", s.url), &json!(null)).status, 204);
+    let hb = post_json(&format!("{}/v1/groups/billing/members/{a_id}/heartbeat", s.url), &json!({})).json();
+    assert_eq!((hb["generation"].as_u64(), assignment(&hb).len()), (Some(3), 4));
+
+    let described = get(&format!("{}/v1/groups/billing", s.url)).json();
+    assert_eq!(described["generation"], 3);
+    assert_eq!(described["offsets"].as_array().unwrap().len(), 4);
+    assert!(described["offsets"].as_array().unwrap().iter().all(|o| o["committed"] == 10 && o["lag"] == 0));
+    assert!(get(&format!("{}/v1/groups", s.url)).json()["groups"].as_array().unwrap().contains(&json!("billing")));
+
+    // A silent member is expelled after its session timeout.
+    let c = join(&s.url, "short", json!({"topics": ["orders"], "session_timeout_ms": 1000}));
+    std::thread::sleep(Duration::from_millis(1800));
+    let gone = post_json(
+        &format!("{}/v1/groups/short/members/{}/heartbeat", s.url, c["member_id"].as_str().unwrap()),
+        &json!({}),
+    );
+    assert_eq!(gone.status, 404);
+
+    // Committed offsets survive a restart.
+    assert_eq!(s.terminate().code(), Some(0));
+    let s = Server::start(dir.path());
+    let described = get(&format!("{}/v1/groups/billing", s.url)).json();
+    assert!(described["offsets"].as_array().unwrap().iter().all(|o| o["committed"] == 10), "{described}");
+    let a2 = join(&s.url, "billing", json!({"topics": ["orders"], "assignor": "range"}));
+    let page =
+        get(&format!("{}/v1/groups/billing/members/{}/records", s.url, a2["member_id"].as_str().unwrap())).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 0, "resumes at the committed offsets");
+}
