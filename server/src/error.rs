@@ -25,6 +25,7 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     UnknownMember,
     StaleGeneration,
+    GroupNotEmpty,
     NotFound,
     /// The node cannot serve now (shutting down, no Raft leader, storage refusing writes).
     Unavailable,
@@ -52,6 +53,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::UnknownMember => "unknown_member",
             ErrorCode::StaleGeneration => "stale_generation",
+            ErrorCode::GroupNotEmpty => "group_not_empty",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DataCorrupt => "data_corrupt",
@@ -65,7 +67,9 @@ impl ErrorCode {
             | ErrorCode::PartitionNotFound
             | ErrorCode::NotFound
             | ErrorCode::UnknownMember => StatusCode::NOT_FOUND,
-            ErrorCode::TopicAlreadyExists | ErrorCode::StaleGeneration => StatusCode::CONFLICT,
+            ErrorCode::TopicAlreadyExists | ErrorCode::StaleGeneration | ErrorCode::GroupNotEmpty => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
@@ -86,7 +90,7 @@ impl ErrorCode {
             | ErrorCode::PartitionNotFound
             | ErrorCode::NotFound
             | ErrorCode::UnknownMember => tonic::Code::NotFound,
-            ErrorCode::StaleGeneration => tonic::Code::FailedPrecondition,
+            ErrorCode::StaleGeneration | ErrorCode::GroupNotEmpty => tonic::Code::FailedPrecondition,
             ErrorCode::TopicAlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig

@@ -110,3 +110,42 @@ fn group_membership_fetch_commit_and_fencing() {
         get(&format!("{}/v1/groups/billing/members/{}/records", s.url, a2["member_id"].as_str().unwrap())).json();
     assert_eq!(page["records"].as_array().unwrap().len(), 0, "resumes at the committed offsets");
 }
+
+#[test]
+fn auto_commit_reset_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "events", 1, json!({}));
+    produce(&s.url, "events", json!({"records": (0..5).map(|i| json!({"value": i})).collect::<Vec<_>>()}));
+    let m = join(
+        &s.url,
+        "audit",
+        json!({"topics": ["events"], "auto_offset_reset": "earliest", "auto_commit_interval_ms": 500}),
+    );
+    let id = m["member_id"].as_str().unwrap().to_string();
+    let committed = |s: &Server| get(&format!("{}/v1/groups/audit", s.url)).json()["offsets"][0]["committed"].clone();
+    let page = get(&format!("{}/v1/groups/audit/members/{id}/records", s.url)).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 5);
+    assert_eq!(committed(&s), Value::Null, "nothing is committed before the interval passes");
+    std::thread::sleep(Duration::from_millis(600));
+    // This fetch commits what the previous one delivered (at-least-once), then reads on.
+    get(&format!("{}/v1/groups/audit/members/{id}/records", s.url));
+    assert_eq!(committed(&s), 5);
+
+    let reset = |to: Value| {
+        post_json(&format!("{}/v1/groups/audit/offsets/reset", s.url), &json!({"topic": "events", "to": to}))
+    };
+    let busy = reset(json!("earliest"));
+    assert_eq!((busy.status, busy.json()["code"].as_str().unwrap()), (409, "group_not_empty"));
+    assert_eq!(request("DELETE", &format!("{}/v1/groups/audit", s.url), &json!(null)).status, 409);
+    assert_eq!(request("DELETE", &format!("{}/v1/groups/audit/members/{id}", s.url), &json!(null)).status, 204);
+    assert_eq!(reset(json!("earliest")).status, 200);
+    assert_eq!(committed(&s), 0);
+    assert_eq!(reset(json!({"offset": 3})).json()["offsets"][0]["offset"], 3);
+    assert_eq!(committed(&s), 3);
+    assert_eq!(reset(json!("latest")).status, 200);
+    assert_eq!(committed(&s), 5);
+    assert_eq!(reset(json!("sideways")).status, 400);
+    assert_eq!(request("DELETE", &format!("{}/v1/groups/audit", s.url), &json!(null)).status, 204);
+    assert_eq!(get(&format!("{}/v1/groups/audit", s.url)).status, 404);
+}

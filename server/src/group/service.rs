@@ -27,6 +27,8 @@ struct GroupEntry {
     reset: Reset,
     /// Next offset to deliver, per member and partition (what the member has been given).
     positions: HashMap<(String, TopicPartition), u64>,
+    /// Members with auto-commit: interval and time of the last auto-commit.
+    auto_commit: HashMap<String, (u64, i64)>,
 }
 
 /// All groups of this node.
@@ -82,6 +84,7 @@ impl Groups {
         strategy: Strategy,
         session_timeout_ms: u64,
         reset: Reset,
+        auto_commit_interval_ms: Option<u64>,
     ) -> Result<MemberView, ApiError> {
         let counts = self.partition_counts();
         if let Some(missing) = topics.iter().find(|t| !counts.contains_key(*t)) {
@@ -92,13 +95,18 @@ impl Groups {
             group: Group::new(group, strategy),
             reset,
             positions: HashMap::new(),
+            auto_commit: HashMap::new(),
         });
         if entry.group.strategy != strategy && !entry.group.is_empty() {
             return Err(ApiError::invalid(format!("group {group:?} uses the {:?} assignor", entry.group.strategy)));
         }
         entry.group.strategy = strategy;
         entry.reset = reset;
-        Ok(entry.group.join(None, topics, session_timeout_ms, now_ms(), &counts)?)
+        let view = entry.group.join(None, topics, session_timeout_ms, now_ms(), &counts)?;
+        if let Some(interval) = auto_commit_interval_ms {
+            entry.auto_commit.insert(view.member_id.clone(), (interval, now_ms()));
+        }
+        Ok(view)
     }
 
     /// # Errors
@@ -117,6 +125,7 @@ impl Groups {
         let entry = groups.get_mut(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
         entry.group.leave(member, &counts)?;
         entry.positions.retain(|(m, _), _| m != member);
+        entry.auto_commit.remove(member);
         Ok(())
     }
 
@@ -128,6 +137,7 @@ impl Groups {
             for expired in entry.group.expire(now, &counts) {
                 tracing::info!(group = %name, member = %expired, "session expired");
                 entry.positions.retain(|(m, _), _| *m != expired);
+                entry.auto_commit.remove(&expired);
             }
             entry.group.partitions_changed(&counts);
         }
@@ -146,6 +156,7 @@ impl Groups {
         max_records: usize,
         wait: Duration,
     ) -> Result<Vec<(String, FetchedRecord)>, ApiError> {
+        self.auto_commit(group, member).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let view = self.heartbeat(group, member)?;
@@ -193,6 +204,80 @@ impl Groups {
                 return Ok(out);
             }
             tokio::time::sleep(Duration::from_millis(20).min(deadline - tokio::time::Instant::now())).await;
+        }
+    }
+
+    /// Auto-commit (at-least-once): when the member's interval has passed, commits the positions
+    /// of everything delivered *before* the fetch now starting, for the partitions it owns.
+    async fn auto_commit(&self, group: &str, member: &str) -> Result<(), ApiError> {
+        let due = {
+            let mut groups = self.lock();
+            let Some(entry) = groups.get_mut(group) else { return Ok(()) };
+            let now = now_ms();
+            match entry.auto_commit.get_mut(member) {
+                Some((interval, last)) if now - *last >= *interval as i64 => {
+                    *last = now;
+                    let owned = entry.group.assignment().get(member).cloned().unwrap_or_default();
+                    let offsets: Vec<(String, u32, u64)> = owned
+                        .into_iter()
+                        .filter_map(|tp| {
+                            entry.positions.get(&(member.to_string(), tp.clone())).map(|&o| (tp.0, tp.1, o))
+                        })
+                        .collect();
+                    Some((entry.group.generation(), offsets))
+                }
+                _ => None,
+            }
+        };
+        match due {
+            Some((generation, offsets)) if !offsets.is_empty() => self.commit(group, member, generation, offsets).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes a group that has no members, with its committed offsets.
+    ///
+    /// # Errors
+    /// `group_not_empty` while members remain.
+    pub async fn delete(&self, group: &str) -> Result<(), ApiError> {
+        {
+            let mut groups = self.lock();
+            if groups.get(group).is_some_and(|e| !e.group.is_empty()) {
+                return Err(ApiError::new(ErrorCode::GroupNotEmpty, format!("group {group:?} still has members")));
+            }
+            groups.remove(group);
+        }
+        self.broker.metadata().write(Command::DeleteGroupOffsets { group: group.to_string() }).await?;
+        Ok(())
+    }
+
+    /// Moves a group's committed offsets for every partition of `topic` (only while the group has
+    /// no members, so no consumer is reading them).
+    ///
+    /// # Errors
+    /// `group_not_empty`, `topic_not_found`.
+    pub async fn reset_offsets(&self, group: &str, topic: &str, to: Start) -> Result<Vec<(u32, u64)>, ApiError> {
+        if self.lock().get(group).is_some_and(|e| !e.group.is_empty()) {
+            return Err(ApiError::new(
+                ErrorCode::GroupNotEmpty,
+                format!("stop the members of {group:?} before resetting its offsets"),
+            ));
+        }
+        let meta = self.broker.metadata().topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
+        let mut offsets = Vec::new();
+        for p in 0..meta.partitions {
+            let r = self.broker.fetch(topic, p, to, 1, 1 << 16, Duration::ZERO).await;
+            let offset = match (to, r) {
+                (Start::Offset(o), _) => o,
+                (_, Ok(r)) => r.records.first().map_or(r.next_offset, |rec| rec.offset),
+                (_, Err(e)) => return Err(e),
+            };
+            offsets.push((topic.to_string(), p, offset));
+        }
+        let result = offsets.iter().map(|(_, p, o)| (*p, *o)).collect();
+        match self.broker.metadata().write(Command::CommitOffsets { group: group.to_string(), offsets }).await? {
+            CommandResult::Ok => Ok(result),
+            _ => Err(ApiError::topic_not_found(topic)),
         }
     }
 

@@ -29,6 +29,9 @@ pub struct JoinBody {
     pub session_timeout_ms: Option<u64>,
     /// Where partitions without a committed offset start: `earliest` or `latest` (default).
     pub auto_offset_reset: Option<String>,
+    /// Commit what was delivered before each fetch, at most this often (at-least-once). Absent:
+    /// commit explicitly.
+    pub auto_commit_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -86,7 +89,14 @@ pub async fn join(
         }
     };
     let topics: BTreeSet<String> = body.topics.into_iter().collect();
-    Ok(Json(member_response(state.groups.join(&group, topics, strategy, timeout, reset)?)))
+    Ok(Json(member_response(state.groups.join(
+        &group,
+        topics,
+        strategy,
+        timeout,
+        reset,
+        body.auto_commit_interval_ms,
+    )?)))
 }
 
 #[utoipa::path(post, path = "/v1/groups/{group}/members/{member}/heartbeat", params(("group" = String, Path), ("member" = String, Path)),
@@ -234,4 +244,58 @@ pub async fn describe(
 #[utoipa::path(get, path = "/v1/groups", responses((status = 200, description = "group names")))]
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "groups": state.groups.list() }))
+}
+
+#[utoipa::path(delete, path = "/v1/groups/{group}", params(("group" = String, Path)),
+    responses((status = 204), (status = 409, body = crate::error::Problem)))]
+pub async fn delete(State(state): State<Arc<AppState>>, Path(group): Path<String>) -> Result<StatusCode, ApiError> {
+    state.groups.delete(&group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetBody {
+    pub topic: String,
+    /// `"earliest"`, `"latest"`, `{"timestamp": MS}` or `{"offset": N}`.
+    #[schema(value_type = Object)]
+    pub to: serde_json::Value,
+}
+
+#[utoipa::path(post, path = "/v1/groups/{group}/offsets/reset", params(("group" = String, Path)), request_body = ResetBody,
+    responses((status = 200), (status = 409, body = crate::error::Problem)))]
+pub async fn reset(
+    State(state): State<Arc<AppState>>,
+    Path(group): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::broker::Start;
+    let body: ResetBody = parse_json(&read_body(body, state.max_request_bytes).await?)?;
+    let to = match &body.to {
+        serde_json::Value::String(s) if s == "earliest" => Start::Earliest,
+        serde_json::Value::String(s) if s == "latest" => Start::Latest,
+        serde_json::Value::Object(o) => match (
+            o.get("timestamp").and_then(serde_json::Value::as_i64),
+            o.get("offset").and_then(serde_json::Value::as_u64),
+        ) {
+            (Some(ts), None) => Start::Timestamp(ts),
+            (None, Some(offset)) => Start::Offset(offset),
+            _ => {
+                return Err(ApiError::invalid(
+                    "`to` must be \"earliest\", \"latest\", {\"timestamp\": MS} or {\"offset\": N}",
+                ));
+            }
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "`to` must be \"earliest\", \"latest\", {\"timestamp\": MS} or {\"offset\": N}",
+            ));
+        }
+    };
+    let offsets = state.groups.reset_offsets(&group, &body.topic, to).await?;
+    let offsets: Vec<serde_json::Value> = offsets
+        .into_iter()
+        .map(|(p, o)| serde_json::json!({"topic": body.topic, "partition": p, "offset": o}))
+        .collect();
+    Ok(Json(serde_json::json!({ "offsets": offsets })))
 }
