@@ -149,3 +149,51 @@ fn auto_commit_reset_and_delete() {
     assert_eq!(request("DELETE", &format!("{}/v1/groups/audit", s.url), &json!(null)).status, 204);
     assert_eq!(get(&format!("{}/v1/groups/audit", s.url)).status, 404);
 }
+
+/// Reads `n` SSE event ids from a stream (blocking).
+fn sse_ids(url: &str, last_event_id: Option<&str>, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(20))).build().into();
+    let mut req = agent.get(url);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let response = req.call().unwrap();
+    assert_eq!(response.headers().get("content-type").unwrap(), "text/event-stream");
+    let reader = std::io::BufReader::new(response.into_body().into_reader());
+    let mut ids = Vec::new();
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) {
+            ids.push(id.to_string());
+            if ids.len() == n {
+                break;
+            }
+        }
+    }
+    ids
+}
+
+#[test]
+fn server_sent_events_push_records_and_resume_after_last_event_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "feed", 1, json!({}));
+    produce(&s.url, "feed", json!({"records": (0..3).map(|i| json!({"value": i})).collect::<Vec<_>>()}));
+    let m = join(&s.url, "ui", json!({"topics": ["feed"], "auto_offset_reset": "earliest"}));
+    let stream_url = format!("{}/v1/groups/ui/members/{}/stream", s.url, m["member_id"].as_str().unwrap());
+    // Records produced while the stream is open arrive as well.
+    let url = s.url.clone();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        produce(&url, "feed", json!({"records": [{"value": 3}, {"value": 4}]}));
+    });
+    let ids = sse_ids(&stream_url, None, 5);
+    later.join().unwrap();
+    assert_eq!(ids, (0..5).map(|o| format!("feed/0/{o}")).collect::<Vec<_>>());
+    // Reconnecting with Last-Event-ID resumes right after it.
+    let resumed = sse_ids(&stream_url, Some("feed/0/1"), 3);
+    assert_eq!(resumed, vec!["feed/0/2", "feed/0/3", "feed/0/4"]);
+    let bad = common::get(&format!("{}/v1/groups/ui/members/nobody/stream", s.url));
+    assert_eq!(bad.status, 404);
+}

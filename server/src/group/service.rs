@@ -235,6 +235,18 @@ impl Groups {
         }
     }
 
+    /// Sets where `member` continues reading `tp` (resuming a push stream after `Last-Event-ID`).
+    ///
+    /// # Errors
+    /// `unknown_member`; `stale_generation` when the member does not own `tp`.
+    pub fn seek(&self, group: &str, member: &str, tp: TopicPartition, offset: u64) -> Result<(), ApiError> {
+        let mut groups = self.lock();
+        let entry = groups.get_mut(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        entry.group.check(member, entry.group.generation(), &tp)?;
+        entry.positions.insert((member.to_string(), tp), offset);
+        Ok(())
+    }
+
     /// Deletes a group that has no members, with its committed offsets.
     ///
     /// # Errors

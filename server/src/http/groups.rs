@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::records::{JsonFetchedRecord, json_record};
@@ -298,4 +300,56 @@ pub async fn reset(
         .map(|(p, o)| serde_json::json!({"topic": body.topic, "partition": p, "offset": o}))
         .collect();
     Ok(Json(serde_json::json!({ "offsets": offsets })))
+}
+
+/// Server-Sent Events: the member's records pushed as they arrive, each event with
+/// `id: topic/partition/offset`; `Last-Event-ID` resumes after that record. Keep-alive comments
+/// flow while idle, and the open stream counts as the member's heartbeat.
+#[utoipa::path(get, path = "/v1/groups/{group}/members/{member}/stream", params(("group" = String, Path), ("member" = String, Path)),
+    responses((status = 200, description = "text/event-stream of records", content_type = "text/event-stream"), (status = 404, body = crate::error::Problem)))]
+pub async fn stream(
+    State(state): State<Arc<AppState>>,
+    Path((group, member)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    state.groups.heartbeat(&group, &member)?;
+    if let Some(last) = headers.get("last-event-id") {
+        let text = last.to_str().map_err(|_| ApiError::invalid("Last-Event-ID must be topic/partition/offset"))?;
+        let mut parts = text.rsplitn(3, '/');
+        let (offset, partition, topic) = (parts.next(), parts.next(), parts.next());
+        let parsed =
+            match (topic, partition.and_then(|p| p.parse::<u32>().ok()), offset.and_then(|o| o.parse::<u64>().ok())) {
+                (Some(t), Some(p), Some(o)) => (t.to_string(), p, o),
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "Last-Event-ID must be topic/partition/offset, got {text:?}"
+                    )));
+                }
+            };
+        state.groups.seek(&group, &member, (parsed.0, parsed.1), parsed.2 + 1)?;
+    }
+    let events = stream::unfold(Some((state, group, member)), |ctx| async move {
+        let (state, group, member) = ctx?;
+        match state.groups.fetch(&group, &member, None, 500, Duration::from_secs(1)).await {
+            Ok(records) => {
+                let events: Vec<Result<Event, std::convert::Infallible>> = records
+                    .into_iter()
+                    .map(|(topic, r)| {
+                        let id = format!("{topic}/{}/{}", r.partition, r.offset);
+                        let data = serde_json::to_string(&GroupRecord { topic, record: json_record(r, false) })
+                            .unwrap_or_default();
+                        Ok(Event::default().id(id).data(data))
+                    })
+                    .collect();
+                Some((events, Some((state, group, member))))
+            }
+            // The member expired or was fenced: say why, then end the stream.
+            Err(e) => {
+                let event = Event::default().event("error").data(format!("{{\"code\":\"{}\"}}", e.code.as_str()));
+                Some((vec![Ok(event)], None))
+            }
+        }
+    })
+    .flat_map(stream::iter);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)).text("heartbeat")))
 }

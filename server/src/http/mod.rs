@@ -36,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/groups/{group}/members/{member}", axum::routing::delete(groups::leave))
         .route("/v1/groups/{group}/members/{member}/heartbeat", post(groups::heartbeat))
         .route("/v1/groups/{group}/members/{member}/records", get(groups::records))
+        .route("/v1/groups/{group}/members/{member}/stream", get(groups::stream))
         .route("/v1/groups/{group}/offsets", post(groups::commit))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
