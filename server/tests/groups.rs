@@ -197,3 +197,36 @@ fn server_sent_events_push_records_and_resume_after_last_event_id() {
     let bad = common::get(&format!("{}/v1/groups/ui/members/nobody/stream", s.url));
     assert_eq!(bad.status, 404);
 }
+
+#[test]
+fn pattern_subscriptions_pick_up_new_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "logs-web", 1, json!({}));
+    create_topic(&s.url, "metrics", 1, json!({}));
+    let m = join(&s.url, "ops", json!({"topics": ["logs-.*"], "assignor": "range"}));
+    let id = m["member_id"].as_str().unwrap().to_string();
+    let topics = |v: &Value| {
+        v["assignment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|tp| tp["topic"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(topics(&m), BTreeSet::from(["logs-web".to_string()]));
+    create_topic(&s.url, "logs-db", 1, json!({}));
+    // The coordinator notices the new matching topic within a tick or two.
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        let hb = post_json(&format!("{}/v1/groups/ops/members/{id}/heartbeat", s.url), &json!({})).json();
+        seen = topics(&hb);
+        if seen.len() == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, BTreeSet::from(["logs-db".to_string(), "logs-web".to_string()]));
+    let bad = post_json(&format!("{}/v1/groups/ops/members", s.url), &json!({"topics": ["logs-(["]}));
+    assert_eq!((bad.status, bad.json()["code"].as_str().unwrap()), (400, "invalid_request"));
+}

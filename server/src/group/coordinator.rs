@@ -162,6 +162,24 @@ impl Group {
         expired
     }
 
+    /// A member's subscription changed (a pattern matched a new topic): rebalance.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`].
+    pub fn set_topics(
+        &mut self,
+        member: &str,
+        topics: BTreeSet<String>,
+        partitions: &BTreeMap<String, u32>,
+    ) -> Result<(), GroupError> {
+        let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        if m.topics != topics {
+            m.topics = topics;
+            self.rebalance(partitions);
+        }
+        Ok(())
+    }
+
     /// Partition counts changed (or topics appeared): rebalance if the assignment moves.
     pub fn partitions_changed(&mut self, partitions: &BTreeMap<String, u32>) {
         if !self.members.is_empty() {

@@ -29,6 +29,51 @@ struct GroupEntry {
     positions: HashMap<(String, TopicPartition), u64>,
     /// Members with auto-commit: interval and time of the last auto-commit.
     auto_commit: HashMap<String, (u64, i64)>,
+    /// Members whose subscription holds patterns, re-expanded as topics come and go.
+    patterns: HashMap<String, Subscription>,
+}
+
+/// A subscription: topic names and regular expressions (any entry that is not a valid topic
+/// name is a pattern, matched against whole names).
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    names: BTreeSet<String>,
+    patterns: Vec<regex::Regex>,
+}
+
+impl Subscription {
+    /// # Errors
+    /// `invalid_request` for an entry that is neither a topic name nor a valid regex.
+    pub fn parse(entries: &[String]) -> Result<Self, ApiError> {
+        let mut names = BTreeSet::new();
+        let mut patterns = Vec::new();
+        for entry in entries {
+            if crate::topic::validate_name(entry).is_ok() {
+                names.insert(entry.clone());
+            } else {
+                let re = regex::Regex::new(&format!("^(?:{entry})$")).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "subscription {entry:?} is neither a topic name nor a valid pattern: {e}"
+                    ))
+                })?;
+                patterns.push(re);
+            }
+        }
+        Ok(Self { names, patterns })
+    }
+
+    fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    /// The topics this subscription covers among `existing` (names are kept even if missing).
+    fn expand(&self, existing: &BTreeMap<String, u32>) -> BTreeSet<String> {
+        let mut topics = self.names.clone();
+        topics.extend(
+            existing.keys().filter(|t| !t.starts_with("__") && self.patterns.iter().any(|p| p.is_match(t))).cloned(),
+        );
+        topics
+    }
 }
 
 /// All groups of this node.
@@ -80,22 +125,24 @@ impl Groups {
     pub fn join(
         &self,
         group: &str,
-        topics: BTreeSet<String>,
+        subscription: Subscription,
         strategy: Strategy,
         session_timeout_ms: u64,
         reset: Reset,
         auto_commit_interval_ms: Option<u64>,
     ) -> Result<MemberView, ApiError> {
         let counts = self.partition_counts();
-        if let Some(missing) = topics.iter().find(|t| !counts.contains_key(*t)) {
+        if let Some(missing) = subscription.names.iter().find(|t| !counts.contains_key(*t)) {
             return Err(ApiError::topic_not_found(missing));
         }
+        let topics = subscription.expand(&counts);
         let mut groups = self.lock();
         let entry = groups.entry(group.to_string()).or_insert_with(|| GroupEntry {
             group: Group::new(group, strategy),
             reset,
             positions: HashMap::new(),
             auto_commit: HashMap::new(),
+            patterns: HashMap::new(),
         });
         if entry.group.strategy != strategy && !entry.group.is_empty() {
             return Err(ApiError::invalid(format!("group {group:?} uses the {:?} assignor", entry.group.strategy)));
@@ -105,6 +152,9 @@ impl Groups {
         let view = entry.group.join(None, topics, session_timeout_ms, now_ms(), &counts)?;
         if let Some(interval) = auto_commit_interval_ms {
             entry.auto_commit.insert(view.member_id.clone(), (interval, now_ms()));
+        }
+        if subscription.has_patterns() {
+            entry.patterns.insert(view.member_id.clone(), subscription);
         }
         Ok(view)
     }
@@ -126,6 +176,7 @@ impl Groups {
         entry.group.leave(member, &counts)?;
         entry.positions.retain(|(m, _), _| m != member);
         entry.auto_commit.remove(member);
+        entry.patterns.remove(member);
         Ok(())
     }
 
@@ -138,6 +189,11 @@ impl Groups {
                 tracing::info!(group = %name, member = %expired, "session expired");
                 entry.positions.retain(|(m, _), _| *m != expired);
                 entry.auto_commit.remove(&expired);
+                entry.patterns.remove(&expired);
+            }
+            // New topics matching a pattern join the member's subscription.
+            for (member, subscription) in &entry.patterns {
+                let _ = entry.group.set_topics(member, subscription.expand(&counts), &counts);
             }
             entry.group.partitions_changed(&counts);
         }

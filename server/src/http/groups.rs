@@ -1,7 +1,6 @@
 //! Consumer groups over plain requests (no connection needs to stay open): join, heartbeat,
 //! fetch by member, commit, leave, describe, list.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,11 +18,13 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::group::assignor::Strategy;
 use crate::group::coordinator::MemberView;
-use crate::group::service::Reset;
+use crate::group::service::{Reset, Subscription};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinBody {
+    /// Topic names, or regular expressions matched against whole topic names (any entry that is
+    /// not a valid topic name); topics created later that match join the subscription.
     pub topics: Vec<String>,
     /// `range`, `roundrobin` or `sticky` (default).
     pub assignor: Option<String>,
@@ -90,10 +91,10 @@ pub async fn join(
             return Err(ApiError::invalid(format!("auto_offset_reset must be earliest or latest, got {other:?}")));
         }
     };
-    let topics: BTreeSet<String> = body.topics.into_iter().collect();
+    let subscription = Subscription::parse(&body.topics)?;
     Ok(Json(member_response(state.groups.join(
         &group,
-        topics,
+        subscription,
         strategy,
         timeout,
         reset,
