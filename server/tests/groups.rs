@@ -74,6 +74,29 @@ fn group_membership_fetch_commit_and_fencing() {
         &json!({"member_id": a_id, "generation": 2, "offsets": [{"topic": "orders", "partition": not_mine, "offset": 3}]}),
     );
     assert_eq!(foreign.status, 409, "a partition the member does not own");
+    let mine_p = *mine.iter().next().unwrap();
+    let beyond = post_json(
+        &format!("{}/v1/groups/billing/offsets", s.url),
+        &json!({"member_id": a_id, "generation": 2, "offsets": [{"topic": "orders", "partition": mine_p, "offset": 11}]}),
+    );
+    assert_eq!(
+        (
+            beyond.status,
+            beyond.json()["code"].as_str().unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&beyond.body)))
+        ),
+        (416, "offset_out_of_range"),
+        "beyond the high watermark"
+    );
+    let negative = post_json(
+        &format!("{}/v1/groups/billing/offsets", s.url),
+        &json!({"member_id": a_id, "generation": 2, "offsets": [{"topic": "orders", "partition": mine_p, "offset": -1}]}),
+    );
+    assert_eq!(negative.status, 400, "negative offsets do not parse");
+    let unknown_assignor = post_json(
+        &format!("{}/v1/groups/billing/members", s.url),
+        &json!({"topics": ["orders"], "assignor": "random"}),
+    );
+    assert_eq!(unknown_assignor.status, 400);
     // B starts from the committed offsets: nothing new to read.
     let b_page = get(&format!("{}/v1/groups/billing/members/{b_id}/records", s.url)).json();
     assert_eq!(b_page["records"].as_array().unwrap().len(), 0);

@@ -315,3 +315,93 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::Strategy as _;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Join(u8),
+        Heartbeat(u8),
+        Leave(u8),
+        Advance(u16),
+        Grow(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..3).prop_map(Step::Join),
+            3 => any::<u8>().prop_map(Step::Heartbeat),
+            1 => any::<u8>().prop_map(Step::Leave),
+            2 => (0u16..3000).prop_map(Step::Advance),
+            1 => (0u8..2).prop_map(Step::Grow),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of joins, heartbeats, leaves, time passing and partition growth keeps the
+        /// invariants: within a generation no partition has two owners, no partition of a
+        /// subscribed topic is unowned while a subscriber lives, only members own partitions,
+        /// and generations only grow.
+        #[test]
+        fn coordinator_keeps_its_invariants(steps in proptest::collection::vec(step(), 1..60),
+                                            strategy in prop_oneof![Just(Strategy::Range), Just(Strategy::RoundRobin), Just(Strategy::Sticky)]) {
+            let topics = ["a", "b", "c"];
+            let mut partitions: BTreeMap<String, u32> = topics.iter().map(|t| (t.to_string(), 3)).collect();
+            let mut g = Group::new("g", strategy);
+            let mut now = 0i64;
+            let mut generation = 0;
+            for step in steps {
+                match step {
+                    Step::Join(t) => {
+                        let subs: BTreeSet<String> = topics[..=t as usize].iter().map(|s| s.to_string()).collect();
+                        g.join(None, subs, 1000, now, &partitions).unwrap();
+                    }
+                    Step::Heartbeat(i) => {
+                        let ids: Vec<String> = g.members().map(|m| m.id.clone()).collect();
+                        if !ids.is_empty() {
+                            g.heartbeat(&ids[i as usize % ids.len()], now).unwrap();
+                        }
+                    }
+                    Step::Leave(i) => {
+                        let ids: Vec<String> = g.members().map(|m| m.id.clone()).collect();
+                        if !ids.is_empty() {
+                            g.leave(&ids[i as usize % ids.len()], &partitions).unwrap();
+                        }
+                    }
+                    Step::Advance(ms) => {
+                        now += i64::from(ms);
+                        g.expire(now, &partitions);
+                    }
+                    Step::Grow(t) => {
+                        *partitions.get_mut(topics[t as usize]).unwrap() += 1;
+                        g.partitions_changed(&partitions);
+                    }
+                }
+                prop_assert!(g.generation() >= generation);
+                generation = g.generation();
+                let mut owners = BTreeSet::new();
+                for (member, tps) in g.assignment() {
+                    let m = g.members().find(|m| &m.id == member);
+                    prop_assert!(m.is_some() || tps.is_empty(), "{member} owns partitions but is gone");
+                    for tp in tps {
+                        prop_assert!(owners.insert(tp.clone()), "{tp:?} has two owners");
+                        prop_assert!(m.is_some_and(|m| m.topics.contains(&tp.0)), "{tp:?} owned without a subscription");
+                        prop_assert_eq!(g.check(member, g.generation(), tp), Ok(()));
+                    }
+                }
+                for m in g.members() {
+                    for t in &m.topics {
+                        for p in 0..partitions[t] {
+                            prop_assert!(owners.contains(&(t.clone(), p)), "{t}/{p} unowned while {} subscribes", m.id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -360,6 +360,26 @@ impl Groups {
         generation: u64,
         offsets: Vec<(String, u32, u64)>,
     ) -> Result<(), ApiError> {
+        let counts = self.partition_counts();
+        for (topic, partition, offset) in &offsets {
+            let partitions = counts.get(topic).copied().ok_or_else(|| ApiError::topic_not_found(topic))?;
+            let hw = self.broker.partition_status(topic, partitions).get(*partition as usize).map(|s| s.high_watermark);
+            match hw {
+                None => {
+                    return Err(ApiError::new(
+                        ErrorCode::PartitionNotFound,
+                        format!("topic {topic:?} has no partition {partition}"),
+                    ));
+                }
+                Some(hw) if *offset > hw => {
+                    return Err(ApiError::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("cannot commit offset {offset} for {topic}/{partition}: the high watermark is {hw}"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         {
             let groups = self.lock();
             let entry = groups.get(group).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
