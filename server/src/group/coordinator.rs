@@ -318,7 +318,7 @@ mod tests {
 
 #[cfg(test)]
 mod properties {
-    use proptest::prelude::{Just, ProptestConfig, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::prelude::{Just, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
     use proptest::strategy::Strategy as _;
 
     use super::*;
