@@ -1,5 +1,6 @@
 //! Prometheus metrics: request rate and latency per API (HTTP route or gRPC method), records in
-//! and out per topic, and per-partition high watermark and log size (read at scrape time).
+//! and out per topic, per-partition high watermark and log size, and consumer-group lag (the
+//! last three read at scrape time).
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::broker::Broker;
+use crate::group::service::Groups;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
@@ -30,6 +32,13 @@ struct ApiOnly {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
     topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+    topic: String,
+    partition: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,6 +59,7 @@ pub struct Metrics {
     records_out: Family<TopicLabels, Counter>,
     high_watermark: Family<PartitionLabels, Gauge>,
     log_size: Family<PartitionLabels, Gauge>,
+    group_lag: Family<GroupLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -63,6 +73,7 @@ impl Default for Metrics {
         let records_out = Family::<TopicLabels, Counter>::default();
         let high_watermark = Family::<PartitionLabels, Gauge>::default();
         let log_size = Family::<PartitionLabels, Gauge>::default();
+        let group_lag = Family::<GroupLabels, Gauge>::default();
         registry.register("requests", "Requests by API and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency by API", latency.clone());
         registry.register("request_bytes", "Request body bytes by API", bytes_in.clone());
@@ -70,6 +81,11 @@ impl Default for Metrics {
         registry.register("records_fetched", "Records returned by fetches, by topic", records_out.clone());
         registry.register("partition_high_watermark", "High watermark per partition", high_watermark.clone());
         registry.register("partition_log_bytes", "Log size per partition", log_size.clone());
+        registry.register(
+            "group_lag",
+            "Records between a group's committed offset and the high watermark",
+            group_lag.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -79,6 +95,7 @@ impl Default for Metrics {
             records_out,
             high_watermark,
             log_size,
+            group_lag,
         }
     }
 }
@@ -102,11 +119,21 @@ impl Metrics {
     ///
     /// # Errors
     /// Encoding failed (a bug).
-    pub fn render(&self, broker: &Broker) -> Result<String, std::fmt::Error> {
+    pub fn render(&self, broker: &Broker, groups: &Groups) -> Result<String, std::fmt::Error> {
         for (topic, s) in broker.all_partition_status() {
             let labels = PartitionLabels { topic, partition: s.partition.to_string() };
             self.high_watermark.get_or_create(&labels).set(s.high_watermark as i64);
             self.log_size.get_or_create(&labels).set(s.size_bytes as i64);
+        }
+        // Read now, so deleted groups and partitions do not linger.
+        self.group_lag.clear();
+        for group in groups.list() {
+            if let Ok(d) = groups.describe(&group) {
+                for (topic, partition, committed, hw) in d.offsets {
+                    let labels = GroupLabels { group: group.clone(), topic, partition: partition.to_string() };
+                    self.group_lag.get_or_create(&labels).set(hw.saturating_sub(committed.unwrap_or(0)) as i64);
+                }
+            }
         }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

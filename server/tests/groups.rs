@@ -113,6 +113,8 @@ fn group_membership_fetch_commit_and_fencing() {
     assert_eq!(described["offsets"].as_array().unwrap().len(), 4);
     assert!(described["offsets"].as_array().unwrap().iter().all(|o| o["committed"] == 10 && o["lag"] == 0));
     assert!(get(&format!("{}/v1/groups", s.url)).json()["groups"].as_array().unwrap().contains(&json!("billing")));
+    let metrics = String::from_utf8(get(&format!("{}/metrics", s.url)).body).unwrap();
+    assert!(metrics.contains("strata_group_lag{group=\"billing\",topic=\"orders\",partition=\"0\"} 0"), "{metrics}");
 
     // A silent member is expelled after its session timeout.
     let c = join(&s.url, "short", json!({"topics": ["orders"], "session_timeout_ms": 1000}));

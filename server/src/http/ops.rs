@@ -54,7 +54,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_jso
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    match state.metrics.render(&state.broker) {
+    match state.metrics.render(&state.broker, &state.groups) {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(e) => ApiError::new(ErrorCode::Internal, format!("cannot encode metrics: {e}")).into_response(),
