@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub cleanup_interval_ms: u64,
     /// Most a fetch may wait for records (`wait_ms` is capped to this).
     pub max_wait_ms: u64,
+    /// A consumer group's committed offsets are deleted this long after it last had members.
+    pub group_offsets_retention_ms: u64,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `strata_server=debug`.
     pub log: String,
 }
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             max_open_files: 1024,
             cleanup_interval_ms: 60_000,
             max_wait_ms: 30_000,
+            group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             log: "info".into(),
         }
     }
@@ -48,7 +51,7 @@ impl Default for ServerConfig {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
     "listen",
     "data_dir",
     "node_id",
@@ -57,6 +60,7 @@ const ENV_KEYS: [&str; 9] = [
     "max_open_files",
     "cleanup_interval_ms",
     "max_wait_ms",
+    "group_offsets_retention_ms",
     "log",
 ];
 

@@ -119,7 +119,10 @@ pub async fn run(
     let window = Duration::from_millis(config.idempotency_window_ms);
     let idempotency = Arc::new(IdempotencyStore::open(broker.storage(), window)?);
     let metrics = Arc::new(Metrics::default());
-    let groups = Arc::new(group::service::Groups::new(Arc::clone(&broker)));
+    let groups = Arc::new(group::service::Groups::new(
+        Arc::clone(&broker),
+        Duration::from_millis(config.group_offsets_retention_ms),
+    ));
     let state = Arc::new(AppState {
         admin: Admin::new(Arc::clone(&broker)),
         broker: Arc::clone(&broker),
@@ -136,7 +139,7 @@ pub async fn run(
     let background = vec![
         tokio::spawn(follow_metadata(Arc::clone(&broker), stop.clone())),
         tokio::spawn(cleanup(Arc::clone(&broker), Duration::from_millis(config.cleanup_interval_ms), stop.clone())),
-        tokio::spawn(group_ticks(Arc::clone(&groups), stop.clone())),
+        tokio::spawn(group_ticks(Arc::clone(&groups), Arc::clone(&broker), stop.clone())),
     ];
 
     let app = http::router(Arc::clone(&state))
@@ -195,13 +198,21 @@ async fn follow_metadata(broker: Arc<Broker>, stop: CancellationToken) {
     }
 }
 
-/// Session expiry and partition-count changes for consumer groups, four times a second.
-async fn group_ticks(groups: Arc<group::service::Groups>, stop: CancellationToken) {
+/// Session expiry, partition-count changes and offset expiry for consumer groups, four times a
+/// second.
+async fn group_ticks(groups: Arc<group::service::Groups>, broker: Arc<Broker>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => groups.tick(),
+            _ = tick.tick() => {}
+        }
+        for group in groups.tick() {
+            tracing::info!(%group, "deleting the committed offsets of a group empty for longer than the retention");
+            let command = metadata::Command::DeleteGroupOffsets { group };
+            if let Err(e) = broker.metadata().write(command).await {
+                tracing::warn!(error = %e, "cannot delete expired group offsets");
+            }
         }
     }
 }

@@ -255,3 +255,34 @@ fn pattern_subscriptions_pick_up_new_topics() {
     let bad = post_json(&format!("{}/v1/groups/ops/members", s.url), &json!({"topics": ["logs-(["]}));
     assert_eq!((bad.status, bad.json()["code"].as_str().unwrap()), (400, "invalid_request"));
 }
+
+#[test]
+fn offsets_of_an_empty_group_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_env(dir.path(), &[("STRATA_GROUP_OFFSETS_RETENTION_MS", "1000")]);
+    create_topic(&s.url, "t", 1, json!({}));
+    produce(&s.url, "t", json!({"records": [{"value": 1}]}));
+    let m = join(&s.url, "brief", json!({"topics": ["t"]}));
+    let id = m["member_id"].as_str().unwrap().to_string();
+    let commit = post_json(
+        &format!("{}/v1/groups/brief/offsets", s.url),
+        &json!({"member_id": id, "generation": m["generation"], "offsets": [{"topic": "t", "partition": 0, "offset": 1}]}),
+    );
+    assert_eq!(commit.status, 200);
+    // While a member is alive (heartbeating), the offsets stay.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(250));
+        post_json(&format!("{}/v1/groups/brief/members/{id}/heartbeat", s.url), &json!({}));
+    }
+    assert_eq!(get(&format!("{}/v1/groups/brief", s.url)).json()["offsets"][0]["committed"], 1);
+    assert_eq!(request("DELETE", &format!("{}/v1/groups/brief/members/{id}", s.url), &json!(null)).status, 204);
+    let mut status = 200;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        status = get(&format!("{}/v1/groups/brief", s.url)).status;
+        if status == 404 {
+            break;
+        }
+    }
+    assert_eq!(status, 404, "the empty group's offsets expired");
+}

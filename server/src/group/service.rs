@@ -82,6 +82,10 @@ pub struct Groups {
     broker: Arc<Broker>,
     // A std mutex: coordinator steps are pure and quick; never held across `.await`.
     groups: Mutex<BTreeMap<String, GroupEntry>>,
+    /// Since when each group (known here or only by its committed offsets) has had no members.
+    empty_since: Mutex<HashMap<String, i64>>,
+    /// How long an empty group's offsets are kept.
+    offsets_retention_ms: i64,
 }
 
 impl From<GroupError> for ApiError {
@@ -105,8 +109,13 @@ pub struct GroupDescription {
 }
 
 impl Groups {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker, groups: Mutex::new(BTreeMap::new()) }
+    pub fn new(broker: Arc<Broker>, offsets_retention: Duration) -> Self {
+        Self {
+            broker,
+            groups: Mutex::new(BTreeMap::new()),
+            empty_since: Mutex::new(HashMap::new()),
+            offsets_retention_ms: offsets_retention.as_millis().min(i64::MAX as u128) as i64,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, GroupEntry>> {
@@ -180,11 +189,14 @@ impl Groups {
         Ok(())
     }
 
-    /// Expels silent members and follows partition-count changes (run periodically).
-    pub fn tick(&self) {
+    /// Expels silent members and follows partition-count changes (run periodically). Returns
+    /// the groups that have been empty for longer than the offsets retention: their committed
+    /// offsets are to be deleted.
+    pub fn tick(&self) -> Vec<String> {
         let counts = self.partition_counts();
         let now = now_ms();
-        for (name, entry) in self.lock().iter_mut() {
+        let mut groups = self.lock();
+        for (name, entry) in groups.iter_mut() {
             for expired in entry.group.expire(now, &counts) {
                 tracing::info!(group = %name, member = %expired, "session expired");
                 entry.positions.retain(|(m, _), _| *m != expired);
@@ -197,6 +209,23 @@ impl Groups {
             }
             entry.group.partitions_changed(&counts);
         }
+        let mut names: BTreeSet<String> = groups.keys().cloned().collect();
+        names.extend(self.broker.metadata().groups_with_offsets());
+        let mut empty_since = self.empty_since.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut expired = Vec::new();
+        for name in names {
+            if groups.get(&name).is_some_and(|e| !e.group.is_empty()) {
+                empty_since.remove(&name);
+                continue;
+            }
+            let since = *empty_since.entry(name.clone()).or_insert(now);
+            if now - since >= self.offsets_retention_ms {
+                groups.remove(&name);
+                empty_since.remove(&name);
+                expired.push(name);
+            }
+        }
+        expired
     }
 
     /// Records for `member` from its partitions, each from its position (the committed offset,

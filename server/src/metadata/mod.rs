@@ -126,6 +126,11 @@ impl Metadata {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.get(group).cloned().unwrap_or_default()
     }
 
+    /// Groups that have committed offsets.
+    pub fn groups_with_offsets(&self) -> Vec<String> {
+        self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.keys().cloned().collect()
+    }
+
     /// Changes whenever the state machine applies something.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
