@@ -70,4 +70,46 @@ impl Admin {
         self.client.clone().delete_topic(pb::TopicRequest { name: name.to_string() }).await?;
         Ok(())
     }
+
+    /// # Errors
+    /// The server's status.
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self.client.clone().list_groups(pb::ListGroupsRequest {}).await?.into_inner().groups)
+    }
+
+    /// # Errors
+    /// `NOT_FOUND` for an unknown group.
+    pub async fn describe_group(&self, group: &str) -> Result<pb::GroupInfo, ClientError> {
+        Ok(self.client.clone().describe_group(pb::GroupRequest { group: group.to_string() }).await?.into_inner())
+    }
+
+    /// Moves a group's committed offsets for every partition of `topic` (the group must have no
+    /// members). Returns `(partition, offset)` pairs.
+    ///
+    /// # Errors
+    /// `FAILED_PRECONDITION` while the group has members; `NOT_FOUND` for an unknown topic.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: crate::Start,
+    ) -> Result<Vec<(u32, u64)>, ClientError> {
+        use pb::reset_group_offsets_request::To;
+        let to = match to {
+            crate::Start::Offset(o) => To::Offset(o),
+            crate::Start::Timestamp(ts) => To::TimestampMs(ts),
+            crate::Start::Earliest => To::Position(pb::Position::Earliest as i32),
+            crate::Start::Latest => To::Position(pb::Position::Latest as i32),
+        };
+        let request = pb::ResetGroupOffsetsRequest { group: group.to_string(), topic: topic.to_string(), to: Some(to) };
+        let response = self.client.clone().reset_group_offsets(request).await?.into_inner();
+        Ok(response.offsets.into_iter().map(|o| (o.partition, o.offset)).collect())
+    }
+
+    /// # Errors
+    /// `FAILED_PRECONDITION` while the group has members.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        self.client.clone().delete_group(pb::GroupRequest { group: group.to_string() }).await?;
+        Ok(())
+    }
 }

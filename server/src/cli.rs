@@ -28,6 +28,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// List, describe (members, committed offsets, lag), reset and delete consumer groups.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Produce values read from stdin, one per line (or one `--value`).
     Produce {
         topic: String,
@@ -95,6 +102,26 @@ pub enum TopicAction {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum GroupAction {
+    List,
+    Describe {
+        group: String,
+    },
+    /// Move the group's committed offsets for a topic (the group must have no members).
+    ResetOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// `earliest`, `latest`, an offset, or a time (RFC 3339).
+        #[arg(long)]
+        to: String,
+    },
+    Delete {
+        group: String,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum AcksArg {
     None,
@@ -117,6 +144,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
     match command {
         ClientCommand::Topic { action, server } => topic(&connect(&server).await?, action).await,
+        ClientCommand::Group { action, server } => group(&connect(&server).await?, action).await,
         ClientCommand::Produce { topic, key, partition, acks, value, server } => {
             produce(&connect(&server).await?, &topic, key, partition, acks, value).await
         }
@@ -171,6 +199,47 @@ async fn topic(client: &Client, action: TopicAction) -> anyhow::Result<()> {
         TopicAction::Delete { name } => {
             admin.delete_topic(&name).await?;
             println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn group(client: &Client, action: GroupAction) -> anyhow::Result<()> {
+    let admin = client.admin();
+    match action {
+        GroupAction::List => {
+            for g in admin.list_groups().await? {
+                println!("{g}");
+            }
+        }
+        GroupAction::Describe { group } => {
+            let info = admin.describe_group(&group).await?;
+            println!(
+                "{}\tstate={}\tgeneration={}\tassignor={}",
+                info.group, info.state, info.generation, info.assignor
+            );
+            for m in &info.members {
+                let owned: Vec<String> =
+                    m.topics.iter().zip(&m.assignment).map(|(t, p)| format!("{t}/{}", p.partition)).collect();
+                println!("  member {}: {}", m.member_id, owned.join(" "));
+            }
+            println!("  {:<24} {:>9} {:>12} {:>15} {:>10}", "topic", "partition", "committed", "high_watermark", "lag");
+            for o in &info.offsets {
+                let committed = o.committed.map_or_else(|| "-".to_string(), |c| c.to_string());
+                println!(
+                    "  {:<24} {:>9} {:>12} {:>15} {:>10}",
+                    o.topic, o.partition, committed, o.high_watermark, o.lag
+                );
+            }
+        }
+        GroupAction::ResetOffsets { group, topic, to } => {
+            for (partition, offset) in admin.reset_group_offsets(&group, &topic, parse_from(&to)?).await? {
+                println!("{topic}/{partition}\t{offset}");
+            }
+        }
+        GroupAction::Delete { group } => {
+            admin.delete_group(&group).await?;
+            println!("deleted {group}");
         }
     }
     Ok(())

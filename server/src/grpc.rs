@@ -268,6 +268,76 @@ impl pb::admin_server::Admin for Services {
         Ok(Response::new(topic_info(&self.state, &req.name)?))
     }
 
+    async fn list_groups(
+        &self,
+        _request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        Ok(Response::new(pb::ListGroupsResponse { groups: self.state.groups.list() }))
+    }
+
+    async fn describe_group(&self, request: Request<pb::GroupRequest>) -> Result<Response<pb::GroupInfo>, Status> {
+        let group = request.into_inner().group;
+        let d = self.state.groups.describe(&group)?;
+        let assignor = match d.strategy {
+            crate::group::assignor::Strategy::Range => "range",
+            crate::group::assignor::Strategy::RoundRobin => "roundrobin",
+            crate::group::assignor::Strategy::Sticky => "sticky",
+        };
+        Ok(Response::new(pb::GroupInfo {
+            state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
+            group,
+            generation: d.generation,
+            assignor: assignor.into(),
+            members: d
+                .members
+                .into_iter()
+                .map(|(member_id, a)| pb::GroupMember {
+                    member_id,
+                    topics: a.iter().map(|(t, _)| t.clone()).collect(),
+                    assignment: a.into_iter().map(|(_, partition)| pb::RecordOffset { partition, offset: 0 }).collect(),
+                })
+                .collect(),
+            offsets: d
+                .offsets
+                .into_iter()
+                .map(|(topic, partition, committed, hw)| pb::GroupOffset {
+                    lag: hw.saturating_sub(committed.unwrap_or(0)),
+                    topic,
+                    partition,
+                    committed,
+                    high_watermark: hw,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn reset_group_offsets(
+        &self,
+        request: Request<pb::ResetGroupOffsetsRequest>,
+    ) -> Result<Response<pb::ResetGroupOffsetsResponse>, Status> {
+        use pb::reset_group_offsets_request::To;
+        let req = request.into_inner();
+        let to = match req.to {
+            Some(To::Offset(o)) => Start::Offset(o),
+            Some(To::TimestampMs(ts)) => Start::Timestamp(ts),
+            Some(To::Position(p)) if p == pb::Position::Latest as i32 => Start::Latest,
+            Some(To::Position(_)) => Start::Earliest,
+            None => return Err(ApiError::invalid("`to` is required").into()),
+        };
+        let offsets = self.state.groups.reset_offsets(&req.group, &req.topic, to).await?;
+        Ok(Response::new(pb::ResetGroupOffsetsResponse {
+            offsets: offsets.into_iter().map(|(partition, offset)| pb::RecordOffset { partition, offset }).collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<pb::GroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        self.state.groups.delete(&request.into_inner().group).await?;
+        Ok(Response::new(pb::DeleteGroupResponse {}))
+    }
+
     async fn delete_topic(
         &self,
         request: Request<pb::TopicRequest>,

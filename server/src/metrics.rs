@@ -143,7 +143,7 @@ impl Metrics {
 }
 
 /// gRPC methods we serve; any other method path is labelled `grpc other`.
-const GRPC_METHODS: [&str; 9] = [
+const GRPC_METHODS: [&str; 13] = [
     "/strata.v1.Producer/Produce",
     "/strata.v1.Producer/ProduceStream",
     "/strata.v1.Consumer/Fetch",
@@ -153,6 +153,10 @@ const GRPC_METHODS: [&str; 9] = [
     "/strata.v1.Admin/AlterTopicConfig",
     "/strata.v1.Admin/AddPartitions",
     "/strata.v1.Admin/DeleteTopic",
+    "/strata.v1.Admin/ListGroups",
+    "/strata.v1.Admin/DescribeGroup",
+    "/strata.v1.Admin/ResetGroupOffsets",
+    "/strata.v1.Admin/DeleteGroup",
 ];
 
 /// A label from a bounded set, whatever paths clients send: the route for HTTP, the method for

@@ -171,6 +171,22 @@ fn auto_commit_reset_and_delete() {
     assert_eq!(reset(json!("latest")).status, 200);
     assert_eq!(committed(&s), 5);
     assert_eq!(reset(json!("sideways")).status, 400);
+    // The same through the CLI (gRPC Admin).
+    let strata = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_SERVER", &s.url)
+            .output()
+            .unwrap()
+    };
+    let described = strata(&["group", "describe", "audit"]);
+    assert!(described.status.success(), "{}", String::from_utf8_lossy(&described.stderr));
+    let text = String::from_utf8(described.stdout).unwrap();
+    assert!(text.contains("state=empty") && text.contains("events"), "{text}");
+    let reset_cli = strata(&["group", "reset-offsets", "audit", "--topic", "events", "--to", "1"]);
+    assert_eq!(String::from_utf8(reset_cli.stdout).unwrap(), "events/0\t1\n");
+    assert_eq!(committed(&s), 1);
+    assert!(String::from_utf8(strata(&["group", "list"]).stdout).unwrap().lines().any(|l| l == "audit"));
     assert_eq!(request("DELETE", &format!("{}/v1/groups/audit", s.url), &json!(null)).status, 204);
     assert_eq!(get(&format!("{}/v1/groups/audit", s.url)).status, 404);
 }
