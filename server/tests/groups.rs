@@ -302,3 +302,57 @@ fn offsets_of_an_empty_group_expire_after_the_retention() {
     }
     assert_eq!(status, 404, "the empty group's offsets expired");
 }
+
+#[test]
+fn a_member_that_vanishes_loses_its_partitions_and_the_next_resumes_from_its_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "jobs", 2, json!({}));
+    for p in 0..2 {
+        produce(
+            &s.url,
+            "jobs",
+            json!({"records": (0..6).map(|i| json!({"value": format!("{p}-{i}"), "partition": p})).collect::<Vec<_>>()}),
+        );
+    }
+    let a = join(
+        &s.url,
+        "workers",
+        json!({"topics": ["jobs"], "auto_offset_reset": "earliest", "session_timeout_ms": 1000}),
+    );
+    let a_id = a["member_id"].as_str().unwrap().to_string();
+    // A processes 4 records of each partition and commits after processing; then it vanishes.
+    let page = get(&format!("{}/v1/groups/workers/members/{a_id}/records?max_records=100", s.url)).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 12);
+    let offsets: Vec<Value> = (0..2).map(|p| json!({"topic": "jobs", "partition": p, "offset": 4})).collect();
+    assert_eq!(
+        post_json(
+            &format!("{}/v1/groups/workers/offsets", s.url),
+            &json!({"member_id": a_id, "generation": a["generation"], "offsets": offsets})
+        )
+        .status,
+        200
+    );
+
+    let b = join(&s.url, "workers", json!({"topics": ["jobs"], "session_timeout_ms": 10000}));
+    let b_id = b["member_id"].as_str().unwrap().to_string();
+    assert!(assignment(&b).len() < 2, "A still owns partitions until its session expires");
+    let mut owned = BTreeSet::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        owned =
+            assignment(&post_json(&format!("{}/v1/groups/workers/members/{b_id}/heartbeat", s.url), &json!({})).json());
+        if owned.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(owned.len(), 2, "after A's session timeout B owns everything");
+    // B resumes at A's commits: the uncommitted records 4 and 5 of each partition are redelivered.
+    let page = get(&format!("{}/v1/groups/workers/members/{b_id}/records?max_records=100", s.url)).json();
+    let mut got: Vec<String> =
+        page["records"].as_array().unwrap().iter().map(|r| r["value"].as_str().unwrap().to_string()).collect();
+    got.sort();
+    assert_eq!(got, vec!["0-4", "0-5", "1-4", "1-5"]);
+    let gone = post_json(&format!("{}/v1/groups/workers/members/{a_id}/heartbeat", s.url), &json!({}));
+    assert_eq!((gone.status, gone.json()["code"].as_str().unwrap()), (404, "unknown_member"), "heartbeat after expiry");
+}
