@@ -250,6 +250,10 @@ impl Groups {
                     self.lock().get(group).map(|e| e.group.check(member, g, tp)).transpose()?;
                 }
             }
+            // A partition the member lost restarts from the committed offset if it comes back.
+            if let Some(entry) = self.lock().get_mut(group) {
+                entry.positions.retain(|(m, tp), _| m != member || view.assignment.contains(tp));
+            }
             let committed = self.broker.metadata().committed_offsets(group);
             let mut out = Vec::new();
             for (topic, partition) in &view.assignment {
