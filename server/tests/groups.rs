@@ -414,7 +414,8 @@ fn scaling_members_while_consuming_misses_nothing() {
             .collect();
         produce(&s.url, "churn", json!({"records": records}));
     }
-    let mut members: Vec<(Arc<AtomicBool>, std::thread::JoinHandle<Vec<(u32, u64, String)>>)> = Vec::new();
+    type Running = (Arc<AtomicBool>, std::thread::JoinHandle<Vec<(u32, u64, String)>>);
+    let mut members: Vec<Running> = Vec::new();
     let mut runs = Vec::new();
     for target in [1usize, 2, 3, 4, 6, 3] {
         while members.len() < target {
