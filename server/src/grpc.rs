@@ -278,11 +278,7 @@ impl pb::admin_server::Admin for Services {
     async fn describe_group(&self, request: Request<pb::GroupRequest>) -> Result<Response<pb::GroupInfo>, Status> {
         let group = request.into_inner().group;
         let d = self.state.groups.describe(&group)?;
-        let assignor = match d.strategy {
-            crate::group::assignor::Strategy::Range => "range",
-            crate::group::assignor::Strategy::RoundRobin => "roundrobin",
-            crate::group::assignor::Strategy::Sticky => "sticky",
-        };
+        let assignor = d.strategy.name();
         Ok(Response::new(pb::GroupInfo {
             state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
             group,

@@ -22,6 +22,15 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The API name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Range => "range",
+            Strategy::RoundRobin => "roundrobin",
+            Strategy::Sticky => "sticky",
+        }
+    }
+
     /// Parses the API name (`range`, `roundrobin`, `sticky`).
     pub fn parse(name: &str) -> Option<Self> {
         match name {

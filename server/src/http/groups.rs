@@ -212,11 +212,7 @@ pub async fn describe(
     Path(group): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
     let d = state.groups.describe(&group)?;
-    let assignor = match d.strategy {
-        Strategy::Range => "range",
-        Strategy::RoundRobin => "roundrobin",
-        Strategy::Sticky => "sticky",
-    };
+    let assignor = d.strategy.name();
     Ok(Json(GroupView {
         group,
         state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
