@@ -244,35 +244,15 @@ async fn produce_run(server: &Server, topic: &str, door: &str, clients: usize, s
     })
 }
 
-/// The same batches appended directly to a storage log in this process, `clients` threads.
-fn direct_append(dir: &Path, clients: usize, seconds: f64) -> anyhow::Result<f64> {
-    let log = Log::open(dir, LogConfig { durability: Durability::Always, ..LogConfig::default() })?;
+/// The same batches appended directly to a storage log in this process by `clients` threads
+/// (the storage benchmark's appender). Records/s.
+fn direct_append(root: &Path, clients: usize, seconds: f64) -> anyhow::Result<f64> {
     let mut b = BatchBuilder::new(Compression::None);
     for i in 0..BATCH {
         b.push(0, Some(format!("k{i}").as_bytes()), Some(&[b'x'; RECORD_BYTES]), &[]);
     }
-    let batch = b.build()?;
-    let count = AtomicU64::new(0);
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(seconds);
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                s.spawn(|| -> anyhow::Result<()> {
-                    while Instant::now() < deadline {
-                        log.append(batch.clone())?.wait()?;
-                        count.fetch_add(BATCH as u64, Ordering::Relaxed);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("appender panicked"))??;
-        }
-        Ok(())
-    })?;
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let (_, _, batches_per_s) = crate::storage::append_throughput(root, &b.build()?, clients, seconds)?;
+    Ok(batches_per_s * BATCH as f64)
 }
 
 /// Open-loop unary produces at `rate` requests/s; latency from each request's scheduled time.
@@ -373,10 +353,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // 1. Produce through each door vs direct storage appends, acks=leader, flush=always.
     let mut direct = Vec::new();
-    for r in 0..if args.only_catchup { 0 } else { runs } {
-        let d = root.path().join(format!("direct-{r}"));
-        direct.push(direct_append(&d, args.clients, seconds)?);
-        std::fs::remove_dir_all(&d)?;
+    for _ in 0..if args.only_catchup { 0 } else { runs } {
+        direct.push(direct_append(root.path(), args.clients, seconds)?);
     }
     let direct_median = if args.only_catchup { 1.0 } else { median(direct.clone()) };
     let mut stream_peak = 0.0f64;

@@ -261,7 +261,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// Appends `batch` from `appenders` threads under `always` for `seconds` (long enough to see the
 /// disk's sustained rate, not a burst into its cache). Returns (MiB/s, bytes per fdatasync,
 /// batches/s).
-fn append_throughput(root: &Path, batch: &[u8], appenders: usize, seconds: f64) -> anyhow::Result<(f64, f64, f64)> {
+pub(crate) fn append_throughput(
+    root: &Path,
+    batch: &[u8],
+    appenders: usize,
+    seconds: f64,
+) -> anyhow::Result<(f64, f64, f64)> {
     let dir = tempfile::tempdir_in(root)?;
     let fsync = Arc::new(CountingFsync::default());
     let options = StorageOptions { fsync: fsync.clone(), ..Default::default() };
