@@ -296,12 +296,12 @@ impl pb::admin_server::Admin for Services {
             offsets: d
                 .offsets
                 .into_iter()
-                .map(|(topic, partition, committed, hw)| pb::GroupOffset {
-                    lag: hw.saturating_sub(committed.unwrap_or(0)),
-                    topic,
-                    partition,
-                    committed,
-                    high_watermark: hw,
+                .map(|o| pb::GroupOffset {
+                    topic: o.topic,
+                    partition: o.partition,
+                    committed: o.committed,
+                    high_watermark: o.high_watermark,
+                    lag: o.lag,
                 })
                 .collect(),
         }))

@@ -129,9 +129,10 @@ impl Metrics {
         self.group_lag.clear();
         for group in groups.list() {
             if let Ok(d) = groups.describe(&group) {
-                for (topic, partition, committed, hw) in d.offsets {
-                    let labels = GroupLabels { group: group.clone(), topic, partition: partition.to_string() };
-                    self.group_lag.get_or_create(&labels).set(hw.saturating_sub(committed.unwrap_or(0)) as i64);
+                for o in d.offsets {
+                    let labels =
+                        GroupLabels { group: group.clone(), topic: o.topic, partition: o.partition.to_string() };
+                    self.group_lag.get_or_create(&labels).set(o.lag as i64);
                 }
             }
         }

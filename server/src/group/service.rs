@@ -98,14 +98,25 @@ impl From<GroupError> for ApiError {
     }
 }
 
+/// Where a group stands on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetStatus {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset to process, if the group committed one.
+    pub committed: Option<u64>,
+    pub high_watermark: u64,
+    /// Records between the committed offset (0 if none) and the high watermark.
+    pub lag: u64,
+}
+
 /// A group as `GET /v1/groups/{group}` shows it.
 #[derive(Debug, Clone)]
 pub struct GroupDescription {
     pub strategy: Strategy,
     pub generation: u64,
     pub members: Vec<(String, Vec<TopicPartition>)>,
-    /// (topic, partition, committed, high watermark).
-    pub offsets: Vec<(String, u32, Option<u64>, u64)>,
+    pub offsets: Vec<OffsetStatus>,
 }
 
 impl Groups {
@@ -452,7 +463,13 @@ impl Groups {
                     .get(p as usize)
                     .map_or(0, |s| s.high_watermark);
                 let c = committed.get(&t).and_then(|ps| ps.get(&p)).copied();
-                (t, p, c, hw)
+                OffsetStatus {
+                    lag: hw.saturating_sub(c.unwrap_or(0)),
+                    topic: t,
+                    partition: p,
+                    committed: c,
+                    high_watermark: hw,
+                }
             })
             .collect();
         Ok(GroupDescription {

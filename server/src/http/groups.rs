@@ -229,12 +229,12 @@ pub async fn describe(
         offsets: d
             .offsets
             .into_iter()
-            .map(|(topic, partition, committed, hw)| GroupOffsetView {
-                lag: hw.saturating_sub(committed.unwrap_or(0)),
-                topic,
-                partition,
-                committed,
-                high_watermark: hw,
+            .map(|o| GroupOffsetView {
+                topic: o.topic,
+                partition: o.partition,
+                committed: o.committed,
+                high_watermark: o.high_watermark,
+                lag: o.lag,
             })
             .collect(),
     }))
