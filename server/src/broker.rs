@@ -409,6 +409,15 @@ impl Broker {
         }
     }
 
+    /// A receiver that changes whenever `topic/partition`'s high watermark moves (its current
+    /// value counts as seen).
+    ///
+    /// # Errors
+    /// `topic_not_found`, `partition_not_found`.
+    pub fn watch_high_watermark(&self, topic: &str, partition: u32) -> Result<watch::Receiver<u64>, ApiError> {
+        Ok(self.partition(topic, partition)?.hw.subscribe())
+    }
+
     /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start
     /// before the requested offset): no per-record work, for consumers that decode batches.
     ///

@@ -1,4 +1,5 @@
-//! The gRPC services of `strata.v1`: Producer (unary and pipelined stream), Consumer.Fetch, Admin.
+//! The gRPC services of `strata.v1`: Producer (unary and pipelined stream), Consumer.Fetch,
+//! Consumer.Subscribe (group membership on a stream), Admin.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -15,6 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::AppState;
 use crate::broker::{Acks, ProduceRecord, Start};
 use crate::error::ApiError;
+use crate::group::assignor::Strategy;
+use crate::group::coordinator::MemberView;
+use crate::group::service::{Reset, Subscription};
 use crate::topic::TopicConfig;
 
 /// Most produce requests of one stream waiting for their acknowledgement at once.
@@ -155,6 +159,42 @@ fn error_response(request_id: u64, e: ApiError) -> pb::ProduceResponse {
 
 #[tonic::async_trait]
 impl pb::consumer_server::Consumer for Services {
+    type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let mut input = request.into_inner();
+        let join = match input.next().await {
+            Some(Ok(pb::SubscribeRequest { kind: Some(pb::subscribe_request::Kind::Join(join)) })) => join,
+            Some(Err(status)) => return Err(status),
+            _ => return Err(Status::invalid_argument("the first message of a Subscribe stream must be `join`")),
+        };
+        if join.topics.is_empty() {
+            return Err(Status::invalid_argument("`join.topics` must name at least one topic"));
+        }
+        let strategy = match join.assignor.as_str() {
+            "" => Strategy::Sticky,
+            name => Strategy::parse(name).ok_or_else(|| {
+                Status::invalid_argument(format!("assignor must be range, roundrobin or sticky, got {name:?}"))
+            })?,
+        };
+        let timeout = match join.session_timeout_ms {
+            0 => 10_000,
+            t @ 1_000..=300_000 => u64::from(t),
+            t => return Err(Status::invalid_argument(format!("session_timeout_ms must be 1000..=300000, got {t}"))),
+        };
+        let reset = if join.reset == pb::Position::Latest as i32 { Reset::Latest } else { Reset::Earliest };
+        let max_records = if join.max_records == 0 { 500 } else { join.max_records.min(10_000) } as usize;
+        let subscription = Subscription::parse(&join.topics)?;
+        let view = self.state.groups.join(&join.group, subscription, strategy, timeout, reset, None).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let session = Session { state: Arc::clone(&self.state), group: join.group, tx, max_records };
+        tokio::spawn(session.run(view, input));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn fetch(&self, request: Request<pb::FetchRequest>) -> Result<Response<pb::FetchResponse>, Status> {
         let req = request.into_inner();
         let start = match req.start {
@@ -179,18 +219,7 @@ impl pb::consumer_server::Consumer for Services {
         let result = self.state.broker.fetch(&req.topic, req.partition, start, max_records, max_bytes, wait).await?;
         self.state.metrics.records_out(&req.topic, result.records.len());
         Ok(Response::new(pb::FetchResponse {
-            records: result
-                .records
-                .into_iter()
-                .map(|r| pb::FetchedRecord {
-                    partition: r.partition,
-                    offset: r.offset,
-                    timestamp_ms: r.timestamp,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect(),
-                })
-                .collect(),
+            records: result.records.into_iter().map(fetched_record).collect(),
             next_offset: result.next_offset,
             high_watermark: result.high_watermark,
             log_start_offset: result.log_start_offset,
@@ -320,7 +349,7 @@ impl pb::admin_server::Admin for Services {
             Some(To::Position(_)) => Start::Earliest,
             None => return Err(ApiError::invalid("`to` is required").into()),
         };
-        let offsets = self.state.groups.reset_offsets(&req.group, &req.topic, to).await?;
+        let offsets = self.state.groups.reset_offsets(&req.group, &req.topic, to, None).await?;
         Ok(Response::new(pb::ResetGroupOffsetsResponse {
             offsets: offsets.into_iter().map(|(partition, offset)| pb::RecordOffset { partition, offset }).collect(),
         }))
@@ -340,5 +369,128 @@ impl pb::admin_server::Admin for Services {
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         self.state.admin.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+}
+
+/// One `Consumer.Subscribe` stream: a group member for as long as the stream is open.
+struct Session {
+    state: Arc<AppState>,
+    group: String,
+    tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    max_records: usize,
+}
+
+/// How long one read waits for records before the session looks around again.
+const SESSION_POLL: Duration = Duration::from_millis(500);
+
+impl Session {
+    /// Runs the member until the client closes the stream (or it fails), then leaves the group.
+    async fn run(self, view: MemberView, input: Streaming<pb::SubscribeRequest>) {
+        let member = view.member_id.clone();
+        if let Err(status) = self.serve(view, input).await {
+            let _ = self.tx.send(Err(status)).await;
+        }
+        match self.state.groups.leave(&self.group, &member).await {
+            Ok(()) => tracing::debug!(group = %self.group, %member, "stream member left"),
+            Err(e) => tracing::debug!(group = %self.group, %member, error = %e, "stream member already gone"),
+        }
+    }
+
+    async fn send(&self, kind: pb::subscribe_response::Kind) -> Result<(), Closed> {
+        self.tx.send(Ok(pb::SubscribeResponse { kind: Some(kind) })).await.map_err(|_| Closed)
+    }
+
+    async fn serve(&self, mut view: MemberView, mut input: Streaming<pb::SubscribeRequest>) -> Result<(), Status> {
+        use pb::subscribe_request::Kind;
+        let groups = &self.state.groups;
+        let member = view.member_id.clone();
+        let mut changes = groups.changes(&self.group)?;
+        let mut sent: Option<MemberView> = None;
+        loop {
+            // Tell the member whenever its assignment changed.
+            if sent.as_ref() != Some(&view) {
+                if self.send(pb::subscribe_response::Kind::Assignment(assignment(&view))).await.is_err() {
+                    return Ok(());
+                }
+                sent = Some(view.clone());
+            }
+            groups.touch(&self.group, &member)?;
+            let deadline = tokio::time::Instant::now() + SESSION_POLL;
+            tokio::select! {
+                biased;
+                msg = input.next() => match msg {
+                    // The client closed the stream (or the connection broke): leave.
+                    None | Some(Err(_)) => return Ok(()),
+                    Some(Ok(pb::SubscribeRequest { kind: Some(Kind::Commit(commit)) })) => {
+                        let offsets = commit.offsets.into_iter().map(|o| (o.topic, o.partition, o.offset)).collect();
+                        let error = match groups.commit(&self.group, &member, commit.generation, offsets).await {
+                            Ok(()) => None,
+                            Err(e) => Some(pb::Error { code: e.code.as_str().to_string(), message: e.detail }),
+                        };
+                        let result = pb::CommitResult { id: commit.id, error };
+                        if self.send(pb::subscribe_response::Kind::CommitResult(result)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(pb::SubscribeRequest { kind: Some(Kind::Ack(ack)) })) => {
+                        // Only an ack of the latest assignment sent hands revoked partitions over.
+                        let latest = sent.as_ref().is_some_and(|v| v.generation == ack.generation);
+                        view = groups.check_in(&self.group, &member, latest).await?;
+                    }
+                    Some(Ok(_)) => {
+                        return Err(Status::invalid_argument("after `join`, send only `commit` and `ack`"));
+                    }
+                },
+                _ = changes.changed() => view = groups.check_in(&self.group, &member, false).await?,
+                records = groups.read(&self.group, &member, &view.assignment, self.max_records, deadline, None) => {
+                    let records = records?;
+                    if !records.is_empty() {
+                        let mut per_topic: BTreeMap<&str, usize> = BTreeMap::new();
+                        for (topic, _) in &records {
+                            *per_topic.entry(topic).or_default() += 1;
+                        }
+                        for (topic, n) in per_topic {
+                            self.state.metrics.records_out(topic, n);
+                        }
+                        let records = records
+                            .into_iter()
+                            .map(|(topic, r)| pb::GroupRecord { topic, record: Some(fetched_record(r)) })
+                            .collect();
+                        let batch = pb::GroupRecords { records };
+                        if self.send(pb::subscribe_response::Kind::Records(batch)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The client went away.
+struct Closed;
+
+fn assignment(view: &MemberView) -> pb::Assignment {
+    let tps = |tps: &[(String, u32)]| {
+        tps.iter()
+            .map(|(topic, partition)| pb::TopicPartition { topic: topic.clone(), partition: *partition })
+            .collect()
+    };
+    pb::Assignment {
+        member_id: view.member_id.clone(),
+        generation: view.generation,
+        partitions: tps(&view.assignment),
+        revoking: tps(&view.revoking),
+    }
+}
+
+fn fetched_record(r: crate::broker::FetchedRecord) -> pb::FetchedRecord {
+    pb::FetchedRecord {
+        partition: r.partition,
+        offset: r.offset,
+        timestamp_ms: r.timestamp,
+        key: r.key,
+        value: r.value,
+        headers: r.headers.into_iter().map(|h| pb::Header { name: h.name, value: h.value }).collect(),
     }
 }

@@ -207,7 +207,7 @@ async fn group_ticks(groups: Arc<group::service::Groups>, broker: Arc<Broker>, s
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for group in groups.tick() {
+        for group in groups.tick().await {
             tracing::info!(%group, "deleting the committed offsets of a group empty for longer than the retention");
             let command = metadata::Command::DeleteGroupOffsets { group };
             if let Err(e) = broker.metadata().write(command).await {

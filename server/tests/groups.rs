@@ -1,5 +1,6 @@
 //! Consumer groups over plain HTTP requests against a real server: join, fetch by member,
-//! commit, generation fencing, leave, session expiry, and committed offsets surviving a restart.
+//! commit, generation fencing, cooperative hand-over, leave, session expiry, and groups with
+//! their committed offsets surviving a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -191,6 +192,147 @@ fn auto_commit_reset_and_delete() {
     assert_eq!(get(&format!("{}/v1/groups/audit", s.url)).status, 404);
 }
 
+fn heartbeat(url: &str, group: &str, member: &str) -> Value {
+    let r = post_json(&format!("{url}/v1/groups/{group}/members/{member}/heartbeat"), &json!({}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+fn partitions_of(v: &Value, field: &str) -> BTreeSet<u64> {
+    v[field].as_array().unwrap().iter().map(|tp| tp["partition"].as_u64().unwrap()).collect()
+}
+
+fn commit(url: &str, group: &str, member: &str, generation: &Value, offsets: &[(u64, u64)]) -> common::Reply {
+    let offsets: Vec<Value> =
+        offsets.iter().map(|(p, o)| json!({"topic": "orders", "partition": p, "offset": o})).collect();
+    post_json(
+        &format!("{url}/v1/groups/{group}/offsets"),
+        &json!({"member_id": member, "generation": generation, "offsets": offsets}),
+    )
+}
+
+#[test]
+fn sticky_hands_partitions_over_only_after_the_old_owner_could_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "orders", 4, json!({}));
+    for p in 0..4 {
+        let records: Vec<Value> = (0..10).map(|i| json!({"value": i, "partition": p})).collect();
+        produce(&s.url, "orders", json!({"records": records}));
+    }
+    let a = join(&s.url, "coop", json!({"topics": ["orders"], "auto_offset_reset": "earliest"}));
+    let a_id = a["member_id"].as_str().unwrap().to_string();
+    let page = get(&format!("{}/v1/groups/coop/members/{a_id}/records?max_records=100", s.url)).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 40);
+
+    // B joins: nothing is taken from A yet.
+    let b = join(&s.url, "coop", json!({"topics": ["orders"]}));
+    let b_id = b["member_id"].as_str().unwrap().to_string();
+    assert_eq!((assignment(&b).len(), b["rebalancing"].as_bool()), (0, Some(true)));
+    assert_eq!(get(&format!("{}/v1/groups/coop", s.url)).json()["state"], "rebalancing");
+    // A learns what it is losing; it still owns those partitions and commits its progress.
+    let told = heartbeat(&s.url, "coop", &a_id);
+    let (kept, revoking) = (partitions_of(&told, "assignment"), partitions_of(&told, "revoking"));
+    assert_eq!((kept.len(), revoking.len()), (2, 2), "{told}");
+    let all: Vec<(u64, u64)> = (0..4).map(|p| (p, 10)).collect();
+    let c = commit(&s.url, "coop", &a_id, &told["generation"], &all);
+    assert_eq!(c.status, 200, "{}", String::from_utf8_lossy(&c.body));
+    // Its next heartbeat hands them over; B starts exactly at A's commits.
+    let after = heartbeat(&s.url, "coop", &a_id);
+    assert_eq!((partitions_of(&after, "assignment"), after["revoking"].as_array().unwrap().len()), (kept, 0));
+    let b2 = heartbeat(&s.url, "coop", &b_id);
+    assert_eq!(partitions_of(&b2, "assignment"), revoking);
+    assert_eq!(b2["rebalancing"], false);
+    let b_page = get(&format!("{}/v1/groups/coop/members/{b_id}/records?wait_ms=100", s.url)).json();
+    assert_eq!(b_page["records"].as_array().unwrap().len(), 0, "no record is delivered twice");
+    // Now A's commit of a partition that moved is refused.
+    let moved = *revoking.iter().next().unwrap();
+    let refused = commit(&s.url, "coop", &a_id, &after["generation"], &[(moved, 10)]);
+    assert_eq!((refused.status, refused.json()["code"].as_str().unwrap()), (409, "stale_generation"));
+}
+
+#[test]
+fn members_generation_and_assignment_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "orders", 4, json!({}));
+    produce(
+        &s.url,
+        "orders",
+        json!({"records": (0..4).map(|p| json!({"value": p, "partition": p})).collect::<Vec<_>>()}),
+    );
+    let a = join(&s.url, "kept", json!({"topics": ["orders"], "assignor": "range", "auto_offset_reset": "earliest"}));
+    let b = join(&s.url, "kept", json!({"topics": ["orders"], "assignor": "range", "auto_offset_reset": "earliest"}));
+    let (a_id, b_id) = (a["member_id"].as_str().unwrap().to_string(), b["member_id"].as_str().unwrap().to_string());
+    let a_now = heartbeat(&s.url, "kept", &a_id);
+    let owned: Vec<(u64, u64)> = partitions_of(&a_now, "assignment").into_iter().map(|p| (p, 1)).collect();
+    assert_eq!(commit(&s.url, "kept", &a_id, &a_now["generation"], &owned).status, 200);
+    let before = get(&format!("{}/v1/groups/kept", s.url)).json();
+
+    assert_eq!(s.terminate().code(), Some(0));
+    let s = Server::start(dir.path());
+    let after = get(&format!("{}/v1/groups/kept", s.url)).json();
+    for field in ["generation", "members", "assignor", "offsets"] {
+        assert_eq!(before[field], after[field], "{field} after the restart");
+    }
+    // The same members go on with the same ids, assignment and generation.
+    let a2 = heartbeat(&s.url, "kept", &a_id);
+    assert_eq!(
+        (a2["generation"].clone(), a2["assignment"].clone()),
+        (a_now["generation"].clone(), a_now["assignment"].clone())
+    );
+    let page = get(&format!("{}/v1/groups/kept/members/{a_id}/records?wait_ms=100", s.url)).json();
+    assert_eq!(page["records"].as_array().unwrap().len(), 0, "A resumes after its commits");
+    let b_page = get(&format!("{}/v1/groups/kept/members/{b_id}/records?wait_ms=100", s.url)).json();
+    assert_eq!(b_page["records"].as_array().unwrap().len(), 2, "B had committed nothing");
+    // A new member gets a new id and a new generation.
+    let c = join(&s.url, "kept", json!({"topics": ["orders"], "assignor": "range"}));
+    assert!(c["member_id"] != a["member_id"] && c["member_id"] != b["member_id"]);
+    assert_eq!(c["generation"].as_u64().unwrap(), a_now["generation"].as_u64().unwrap() + 1);
+}
+
+#[test]
+fn a_member_resets_the_offsets_of_its_own_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    create_topic(&s.url, "orders", 2, json!({}));
+    for p in 0..2 {
+        produce(
+            &s.url,
+            "orders",
+            json!({"records": (0..5).map(|i| json!({"value": i, "partition": p})).collect::<Vec<_>>()}),
+        );
+    }
+    let a = join(&s.url, "seek", json!({"topics": ["orders"], "assignor": "range", "auto_offset_reset": "earliest"}));
+    let a_id = a["member_id"].as_str().unwrap().to_string();
+    let first = get(&format!("{}/v1/groups/seek/members/{a_id}/records", s.url)).json();
+    assert_eq!(first["records"].as_array().unwrap().len(), 10);
+    let reset = |member: &str, generation: &Value| {
+        post_json(
+            &format!("{}/v1/groups/seek/offsets/reset", s.url),
+            &json!({"topic": "orders", "to": {"offset": 3}, "member_id": member, "generation": generation}),
+        )
+    };
+    let r = reset(&a_id, &a["generation"]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["offsets"].as_array().unwrap().len(), 2);
+    let again = get(&format!("{}/v1/groups/seek/members/{a_id}/records", s.url)).json();
+    let offsets: Vec<u64> =
+        again["records"].as_array().unwrap().iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![3, 4, 3, 4], "both partitions re-read from offset 3");
+    // B owns one partition now; it may reset only that one, and A's old generation is refused.
+    let b = join(&s.url, "seek", json!({"topics": ["orders"], "assignor": "range"}));
+    let rb = reset(b["member_id"].as_str().unwrap(), &b["generation"]);
+    assert_eq!((rb.status, rb.json()["offsets"].as_array().unwrap().len()), (200, 1));
+    let stale = reset(&a_id, &a["generation"]);
+    assert_eq!((stale.status, stale.json()["code"].as_str().unwrap()), (409, "stale_generation"));
+    let half = post_json(
+        &format!("{}/v1/groups/seek/offsets/reset", s.url),
+        &json!({"topic": "orders", "to": "earliest", "member_id": a_id}),
+    );
+    assert_eq!(half.status, 400);
+}
+
 /// Reads `n` SSE event ids from a stream (blocking).
 fn sse_ids(url: &str, last_event_id: Option<&str>, n: usize) -> Vec<String> {
     use std::io::BufRead;
@@ -357,25 +499,36 @@ fn a_member_that_vanishes_loses_its_partitions_and_the_next_resumes_from_its_com
     assert_eq!((gone.status, gone.json()["code"].as_str().unwrap()), (404, "unknown_member"), "heartbeat after expiry");
 }
 
+/// A record as one member processed it.
+#[derive(Debug, Clone)]
+struct Processed {
+    partition: u32,
+    offset: u64,
+    key: String,
+    /// The member's run: a new one starts after each refused commit (a rebalance took partitions).
+    run: usize,
+    /// Whether the commit covering it was accepted.
+    committed: bool,
+}
+
 /// One member's loop: fetch, process (record it), commit after processing; stop when told.
-fn run_member(
-    url: String,
-    group: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<(u32, u64, String)> {
+fn run_member(url: String, group: &'static str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Vec<Processed> {
     use std::sync::atomic::Ordering;
     let m = join(&url, group, json!({"topics": ["churn"], "assignor": "sticky", "auto_offset_reset": "earliest"}));
     let id = m["member_id"].as_str().unwrap().to_string();
     let mut generation = m["generation"].as_u64().unwrap();
-    let mut processed = Vec::new();
+    let mut processed: Vec<Processed> = Vec::new();
+    let mut run = 0;
     while !stop.load(Ordering::Relaxed) {
         let page = get(&format!("{url}/v1/groups/{group}/members/{id}/records?max_records=50&wait_ms=100"));
         assert_eq!(page.status, 200, "{}", String::from_utf8_lossy(&page.body));
         let records = page.json()["records"].as_array().unwrap().clone();
         let mut next: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        let page_start = processed.len();
         for r in &records {
             let (p, o) = (r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap());
-            processed.push((p as u32, o, r["key"].as_str().unwrap().to_string()));
+            let key = r["key"].as_str().unwrap().to_string();
+            processed.push(Processed { partition: p as u32, offset: o, key, run, committed: true });
             next.insert(p, o + 1);
         }
         if !next.is_empty() {
@@ -387,6 +540,10 @@ fn run_member(
             );
             if c.status == 409 {
                 // A rebalance: learn the new generation; the uncommitted records may be redelivered.
+                for p in &mut processed[page_start..] {
+                    p.committed = false;
+                }
+                run += 1;
                 generation = post_json(&format!("{url}/v1/groups/{group}/members/{id}/heartbeat"), &json!({})).json()["generation"].as_u64().unwrap();
             } else {
                 assert_eq!(c.status, 200, "{}", String::from_utf8_lossy(&c.body));
@@ -414,7 +571,7 @@ fn scaling_members_while_consuming_misses_nothing() {
             .collect();
         produce(&s.url, "churn", json!({"records": records}));
     }
-    type Running = (Arc<AtomicBool>, std::thread::JoinHandle<Vec<(u32, u64, String)>>);
+    type Running = (Arc<AtomicBool>, std::thread::JoinHandle<Vec<Processed>>);
     let mut members: Vec<Running> = Vec::new();
     let mut runs = Vec::new();
     for target in [1usize, 2, 3, 4, 6, 3] {
@@ -444,8 +601,23 @@ fn scaling_members_while_consuming_misses_nothing() {
         stop.store(true, Ordering::Relaxed);
         runs.push(handle.join().unwrap());
     }
-    let seen: BTreeSet<(u32, u64)> = runs.iter().flatten().map(|(p, o, _)| (*p, *o)).collect();
+    let seen: BTreeSet<(u32, u64)> = runs.iter().flatten().map(|r| (r.partition, r.offset)).collect();
     let processed: usize = runs.iter().map(Vec::len).sum();
     eprintln!("{processed} records processed for {total} produced ({} redelivered)", processed - seen.len());
     assert_eq!(seen.len(), total, "every record processed at least once, none missed");
+    // Duplicates only in the uncommitted window: a record processed with an accepted commit is
+    // never delivered again.
+    let mut committed_once: BTreeSet<(u32, u64)> = BTreeSet::new();
+    for r in runs.iter().flatten().filter(|r| r.committed) {
+        assert!(committed_once.insert((r.partition, r.offset)), "{r:?} was processed again after a commit");
+    }
+    // Per-key order within each member's run.
+    for member in &runs {
+        let mut last: std::collections::HashMap<(usize, &str), u64> = std::collections::HashMap::new();
+        for r in member {
+            if let Some(prev) = last.insert((r.run, r.key.as_str()), r.offset) {
+                assert!(prev < r.offset, "key {} went from offset {prev} back to {} within one run", r.key, r.offset);
+            }
+        }
+    }
 }

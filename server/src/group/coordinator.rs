@@ -4,9 +4,15 @@
 //! every input carries the time, so it is tested without tokio.
 //!
 //! Every join, leave, expiry or partition-count change that alters the assignment starts a new
-//! generation, computed at once. Eager assignors (`range`, `roundrobin`) fence every request from
-//! an older generation. `sticky` is cooperative: a member may go on using a stale generation for
-//! the partitions it still owns, so only partitions that actually move stop flowing.
+//! generation, computed at once. Eager assignors (`range`, `roundrobin`) hand partitions over at
+//! once and fence every request from an older generation.
+//!
+//! `sticky` is cooperative, in two steps. The assignor computes a *target*; a partition that must
+//! move from a live member stays that member's (it may still commit it, but no longer reads it)
+//! until the member has been told (a [`Group::poll`] notifies it) and has come back (the next
+//! `poll` with `release`, or its session expiring). Only then does the partition go to its new
+//! owner, in a new generation. Partitions that do not move keep flowing throughout, and a member
+//! may go on using a stale generation for the partitions it still owns.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,7 +43,13 @@ pub struct Member {
 pub struct MemberView {
     pub member_id: String,
     pub generation: u64,
+    /// The partitions to read.
     pub assignment: Vec<TopicPartition>,
+    /// Partitions still owned (commits are accepted) but moving to another member: read no more
+    /// from them, commit what was processed, and `poll` again to hand them over.
+    pub revoking: Vec<TopicPartition>,
+    /// Whether any partition of the group is moving.
+    pub rebalancing: bool,
 }
 
 /// A consumer group's membership and assignment.
@@ -47,8 +59,28 @@ pub struct Group {
     pub strategy: Strategy,
     generation: u64,
     members: BTreeMap<String, Member>,
+    /// Who owns what now: fencing checks this.
     assignment: Assignment,
+    /// What the assignor wants; differs from `assignment` only while partitions are revoked.
+    target: Assignment,
+    /// Revoking partitions whose owner has been told: its next `poll` with release hands them over.
+    notified: BTreeSet<TopicPartition>,
     next_member: u64,
+    /// Bumped by every change worth persisting (members, assignment, generation).
+    version: u64,
+}
+
+/// A group's state as persisted (session clocks are not: a restored member gets a fresh session).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupSnapshot {
+    pub version: u64,
+    pub strategy: String,
+    pub generation: u64,
+    pub next_member: u64,
+    /// member → (subscribed topics, session timeout)
+    pub members: BTreeMap<String, (BTreeSet<String>, u64)>,
+    pub assignment: Assignment,
+    pub target: Assignment,
 }
 
 impl Group {
@@ -59,7 +91,54 @@ impl Group {
             generation: 0,
             members: BTreeMap::new(),
             assignment: Assignment::new(),
+            target: Assignment::new(),
+            notified: BTreeSet::new(),
             next_member: 0,
+            version: 0,
+        }
+    }
+
+    /// Changes with every membership or assignment change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn snapshot(&self) -> GroupSnapshot {
+        GroupSnapshot {
+            version: self.version,
+            strategy: self.strategy.name().to_string(),
+            generation: self.generation,
+            next_member: self.next_member,
+            members: self.members.values().map(|m| (m.id.clone(), (m.topics.clone(), m.session_timeout_ms))).collect(),
+            assignment: self.assignment.clone(),
+            target: self.target.clone(),
+        }
+    }
+
+    /// A group as persisted; every member's session starts at `now_ms`.
+    pub fn restore(id: impl Into<String>, snapshot: &GroupSnapshot, now_ms: i64) -> Self {
+        Self {
+            id: id.into(),
+            strategy: Strategy::parse(&snapshot.strategy).unwrap_or(Strategy::Sticky),
+            generation: snapshot.generation,
+            members: snapshot
+                .members
+                .iter()
+                .map(|(id, (topics, timeout))| {
+                    let member = Member {
+                        id: id.clone(),
+                        topics: topics.clone(),
+                        session_timeout_ms: *timeout,
+                        last_seen_ms: now_ms,
+                    };
+                    (id.clone(), member)
+                })
+                .collect(),
+            assignment: snapshot.assignment.clone(),
+            target: snapshot.target.clone(),
+            notified: BTreeSet::new(),
+            next_member: snapshot.next_member,
+            version: snapshot.version,
         }
     }
 
@@ -79,23 +158,125 @@ impl Group {
         self.members.is_empty()
     }
 
+    /// Whether any partition is waiting to move to its new owner.
+    pub fn is_rebalancing(&self) -> bool {
+        self.assignment != self.target
+    }
+
     fn view(&self, member: &str) -> MemberView {
+        let owned = self.assignment.get(member).map(Vec::as_slice).unwrap_or_default();
+        let target = self.target.get(member).map(Vec::as_slice).unwrap_or_default();
+        let (assignment, revoking) = owned.iter().cloned().partition(|tp| target.contains(tp));
         MemberView {
             member_id: member.to_string(),
             generation: self.generation,
-            assignment: self.assignment.get(member).cloned().unwrap_or_default(),
+            assignment,
+            revoking,
+            rebalancing: self.is_rebalancing(),
         }
     }
 
-    /// Recomputes the assignment; a new generation starts if anything changed.
+    /// Recomputes the target assignment and hands over what can move now; a new generation starts
+    /// if anything changed.
     fn rebalance(&mut self, partitions: &BTreeMap<String, u32>) {
         let subscriptions: BTreeMap<String, BTreeSet<String>> =
             self.members.values().map(|m| (m.id.clone(), m.topics.clone())).collect();
-        let next = assign(self.strategy, &subscriptions, partitions, &self.assignment);
-        if next != self.assignment || self.generation == 0 {
-            self.assignment = next;
+        let mut target = assign(self.strategy, &subscriptions, partitions, &self.target);
+        target.retain(|_, tps| !tps.is_empty());
+        let assignment = if self.strategy == Strategy::Sticky {
+            // Live members keep what they own (of topics they still read) until they release it.
+            let mut next: Assignment = self
+                .assignment
+                .iter()
+                .filter_map(|(m, tps)| {
+                    let member = self.members.get(m)?;
+                    let kept = tps
+                        .iter()
+                        .filter(|(t, p)| member.topics.contains(t) && partitions.get(t).is_some_and(|n| p < n))
+                        .cloned()
+                        .collect();
+                    Some((m.clone(), kept))
+                })
+                .collect();
+            Self::hand_over_free(&mut next, &target);
+            next
+        } else {
+            target.clone()
+        };
+        let changed = assignment != self.assignment || target != self.target;
+        let revoking: BTreeSet<&TopicPartition> = assignment
+            .iter()
+            .flat_map(|(m, tps)| {
+                let wanted = target.get(m);
+                tps.iter().filter(move |tp| !wanted.is_some_and(|t| t.contains(tp)))
+            })
+            .collect();
+        self.notified.retain(|tp| revoking.contains(tp));
+        self.assignment = assignment;
+        self.target = target;
+        if changed || self.generation == 0 {
             self.generation += 1;
+            self.version += 1;
         }
+    }
+
+    /// Gives every partition of `target` that nobody in `owned` holds to its target owner.
+    fn hand_over_free(owned: &mut Assignment, target: &Assignment) {
+        let held: BTreeSet<TopicPartition> = owned.values().flatten().cloned().collect();
+        for (m, tps) in target {
+            let free = tps.iter().filter(|tp| !held.contains(*tp)).cloned();
+            let entry = owned.entry(m.clone()).or_default();
+            entry.extend(free);
+            entry.sort();
+        }
+        owned.retain(|_, tps| !tps.is_empty());
+    }
+
+    /// A member checks in: keeps its session alive, hands over the revoked partitions it was told
+    /// about (with `release`), and learns its assignment — being told, from then on, of what it
+    /// is now losing.
+    ///
+    /// HTTP members release on every heartbeat (they commit before heartbeating again); a stream
+    /// member releases when it acknowledges an assignment.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`].
+    pub fn poll(&mut self, member: &str, now_ms: i64, release: bool) -> Result<MemberView, GroupError> {
+        let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        m.last_seen_ms = now_ms;
+        if release {
+            let released: Vec<TopicPartition> = self
+                .assignment
+                .get(member)
+                .map(|tps| tps.iter().filter(|tp| self.notified.contains(*tp)).cloned().collect())
+                .unwrap_or_default();
+            if !released.is_empty() {
+                if let Some(owned) = self.assignment.get_mut(member) {
+                    owned.retain(|tp| !released.contains(tp));
+                }
+                for tp in &released {
+                    self.notified.remove(tp);
+                }
+                let mut assignment = std::mem::take(&mut self.assignment);
+                Self::hand_over_free(&mut assignment, &self.target);
+                self.assignment = assignment;
+                self.generation += 1;
+                self.version += 1;
+            }
+        }
+        let view = self.view(member);
+        self.notified.extend(view.revoking.iter().cloned());
+        Ok(view)
+    }
+
+    /// Keeps a member's session alive, nothing more.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownMember`].
+    pub fn touch(&mut self, member: &str, now_ms: i64) -> Result<(), GroupError> {
+        let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
+        m.last_seen_ms = now_ms;
+        Ok(())
     }
 
     /// A new member joins (`member_id` = None) or an existing one re-joins.
@@ -119,18 +300,17 @@ impl Group {
             }
         };
         self.members.insert(id.clone(), Member { id: id.clone(), topics, session_timeout_ms, last_seen_ms: now_ms });
+        self.version += 1;
         self.rebalance(partitions);
         Ok(self.view(&id))
     }
 
-    /// Keeps a member alive and tells it the current generation and its assignment.
+    /// [`Group::poll`] with release: what an HTTP member's heartbeat does.
     ///
     /// # Errors
     /// [`GroupError::UnknownMember`].
     pub fn heartbeat(&mut self, member: &str, now_ms: i64) -> Result<MemberView, GroupError> {
-        let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
-        m.last_seen_ms = now_ms;
-        Ok(self.view(member))
+        self.poll(member, now_ms, true)
     }
 
     /// A member leaves; the others take over its partitions.
@@ -140,6 +320,8 @@ impl Group {
     pub fn leave(&mut self, member: &str, partitions: &BTreeMap<String, u32>) -> Result<(), GroupError> {
         self.members.remove(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
         self.assignment.remove(member);
+        self.target.remove(member);
+        self.version += 1;
         self.rebalance(partitions);
         Ok(())
     }
@@ -155,8 +337,10 @@ impl Group {
         for id in &expired {
             self.members.remove(id);
             self.assignment.remove(id);
+            self.target.remove(id);
         }
         if !expired.is_empty() {
+            self.version += 1;
             self.rebalance(partitions);
         }
         expired
@@ -175,6 +359,7 @@ impl Group {
         let m = self.members.get_mut(member).ok_or_else(|| GroupError::UnknownMember(member.to_string()))?;
         if m.topics != topics {
             m.topics = topics;
+            self.version += 1;
             self.rebalance(partitions);
         }
         Ok(())
@@ -295,15 +480,61 @@ mod tests {
         assert_eq!(a.assignment.len(), 6);
         let b = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
         check_invariant(&g, &p);
-        let now_a = g.heartbeat(&a.member_id, 1).unwrap();
+        // B gets nothing until A has handed over what moves.
+        assert!(b.assignment.is_empty() && b.revoking.is_empty());
+        assert!(g.is_rebalancing());
+        // A learns which three partitions it is losing; it still owns them, so it may commit them.
+        let told = g.poll(&a.member_id, 1, false).unwrap();
+        assert_eq!((told.assignment.len(), told.revoking.len()), (3, 3));
         for tp in &a.assignment {
-            let kept = now_a.assignment.contains(tp);
+            assert!(g.check(&a.member_id, a.generation, tp).is_ok(), "{tp:?} is still A's");
+        }
+        // A polling without release (a stream member that has not acked yet) keeps them.
+        assert_eq!(g.poll(&a.member_id, 2, false).unwrap().revoking.len(), 3);
+        // A comes back: the revoked partitions go to B in a new generation.
+        let a2 = g.heartbeat(&a.member_id, 3).unwrap();
+        assert_eq!((a2.assignment, a2.revoking.len()), (told.assignment.clone(), 0));
+        assert!(a2.generation > told.generation);
+        assert!(!g.is_rebalancing());
+        for tp in &a.assignment {
+            let kept = told.assignment.contains(tp);
             let verdict = g.check(&a.member_id, a.generation, tp);
             assert_eq!(verdict.is_ok(), kept, "{tp:?}: kept partitions flow on, moved ones are fenced");
         }
-        for tp in &b.assignment {
-            assert!(g.check(&b.member_id, b.generation, tp).is_ok());
+        let b2 = g.heartbeat(&b.member_id, 4).unwrap();
+        assert_eq!(b2.assignment, told.revoking);
+        for tp in &b2.assignment {
+            assert!(g.check(&b.member_id, b2.generation, tp).is_ok());
         }
+        check_invariant(&g, &p);
+    }
+
+    #[test]
+    fn a_silent_member_loses_revoked_partitions_at_its_session_timeout() {
+        let p = parts(&[("t", 4)]);
+        let mut g = Group::new("g", Strategy::Sticky);
+        let a = g.join(None, topics(&["t"]), 1_000, 0, &p).unwrap();
+        let b = g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        assert!(g.poll(&b.member_id, 500, true).unwrap().assignment.is_empty());
+        assert_eq!(g.expire(1_001, &p), vec![a.member_id]);
+        assert_eq!(g.heartbeat(&b.member_id, 1_002).unwrap().assignment.len(), 4);
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_group() {
+        let p = parts(&[("t", 4)]);
+        let mut g = Group::new("g", Strategy::Sticky);
+        let a = g.join(None, topics(&["t"]), 1_000, 0, &p).unwrap();
+        g.join(None, topics(&["t"]), 10_000, 0, &p).unwrap();
+        let restored = Group::restore("g", &g.snapshot(), 50);
+        assert_eq!(restored.snapshot(), g.snapshot());
+        assert_eq!(restored.generation(), g.generation());
+        // Sessions restart at restore time, and the next member id does not reuse an old one.
+        let mut r = restored;
+        assert!(r.expire(1_000, &p).is_empty());
+        let c = r.join(None, topics(&["t"]), 1_000, 60, &p).unwrap();
+        assert_ne!(c.member_id, a.member_id);
+        assert_eq!(c.member_id, "g-3");
     }
 
     #[test]
@@ -402,6 +633,14 @@ mod properties {
                     }
                 }
             }
+            // Liveness: once every member has checked in twice, every revoked partition has moved.
+            let ids: Vec<String> = g.members().map(|m| m.id.clone()).collect();
+            for _ in 0..2 {
+                for id in &ids {
+                    g.heartbeat(id, now).unwrap();
+                }
+            }
+            prop_assert!(!g.is_rebalancing(), "still rebalancing after every member checked in twice");
         }
     }
 }

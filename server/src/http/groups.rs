@@ -47,7 +47,12 @@ pub struct TopicPartitionView {
 pub struct MemberResponse {
     pub member_id: String,
     pub generation: u64,
+    /// The partitions to read.
     pub assignment: Vec<TopicPartitionView>,
+    /// Partitions still this member's but moving to another (cooperative `sticky`): read no more
+    /// from them, commit what was processed, and heartbeat to hand them over.
+    pub revoking: Vec<TopicPartitionView>,
+    /// Whether partitions are moving between members.
     pub rebalancing: bool,
 }
 
@@ -60,7 +65,8 @@ fn member_response(v: MemberView) -> MemberResponse {
             .into_iter()
             .map(|(topic, partition)| TopicPartitionView { topic, partition })
             .collect(),
-        rebalancing: false,
+        rebalancing: !v.revoking.is_empty() || v.rebalancing,
+        revoking: v.revoking.into_iter().map(|(topic, partition)| TopicPartitionView { topic, partition }).collect(),
     }
 }
 
@@ -92,14 +98,9 @@ pub async fn join(
         }
     };
     let subscription = Subscription::parse(&body.topics)?;
-    Ok(Json(member_response(state.groups.join(
-        &group,
-        subscription,
-        strategy,
-        timeout,
-        reset,
-        body.auto_commit_interval_ms,
-    )?)))
+    Ok(Json(member_response(
+        state.groups.join(&group, subscription, strategy, timeout, reset, body.auto_commit_interval_ms).await?,
+    )))
 }
 
 #[utoipa::path(post, path = "/v1/groups/{group}/members/{member}/heartbeat", params(("group" = String, Path), ("member" = String, Path)),
@@ -108,7 +109,7 @@ pub async fn heartbeat(
     State(state): State<Arc<AppState>>,
     Path((group, member)): Path<(String, String)>,
 ) -> Result<Json<MemberResponse>, ApiError> {
-    Ok(Json(member_response(state.groups.heartbeat(&group, &member)?)))
+    Ok(Json(member_response(state.groups.heartbeat(&group, &member).await?)))
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", params(("group" = String, Path), ("member" = String, Path)),
@@ -117,7 +118,7 @@ pub async fn leave(
     State(state): State<Arc<AppState>>,
     Path((group, member)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.groups.leave(&group, &member)?;
+    state.groups.leave(&group, &member).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -215,7 +216,11 @@ pub async fn describe(
     let assignor = d.strategy.name();
     Ok(Json(GroupView {
         group,
-        state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
+        state: match (d.members.is_empty(), d.rebalancing) {
+            (true, _) => "empty".into(),
+            (false, true) => "rebalancing".into(),
+            (false, false) => "stable".into(),
+        },
         generation: d.generation,
         assignor: assignor.into(),
         members: d
@@ -259,6 +264,10 @@ pub struct ResetBody {
     /// `"earliest"`, `"latest"`, `{"timestamp": MS}` or `{"offset": N}`.
     #[schema(value_type = Object)]
     pub to: serde_json::Value,
+    /// Reset as this member (with `generation`): only its own partitions of `topic`, while the
+    /// group is active. Without it the group must have no members.
+    pub member_id: Option<String>,
+    pub generation: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/v1/groups/{group}/offsets/reset", params(("group" = String, Path)), request_body = ResetBody,
@@ -291,7 +300,12 @@ pub async fn reset(
             ));
         }
     };
-    let offsets = state.groups.reset_offsets(&group, &body.topic, to).await?;
+    let member = match (&body.member_id, body.generation) {
+        (Some(m), Some(g)) => Some((m.as_str(), g)),
+        (None, None) => None,
+        _ => return Err(ApiError::invalid("`member_id` and `generation` go together")),
+    };
+    let offsets = state.groups.reset_offsets(&group, &body.topic, to, member).await?;
     let offsets: Vec<serde_json::Value> = offsets
         .into_iter()
         .map(|(p, o)| serde_json::json!({"topic": body.topic, "partition": p, "offset": o}))
@@ -309,7 +323,7 @@ pub async fn stream(
     Path((group, member)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    state.groups.heartbeat(&group, &member)?;
+    state.groups.heartbeat(&group, &member).await?;
     if let Some(last) = headers.get("last-event-id") {
         let text = last.to_str().map_err(|_| ApiError::invalid("Last-Event-ID must be topic/partition/offset"))?;
         let mut parts = text.rsplitn(3, '/');

@@ -126,6 +126,11 @@ impl Metadata {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.get(group).cloned().unwrap_or_default()
     }
 
+    /// Every persisted consumer group's state.
+    pub fn group_states(&self) -> BTreeMap<String, crate::group::service::GroupState> {
+        self.inner.state.read().unwrap_or_else(PoisonError::into_inner).groups.clone()
+    }
+
     /// Groups that have committed offsets.
     pub fn groups_with_offsets(&self) -> Vec<String> {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.keys().cloned().collect()

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::types::*;
+use crate::group::service::GroupState;
 use crate::topic::TopicConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -37,6 +38,8 @@ pub struct MetaState {
     pub topics: BTreeMap<String, TopicMeta>,
     /// Committed offsets: group → topic → partition → next offset to process.
     pub offsets: GroupOffsets,
+    /// Consumer groups' membership and assignment.
+    pub groups: BTreeMap<String, GroupState>,
 }
 
 /// Committed offsets of every group: group → topic → partition → next offset to process.
@@ -48,6 +51,8 @@ struct SnapshotData {
     topics: BTreeMap<String, TopicMeta>,
     #[serde(default)]
     offsets: GroupOffsets,
+    #[serde(default)]
+    groups: BTreeMap<String, GroupState>,
 }
 
 impl MetaState {
@@ -98,6 +103,13 @@ impl MetaState {
             }
             Command::DeleteGroupOffsets { group } => {
                 self.offsets.remove(&group);
+                self.groups.remove(&group);
+                CommandResult::Ok
+            }
+            Command::SetGroup { group, state } => {
+                if self.groups.get(&group).is_none_or(|s| s.version() < state.version()) {
+                    self.groups.insert(group, *state);
+                }
                 CommandResult::Ok
             }
         }
@@ -169,8 +181,12 @@ impl RaftSnapshotBuilder<C> for MetaStateMachine {
             let st = self.state.read().unwrap_or_else(PoisonError::into_inner);
             StoredSnapshot {
                 meta: SnapshotMeta { last_log_id: st.last_applied, last_membership: st.last_membership.clone() },
-                data: serde_json::to_vec(&SnapshotData { topics: st.topics.clone(), offsets: st.offsets.clone() })
-                    .map_err(io::Error::other)?,
+                data: serde_json::to_vec(&SnapshotData {
+                    topics: st.topics.clone(),
+                    offsets: st.offsets.clone(),
+                    groups: st.groups.clone(),
+                })
+                .map_err(io::Error::other)?,
             }
         };
         let mut cur = self.snapshot.lock().await;
@@ -239,6 +255,7 @@ impl RaftStateMachine<C> for MetaStateMachine {
             st.last_membership = meta.last_membership.clone();
             st.topics = data.topics;
             st.offsets = data.offsets;
+            st.groups = data.groups;
         }
         self.changes.send_modify(|v| *v += 1);
         *cur = Some(snap);

@@ -24,6 +24,7 @@ use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMember
 use serde::{Deserialize, Serialize};
 
 use super::state_machine::MetaStateMachine;
+use crate::group::service::GroupState;
 use crate::topic::TopicConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -67,9 +68,15 @@ pub enum Command {
         group: String,
         offsets: Vec<(String, u32, u64)>,
     },
-    /// Forget a group's committed offsets.
+    /// Forget a group: its committed offsets and its persisted state.
     DeleteGroupOffsets {
         group: String,
+    },
+    /// A consumer group's members, generation and assignment; applied only if newer (by
+    /// version) than what is stored.
+    SetGroup {
+        group: String,
+        state: Box<GroupState>,
     },
 }
 
@@ -81,7 +88,9 @@ impl Command {
             | Command::AlterTopicConfig { name, .. }
             | Command::AddPartitions { name, .. }
             | Command::DeleteTopic { name } => name,
-            Command::CommitOffsets { group, .. } | Command::DeleteGroupOffsets { group } => group,
+            Command::CommitOffsets { group, .. }
+            | Command::DeleteGroupOffsets { group }
+            | Command::SetGroup { group, .. } => group,
         }
     }
 }
@@ -95,6 +104,9 @@ impl fmt::Display for Command {
             Command::DeleteTopic { name } => write!(f, "delete topic {name}"),
             Command::CommitOffsets { group, offsets } => write!(f, "commit {} offsets of group {group}", offsets.len()),
             Command::DeleteGroupOffsets { group } => write!(f, "delete offsets of group {group}"),
+            Command::SetGroup { group, state } => {
+                write!(f, "group {group} at generation {} (version {})", state.group.generation, state.version())
+            }
         }
     }
 }
