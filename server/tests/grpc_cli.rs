@@ -240,3 +240,123 @@ fn cli_round_trip_through_stdin_and_stdout() {
     let bad_from = strata(&["consume", "lines", "--from", "yesterday"]);
     assert!(!bad_from.status.success());
 }
+
+/// `Consumer.Subscribe` spoken directly: assignment, pushed records, commits, and the
+/// cooperative hand-over acknowledged on the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
+    use proto::subscribe_request::Kind as Req;
+    use proto::subscribe_response::Kind as Resp;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("jobs", 2, HashMap::new()).await.unwrap();
+    let mut raw = proto::producer_client::ProducerClient::connect(s.url.clone()).await.unwrap();
+    for p in 0..2 {
+        let records = (0..5)
+            .map(|i| proto::Record { value: Some(format!("{p}-{i}").into()), partition: Some(p), ..Default::default() })
+            .collect();
+        raw.produce(proto::ProduceRequest { topic: "jobs".into(), records, acks: 0, request_id: 0 }).await.unwrap();
+    }
+
+    let join = |group: &str| proto::SubscribeRequest {
+        kind: Some(Req::Join(proto::JoinGroup {
+            group: group.into(),
+            topics: vec!["jobs".into()],
+            reset: proto::Position::Earliest as i32,
+            ..Default::default()
+        })),
+    };
+    let open = |first: proto::SubscribeRequest| {
+        let url = s.url.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tx.send(first).await.unwrap();
+            let mut consumer = proto::consumer_client::ConsumerClient::connect(url).await.unwrap();
+            let inbound =
+                consumer.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|r| r.into_inner());
+            (tx, inbound)
+        }
+    };
+    async fn next(inbound: &mut tonic::Streaming<proto::SubscribeResponse>) -> Resp {
+        tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.unwrap().unwrap().unwrap().kind.unwrap()
+    }
+
+    // A bad first message ends the stream with INVALID_ARGUMENT.
+    let bad = proto::SubscribeRequest { kind: Some(Req::Ack(proto::AssignmentAck { generation: 1 })) };
+    let (_tx, refused) = open(bad).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let (_tx, unknown) = open(proto::SubscribeRequest {
+        kind: Some(Req::Join(proto::JoinGroup {
+            group: "g".into(),
+            topics: vec!["nope".into()],
+            ..Default::default()
+        })),
+    })
+    .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+
+    let (a_tx, a) = open(join("workers")).await;
+    let mut a = a.unwrap();
+    let Resp::Assignment(first) = next(&mut a).await else { panic!("assignment first") };
+    assert_eq!((first.partitions.len(), first.generation), (2, 1));
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match next(&mut a).await {
+            Resp::Records(batch) => got.extend(batch.records.into_iter().map(|r| {
+                let rec = r.record.unwrap();
+                (rec.partition, rec.offset)
+            })),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..2).flat_map(|p| (0..5).map(move |o| (p, o))).collect::<Vec<_>>());
+
+    // B joins: A is told it loses one partition, commits everything, then acks.
+    let (_b_tx, b) = open(join("workers")).await;
+    let mut b = b.unwrap();
+    let Resp::Assignment(b_first) = next(&mut b).await else { panic!("assignment first") };
+    assert!(b_first.partitions.is_empty(), "nothing moves before A acks: {b_first:?}");
+    let Resp::Assignment(told) = next(&mut a).await else { panic!("a new assignment") };
+    assert_eq!((told.partitions.len(), told.revoking.len()), (1, 1), "{told:?}");
+    let offsets = (0..2).map(|p| proto::PartitionOffset { topic: "jobs".into(), partition: p, offset: 5 }).collect();
+    let commit = proto::CommitOffsets { id: 7, generation: told.generation, offsets };
+    a_tx.send(proto::SubscribeRequest { kind: Some(Req::Commit(commit)) }).await.unwrap();
+    let Resp::CommitResult(result) = next(&mut a).await else { panic!("commit result") };
+    assert_eq!((result.id, result.error), (7, None));
+    a_tx.send(proto::SubscribeRequest { kind: Some(Req::Ack(proto::AssignmentAck { generation: told.generation })) })
+        .await
+        .unwrap();
+    let Resp::Assignment(settled) = next(&mut a).await else { panic!("settled assignment") };
+    assert_eq!((settled.partitions, settled.revoking.len()), (told.partitions, 0));
+    let Resp::Assignment(b_now) = next(&mut b).await else { panic!("B's partitions") };
+    assert_eq!(b_now.partitions, told.revoking);
+
+    // A's commit for the partition it gave away is refused, and the stream stays open.
+    let moved = told.revoking[0].partition;
+    let offsets = vec![proto::PartitionOffset { topic: "jobs".into(), partition: moved, offset: 5 }];
+    let commit = proto::CommitOffsets { id: 8, generation: settled.generation, offsets };
+    a_tx.send(proto::SubscribeRequest { kind: Some(Req::Commit(commit)) }).await.unwrap();
+    let Resp::CommitResult(refused) = next(&mut a).await else { panic!("commit result") };
+    assert_eq!(refused.error.unwrap().code, "stale_generation");
+
+    // Closing A's stream leaves the group at once: B gets both partitions and reads from the
+    // committed offsets, so nothing is delivered twice.
+    drop(a_tx);
+    drop(a);
+    let Resp::Assignment(b_all) = next(&mut b).await else { panic!("B takes over") };
+    assert_eq!(b_all.partitions.len(), 2);
+    raw.produce(proto::ProduceRequest {
+        topic: "jobs".into(),
+        records: vec![proto::Record { value: Some("late".into()), partition: Some(moved), ..Default::default() }],
+        acks: 0,
+        request_id: 0,
+    })
+    .await
+    .unwrap();
+    let Resp::Records(late) = next(&mut b).await else { panic!("records") };
+    let rec = late.records[0].record.clone().unwrap();
+    assert_eq!((rec.partition, rec.offset, late.records.len()), (moved, 5, 1));
+}
