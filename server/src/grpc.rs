@@ -418,6 +418,8 @@ impl Session {
             let deadline = tokio::time::Instant::now() + SESSION_POLL;
             tokio::select! {
                 biased;
+                // The server is shutting down: leave (before Raft stops) and end the stream.
+                () = self.state.closing.cancelled() => return Err(Status::unavailable("the server is shutting down")),
                 msg = input.next() => match msg {
                     // The client closed the stream (or the connection broke): leave.
                     None | Some(Err(_)) => return Ok(()),

@@ -57,6 +57,9 @@ pub struct AppState {
     pub max_request_bytes: usize,
     pub max_wait_ms: u64,
     pub ready: AtomicBool,
+    /// Cancelled when shutdown starts: long-lived streams (Subscribe, SSE) end so that the
+    /// graceful shutdown does not wait for them forever.
+    pub closing: CancellationToken,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -133,6 +136,7 @@ pub async fn run(
         max_request_bytes: config.max_request_bytes,
         max_wait_ms: config.max_wait_ms,
         ready: AtomicBool::new(false),
+        closing: CancellationToken::new(),
     });
 
     let stop = CancellationToken::new();
@@ -160,6 +164,11 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    };
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
 
     tracing::info!("shutting down: flushing logs");

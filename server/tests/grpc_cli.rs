@@ -360,3 +360,48 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
     let rec = late.records[0].record.clone().unwrap();
     assert_eq!((rec.partition, rec.offset, late.records.len()), (moved, 5, 1));
 }
+
+/// SIGTERM with a Subscribe stream and an SSE stream open: both end, the stream member leaves
+/// the group, and the server exits 0 instead of waiting for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams() {
+    use proto::subscribe_request::Kind as Req;
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("t", 1, HashMap::new()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let join = proto::JoinGroup { group: "streamers".into(), topics: vec!["t".into()], ..Default::default() };
+    tx.send(proto::SubscribeRequest { kind: Some(Req::Join(join)) }).await.unwrap();
+    let mut consumer = proto::consumer_client::ConsumerClient::connect(s.url.clone()).await.unwrap();
+    let mut inbound = consumer.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    inbound.message().await.unwrap().unwrap();
+    let url = s.url.clone();
+    let sse = std::thread::spawn(move || {
+        let member =
+            common::post_json(&format!("{url}/v1/groups/pushed/members"), &serde_json::json!({"topics": ["t"]}));
+        let id = member.json()["member_id"].as_str().unwrap().to_string();
+        let mut body = ureq::get(&format!("{url}/v1/groups/pushed/members/{id}/stream")).call().unwrap().into_body();
+        // Reads until the server ends the stream.
+        body.read_to_vec().map(|b| b.len())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let exit = tokio::time::timeout(Duration::from_secs(30), tokio::task::spawn_blocking(move || s.terminate()))
+        .await
+        .expect("shutdown waited for the open streams")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    let status = inbound.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(sse.join().unwrap().is_ok(), "the SSE stream ended cleanly");
+    drop(tx);
+
+    // The stream member left before the server stopped; the HTTP member is still there.
+    let s = Server::start(dir.path());
+    let streamers = common::get(&format!("{}/v1/groups/streamers", s.url));
+    assert!(streamers.status == 404 || streamers.json()["members"].as_array().unwrap().is_empty());
+    let pushed = common::get(&format!("{}/v1/groups/pushed", s.url)).json();
+    assert_eq!(pushed["members"].as_array().unwrap().len(), 1, "{pushed}");
+}

@@ -339,6 +339,7 @@ pub async fn stream(
             };
         state.groups.seek(&group, &member, (parsed.0, parsed.1), parsed.2 + 1)?;
     }
+    let state_closing = state.closing.clone();
     let events = stream::unfold(Some((state, group, member)), |ctx| async move {
         let (state, group, member) = ctx?;
         match state.groups.fetch(&group, &member, None, 500, Duration::from_secs(1)).await {
@@ -361,6 +362,8 @@ pub async fn stream(
             }
         }
     })
-    .flat_map(stream::iter);
+    .flat_map(stream::iter)
+    // The server is shutting down: end the stream (the client resumes with Last-Event-ID).
+    .take_until(state_closing.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)).text("heartbeat")))
 }
