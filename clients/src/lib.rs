@@ -4,9 +4,13 @@
 //! - [`Producer`]: batches records per partition (linger, batch bytes), partitions keys exactly as
 //!   the server and Kafka do (murmur2), retries retriable failures with backoff, and bounds the
 //!   bytes it holds (a full producer makes `send` wait: backpressure, not unbounded buffering).
+//! - [`GroupConsumer`] ([`Client::group_consumer`]): a consumer-group member on one
+//!   `Consumer.Subscribe` stream; `poll` returns pushed records and runs rebalances, commits are
+//!   manual, asynchronous or automatic. The [`group`] module docs hold the delivery recipes.
 
 mod admin;
 mod error;
+pub mod group;
 mod murmur;
 mod producer;
 
@@ -14,6 +18,9 @@ use std::time::Duration;
 
 pub use admin::Admin;
 pub use error::ClientError;
+pub use group::{
+    GroupConfig, GroupConsumer, GroupRecord, NoopListener, OffsetReset, RebalanceListener, TopicPartition,
+};
 pub use murmur::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerConfig, Record};
 pub use strata_proto::v1 as proto;
@@ -62,6 +69,29 @@ impl Client {
     /// A batching producer with its own background task.
     pub fn producer(&self, config: ProducerConfig) -> Producer {
         Producer::start(self.channel.clone(), self.admin(), config)
+    }
+
+    /// Joins a consumer group: opens a `Consumer.Subscribe` stream, sends `join` and waits for the
+    /// first assignment (acked before this returns).
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] without a group or topics; the server's status (`NOT_FOUND` for an
+    /// unknown topic, `INVALID_ARGUMENT` for a bad join); `DEADLINE_EXCEEDED` when no assignment
+    /// comes within 30 s.
+    pub async fn group_consumer(&self, config: GroupConfig) -> Result<GroupConsumer, ClientError> {
+        GroupConsumer::join(self.channel.clone(), config, Box::new(NoopListener)).await
+    }
+
+    /// [`Client::group_consumer`] with a [`RebalanceListener`], which sees the first assignment too.
+    ///
+    /// # Errors
+    /// As [`Client::group_consumer`].
+    pub async fn group_consumer_with_listener(
+        &self,
+        config: GroupConfig,
+        listener: impl RebalanceListener + 'static,
+    ) -> Result<GroupConsumer, ClientError> {
+        GroupConsumer::join(self.channel.clone(), config, Box::new(listener)).await
     }
 
     /// Reads from one partition, waiting up to `wait` for records when there are none.

@@ -10,7 +10,9 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand, ValueEnum};
-use strata_client::{Client, ProducerConfig, Record, Start, proto};
+use strata_client::{
+    Client, GroupConfig, OffsetReset, ProducerConfig, RebalanceListener, Record, Start, TopicPartition, proto,
+};
 
 #[derive(Args, Debug)]
 pub struct ServerArg {
@@ -50,13 +52,20 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Print records, one per line.
+    /// Print records, one per line; with `--group`, as a member of a consumer group.
     Consume {
+        /// A topic name (with `--group` also a regular expression over topic names).
         topic: String,
-        /// Consumer groups arrive with issue #4; only group-less reading works today.
+        /// Read as a member of this consumer group: the group assigns the partitions and the
+        /// reading continues after the group's committed offsets. Ctrl-C leaves the group.
         #[arg(long)]
         group: Option<String>,
-        /// `earliest`, `latest`, an offset, or a time (RFC 3339, e.g. 2026-11-25T10:00:00Z).
+        /// With `--group`: `auto` (default) commits what was printed every 5 s and when leaving
+        /// (after `--max` records or Ctrl-C); `manual` commits after each batch printed.
+        #[arg(long, value_enum)]
+        commit: Option<CommitArg>,
+        /// `earliest`, `latest`, an offset, or a time (RFC 3339, e.g. 2026-11-25T10:00:00Z). With
+        /// `--group` only `earliest` or `latest`: where partitions without a committed offset start.
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Only this partition (default: all).
@@ -135,6 +144,15 @@ pub enum Format {
     Json,
 }
 
+/// When `consume --group` commits.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitArg {
+    /// Every 5 s (what earlier batches printed) and on leaving.
+    Auto,
+    /// After each batch printed.
+    Manual,
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -148,12 +166,21 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce { topic, key, partition, acks, value, server } => {
             produce(&connect(&server).await?, &topic, key, partition, acks, value).await
         }
-        ClientCommand::Consume { topic, group, from, partition, max, format, server } => {
-            if group.is_some() {
-                bail!("consumer groups are not available yet (issue #4); drop --group to read without one");
+        ClientCommand::Consume { topic, group, commit, from, partition, max, format, server } => match group {
+            Some(group) => {
+                if partition.is_some() {
+                    bail!("--partition does not combine with --group: the group assigns the partitions");
+                }
+                let commit = commit.unwrap_or(CommitArg::Auto);
+                consume_group(&connect(&server).await?, &topic, &group, &from, commit, max, format).await
             }
-            consume(&connect(&server).await?, &topic, &from, partition, max, format).await
-        }
+            None => {
+                if commit.is_some() {
+                    bail!("--commit needs --group: without a group nothing is committed");
+                }
+                consume(&connect(&server).await?, &topic, &from, partition, max, format).await
+            }
+        },
     }
 }
 
@@ -332,6 +359,23 @@ fn text(bytes: Option<&[u8]>) -> serde_json::Value {
     }
 }
 
+/// One record as one line: its value (`text`), or partition, offset, timestamp, key, value and
+/// headers (`json`).
+fn write_record(out: &mut impl Write, format: Format, r: &proto::FetchedRecord) -> std::io::Result<()> {
+    match format {
+        Format::Text => writeln!(out, "{}", r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default()),
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> =
+                r.headers.iter().map(|h| (h.name.clone(), text(Some(&h.value)))).collect();
+            let line = serde_json::json!({
+                "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
+                "key": text(r.key.as_deref()), "value": text(r.value.as_deref()), "headers": headers,
+            });
+            writeln!(out, "{line}")
+        }
+    }
+}
+
 async fn consume(
     client: &Client,
     topic: &str,
@@ -359,20 +403,7 @@ async fn consume(
             let mut out = stdout.lock();
             for r in page.records {
                 got_any = true;
-                match format {
-                    Format::Text => {
-                        writeln!(out, "{}", r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default())?
-                    }
-                    Format::Json => {
-                        let headers: serde_json::Map<String, serde_json::Value> =
-                            r.headers.iter().map(|h| (h.name.clone(), text(Some(&h.value)))).collect();
-                        let line = serde_json::json!({
-                            "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
-                            "key": text(r.key.as_deref()), "value": text(r.value.as_deref()), "headers": headers,
-                        });
-                        writeln!(out, "{line}")?;
-                    }
-                }
+                write_record(&mut out, format, &r)?;
                 printed += 1;
                 if max.is_some_and(|m| printed >= m) {
                     out.flush()?;
@@ -388,4 +419,131 @@ async fn consume(
             }
         }
     }
+}
+
+/// Says on stderr what the group gives and takes, and commits what was printed of a revoked
+/// partition (everything `poll` returned has been printed when the next `poll` runs a rebalance).
+struct Announce;
+
+impl RebalanceListener for Announce {
+    fn on_revoked(
+        &mut self,
+        revoked: &[TopicPartition],
+        positions: &std::collections::BTreeMap<TopicPartition, u64>,
+    ) -> Vec<(TopicPartition, u64)> {
+        eprintln!("strata: revoked {}", join_partitions(revoked));
+        revoked.iter().filter_map(|tp| positions.get(tp).map(|&o| (tp.clone(), o))).collect()
+    }
+
+    fn on_assigned(&mut self, assigned: &[TopicPartition]) {
+        eprintln!("strata: assigned {}", join_partitions(assigned));
+    }
+}
+
+fn join_partitions(tps: &[TopicPartition]) -> String {
+    tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+}
+
+/// Cancelled by the first SIGINT (Ctrl-C) or SIGTERM; a second one exits at once.
+fn stop_on_signal() -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let stop = token.clone();
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            eprintln!("strata: cannot listen for Ctrl-C; stop with --max");
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        stop.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
+    token
+}
+
+/// `consume --group`: reads as a group member until `--max` records or Ctrl-C, then leaves.
+///
+/// Commits: `auto` commits the positions of what was printed every 5 s and when leaving;
+/// `manual` commits after each printed batch. Either way a partition taken away in a rebalance
+/// gets what was printed of it committed first, and `--max` stops after exactly that many records,
+/// so the next run with the same group starts right after the last record printed.
+async fn consume_group(
+    client: &Client,
+    topic: &str,
+    group: &str,
+    from: &str,
+    commit: CommitArg,
+    max: Option<u64>,
+    format: Format,
+) -> anyhow::Result<()> {
+    const BATCH: u64 = 500;
+    let reset = match from {
+        "earliest" => OffsetReset::Earliest,
+        "latest" => OffsetReset::Latest,
+        other => bail!(
+            "with --group, --from is where partitions without a committed offset start: earliest or latest, not {other:?}"
+        ),
+    };
+    let config = GroupConfig {
+        reset,
+        max_records: max.map_or(BATCH, |m| m.clamp(1, BATCH)) as u32,
+        auto_commit: match commit {
+            CommitArg::Auto => Some(Duration::from_secs(5)),
+            CommitArg::Manual => None,
+        },
+        ..GroupConfig::new(group, [topic])
+    };
+    let stop = stop_on_signal();
+    let mut consumer = client.group_consumer_with_listener(config, Announce).await?;
+    eprintln!("strata: joined group {group} as {} (generation {})", consumer.member_id(), consumer.generation());
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    let (mut printed, mut bytes) = (0u64, 0u64);
+    let stdout = std::io::stdout();
+    while !stop.is_cancelled() {
+        if let Some(m) = max {
+            if printed >= m {
+                break;
+            }
+            // Never return (and so never commit) more than will be printed.
+            consumer.set_max_poll_records((m - printed).min(BATCH) as usize);
+        }
+        // Short polls, not a cancelled one: Ctrl-C is noticed within this, and a rebalance is
+        // never abandoned half-way (see strata_client::group, "Cancel safety").
+        let records = match consumer.poll(Duration::from_millis(500)).await {
+            Ok(records) => records,
+            Err(e) if e.is_stale_generation() => {
+                eprintln!("strata: warning: {e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let mut out = stdout.lock();
+        for r in &records {
+            write_record(&mut out, format, &r.record)?;
+            bytes += r.record.value.as_ref().map_or(0, |v| v.len() as u64);
+        }
+        out.flush()?;
+        drop(out);
+        printed += records.len() as u64;
+        if commit == CommitArg::Manual
+            && let Err(e) = consumer.commit().await
+        {
+            if !e.is_stale_generation() {
+                return Err(e.into());
+            }
+            eprintln!("strata: warning: {e}");
+        }
+        if last_progress.elapsed() > Duration::from_secs(1) {
+            eprintln!("strata: {}", rate(printed, bytes, start.elapsed()));
+            last_progress = Instant::now();
+        }
+    }
+    consumer.close().await?;
+    eprintln!("strata: consumed {}; left group {group}", rate(printed, bytes, start.elapsed()));
+    Ok(())
 }
