@@ -1,7 +1,11 @@
 //! What every benchmark of the harness shares: common flags, the data directory, medians, and
 //! where results go.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
 
 /// Flags every benchmark takes.
 #[derive(clap::Args, Debug)]
@@ -42,7 +46,7 @@ impl RunArgs {
         let path = match &self.out {
             Some(p) => p.clone(),
             None => {
-                let date = std::process::Command::new("date").arg("+%Y-%m-%d").output()?;
+                let date = Command::new("date").arg("+%Y-%m-%d").output()?;
                 let date = String::from_utf8(date.stdout)?.trim().to_string();
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join(format!("{date}-{name}.json"))
             }
@@ -55,7 +59,86 @@ impl RunArgs {
     }
 }
 
+/// The `strata` binary: `given`, else the one next to this executable.
+pub fn strata_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let strata = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.parent().context("no exe dir")?.join("strata"),
+    };
+    anyhow::ensure!(
+        strata.exists(),
+        "{} not found: build it first (cargo build --release --bin strata)",
+        strata.display()
+    );
+    Ok(strata)
+}
+
 /// The load average, as the report quotes it.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+}
+
+/// A release `strata serve` process on 127.0.0.1 port 0 with its own data directory.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pid: u32,
+}
+
+impl Server {
+    pub fn start(strata: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        let mut child = Command::new(strata)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("STRATA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", strata.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
+        let addr =
+            line.trim().strip_prefix("listening on ").with_context(|| format!("unexpected {line:?}"))?.to_string();
+        let pid = child.id();
+        Ok(Server { child, url: format!("http://{addr}"), pid })
+    }
+
+    /// User + system CPU seconds the server has used.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse::<f64>()? / 1024.0)
+    }
+
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The median (upper middle for even counts).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `median unit (min–max)`.
+pub fn show(v: &[f64], unit: &str) -> String {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!("{:.0} {unit} ({:.0}–{:.0})", s[s.len() / 2], s[0], s[s.len() - 1])
 }

@@ -1,9 +1,11 @@
 //! Strata's benchmark harness. Every figure is printed beside a baseline measured in the same
 //! run (BENCHMARKS.md): a plain-file writer or reader doing the same I/O without Strata.
 //!
-//! `strata-bench storage` runs the storage engine benchmarks of issue #2 and `strata-bench server`
-//! those of issue #3; each writes `benches/results/<date>-<name>.json` and prints a markdown table.
+//! `strata-bench storage` runs the storage engine benchmarks of issue #2, `strata-bench server`
+//! those of issue #3 and `strata-bench groups` those of issue #4; each writes
+//! `benches/results/<date>-<name>.json` and prints a markdown table.
 
+mod groups;
 mod harness;
 mod server;
 mod storage;
@@ -23,6 +25,8 @@ enum Command {
     Storage(storage::Args),
     /// Server: produce through each door, latency at half the peak, catch-up fetch, idle memory.
     Server(server::Args),
+    /// Consumer groups: rebalance time, sticky moves, group consume vs plain fetch, memory.
+    Groups(groups::Args),
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Storage(args) => storage::run(&args),
         Command::Server(args) => server::run(&args),
+        Command::Groups(args) => groups::run(&args),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

@@ -4,16 +4,15 @@
 //! The server is the release `strata` binary started as its own process on 127.0.0.1 port 0 with
 //! a fresh data directory; the load generator runs in this process.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 use strata_client::proto;
+
+use crate::harness::{Server, median, show};
 use strata_storage::{BatchBuilder, Compression, Durability, Log, LogConfig};
 use tokio_stream::StreamExt;
 
@@ -37,68 +36,6 @@ pub struct Args {
     /// The `strata` binary (default: next to this one).
     #[arg(long)]
     strata: Option<PathBuf>,
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    pid: u32,
-}
-
-impl Server {
-    fn start(strata: &Path, data_dir: &Path) -> anyhow::Result<Server> {
-        let mut child = Command::new(strata)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("STRATA_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", strata.display()))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let addr =
-            line.trim().strip_prefix("listening on ").with_context(|| format!("unexpected {line:?}"))?.to_string();
-        let pid = child.id();
-        Ok(Server { child, url: format!("http://{addr}"), pid })
-    }
-
-    /// User + system CPU seconds the server has used.
-    fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0)
-    }
-
-    fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-        Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse::<f64>()? / 1024.0)
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn show(v: &[f64], unit: &str) -> String {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    format!("{:.0} {unit} ({:.0}–{:.0})", s[s.len() / 2], s[0], s[s.len() - 1])
 }
 
 fn records(seq: u64) -> Vec<proto::Record> {
@@ -329,15 +266,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: &Args) -> anyhow::Result<()> {
-    let strata = match &args.strata {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.parent().context("no exe dir")?.join("strata"),
-    };
-    anyhow::ensure!(
-        strata.exists(),
-        "{} not found: build it first (cargo build --release --bin strata)",
-        strata.display()
-    );
+    let strata = crate::harness::strata_binary(args.strata.as_deref())?;
     let root = args.run.data_root()?;
     let runs = args.run.runs();
     let seconds = if args.run.quick { 1.0 } else { 5.0 };
