@@ -309,7 +309,7 @@ impl pb::admin_server::Admin for Services {
         let d = self.state.groups.describe(&group)?;
         let assignor = d.strategy.name();
         Ok(Response::new(pb::GroupInfo {
-            state: if d.members.is_empty() { "empty".into() } else { "stable".into() },
+            state: d.state().into(),
             group,
             generation: d.generation,
             assignor: assignor.into(),

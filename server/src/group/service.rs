@@ -145,6 +145,17 @@ pub struct GroupDescription {
     pub offsets: Vec<OffsetStatus>,
 }
 
+impl GroupDescription {
+    /// `empty`, `rebalancing` (partitions are moving between members) or `stable`.
+    pub fn state(&self) -> &'static str {
+        match (self.members.is_empty(), self.rebalancing) {
+            (true, _) => "empty",
+            (false, true) => "rebalancing",
+            (false, false) => "stable",
+        }
+    }
+}
+
 /// Most records a member fetch reads from one partition per round.
 const PARTITION_FETCH_BYTES: usize = 1 << 20;
 

@@ -216,11 +216,7 @@ pub async fn describe(
     let assignor = d.strategy.name();
     Ok(Json(GroupView {
         group,
-        state: match (d.members.is_empty(), d.rebalancing) {
-            (true, _) => "empty".into(),
-            (false, true) => "rebalancing".into(),
-            (false, false) => "stable".into(),
-        },
+        state: d.state().into(),
         generation: d.generation,
         assignor: assignor.into(),
         members: d
