@@ -2,13 +2,15 @@
 //! run (BENCHMARKS.md): a plain-file writer or reader doing the same I/O without Strata.
 //!
 //! `strata-bench storage` runs the storage engine benchmarks of issue #2, `strata-bench server`
-//! those of issue #3 and `strata-bench groups` those of issue #4; each writes
+//! those of issue #3, `strata-bench groups` those of issue #4 and `strata-bench tier`
+//! those of issue #5; each writes
 //! `benches/results/<date>-<name>.json` and prints a markdown table.
 
 mod groups;
 mod harness;
 mod server;
 mod storage;
+mod tier;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,8 @@ enum Command {
     Server(server::Args),
     /// Consumer groups: rebalance time, sticky moves, group consume vs plain fetch, memory.
     Groups(groups::Args),
+    /// Tiering: segment to Parquet throughput, Parquet read vs log read, Parquet size.
+    Tier(tier::Args),
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Storage(args) => storage::run(&args),
         Command::Server(args) => server::run(&args),
         Command::Groups(args) => groups::run(&args),
+        Command::Tier(args) => tier::run(&args),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

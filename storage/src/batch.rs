@@ -542,7 +542,7 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
 }
 
 /// Writes `base_offset` into an encoded batch (outside the CRC, so nothing else changes).
-pub(crate) fn set_base_offset(batch: &mut [u8], base_offset: u64) {
+pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 

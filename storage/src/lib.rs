@@ -8,8 +8,9 @@
 //!                              │                  sealed segments  <base>.log + <base>.index
 //!                              ▼                        │
 //!                 flusher thread: fdatasync,            ├── retention: delete oldest whole segments
-//!                 group commit, wake appenders          └── compaction: latest record per key,
-//!                                                           rewritten via <base>.log.cleaned + rename
+//!                 group commit, wake appenders          ├── compaction: latest record per key,
+//!                                                       │   rewritten via <base>.log.cleaned + rename
+//!                                                       └── tier: segment → Parquet bytes (+ meta)
 //!  Log::read(offset) ◄── index lookup ◄── whole stored batches, checksums verified, no re-encoding
 //! ```
 //!
@@ -17,7 +18,10 @@
 //! - [`segment`] and [`index`]: segment files and their sparse offset and time indexes.
 //! - [`Log`] (`partition_log`): append, read, timestamp lookup, durability per [`Durability`].
 //! - `recovery`: reopening after a crash scans only the active segment.
-//! - `retention` and `compaction`: the two cleanup policies.
+//! - `retention` and `compaction`: the two cleanup policies; `enforce_local_retention` deletes
+//!   only segments already tiered.
+//! - [`tier`]: a sealed segment to one Parquet object and back (bytes only; uploading is the
+//!   server's job).
 //! - [`LogManager`]: many logs sharing a bounded [`file_cache::FileCache`] and one flusher.
 
 pub mod batch;
@@ -33,6 +37,7 @@ mod partition_log;
 mod recovery;
 mod retention;
 pub mod segment;
+pub mod tier;
 
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record};
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -41,5 +46,8 @@ pub use config::{CleanupPolicy, Durability, LogConfig};
 pub use error::{Error, Result};
 pub use flusher::{Fsync, OsFsync};
 pub use manager::{LogManager, StorageOptions};
-pub use partition_log::{AppendInfo, Log, PendingAppend, ReadResult, SegmentInfo};
+pub use partition_log::{AppendInfo, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo};
 pub use retention::RetentionOutcome;
+pub use tier::{
+    TierError, TierObjectMeta, parquet_offset_for_timestamp, read_parquet, segment_to_parquet, verify_parquet,
+};

@@ -245,6 +245,29 @@ pub struct SegmentInfo {
     pub sealed: bool,
 }
 
+/// A sealed segment, as tiering and local retention see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegmentInfo {
+    pub base_offset: u64,
+    /// Exclusive: the next segment's base offset.
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    /// Largest record timestamp (from the segment's index), `i64::MIN` if it holds no record.
+    pub max_timestamp: i64,
+}
+
+/// Damage found by [`Log::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentDamage {
+    /// Base offset of the damaged segment (its file name).
+    pub segment_base_offset: u64,
+    /// Byte position in the segment file where the damaged header or batch starts.
+    pub position: u64,
+    /// `[first, last]` offsets the damaged batch claims, when its header is readable.
+    pub offsets: Option<(u64, u64)>,
+    pub description: String,
+}
+
 /// Which segment a read goes to, captured under the lock.
 struct ReadTarget {
     path: PathBuf,
@@ -327,6 +350,33 @@ impl Log {
             st.sealed.values().map(|s| SegmentInfo { base_offset: s.base, size_bytes: s.size, sealed: true }).collect();
         out.push(SegmentInfo { base_offset: st.active.base, size_bytes: st.active.size, sealed: false });
         out
+    }
+
+    /// The sealed segments, oldest first (loads their indexes if not yet loaded: call it off the
+    /// async runtime).
+    pub fn sealed_segments(&self) -> Vec<SealedSegmentInfo> {
+        let (sealed, active_base) = {
+            let st = self.lock();
+            (st.sealed.values().cloned().collect::<Vec<_>>(), st.active.base)
+        };
+        sealed
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| SealedSegmentInfo {
+                base_offset: seg.base,
+                end_offset: sealed.get(i + 1).map_or(active_base, |next| next.base),
+                size_bytes: seg.size,
+                max_timestamp: self.sealed_index(seg).max_timestamp,
+            })
+            .collect()
+    }
+
+    /// `(end offset, size)` of the sealed segment starting at `base`, if there is one.
+    pub(crate) fn sealed_segment_bounds(&self, base: u64) -> Option<(u64, u64)> {
+        let st = self.lock();
+        let seg = st.sealed.get(&base)?;
+        let end = st.sealed.range(base + 1..).next().map_or(st.active.base, |(b, _)| *b);
+        Some((end, seg.size))
     }
 
     /// Appends one encoded batch (as built by [`crate::BatchBuilder`]), assigning its offsets.
@@ -647,6 +697,122 @@ impl Log {
             }
             pos += chunk.bytes.len() as u64;
         }
+    }
+}
+
+impl Log {
+    /// Reads every batch of every segment (sealed and active), checking segment headers, batch
+    /// checksums, record encoding and offset order, and reports all damage found rather than
+    /// stopping at the first: a damaged batch whose length is readable is skipped, one whose
+    /// header is not ends that segment's check. A segment deleted meanwhile is not damage.
+    /// Reads everything: call it off the async runtime.
+    pub fn verify(&self) -> Vec<SegmentDamage> {
+        struct Target {
+            base: u64,
+            path: PathBuf,
+            id: FileId,
+            ino: u64,
+            writable: bool,
+            bound: u64,
+            next_base: Option<u64>,
+        }
+        let targets: Vec<Target> = {
+            let st = self.lock();
+            let bases: Vec<u64> = st.sealed.keys().copied().chain([st.active.base]).collect();
+            let mut targets: Vec<Target> = st
+                .sealed
+                .values()
+                .zip(bases.iter().skip(1))
+                .map(|(seg, &next)| Target {
+                    base: seg.base,
+                    path: seg.path.clone(),
+                    id: seg.id,
+                    ino: seg.ino,
+                    writable: false,
+                    bound: seg.size,
+                    next_base: Some(next),
+                })
+                .collect();
+            let a = &st.active;
+            targets.push(Target {
+                base: a.base,
+                path: a.path.clone(),
+                id: a.id,
+                ino: a.ino,
+                writable: true,
+                bound: a.size,
+                next_base: None,
+            });
+            targets
+        };
+        let mut damage = Vec::new();
+        for t in targets {
+            match self.inner.shared.files.get(t.id, &t.path, t.ino, t.writable) {
+                Ok(file) => verify_segment(&file, t.base, t.bound, t.next_base, &mut damage),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !t.writable => {} // retention deleted it
+                Err(e) => damage.push(SegmentDamage {
+                    segment_base_offset: t.base,
+                    position: 0,
+                    offsets: None,
+                    description: format!("cannot open {}: {e}", t.path.display()),
+                }),
+            }
+        }
+        damage
+    }
+}
+
+/// Checks one segment's bytes `[0, bound)`, adding what is wrong to `damage`.
+fn verify_segment(file: &File, base: u64, bound: u64, next_base: Option<u64>, damage: &mut Vec<SegmentDamage>) {
+    let mut report = |position: u64, offsets: Option<(u64, u64)>, description: String| {
+        damage.push(SegmentDamage { segment_base_offset: base, position, offsets, description });
+    };
+    let mut head = [0u8; SEGMENT_HEADER_LEN as usize];
+    match file.read_exact_at(&mut head, 0) {
+        Ok(()) => {
+            if segment::check_header(&head, base) != Ok(true) {
+                report(0, None, "segment header is damaged or does not match the file name".into());
+            }
+        }
+        Err(e) => return report(0, None, format!("cannot read the segment header: {e}")),
+    }
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut next_offset = base;
+    let mut buf = Vec::new();
+    while pos < bound {
+        let available = bound - pos;
+        buf.resize(available.min(batch::HEADER_LEN as u64) as usize, 0);
+        if let Err(e) = file.read_exact_at(&mut buf, pos) {
+            return report(pos, None, format!("read failed: {e}"));
+        }
+        let header = match BatchHeader::decode(&buf) {
+            Ok(h) => h,
+            Err(e) => return report(pos, None, format!("batch header is unreadable ({e}); rest of segment unchecked")),
+        };
+        let offsets = Some((header.base_offset, header.last_offset()));
+        let len = header.total_len() as u64;
+        if len > available {
+            return report(pos, offsets, format!("batch of {len} bytes runs past the segment end ({available} left)"));
+        }
+        buf.resize(len as usize, 0);
+        if let Err(e) = file.read_exact_at(&mut buf, pos) {
+            return report(pos, offsets, format!("read failed: {e}"));
+        }
+        match Batch::parse(Bytes::copy_from_slice(&buf)) {
+            Err(e) => report(pos, offsets, format!("batch fails its check: {e}")),
+            Ok(b) => {
+                if let Err(e) = b.records() {
+                    report(pos, offsets, format!("records do not decode: {e}"));
+                }
+                if header.base_offset < next_offset {
+                    report(pos, offsets, format!("batch starts at offset {} below {next_offset}", header.base_offset));
+                } else if next_base.is_some_and(|next| header.next_offset() > next) {
+                    report(pos, offsets, "batch reaches into the next segment's offsets".into());
+                }
+                next_offset = next_offset.max(header.next_offset());
+            }
+        }
+        pos += len;
     }
 }
 

@@ -25,38 +25,85 @@ impl Log {
     /// # Errors
     /// [`crate::Error::Io`] if a file cannot be removed (the log stays consistent).
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
-        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
-        let (sealed, active_size, config) = {
-            let st = self.lock();
-            (st.sealed.values().cloned().collect::<Vec<_>>(), st.active.size, st.config.clone())
-        };
+        let config = self.config();
         let now = self.inner.shared.clock.now_ms();
-        let mut total: u64 = sealed.iter().map(|s| s.size).sum::<u64>() + active_size;
-        let mut doomed: Vec<Arc<SealedSegment>> = Vec::new();
-        for seg in &sealed {
-            let expired = config
-                .retention_ms
-                .is_some_and(|ms| self.sealed_index(seg).max_timestamp < now.saturating_sub(ms as i64));
+        self.delete_oldest_sealed(|seg, _end, total| {
+            let expired = config.retention_ms.is_some_and(|ms| self.newest_before(seg, now, ms));
             let oversize = config.retention_bytes.is_some_and(|max| total > max);
-            if !(expired || oversize) {
+            expired || oversize
+        })
+    }
+
+    /// Retention of a tiered log's local copy: deletes sealed segments already in object storage
+    /// (those ending at or below `tiered_end`), oldest first, while the local size (sealed and
+    /// active) exceeds `local_retention_bytes` or the segment's newest record is older than
+    /// `local_retention_ms` or `retention_ms`. It stops at the first segment that is not tiered
+    /// or not past a limit, so the local log stays contiguous. The active segment and untiered
+    /// segments are never deleted.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] if a file cannot be removed (the log stays consistent).
+    pub fn enforce_local_retention(
+        &self,
+        tiered_end: u64,
+        local_retention_ms: Option<u64>,
+        local_retention_bytes: Option<u64>,
+        retention_ms: Option<u64>,
+    ) -> Result<RetentionOutcome> {
+        let now = self.inner.shared.clock.now_ms();
+        self.delete_oldest_sealed(|seg, end, total| {
+            if end > tiered_end {
+                return false;
+            }
+            let expired = |ms: Option<u64>| ms.is_some_and(|ms| self.newest_before(seg, now, ms));
+            expired(local_retention_ms) || expired(retention_ms) || local_retention_bytes.is_some_and(|max| total > max)
+        })
+    }
+
+    /// Whether the segment's newest record is older than `ms` before `now`.
+    fn newest_before(&self, seg: &SealedSegment, now: i64, ms: u64) -> bool {
+        self.sealed_index(seg).max_timestamp < now.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX))
+    }
+
+    /// Deletes sealed segments oldest first while `doomed(segment, end_offset, log size)` holds,
+    /// the log size counting what is left (sealed and active). Never the active segment.
+    fn delete_oldest_sealed(
+        &self,
+        mut doomed: impl FnMut(&SealedSegment, u64, u64) -> bool,
+    ) -> Result<RetentionOutcome> {
+        let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
+        let (sealed, active_size, active_base) = {
+            let st = self.lock();
+            (st.sealed.values().cloned().collect::<Vec<_>>(), st.active.size, st.active.base)
+        };
+        let mut total: u64 = sealed.iter().map(|s| s.size).sum::<u64>() + active_size;
+        let mut chosen: Vec<Arc<SealedSegment>> = Vec::new();
+        for (i, seg) in sealed.iter().enumerate() {
+            let end = sealed.get(i + 1).map_or(active_base, |next| next.base);
+            if !doomed(seg, end, total) {
                 break;
             }
             total -= seg.size;
-            doomed.push(Arc::clone(seg));
+            chosen.push(Arc::clone(seg));
         }
+        self.delete_sealed(&chosen)
+    }
+
+    /// Drops the given oldest sealed segments from the log, then removes their files.
+    fn delete_sealed(&self, doomed: &[Arc<SealedSegment>]) -> Result<RetentionOutcome> {
         if doomed.is_empty() {
             return Ok(RetentionOutcome { log_start_offset: self.log_start_offset(), ..Default::default() });
         }
         let log_start = {
             let mut st = self.lock();
-            for seg in &doomed {
+            for seg in doomed {
                 st.sealed.remove(&seg.base);
             }
             st.log_start = st.sealed.keys().next().copied().unwrap_or(st.active.base);
             st.log_start
         };
         let mut deleted_bytes = 0;
-        for seg in &doomed {
+        for seg in doomed {
             self.inner.shared.files.evict(seg.id);
             std::fs::remove_file(&seg.path).at(&seg.path)?;
             let index = segment::index_path(self.dir(), seg.base);
