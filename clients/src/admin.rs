@@ -71,6 +71,14 @@ impl Admin {
         Ok(())
     }
 
+    /// Checks every local segment's CRCs and every tiered object against the tier manifest.
+    ///
+    /// # Errors
+    /// `NOT_FOUND` for an unknown topic; `UNAVAILABLE` when the object store does not answer.
+    pub async fn verify_topic(&self, name: &str) -> Result<pb::VerifyTopicResponse, ClientError> {
+        Ok(self.client.clone().verify_topic(pb::TopicRequest { name: name.to_string() }).await?.into_inner())
+    }
+
     /// # Errors
     /// The server's status.
     pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {

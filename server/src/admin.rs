@@ -28,8 +28,8 @@ impl Admin {
                 return Err(ApiError::new(ErrorCode::TopicAlreadyExists, format!("topic {name:?} already exists")));
             }
             CommandResult::TopicNotFound => return Err(ApiError::topic_not_found(&name)),
-            CommandResult::Noop => {
-                return Err(ApiError::new(ErrorCode::Internal, "metadata command applied as a no-op"));
+            CommandResult::Noop | CommandResult::TierGap { .. } => {
+                return Err(ApiError::new(ErrorCode::Internal, format!("unexpected metadata result {result}")));
             }
             CommandResult::PartitionsNotIncreased { current } => {
                 return Err(ApiError::new(

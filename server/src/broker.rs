@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::error::{ApiError, ErrorCode};
 use crate::metadata::{Metadata, TopicMeta};
 use crate::partitioner::{Sticky, partition_for_key};
+use crate::tier::ColdTier;
 use crate::topic::MAX_BATCH_BYTES;
 
 /// A record as a producer hands it to the broker.
@@ -67,11 +68,17 @@ pub struct FetchResult {
 }
 
 /// Live facts about one partition.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct PartitionStatus {
     pub partition: u32,
+    /// The first readable offset, in either tier.
     pub log_start_offset: u64,
+    /// The first offset still on local disk.
+    pub local_start_offset: u64,
+    /// Offsets below this (exclusive; 0 while nothing is tiered) are in object storage.
+    pub tiered_end_offset: u64,
     pub high_watermark: u64,
+    /// Bytes on local disk.
     pub size_bytes: u64,
 }
 
@@ -136,6 +143,8 @@ pub struct Broker {
     // A std lock: held for map lookups only, never across I/O or `.await`.
     partitions: RwLock<HashMap<(String, u32), Partition>>,
     sticky: Sticky,
+    /// The object-storage tier, for reads below a tiered partition's local start.
+    cold: Arc<ColdTier>,
 }
 
 fn log_name(topic: &str, partition: u32) -> String {
@@ -143,8 +152,30 @@ fn log_name(topic: &str, partition: u32) -> String {
 }
 
 impl Broker {
-    pub fn new(storage: LogManager, metadata: Metadata) -> Self {
-        Self { storage, metadata, partitions: RwLock::new(HashMap::new()), sticky: Sticky::default() }
+    pub fn new(storage: LogManager, metadata: Metadata, cold: Arc<ColdTier>) -> Self {
+        Self { storage, metadata, partitions: RwLock::new(HashMap::new()), sticky: Sticky::default(), cold }
+    }
+
+    pub fn cold(&self) -> &Arc<ColdTier> {
+        &self.cold
+    }
+
+    /// A partition's local log, if open.
+    pub fn log(&self, topic: &str, partition: u32) -> Option<Log> {
+        self.read_partitions().get(&(topic.to_string(), partition)).map(|p| p.log.clone())
+    }
+
+    fn status(&self, topic: &str, partition: u32, log: &Log) -> PartitionStatus {
+        let objects = self.metadata.tier_objects(topic, partition);
+        let local_start = log.log_start_offset();
+        PartitionStatus {
+            partition,
+            log_start_offset: objects.first().map_or(local_start, |o| o.meta.base_offset.min(local_start)),
+            local_start_offset: local_start,
+            tiered_end_offset: objects.last().map_or(0, |o| o.meta.end_offset),
+            high_watermark: log.high_watermark(),
+            size_bytes: log.size_bytes(),
+        }
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -258,13 +289,8 @@ impl Broker {
         let map = self.read_partitions();
         (0..partitions)
             .map(|p| match map.get(&(topic.to_string(), p)) {
-                Some(part) => PartitionStatus {
-                    partition: p,
-                    log_start_offset: part.log.log_start_offset(),
-                    high_watermark: part.log.high_watermark(),
-                    size_bytes: part.log.size_bytes(),
-                },
-                None => PartitionStatus { partition: p, log_start_offset: 0, high_watermark: 0, size_bytes: 0 },
+                Some(part) => self.status(topic, p, &part.log),
+                None => PartitionStatus { partition: p, ..Default::default() },
             })
             .collect()
     }
@@ -272,17 +298,7 @@ impl Broker {
     /// Every open partition with its status (for metrics).
     pub fn all_partition_status(&self) -> Vec<(String, PartitionStatus)> {
         let map = self.read_partitions();
-        map.iter()
-            .map(|((t, p), part)| {
-                let status = PartitionStatus {
-                    partition: *p,
-                    log_start_offset: part.log.log_start_offset(),
-                    high_watermark: part.log.high_watermark(),
-                    size_bytes: part.log.size_bytes(),
-                };
-                (t.clone(), status)
-            })
-            .collect()
+        map.iter().map(|((t, p), part)| (t.clone(), self.status(t, *p, &part.log))).collect()
     }
 
     /// Validates and appends a produce request; the result resolves when acknowledged.
@@ -346,6 +362,9 @@ impl Broker {
         let mut batches = Vec::with_capacity(by_partition.len());
         for (p, indexes) in &by_partition {
             let partition = self.partition(topic, *p)?;
+            if meta.config.tiering {
+                self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
+            }
             let mut builder = BatchBuilder::new(Compression::None);
             for &i in indexes {
                 let r = &records[i];
@@ -395,6 +414,9 @@ impl Broker {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<FetchResult, ApiError> {
+        if let Some(cold) = self.read_cold(topic, partition, start, max_records, max_bytes).await? {
+            return Ok(cold);
+        }
         let (mut offset, mut read) = self.read_waiting(topic, partition, start, max_bytes, wait).await?;
         loop {
             let result = decode(partition, offset, read, max_records)?;
@@ -431,7 +453,68 @@ impl Broker {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<strata_storage::ReadResult, ApiError> {
+        if let Some(cold) = self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
+            // Cold records are re-encoded as one batch (tiered topics are never compacted, so
+            // their offsets are dense).
+            let mut builder = BatchBuilder::new(Compression::None);
+            for r in &cold.records {
+                builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+            }
+            let batches = match cold.records.first() {
+                None => Bytes::new(),
+                Some(first) => {
+                    let mut batch = builder.build().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+                    strata_storage::batch::set_base_offset(&mut batch, first.offset);
+                    Bytes::from(batch)
+                }
+            };
+            return Ok(strata_storage::ReadResult {
+                batches,
+                next_offset: cold.next_offset,
+                high_watermark: cold.high_watermark,
+                log_start_offset: cold.log_start_offset,
+            });
+        }
         Ok(self.read_waiting(topic, partition, start, max_bytes, wait).await?.1)
+    }
+
+    /// Serves a read from the cold tier when it starts below the partition's local start (a
+    /// tiered topic only). `None`: the local log serves it.
+    async fn read_cold(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Option<FetchResult>, ApiError> {
+        let objects = self.metadata.tier_objects(topic, partition);
+        let Some(first) = objects.first() else { return Ok(None) };
+        let log = self.partition(topic, partition)?.log;
+        let local_start = log.log_start_offset();
+        let offset = match start {
+            Start::Latest => return Ok(None),
+            Start::Offset(o) => o,
+            Start::Earliest => first.meta.base_offset,
+            Start::Timestamp(ts) => match self.cold.offset_for_timestamp(&objects, ts).await? {
+                Some(o) => o,
+                None => return Ok(None),
+            },
+        };
+        if offset >= local_start {
+            return Ok(None);
+        }
+        let high_watermark = log.high_watermark();
+        if offset < first.meta.base_offset
+            || !objects.iter().any(|o| o.meta.base_offset <= offset && offset < o.meta.end_offset)
+        {
+            return Err(ApiError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!("offset {offset} is outside the readable range {}..={high_watermark}", first.meta.base_offset),
+            ));
+        }
+        let (records, next_offset) = self.cold.read(partition, &objects, offset, max_records, max_bytes).await?;
+        Ok(Some(FetchResult { records, next_offset, high_watermark, log_start_offset: first.meta.base_offset }))
     }
 
     /// Resolves `start`, then reads; while there is nothing to read, waits for an append or the

@@ -109,6 +109,11 @@ pub enum TopicAction {
     Delete {
         name: String,
     },
+    /// Check every local segment's CRCs and every tiered object against the tier manifest;
+    /// exits non-zero when anything is damaged.
+    Verify {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -214,8 +219,13 @@ async fn topic(client: &Client, action: TopicAction) -> anyhow::Result<()> {
             }
             for p in &info.partitions {
                 println!(
-                    "  partition {}: leader {} log_start {} high_watermark {}",
-                    p.partition, p.leader, p.log_start_offset, p.high_watermark
+                    "  partition {}: leader {} log_start {} local_start {} tiered_end {} high_watermark {}",
+                    p.partition,
+                    p.leader,
+                    p.log_start_offset,
+                    p.local_start_offset,
+                    p.tiered_end_offset,
+                    p.high_watermark
                 );
             }
         }
@@ -226,6 +236,25 @@ async fn topic(client: &Client, action: TopicAction) -> anyhow::Result<()> {
         TopicAction::Delete { name } => {
             admin.delete_topic(&name).await?;
             println!("deleted {name}");
+        }
+        TopicAction::Verify { name } => {
+            eprintln!("verifying {name}: every local segment and every tiered object ...");
+            let report = admin.verify_topic(&name).await?;
+            for d in &report.damage {
+                println!(
+                    "DAMAGED partition {} {} offsets {}..{}: {}",
+                    d.partition, d.location, d.first_offset, d.end_offset, d.problem
+                );
+            }
+            println!(
+                "{name}: {} segments and {} tiered objects checked, {} damaged",
+                report.segments_checked,
+                report.objects_checked,
+                report.damage.len()
+            );
+            if !report.damage.is_empty() {
+                bail!("{name} has {} damaged segment(s) or object(s)", report.damage.len());
+            }
         }
     }
     Ok(())

@@ -30,6 +30,30 @@ pub struct ServerConfig {
     pub group_offsets_retention_ms: u64,
     /// Log filter (`tracing` env-filter syntax), e.g. `info` or `strata_server=debug`.
     pub log: String,
+    /// Where tiered segments go: `file` (a directory, `object_store_path`) or `s3`.
+    pub object_store: String,
+    /// The `file` store's directory (default: `objects` under the data directory).
+    pub object_store_path: Option<PathBuf>,
+    /// Each object-store request gives up after this long (then tiering retries with backoff).
+    pub object_store_timeout_ms: u64,
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket.
+    pub s3_prefix: String,
+    pub s3_region: String,
+    /// An S3-compatible endpoint URL (MinIO, moto, R2, ...); unset = AWS.
+    pub s3_endpoint: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), as most S3-compatible servers want.
+    pub s3_path_style: bool,
+    /// Credentials; unset = the standard AWS environment variables (`AWS_ACCESS_KEY_ID`, ...).
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
+    /// How often the tiering loop looks for sealed segments to upload.
+    pub tier_interval_ms: u64,
+    /// Bytes of Parquet objects kept in memory for cold reads.
+    pub tier_cache_bytes: u64,
+    /// Produce to a tiered partition gets 503 once this many local bytes wait for tiering
+    /// (the object store is unreachable).
+    pub tier_max_untiered_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -45,13 +69,37 @@ impl Default for ServerConfig {
             max_wait_ms: 30_000,
             group_offsets_retention_ms: 7 * 24 * 3600 * 1000,
             log: "info".into(),
+            object_store: "file".into(),
+            object_store_path: None,
+            object_store_timeout_ms: 30_000,
+            s3_bucket: None,
+            s3_prefix: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_endpoint: None,
+            s3_path_style: false,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            tier_interval_ms: 5_000,
+            tier_cache_bytes: 256 * 1024 * 1024,
+            tier_max_untiered_bytes: 4 * 1024 * 1024 * 1024,
         }
+    }
+}
+
+/// A value that is never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 23] = [
     "listen",
     "data_dir",
     "node_id",
@@ -62,6 +110,19 @@ const ENV_KEYS: [&str; 10] = [
     "max_wait_ms",
     "group_offsets_retention_ms",
     "log",
+    "object_store",
+    "object_store_path",
+    "object_store_timeout_ms",
+    "s3_bucket",
+    "s3_prefix",
+    "s3_region",
+    "s3_endpoint",
+    "s3_path_style",
+    "s3_access_key_id",
+    "s3_secret_access_key",
+    "tier_interval_ms",
+    "tier_cache_bytes",
+    "tier_max_untiered_bytes",
 ];
 
 /// Values given as command-line flags (they win over everything else).
@@ -114,6 +175,21 @@ impl ServerConfig {
         }
         if self.cleanup_interval_ms == 0 {
             return Err("invalid config key `cleanup_interval_ms`: must be positive".into());
+        }
+        match self.object_store.as_str() {
+            "file" => {}
+            "s3" if self.s3_bucket.is_none() => {
+                return Err("invalid config key `s3_bucket`: required with object_store = \"s3\"".into());
+            }
+            "s3" => {}
+            other => return Err(format!("invalid config key `object_store`: {other:?} is not `file` or `s3`")),
+        }
+        for (key, value) in
+            [("tier_interval_ms", self.tier_interval_ms), ("object_store_timeout_ms", self.object_store_timeout_ms)]
+        {
+            if value == 0 {
+                return Err(format!("invalid config key `{key}`: must be positive"));
+            }
         }
         Ok(())
     }

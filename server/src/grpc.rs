@@ -370,6 +370,28 @@ impl pb::admin_server::Admin for Services {
         self.state.admin.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
+
+    async fn verify_topic(
+        &self,
+        request: Request<pb::TopicRequest>,
+    ) -> Result<Response<pb::VerifyTopicResponse>, Status> {
+        let v = crate::tier::verify::verify_topic(&self.state.broker, &request.into_inner().name).await?;
+        Ok(Response::new(pb::VerifyTopicResponse {
+            segments_checked: v.segments_checked,
+            objects_checked: v.objects_checked,
+            damage: v
+                .damage
+                .into_iter()
+                .map(|d| pb::Damage {
+                    partition: d.partition,
+                    location: d.location,
+                    first_offset: d.first_offset,
+                    end_offset: d.end_offset,
+                    problem: d.problem,
+                })
+                .collect(),
+        }))
+    }
 }
 
 /// One `Consumer.Subscribe` stream: a group member for as long as the stream is open.

@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod metadata;
 pub mod metrics;
 pub mod partitioner;
+pub mod tier;
 pub mod topic;
 
 use std::future::Future;
@@ -71,6 +72,8 @@ pub enum ServerError {
     DataDirInUse { path: String },
     #[error("metadata: {0}")]
     Metadata(String),
+    #[error("{0}")]
+    ObjectStore(String),
     #[error("storage: {0}")]
     Storage(#[from] strata_storage::Error),
     #[error("{0}")]
@@ -106,12 +109,15 @@ pub async fn run(
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(?config, %addr, "starting strata");
 
+    let store = tier::TierStore::open(&config).await.map_err(ServerError::ObjectStore)?;
+    tracing::info!(store = %store.describe, "object store for tiered segments");
     let metadata = Metadata::start(config.node_id, &data_dir.join("meta"), addr.to_string())
         .await
         .map_err(|e| ServerError::Metadata(e.to_string()))?;
     let options = StorageOptions { max_open_files: config.max_open_files, ..Default::default() };
     let storage = LogManager::new(data_dir.join("logs"), options)?;
-    let broker = Arc::new(Broker::new(storage, metadata.clone()));
+    let cold = Arc::new(tier::ColdTier::new(store, config.tier_cache_bytes, config.tier_max_untiered_bytes));
+    let broker = Arc::new(Broker::new(storage, metadata.clone(), Arc::clone(&cold)));
     let b = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         b.reconcile()?;
@@ -144,6 +150,10 @@ pub async fn run(
         tokio::spawn(follow_metadata(Arc::clone(&broker), stop.clone())),
         tokio::spawn(cleanup(Arc::clone(&broker), Duration::from_millis(config.cleanup_interval_ms), stop.clone())),
         tokio::spawn(group_ticks(Arc::clone(&groups), Arc::clone(&broker), stop.clone())),
+        tokio::spawn(
+            tier::Tiering::new(Arc::clone(&broker), cold)
+                .run(Duration::from_millis(config.tier_interval_ms), stop.clone()),
+        ),
     ];
 
     let app = http::router(Arc::clone(&state))

@@ -60,6 +60,8 @@ pub struct Metrics {
     high_watermark: Family<PartitionLabels, Gauge>,
     log_size: Family<PartitionLabels, Gauge>,
     group_lag: Family<GroupLabels, Gauge>,
+    tier_lag_bytes: Family<PartitionLabels, Gauge>,
+    tier_lag_seconds: Family<PartitionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,18 @@ impl Default for Metrics {
         let high_watermark = Family::<PartitionLabels, Gauge>::default();
         let log_size = Family::<PartitionLabels, Gauge>::default();
         let group_lag = Family::<GroupLabels, Gauge>::default();
+        let tier_lag_bytes = Family::<PartitionLabels, Gauge>::default();
+        let tier_lag_seconds = Family::<PartitionLabels, Gauge>::default();
+        registry.register(
+            "tier_lag_bytes",
+            "Local bytes of a tiered partition not yet in object storage",
+            tier_lag_bytes.clone(),
+        );
+        registry.register(
+            "tier_lag_seconds",
+            "Age of the oldest sealed segment of a tiered partition not yet in object storage",
+            tier_lag_seconds.clone(),
+        );
         registry.register("requests", "Requests by API and status", requests.clone());
         registry.register("request_duration_seconds", "Request latency by API", latency.clone());
         registry.register("request_bytes", "Request body bytes by API", bytes_in.clone());
@@ -96,6 +110,8 @@ impl Default for Metrics {
             high_watermark,
             log_size,
             group_lag,
+            tier_lag_bytes,
+            tier_lag_seconds,
         }
     }
 }
@@ -124,6 +140,13 @@ impl Metrics {
             let labels = PartitionLabels { topic, partition: s.partition.to_string() };
             self.high_watermark.get_or_create(&labels).set(s.high_watermark as i64);
             self.log_size.get_or_create(&labels).set(s.size_bytes as i64);
+        }
+        self.tier_lag_bytes.clear();
+        self.tier_lag_seconds.clear();
+        for ((topic, partition), lag) in broker.cold().all_lag() {
+            let labels = PartitionLabels { topic, partition: partition.to_string() };
+            self.tier_lag_bytes.get_or_create(&labels).set(lag.bytes as i64);
+            self.tier_lag_seconds.get_or_create(&labels).set(lag.seconds as i64);
         }
         // Read now, so deleted groups and partitions do not linger.
         self.group_lag.clear();

@@ -64,9 +64,14 @@ pub struct TopicConfig {
     pub flush: String,
     pub flush_interval_ms: u64,
     pub max_record_bytes: u64,
+    /// With `tiering`: segments already in object storage are deleted locally past this age.
     pub local_retention_ms: Option<u64>,
+    /// With `tiering`: tiered segments are deleted locally while the local log exceeds this.
     pub local_retention_bytes: Option<u64>,
     pub value_schema_subject: Option<String>,
+    /// Sealed segments are copied to object storage as Parquet; reads span both tiers.
+    #[serde(default)]
+    pub tiering: bool,
 }
 
 impl Default for TopicConfig {
@@ -83,6 +88,7 @@ impl Default for TopicConfig {
             local_retention_ms: None,
             local_retention_bytes: None,
             value_schema_subject: None,
+            tiering: false,
         }
     }
 }
@@ -150,6 +156,13 @@ impl TopicConfig {
             }
             "local_retention_ms" => self.local_retention_ms = parse_limit(key, value)?,
             "local_retention_bytes" => self.local_retention_bytes = parse_limit(key, value)?,
+            "tiering" => {
+                self.tiering = match value.trim() {
+                    "true" => true,
+                    "false" => false,
+                    v => return Err(bad(key, format!("{v:?} is not `true` or `false`"))),
+                }
+            }
             "value_schema_subject" => {
                 self.value_schema_subject = match value.trim() {
                     "" | "null" => None,
@@ -169,6 +182,9 @@ impl TopicConfig {
         for (k, v) in settings {
             self.set(k, v)?;
         }
+        if self.tiering && self.cleanup_policy == "compact" {
+            return Err(bad("tiering", "a compacted topic cannot be tiered (its segments are rewritten)"));
+        }
         Ok(self)
     }
 
@@ -183,6 +199,7 @@ impl TopicConfig {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::Null => "null".to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
                 other => return Err(bad(k, format!("{other} is not a string or a number"))),
             };
             strings.insert(k.clone(), s);
@@ -205,6 +222,7 @@ impl TopicConfig {
             ("local_retention_ms".into(), limit(self.local_retention_ms)),
             ("local_retention_bytes".into(), limit(self.local_retention_bytes)),
             ("value_schema_subject".into(), self.value_schema_subject.clone().unwrap_or_default()),
+            ("tiering".into(), self.tiering.to_string()),
         ])
     }
 
@@ -220,8 +238,10 @@ impl TopicConfig {
             },
             index_interval_bytes: 4096,
             max_batch_bytes: MAX_BATCH_BYTES,
-            retention_ms: self.retention_ms,
-            retention_bytes: self.retention_bytes,
+            // A tiered topic's local segments are deleted by the tiering loop, and only once they
+            // are in object storage.
+            retention_ms: if self.tiering { None } else { self.retention_ms },
+            retention_bytes: if self.tiering { None } else { self.retention_bytes },
             cleanup_policy: if self.cleanup_policy == "compact" {
                 CleanupPolicy::Compact
             } else {

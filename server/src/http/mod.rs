@@ -27,6 +27,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics", post(topics::create).get(topics::list))
         .route("/v1/topics/{topic}", get(topics::describe).patch(topics::alter).delete(topics::delete))
         .route("/v1/topics/{topic}/partitions", post(topics::add_partitions))
+        .route("/v1/topics/{topic}/verify", get(topics::verify))
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
         .route("/v1/groups", get(groups::list))

@@ -26,6 +26,7 @@ use crate::error::{ApiError, ErrorCode};
         super::topics::alter,
         super::topics::add_partitions,
         super::topics::delete,
+        super::topics::verify,
         super::records::produce,
         super::records::fetch,
         healthz,

@@ -78,8 +78,8 @@ pub(crate) fn view(state: &AppState, name: &str) -> Result<TopicView, ApiError> 
             replicas: vec![node],
             isr: vec![node],
             log_start_offset: s.log_start_offset,
-            local_start_offset: s.log_start_offset,
-            tiered_end_offset: 0,
+            local_start_offset: s.local_start_offset,
+            tiered_end_offset: s.tiered_end_offset,
             high_watermark: s.high_watermark,
         })
         .collect();
@@ -145,4 +145,15 @@ pub async fn add_partitions(
 pub async fn delete(State(state): State<Arc<AppState>>, Path(topic): Path<String>) -> Result<StatusCode, ApiError> {
     state.admin.delete_topic(&topic).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Checks every local segment's CRCs and every tiered object against the tier manifest.
+#[utoipa::path(get, path = "/v1/topics/{topic}/verify", params(("topic" = String, Path)),
+    responses((status = 200, body = crate::tier::verify::Verification), (status = 404, body = crate::error::Problem),
+        (status = 503, body = crate::error::Problem)))]
+pub async fn verify(
+    State(state): State<Arc<AppState>>,
+    Path(topic): Path<String>,
+) -> Result<Json<crate::tier::verify::Verification>, ApiError> {
+    Ok(Json(crate::tier::verify::verify_topic(&state.broker, &topic).await?))
 }

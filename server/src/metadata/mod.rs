@@ -20,7 +20,7 @@ use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 pub use state_machine::{GroupOffsets, TopicMeta};
 use state_machine::{MetaState, MetaStateMachine};
 use tokio::sync::watch;
-pub use types::{Command, CommandResult};
+pub use types::{Command, CommandResult, TierObject};
 use types::{MetaRaft, Node};
 
 use crate::error::{ApiError, ErrorCode};
@@ -124,6 +124,12 @@ impl Metadata {
     /// A group's committed offsets: topic → partition → next offset to process.
     pub fn committed_offsets(&self, group: &str) -> BTreeMap<String, BTreeMap<u32, u64>> {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).offsets.get(group).cloned().unwrap_or_default()
+    }
+
+    /// The cold tier of a partition: its objects in offset order.
+    pub fn tier_objects(&self, topic: &str, partition: u32) -> Vec<TierObject> {
+        let st = self.inner.state.read().unwrap_or_else(PoisonError::into_inner);
+        st.tier.get(topic).and_then(|t| t.get(&partition)).cloned().unwrap_or_default()
     }
 
     /// Every persisted consumer group's state.

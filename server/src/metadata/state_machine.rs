@@ -40,7 +40,12 @@ pub struct MetaState {
     pub offsets: GroupOffsets,
     /// Consumer groups' membership and assignment.
     pub groups: BTreeMap<String, GroupState>,
+    /// Tier manifests: topic → partition → objects, in offset order, contiguous.
+    pub tier: TierManifests,
 }
+
+/// Tier manifests: topic → partition → objects, in offset order, contiguous.
+pub type TierManifests = BTreeMap<String, BTreeMap<u32, Vec<TierObject>>>;
 
 /// Committed offsets of every group: group → topic → partition → next offset to process.
 pub type GroupOffsets = BTreeMap<String, BTreeMap<String, BTreeMap<u32, u64>>>;
@@ -53,6 +58,8 @@ struct SnapshotData {
     offsets: GroupOffsets,
     #[serde(default)]
     groups: BTreeMap<String, GroupState>,
+    #[serde(default)]
+    tier: TierManifests,
 }
 
 impl MetaState {
@@ -86,6 +93,7 @@ impl MetaState {
                     for topics in self.offsets.values_mut() {
                         topics.remove(&name);
                     }
+                    self.tier.remove(&name);
                     CommandResult::Ok
                 }
                 None => CommandResult::TopicNotFound,
@@ -104,6 +112,28 @@ impl MetaState {
             Command::DeleteGroupOffsets { group } => {
                 self.offsets.remove(&group);
                 self.groups.remove(&group);
+                CommandResult::Ok
+            }
+            Command::TierAdd { topic, partition, object } => {
+                if self.topics.get(&topic).is_none_or(|t| partition >= t.partitions) {
+                    return CommandResult::TopicNotFound;
+                }
+                let objects = self.tier.entry(topic).or_default().entry(partition).or_default();
+                match objects.last() {
+                    _ if objects.contains(&object) => CommandResult::Ok,
+                    Some(last) if last.meta.end_offset != object.meta.base_offset => {
+                        CommandResult::TierGap { expected: last.meta.end_offset }
+                    }
+                    _ => {
+                        objects.push(object);
+                        CommandResult::Ok
+                    }
+                }
+            }
+            Command::TierRemove { topic, partition, below } => {
+                if let Some(objects) = self.tier.get_mut(&topic).and_then(|t| t.get_mut(&partition)) {
+                    objects.retain(|o| o.meta.end_offset > below);
+                }
                 CommandResult::Ok
             }
             Command::SetGroup { group, state } => {
@@ -185,6 +215,7 @@ impl RaftSnapshotBuilder<C> for MetaStateMachine {
                     topics: st.topics.clone(),
                     offsets: st.offsets.clone(),
                     groups: st.groups.clone(),
+                    tier: st.tier.clone(),
                 })
                 .map_err(io::Error::other)?,
             }
@@ -256,6 +287,7 @@ impl RaftStateMachine<C> for MetaStateMachine {
             st.topics = data.topics;
             st.offsets = data.offsets;
             st.groups = data.groups;
+            st.tier = data.tier;
         }
         self.changes.send_modify(|v| *v += 1);
         *cur = Some(snap);

@@ -24,6 +24,8 @@ use openraft::alias::{EntryOf, LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMember
 use serde::{Deserialize, Serialize};
 
 use super::state_machine::MetaStateMachine;
+use strata_storage::tier::TierObjectMeta;
+
 use crate::group::service::GroupState;
 use crate::topic::TopicConfig;
 
@@ -78,6 +80,28 @@ pub enum Command {
         group: String,
         state: Box<GroupState>,
     },
+    /// An object uploaded to the tier: it must start where the partition's tiered data ends
+    /// (or be the first); re-adding the same object is a no-op.
+    TierAdd {
+        topic: String,
+        partition: u32,
+        object: TierObject,
+    },
+    /// Forget the tiered objects that end at or below `below` (retention deleted them).
+    TierRemove {
+        topic: String,
+        partition: u32,
+        below: u64,
+    },
+}
+
+/// One Parquet object of a partition's cold tier, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierObject {
+    /// The object's key in the store (under the configured prefix).
+    pub key: String,
+    #[serde(flatten)]
+    pub meta: TierObjectMeta,
 }
 
 impl Command {
@@ -91,6 +115,7 @@ impl Command {
             Command::CommitOffsets { group, .. }
             | Command::DeleteGroupOffsets { group }
             | Command::SetGroup { group, .. } => group,
+            Command::TierAdd { topic, .. } | Command::TierRemove { topic, .. } => topic,
         }
     }
 }
@@ -104,6 +129,12 @@ impl fmt::Display for Command {
             Command::DeleteTopic { name } => write!(f, "delete topic {name}"),
             Command::CommitOffsets { group, offsets } => write!(f, "commit {} offsets of group {group}", offsets.len()),
             Command::DeleteGroupOffsets { group } => write!(f, "delete offsets of group {group}"),
+            Command::TierAdd { topic, partition, object } => {
+                write!(f, "tier {topic}/{partition} offsets {}..{}", object.meta.base_offset, object.meta.end_offset)
+            }
+            Command::TierRemove { topic, partition, below } => {
+                write!(f, "forget tiered objects of {topic}/{partition} below {below}")
+            }
             Command::SetGroup { group, state } => {
                 write!(f, "group {group} at generation {} (version {})", state.group.generation, state.version())
             }
@@ -119,6 +150,10 @@ pub enum CommandResult {
     TopicNotFound,
     PartitionsNotIncreased {
         current: u32,
+    },
+    /// A tiered object that does not start where the partition's cold tier ends.
+    TierGap {
+        expected: u64,
     },
     /// Response for blank / membership entries (never returned by `Metadata::write`).
     Noop,

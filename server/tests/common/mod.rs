@@ -1,6 +1,8 @@
 //! Starts real `strata serve` processes on 127.0.0.1 port 0 for black-box tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod s3;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,6 +57,18 @@ impl Server {
         panic!("server at {} never became ready", self.url);
     }
 
+    /// Waits for the process to exit on its own (e.g. a crash hook), at most `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server at {} did not exit", self.url);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, no chance to flush.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -80,6 +94,7 @@ impl Drop for Server {
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -100,10 +115,12 @@ fn agent() -> ureq::Agent {
 
 fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
     let mut r = r.unwrap();
-    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (content_type, retry_after) = (header("content-type").unwrap_or_default(), header("retry-after"));
     Reply {
         status: r.status().as_u16(),
         content_type,
+        retry_after,
         body: r.body_mut().with_config().limit(256 << 20).read_to_vec().unwrap(),
     }
 }
@@ -129,10 +146,7 @@ pub fn request(method: &str, url: &str, body: &Value) -> Reply {
 
 /// POST that reports connection failures instead of panicking (the server may be killed).
 pub fn try_post(url: &str, json_body: &[u8]) -> Result<Reply, ureq::Error> {
-    let mut r = agent().post(url).header("content-type", "application/json").send(json_body)?;
-    let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let body = r.body_mut().read_to_vec()?;
-    Ok(Reply { status: r.status().as_u16(), content_type, body })
+    Ok(reply(Ok(agent().post(url).header("content-type", "application/json").send(json_body)?)))
 }
 
 pub fn post_raw(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
