@@ -87,10 +87,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(strata: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        Self::start_with_env(strata, data_dir, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment (`STRATA_*` config).
+    pub fn start_with_env(strata: &Path, data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Server> {
         let mut child = Command::new(strata)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("STRATA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", strata.display()))?;

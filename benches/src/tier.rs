@@ -37,6 +37,9 @@ const PAGE_BYTES: usize = 1024 * 1024;
 pub struct Args {
     #[command(flatten)]
     run: crate::harness::RunArgs,
+    /// The `strata` binary, for the consumer's view through the server (default: next to this one).
+    #[arg(long)]
+    strata: Option<std::path::PathBuf>,
 }
 
 /// One measurement repeated: median and range.
@@ -427,7 +430,28 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         zstd_floor.json()
     ));
 
-    // 3. Size.
+    // 3. What a consumer sees: the same records fetched over gRPC from the cold tier and from
+    //    the hot tier of a running server.
+    let strata = crate::harness::strata_binary(args.strata.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (cold_fetch, hot_fetch, fetched) =
+        runtime.block_on(through_server(&strata, root.path(), total_mib, segment_mib, runs))?;
+    let ratio = cold_fetch.median() / hot_fetch.median();
+    rows.push((
+        format!(
+            "consumer fetch over gRPC of {fetched} records from the cold tier (server restarted: object cache empty)"
+        ),
+        cold_fetch.show("MB/s"),
+        format!("the same records fetched from a hot (untiered) topic: {}", hot_fetch.show("MB/s")),
+        format!("{ratio:.2}× hot fetch"),
+    ));
+    json.push(format!(
+        "\"consumer_fetch\":{{\"cold_mb_s\":{},\"hot_mb_s\":{},\"ratio\":{ratio:.3}}}",
+        cold_fetch.json(),
+        hot_fetch.json()
+    ));
+
+    // 4. Size.
     let object_bytes: u64 = metas.iter().map(|m| m.size_bytes).sum();
     let size_ratio = object_bytes as f64 / segment_bytes as f64;
     rows.push((
@@ -455,4 +479,96 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let out_path = args.run.write_results("tier", &doc)?;
     println!("\nresults written to {}", out_path.display());
     Ok(())
+}
+
+/// Produces the same JSON values to a tiered and an untiered topic, waits until the tiered one is
+/// in object storage (and trimmed locally), then times fetching its history from each, the server
+/// restarted before each run so the object cache starts empty. MB/s of values.
+async fn through_server(
+    strata: &Path,
+    root: &Path,
+    total_mib: u64,
+    segment_mib: u64,
+    runs: usize,
+) -> anyhow::Result<(Stat, Stat, u64)> {
+    use strata_client::proto;
+    use tokio_stream::StreamExt;
+
+    let data = root.join("server");
+    let env = [("STRATA_TIER_INTERVAL_MS", "200")];
+    let mut server = crate::harness::Server::start_with_env(strata, &data, &env)?;
+    let client = strata_client::Client::connect(&server.url).await?;
+    for (topic, tiered) in [("cold", true), ("hot", false)] {
+        let mut config: std::collections::HashMap<String, String> = [
+            ("segment_bytes".to_string(), (segment_mib << 20).to_string()),
+            ("flush".to_string(), "never".to_string()),
+        ]
+        .into();
+        if tiered {
+            config.insert("tiering".into(), "true".into());
+            config.insert("local_retention_bytes".into(), "0".into());
+        }
+        client.admin().create_topic(topic, 1, config).await?;
+    }
+    let mut producer = proto::producer_client::ProducerClient::connect(server.url.clone()).await?;
+    let batches = (total_mib << 20) as usize / (100 * VALUE_BYTES);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let values: Vec<bytes::Bytes> = (0..batches * 100).map(|i| json_value(&mut rng, i as i64).into()).collect();
+    for topic in ["cold", "hot"] {
+        let requests: Vec<proto::ProduceRequest> = values
+            .chunks(100)
+            .enumerate()
+            .map(|(i, chunk)| proto::ProduceRequest {
+                topic: topic.into(),
+                records: chunk.iter().map(|v| proto::Record { value: Some(v.clone()), ..Default::default() }).collect(),
+                acks: proto::Acks::Leader as i32,
+                request_id: i as u64,
+            })
+            .collect();
+        let mut acks = producer.produce_stream(tokio_stream::iter(requests)).await?.into_inner();
+        while let Some(ack) = acks.next().await {
+            anyhow::ensure!(ack?.error.is_none(), "produce failed");
+        }
+    }
+    // Wait until every sealed segment of `cold` is tiered and gone from local disk.
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let end = loop {
+        let info = client.admin().describe_topic("cold").await?;
+        let p = &info.partitions[0];
+        if p.tiered_end_offset > 0 && p.local_start_offset == p.tiered_end_offset {
+            // Settled when tiering no longer moves for a moment (only the active segment is left).
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            let again = client.admin().describe_topic("cold").await?;
+            if again.partitions[0].tiered_end_offset == p.tiered_end_offset {
+                break p.tiered_end_offset;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "tiering did not finish: {p:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    drop(client);
+    let (mut cold, mut hot) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        server.stop()?;
+        server = crate::harness::Server::start_with_env(strata, &data, &env)?;
+        cold.push(fetch_range(&server.url, "cold", end).await?);
+        hot.push(fetch_range(&server.url, "hot", end).await?);
+    }
+    server.stop()?;
+    Ok((Stat::of(cold), Stat::of(hot), end))
+}
+
+/// Fetches offsets `0..end` of partition 0 (decoded records, 2,000 per fetch). MB/s of values.
+async fn fetch_range(url: &str, topic: &str, end: u64) -> anyhow::Result<f64> {
+    let client = strata_client::Client::connect(url).await?;
+    let start = Instant::now();
+    let (mut offset, mut bytes) = (0u64, 0usize);
+    while offset < end {
+        let page =
+            client.fetch(topic, 0, strata_client::Start::Offset(offset), 2000, std::time::Duration::ZERO).await?;
+        anyhow::ensure!(!page.records.is_empty(), "{topic}: no records at {offset}");
+        bytes += page.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        offset = page.next_offset;
+    }
+    Ok(bytes as f64 / 1e6 / start.elapsed().as_secs_f64())
 }

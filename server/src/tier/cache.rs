@@ -1,34 +1,44 @@
-//! A bounded in-memory cache of tiered objects (whole Parquet files), least recently used first
-//! out. Objects are immutable, so entries never go stale.
+//! A bounded in-memory cache of tiered objects, least recently used first out. Objects are
+//! immutable, so entries never go stale.
 
 use std::sync::{Mutex, PoisonError};
 
-use bytes::Bytes;
 use lru::LruCache;
 
+/// What the cache holds: cheap to clone (shared), with a size in bytes.
+pub trait Weigh {
+    fn weight(&self) -> u64;
+}
+
+impl Weigh for bytes::Bytes {
+    fn weight(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
 #[derive(Debug)]
-struct Inner {
-    entries: LruCache<String, Bytes>,
+struct Inner<V> {
+    entries: LruCache<String, V>,
     bytes: u64,
 }
 
-/// Object key → bytes, at most `capacity` bytes in all (an object larger than that is not kept).
+/// Object key → value, at most `capacity` bytes in all (a value larger than that is not kept).
 #[derive(Debug)]
-pub struct ObjectCache {
-    inner: Mutex<Inner>,
+pub struct ObjectCache<V> {
+    inner: Mutex<Inner<V>>,
     capacity: u64,
 }
 
-impl ObjectCache {
+impl<V: Weigh + Clone> ObjectCache<V> {
     pub fn new(capacity: u64) -> Self {
         Self { inner: Mutex::new(Inner { entries: LruCache::unbounded(), bytes: 0 }), capacity }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn get(&self, key: &str) -> Option<Bytes> {
+    pub fn get(&self, key: &str) -> Option<V> {
         self.lock().entries.get(key).cloned()
     }
 
@@ -36,19 +46,19 @@ impl ObjectCache {
         self.lock().entries.contains(key)
     }
 
-    pub fn insert(&self, key: &str, bytes: Bytes) {
-        let size = bytes.len() as u64;
+    pub fn insert(&self, key: &str, value: V) {
+        let size = value.weight();
         if size > self.capacity {
             return;
         }
         let mut inner = self.lock();
-        if let Some(old) = inner.entries.put(key.to_string(), bytes) {
-            inner.bytes -= old.len() as u64;
+        if let Some(old) = inner.entries.put(key.to_string(), value) {
+            inner.bytes -= old.weight();
         }
         inner.bytes += size;
         while inner.bytes > self.capacity {
             match inner.entries.pop_lru() {
-                Some((_, evicted)) => inner.bytes -= evicted.len() as u64,
+                Some((_, evicted)) => inner.bytes -= evicted.weight(),
                 None => break,
             }
         }
@@ -57,7 +67,7 @@ impl ObjectCache {
     pub fn remove(&self, key: &str) {
         let mut inner = self.lock();
         if let Some(old) = inner.entries.pop(key) {
-            inner.bytes -= old.len() as u64;
+            inner.bytes -= old.weight();
         }
     }
 
@@ -69,6 +79,8 @@ impl ObjectCache {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]

@@ -40,11 +40,27 @@ pub struct TierLag {
     pub tiered_local_bytes: u64,
 }
 
-/// The cold tier: the object store, a cache of objects, and tiering progress.
+/// A tiered object decoded once: its records in offset order. Sequential consumers are served
+/// page after page from it instead of decoding the object again for every fetch.
+#[derive(Debug)]
+pub struct DecodedObject {
+    records: Vec<strata_storage::Record>,
+    weight: u64,
+}
+
+impl cache::Weigh for Arc<DecodedObject> {
+    fn weight(&self) -> u64 {
+        self.weight
+    }
+}
+
+/// The cold tier: the object store, a cache of decoded objects, and tiering progress.
 #[derive(Debug)]
 pub struct ColdTier {
     pub store: TierStore,
-    cache: ObjectCache,
+    cache: ObjectCache<Arc<DecodedObject>>,
+    /// One loader per object at a time (a read and its read-ahead do not both decode it).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     lag: Mutex<HashMap<(String, u32), TierLag>>,
     max_untiered_bytes: u64,
 }
@@ -55,19 +71,41 @@ fn unavailable(store: &TierStore, e: &store::StoreError) -> ApiError {
 
 impl ColdTier {
     pub fn new(store: TierStore, cache_bytes: u64, max_untiered_bytes: u64) -> Self {
-        Self { store, cache: ObjectCache::new(cache_bytes), lag: Mutex::new(HashMap::new()), max_untiered_bytes }
+        Self {
+            store,
+            cache: ObjectCache::new(cache_bytes),
+            loading: Mutex::new(HashMap::new()),
+            lag: Mutex::new(HashMap::new()),
+            max_untiered_bytes,
+        }
     }
 
-    /// The object's bytes, checked against the manifest (size and CRC32C), from the cache or
-    /// the store.
+    /// The object's records, from the cache or fetched from the store, checked against the
+    /// manifest (size, CRC32C, record count) and decoded.
     ///
     /// # Errors
     /// `unavailable` (503) when the store does not answer; `data_corrupt` naming the object and
-    /// its offset range when it is missing or damaged.
-    pub async fn object(&self, object: &TierObject) -> Result<bytes::Bytes, ApiError> {
-        if let Some(bytes) = self.cache.get(&object.key) {
-            return Ok(bytes);
+    /// its offset range when it is missing, damaged or does not decode.
+    pub async fn object(&self, object: &TierObject) -> Result<Arc<DecodedObject>, ApiError> {
+        if let Some(decoded) = self.cache.get(&object.key) {
+            return Ok(decoded);
         }
+        let gate = {
+            let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(loading.entry(object.key.clone()).or_default())
+        };
+        let _loading = gate.lock().await;
+        if let Some(decoded) = self.cache.get(&object.key) {
+            return Ok(decoded);
+        }
+        let loaded = self.load(object).await;
+        self.loading.lock().unwrap_or_else(PoisonError::into_inner).remove(&object.key);
+        let decoded = loaded?;
+        self.cache.insert(&object.key, Arc::clone(&decoded));
+        Ok(decoded)
+    }
+
+    async fn load(&self, object: &TierObject) -> Result<Arc<DecodedObject>, ApiError> {
         let bytes = match self.store.get(&object.key).await {
             Ok(b) => b,
             Err(store::StoreError::NotFound { .. }) => return Err(damaged(object, "it is missing from the store")),
@@ -77,8 +115,25 @@ impl ColdTier {
         if bytes.len() as u64 != meta.size_bytes || crc32c::crc32c(&bytes) != meta.crc32c {
             return Err(damaged(object, "its size or CRC32C does not match the manifest"));
         }
-        self.cache.insert(&object.key, bytes.clone());
-        Ok(bytes)
+        let base = meta.base_offset;
+        let decoded =
+            tokio::task::spawn_blocking(move || parquet_tier::read_parquet(&bytes, base, usize::MAX, usize::MAX))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cold read task failed: {e}")))?;
+        let records = decoded.map_err(|e| damaged(object, &format!("it does not decode: {e}")))?;
+        if records.len() as u64 != meta.records {
+            let why = format!("it holds {} records, the manifest says {}", records.len(), meta.records);
+            return Err(damaged(object, &why));
+        }
+        let weight = records
+            .iter()
+            .map(|r| {
+                let headers: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+                let body = r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
+                (64 + body + headers) as u64
+            })
+            .sum();
+        Ok(Arc::new(DecodedObject { records, weight }))
     }
 
     /// Loads `object` into the cache in the background (read-ahead for sequential consumers).
@@ -114,24 +169,25 @@ impl ColdTier {
         if let Some(next) = objects.get(i + 1) {
             self.prefetch(next.clone());
         }
-        let bytes = self.object(object).await?;
-        let decoded =
-            tokio::task::spawn_blocking(move || parquet_tier::read_parquet(&bytes, offset, max_records, max_bytes))
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cold read task failed: {e}")))?;
-        let records = decoded.map_err(|e| damaged(object, &format!("it does not decode: {e}")))?;
-        let next = records.last().map_or(object.meta.end_offset, |r| r.offset + 1);
-        let records = records
-            .into_iter()
-            .map(|r| FetchedRecord {
+        let decoded = self.object(object).await?;
+        let from = decoded.records.partition_point(|r| r.offset < offset);
+        let mut bytes = 0usize;
+        let mut records = Vec::new();
+        for r in &decoded.records[from..] {
+            if records.len() >= max_records.max(1) || (bytes >= max_bytes && !records.is_empty()) {
+                break;
+            }
+            bytes += r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
+            records.push(FetchedRecord {
                 partition,
                 offset: r.offset,
                 timestamp: r.timestamp,
-                key: r.key,
-                value: r.value,
-                headers: r.headers,
-            })
-            .collect();
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r.headers.clone(),
+            });
+        }
+        let next = records.last().map_or(object.meta.end_offset, |r| r.offset + 1);
         Ok((records, next))
     }
 
@@ -141,11 +197,8 @@ impl ColdTier {
     /// As [`ColdTier::object`].
     pub async fn offset_for_timestamp(&self, objects: &[TierObject], timestamp: i64) -> Result<Option<u64>, ApiError> {
         let Some(object) = objects.iter().find(|o| o.meta.max_timestamp >= timestamp) else { return Ok(None) };
-        let bytes = self.object(object).await?;
-        let found = tokio::task::spawn_blocking(move || parquet_tier::parquet_offset_for_timestamp(&bytes, timestamp))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cold read task failed: {e}")))?;
-        found.map_err(|e| damaged(object, &format!("it does not decode: {e}")))
+        let decoded = self.object(object).await?;
+        Ok(decoded.records.iter().find(|r| r.timestamp >= timestamp).map(|r| r.offset))
     }
 
     pub fn lag(&self, topic: &str, partition: u32) -> TierLag {
