@@ -2,12 +2,13 @@
 //! run (BENCHMARKS.md): a plain-file writer or reader doing the same I/O without Strata.
 //!
 //! `strata-bench storage` runs the storage engine benchmarks of issue #2, `strata-bench server`
-//! those of issue #3, `strata-bench groups` those of issue #4 and `strata-bench tier`
-//! those of issue #5; each writes
+//! those of issue #3, `strata-bench groups` those of issue #4, `strata-bench tier`
+//! those of issue #5 and `strata-bench registry` those of issue #7; each writes
 //! `benches/results/<date>-<name>.json` and prints a markdown table.
 
 mod groups;
 mod harness;
+mod registry;
 mod server;
 mod storage;
 mod tier;
@@ -31,6 +32,8 @@ enum Command {
     Groups(groups::Args),
     /// Tiering: segment to Parquet throughput, Parquet read vs log read, Parquet size.
     Tier(tier::Args),
+    /// Schema registry: validated produce (JSON → Avro) vs unvalidated produce of the same records.
+    Registry(registry::Args),
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server::run(&args),
         Command::Groups(args) => groups::run(&args),
         Command::Tier(args) => tier::run(&args),
+        Command::Registry(args) => registry::run(&args),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

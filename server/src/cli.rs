@@ -13,6 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use strata_client::{
     Client, GroupConfig, OffsetReset, ProducerConfig, RebalanceListener, Record, Start, TopicPartition, proto,
 };
+use strata_server::registry::cli::ValueDecoder;
 
 #[derive(Args, Debug)]
 pub struct ServerArg {
@@ -76,6 +77,17 @@ pub enum ClientCommand {
         max: Option<u64>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Print Avro values framed with a schema-registry id as JSON (schemas fetched from the
+        /// server's registry).
+        #[arg(long)]
+        decode: bool,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The schema registry: register, get, list and check schemas, and set compatibility modes.
+    Schema {
+        #[command(subcommand)]
+        action: strata_server::registry::cli::SchemaAction,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -171,21 +183,28 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce { topic, key, partition, acks, value, server } => {
             produce(&connect(&server).await?, &topic, key, partition, acks, value).await
         }
-        ClientCommand::Consume { topic, group, commit, from, partition, max, format, server } => match group {
-            Some(group) => {
-                if partition.is_some() {
-                    bail!("--partition does not combine with --group: the group assigns the partitions");
+        ClientCommand::Consume { topic, group, commit, from, partition, max, format, decode, server } => {
+            let mut decoder = decode.then(|| ValueDecoder::new(&server.server));
+            match group {
+                Some(group) => {
+                    if partition.is_some() {
+                        bail!("--partition does not combine with --group: the group assigns the partitions");
+                    }
+                    let commit = commit.unwrap_or(CommitArg::Auto);
+                    let client = connect(&server).await?;
+                    consume_group(&client, &topic, &group, &from, commit, max, format, decoder.as_mut()).await
                 }
-                let commit = commit.unwrap_or(CommitArg::Auto);
-                consume_group(&connect(&server).await?, &topic, &group, &from, commit, max, format).await
-            }
-            None => {
-                if commit.is_some() {
-                    bail!("--commit needs --group: without a group nothing is committed");
+                None => {
+                    if commit.is_some() {
+                        bail!("--commit needs --group: without a group nothing is committed");
+                    }
+                    consume(&connect(&server).await?, &topic, &from, partition, max, format, decoder.as_mut()).await
                 }
-                consume(&connect(&server).await?, &topic, &from, partition, max, format).await
             }
-        },
+        }
+        ClientCommand::Schema { action, server } => {
+            tokio::task::spawn_blocking(move || strata_server::registry::cli::run(&server.server, action)).await?
+        }
     }
 }
 
@@ -390,15 +409,26 @@ fn text(bytes: Option<&[u8]>) -> serde_json::Value {
 
 /// One record as one line: its value (`text`), or partition, offset, timestamp, key, value and
 /// headers (`json`).
-fn write_record(out: &mut impl Write, format: Format, r: &proto::FetchedRecord) -> std::io::Result<()> {
+/// With `decoder`, framed Avro values print as JSON.
+fn write_record(
+    out: &mut impl Write,
+    format: Format,
+    r: &proto::FetchedRecord,
+    decoder: Option<&mut ValueDecoder>,
+) -> std::io::Result<()> {
+    let decoded = decoder.and_then(|d| r.value.as_deref().and_then(|v| d.decode(v)));
     match format {
-        Format::Text => writeln!(out, "{}", r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default()),
+        Format::Text => match decoded {
+            Some(value) => writeln!(out, "{value}"),
+            None => writeln!(out, "{}", r.value.as_deref().map(String::from_utf8_lossy).unwrap_or_default()),
+        },
         Format::Json => {
             let headers: serde_json::Map<String, serde_json::Value> =
                 r.headers.iter().map(|h| (h.name.clone(), text(Some(&h.value)))).collect();
+            let value = decoded.unwrap_or_else(|| text(r.value.as_deref()));
             let line = serde_json::json!({
                 "partition": r.partition, "offset": r.offset, "timestamp": r.timestamp_ms,
-                "key": text(r.key.as_deref()), "value": text(r.value.as_deref()), "headers": headers,
+                "key": text(r.key.as_deref()), "value": value, "headers": headers,
             });
             writeln!(out, "{line}")
         }
@@ -412,6 +442,7 @@ async fn consume(
     partition: Option<u32>,
     max: Option<u64>,
     format: Format,
+    mut decoder: Option<&mut ValueDecoder>,
 ) -> anyhow::Result<()> {
     let info = client.admin().describe_topic(topic).await?;
     let partitions: Vec<u32> = match partition {
@@ -432,7 +463,7 @@ async fn consume(
             let mut out = stdout.lock();
             for r in page.records {
                 got_any = true;
-                write_record(&mut out, format, &r)?;
+                write_record(&mut out, format, &r, decoder.as_deref_mut())?;
                 printed += 1;
                 if max.is_some_and(|m| printed >= m) {
                     out.flush()?;
@@ -497,6 +528,7 @@ fn stop_on_signal() -> tokio_util::sync::CancellationToken {
 /// `manual` commits after each printed batch. Either way a partition taken away in a rebalance
 /// gets what was printed of it committed first, and `--max` stops after exactly that many records,
 /// so the next run with the same group starts right after the last record printed.
+#[allow(clippy::too_many_arguments)] // the flags of one command, passed through
 async fn consume_group(
     client: &Client,
     topic: &str,
@@ -505,6 +537,7 @@ async fn consume_group(
     commit: CommitArg,
     max: Option<u64>,
     format: Format,
+    mut decoder: Option<&mut ValueDecoder>,
 ) -> anyhow::Result<()> {
     const BATCH: u64 = 500;
     let reset = match from {
@@ -553,7 +586,7 @@ async fn consume_group(
         }
         let mut out = stdout.lock();
         for r in &records {
-            write_record(&mut out, format, &r.record)?;
+            write_record(&mut out, format, &r.record, decoder.as_deref_mut())?;
             bytes += r.record.value.as_ref().map_or(0, |v| v.len() as u64);
         }
         out.flush()?;

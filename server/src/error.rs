@@ -17,6 +17,8 @@ pub enum ErrorCode {
     InvalidConfig,
     InvalidRequest,
     InvalidRecord,
+    /// A value that does not match the schema its topic is bound to (`value_schema_subject`).
+    SchemaMismatch,
     RecordTooLarge,
     RequestTooLarge,
     UnsupportedMediaType,
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidRecord => "invalid_record",
+            ErrorCode::SchemaMismatch => "schema_mismatch",
             ErrorCode::RecordTooLarge => "record_too_large",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -73,7 +76,8 @@ impl ErrorCode {
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
-            | ErrorCode::InvalidRecord => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidRecord
+            | ErrorCode::SchemaMismatch => StatusCode::BAD_REQUEST,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -96,6 +100,7 @@ impl ErrorCode {
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidRecord
+            | ErrorCode::SchemaMismatch
             | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => tonic::Code::ResourceExhausted,
             ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,

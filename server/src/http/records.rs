@@ -240,6 +240,9 @@ pub struct JsonFetchedRecord {
     pub value: Option<Option<Box<RawValue>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,
+    /// With `?decode=true`: the registry schema id the value was decoded with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_schema_id: Option<u32>,
     pub headers: BTreeMap<String, String>,
 }
 
@@ -278,6 +281,7 @@ pub(crate) fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecor
         key_b64,
         value: if value_b64.is_some() { None } else { Some(value) },
         value_b64,
+        value_schema_id: None,
         headers: r.headers.into_iter().map(|h| (h.name, String::from_utf8_lossy(&h.value).into_owned())).collect(),
     }
 }
@@ -288,7 +292,8 @@ pub(crate) fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecor
         ("timestamp" = Option<i64>, Query, description = "first record at or after this time (ms)"),
         ("max_records" = Option<u32>, Query), ("max_bytes" = Option<u32>, Query),
         ("wait_ms" = Option<u32>, Query, description = "long-poll: return as soon as a record arrives"),
-        ("encoding" = Option<String>, Query, description = "`base64` forces key_b64/value_b64")),
+        ("encoding" = Option<String>, Query, description = "`base64` forces key_b64/value_b64"),
+        ("decode" = Option<bool>, Query, description = "`true`: Avro values framed with a registry schema id come back as JSON")),
     responses((status = 200, body = FetchResponse), (status = 416, body = crate::error::Problem), (status = "4XX", body = crate::error::Problem)))]
 pub async fn fetch(
     State(state): State<Arc<AppState>>,
@@ -318,10 +323,26 @@ pub async fn fetch(
         Some("base64") => true,
         Some(other) => return Err(ApiError::invalid(format!("encoding must be `json` or `base64`, got {other:?}"))),
     };
+    let decode = match query.get("decode").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::invalid(format!("decode must be `true` or `false`, got {other:?}"))),
+    };
     let result = state.broker.fetch(&topic, partition, start, max_records, max_bytes, wait).await?;
     state.metrics.records_out(&topic, result.records.len());
+    let registry = state.broker.registry();
+    let record = |r: FetchedRecord| {
+        let decoded = if decode { r.value.as_deref().and_then(|v| registry.decode_value(v)) } else { None };
+        let mut out = json_record(r, force_b64);
+        if let Some((id, value)) = decoded {
+            out.value = Some(RawValue::from_string(value.to_string()).ok());
+            out.value_b64 = None;
+            out.value_schema_id = Some(id);
+        }
+        out
+    };
     Ok(Json(FetchResponse {
-        records: result.records.into_iter().map(|r| json_record(r, force_b64)).collect(),
+        records: result.records.into_iter().map(record).collect(),
         next_offset: result.next_offset,
         high_watermark: result.high_watermark,
         log_start_offset: result.log_start_offset,

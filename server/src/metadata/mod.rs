@@ -132,6 +132,12 @@ impl Metadata {
         st.tier.get(topic).and_then(|t| t.get(&partition)).cloned().unwrap_or_default()
     }
 
+    /// Reads the schema registry's state as applied on this node (under the state's read lock:
+    /// keep `f` short).
+    pub fn registry<R>(&self, f: impl FnOnce(&crate::registry::RegistryState) -> R) -> R {
+        f(&self.inner.state.read().unwrap_or_else(PoisonError::into_inner).registry)
+    }
+
     /// Every persisted consumer group's state.
     pub fn group_states(&self) -> BTreeMap<String, crate::group::service::GroupState> {
         self.inner.state.read().unwrap_or_else(PoisonError::into_inner).groups.clone()

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::types::*;
 use crate::group::service::GroupState;
+use crate::registry::RegistryState;
 use crate::topic::TopicConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -42,6 +43,8 @@ pub struct MetaState {
     pub groups: BTreeMap<String, GroupState>,
     /// Tier manifests: topic → partition → objects, in offset order, contiguous.
     pub tier: TierManifests,
+    /// The schema registry: subjects, versions, schemas by global id, compatibility configs.
+    pub registry: RegistryState,
 }
 
 /// Tier manifests: topic → partition → objects, in offset order, contiguous.
@@ -60,6 +63,8 @@ struct SnapshotData {
     groups: BTreeMap<String, GroupState>,
     #[serde(default)]
     tier: TierManifests,
+    #[serde(default)]
+    registry: RegistryState,
 }
 
 impl MetaState {
@@ -142,6 +147,7 @@ impl MetaState {
                 }
                 CommandResult::Ok
             }
+            Command::Registry(command) => CommandResult::Registry(self.registry.apply(command)),
         }
     }
 }
@@ -216,6 +222,7 @@ impl RaftSnapshotBuilder<C> for MetaStateMachine {
                     offsets: st.offsets.clone(),
                     groups: st.groups.clone(),
                     tier: st.tier.clone(),
+                    registry: st.registry.clone(),
                 })
                 .map_err(io::Error::other)?,
             }
@@ -288,6 +295,7 @@ impl RaftStateMachine<C> for MetaStateMachine {
             st.offsets = data.offsets;
             st.groups = data.groups;
             st.tier = data.tier;
+            st.registry = data.registry;
         }
         self.changes.send_modify(|v| *v += 1);
         *cur = Some(snap);

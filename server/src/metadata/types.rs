@@ -27,6 +27,7 @@ use super::state_machine::MetaStateMachine;
 use strata_storage::tier::TierObjectMeta;
 
 use crate::group::service::GroupState;
+use crate::registry::{RegistryCommand, RegistryOutcome};
 use crate::topic::TopicConfig;
 
 // ---------------------------------------------------------------------------------------------
@@ -93,6 +94,8 @@ pub enum Command {
         partition: u32,
         below: u64,
     },
+    /// A schema-registry change (subjects, versions, ids, compatibility configs).
+    Registry(RegistryCommand),
 }
 
 /// One Parquet object of a partition's cold tier, as the manifest records it.
@@ -116,6 +119,7 @@ impl Command {
             | Command::DeleteGroupOffsets { group }
             | Command::SetGroup { group, .. } => group,
             Command::TierAdd { topic, .. } | Command::TierRemove { topic, .. } => topic,
+            Command::Registry(command) => command.subject(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl fmt::Display for Command {
             Command::SetGroup { group, state } => {
                 write!(f, "group {group} at generation {} (version {})", state.group.generation, state.version())
             }
+            Command::Registry(command) => write!(f, "registry: {command}"),
         }
     }
 }
@@ -155,6 +160,8 @@ pub enum CommandResult {
     TierGap {
         expected: u64,
     },
+    /// What a registry command decided.
+    Registry(RegistryOutcome),
     /// Response for blank / membership entries (never returned by `Metadata::write`).
     Noop,
 }
