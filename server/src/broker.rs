@@ -461,7 +461,15 @@ impl Broker {
         if let Some(cold) = self.read_cold(topic, partition, start, max_records, max_bytes).await? {
             return Ok(cold);
         }
-        let (mut offset, mut read) = self.read_waiting(topic, partition, start, max_bytes, wait).await?;
+        let (mut offset, mut read) = match self.read_waiting(topic, partition, start, max_bytes, wait).await {
+            Ok(read) => read,
+            // Local retention deleted the segment (it is tiered) between the choice of tier and
+            // the read: the cold tier has it now.
+            Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                return self.read_cold(topic, partition, start, max_records, max_bytes).await?.ok_or(e);
+            }
+            Err(e) => return Err(e),
+        };
         loop {
             let result = decode(partition, offset, read, max_records)?;
             // Compaction keeps a batch's offset span, so a read can return only records below the
@@ -498,28 +506,19 @@ impl Broker {
         wait: Duration,
     ) -> Result<strata_storage::ReadResult, ApiError> {
         if let Some(cold) = self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
-            // Cold records are re-encoded as one batch (tiered topics are never compacted, so
-            // their offsets are dense).
-            let mut builder = BatchBuilder::new(Compression::None);
-            for r in &cold.records {
-                builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
-            }
-            let batches = match cold.records.first() {
-                None => Bytes::new(),
-                Some(first) => {
-                    let mut batch = builder.build().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-                    strata_storage::batch::set_base_offset(&mut batch, first.offset);
-                    Bytes::from(batch)
-                }
-            };
-            return Ok(strata_storage::ReadResult {
-                batches,
-                next_offset: cold.next_offset,
-                high_watermark: cold.high_watermark,
-                log_start_offset: cold.log_start_offset,
-            });
+            return raw_batches(cold);
         }
-        Ok(self.read_waiting(topic, partition, start, max_bytes, wait).await?.1)
+        match self.read_waiting(topic, partition, start, max_bytes, wait).await {
+            Ok((_, read)) => Ok(read),
+            // As in `fetch`: local retention may have just handed the range to the cold tier.
+            Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                match self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
+                    Some(cold) => raw_batches(cold),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Serves a read from the cold tier when it starts below the partition's local start (a
@@ -557,7 +556,22 @@ impl Broker {
                 format!("offset {offset} is outside the readable range {}..={high_watermark}", first.meta.base_offset),
             ));
         }
-        let (records, next_offset) = self.cold.read(partition, &objects, offset, max_records, max_bytes).await?;
+        let (records, next_offset) = match self.cold.read(partition, &objects, offset, max_records, max_bytes).await {
+            Ok(read) => read,
+            // Retention may have forgotten (and deleted) the object since the manifest was read.
+            Err(e) if e.code == ErrorCode::DataCorrupt => {
+                let now = self.metadata.tier_objects(topic, partition);
+                let start = now.first().map_or(local_start, |o| o.meta.base_offset);
+                if offset < start {
+                    return Err(ApiError::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("offset {offset} is outside the readable range {start}..={high_watermark}"),
+                    ));
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Some(FetchResult { records, next_offset, high_watermark, log_start_offset: first.meta.base_offset }))
     }
 
@@ -600,6 +614,29 @@ impl Broker {
             }
         }
     }
+}
+
+/// Cold records as stored batches (re-encoded as one batch: tiered topics are never compacted,
+/// so their offsets are dense).
+fn raw_batches(cold: FetchResult) -> Result<strata_storage::ReadResult, ApiError> {
+    let mut builder = BatchBuilder::new(Compression::None);
+    for r in &cold.records {
+        builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
+    }
+    let batches = match cold.records.first() {
+        None => Bytes::new(),
+        Some(first) => {
+            let mut batch = builder.build().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            strata_storage::batch::set_base_offset(&mut batch, first.offset);
+            Bytes::from(batch)
+        }
+    };
+    Ok(strata_storage::ReadResult {
+        batches,
+        next_offset: cold.next_offset,
+        high_watermark: cold.high_watermark,
+        log_start_offset: cold.log_start_offset,
+    })
 }
 
 fn decode(
