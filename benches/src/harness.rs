@@ -73,12 +73,25 @@ pub fn strata_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(strata)
 }
 
+/// Today's date, `YYYY-MM-DD` (local time).
+pub fn today() -> anyhow::Result<String> {
+    let out = Command::new("date").arg("+%Y-%m-%d").output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+/// The current UTC time, `YYYY-MM-DD HH:MM:SS`.
+pub fn now_utc() -> anyhow::Result<String> {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M:%S"]).output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 /// The load average, as the report quotes it.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
 
 /// A release `strata serve` process on 127.0.0.1 port 0 with its own data directory.
+#[derive(Debug)]
 pub struct Server {
     child: Child,
     pub url: String,
@@ -114,6 +127,11 @@ impl Server {
         let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
         Ok(ticks / 100.0)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn rss_mib(&self) -> anyhow::Result<f64> {

@@ -5,9 +5,14 @@
 //! those of issue #3, `strata-bench groups` those of issue #4, `strata-bench tier`
 //! those of issue #5 and `strata-bench registry` those of issue #7; each writes
 //! `benches/results/<date>-<name>.json` and prints a markdown table.
+//!
+//! `strata-bench all` (issue #8) runs Strata side by side with Redis Streams and NATS JetStream
+//! ([`peers`]) and the machine's own limits, and writes `benches/RESULTS.md`.
 
+mod all;
 mod groups;
 mod harness;
+mod peers;
 mod registry;
 mod server;
 mod storage;
@@ -24,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Side by side: Strata, Redis Streams, NATS JetStream and the machine's limits (W1–W7).
+    All(all::Args),
     /// Storage engine: append (group commit), latency, sequential read, reopen, memory.
     Storage(storage::Args),
     /// Server: produce through each door, latency at half the peak, catch-up fetch, idle memory.
@@ -41,6 +48,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::All(args) => all::run(&args),
         Command::Storage(args) => storage::run(&args),
         Command::Server(args) => server::run(&args),
         Command::Groups(args) => groups::run(&args),

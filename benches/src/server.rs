@@ -57,22 +57,29 @@ fn json_body() -> Vec<u8> {
 }
 
 /// Outcome of a throughput run.
-struct Run {
-    records_per_s: f64,
-    mb_per_s: f64,
-    latency: Histogram<u64>,
-    cpu_s_per_gb: f64,
+pub(crate) struct Run {
+    pub(crate) records_per_s: f64,
+    pub(crate) mb_per_s: f64,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) cpu_s_per_gb: f64,
 }
 
-async fn create_topic(url: &str, name: &str, partitions: u32, flush: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_topic(url: &str, name: &str, partitions: u32, flush: &str) -> anyhow::Result<()> {
     let client = strata_client::Client::connect(url).await?;
     let config = [("flush".to_string(), flush.to_string())].into_iter().collect();
     client.admin().create_topic(name, partitions, config).await?;
     Ok(())
 }
 
-/// Produces for `seconds` through `door` with `clients` concurrent clients.
-async fn produce_run(server: &Server, topic: &str, door: &str, clients: usize, seconds: f64) -> anyhow::Result<Run> {
+/// Produces for `seconds` through `door` (`grpc-stream`, `grpc-unary`, `http-json`,
+/// `http-webhook`) with `clients` concurrent clients.
+pub(crate) async fn produce_run(
+    server: &Server,
+    topic: &str,
+    door: &str,
+    clients: usize,
+    seconds: f64,
+) -> anyhow::Result<Run> {
     let url = server.url.clone();
     let count = Arc::new(AtomicU64::new(0));
     let cpu_before = server.cpu_seconds()?;
@@ -137,6 +144,29 @@ async fn produce_run(server: &Server, topic: &str, door: &str, clients: usize, s
                         count.fetch_add(BATCH as u64, Ordering::Relaxed);
                         seq += 1;
                     }
+                }
+                "http-webhook" => {
+                    // The webhook door: one raw record per request, keep-alive connections.
+                    let body = vec![b'x'; RECORD_BYTES];
+                    let target = format!("{url}/v1/topics/{topic}/records?partition=0");
+                    h = tokio::task::spawn_blocking(move || -> anyhow::Result<Histogram<u64>> {
+                        let agent: ureq::Agent =
+                            ureq::Agent::config_builder().http_status_as_error(true).build().into();
+                        let mut h = Histogram::<u64>::new(3)?;
+                        while Instant::now() < deadline {
+                            let t = Instant::now();
+                            agent
+                                .post(&target)
+                                .header("content-type", "application/octet-stream")
+                                .send(&body[..])?
+                                .body_mut()
+                                .read_to_vec()?;
+                            h.record(t.elapsed().as_micros() as u64)?;
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(h)
+                    })
+                    .await??;
                 }
                 _ => {
                     // HTTP JSON over keep-alive connections, one blocking client per thread.

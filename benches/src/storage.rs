@@ -267,10 +267,21 @@ pub(crate) fn append_throughput(
     appenders: usize,
     seconds: f64,
 ) -> anyhow::Result<(f64, f64, f64)> {
+    append_throughput_with(root, batch, appenders, seconds, LogConfig::default())
+}
+
+/// [`append_throughput`] with the log's configuration given (e.g. `Durability::Never`).
+pub(crate) fn append_throughput_with(
+    root: &Path,
+    batch: &[u8],
+    appenders: usize,
+    seconds: f64,
+    config: LogConfig,
+) -> anyhow::Result<(f64, f64, f64)> {
     let dir = tempfile::tempdir_in(root)?;
     let fsync = Arc::new(CountingFsync::default());
     let options = StorageOptions { fsync: fsync.clone(), ..Default::default() };
-    let log = Log::open_with_options(dir.path(), LogConfig::default(), options)?;
+    let log = Log::open_with_options(dir.path(), config, options)?;
     let appended = AtomicU64::new(0);
     let syncs_before = fsync.0.load(Ordering::Relaxed);
     let start = Instant::now();
@@ -301,7 +312,7 @@ pub(crate) fn append_throughput(
 
 /// A plain file writer for `seconds`: `chunk` bytes per pwrite, one fdatasync after each,
 /// appending to a new file — the same bytes and fdatasync pattern as Strata without Strata. MiB/s.
-fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64) -> anyhow::Result<f64> {
+pub(crate) fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64) -> anyhow::Result<f64> {
     let path = root.join("plain-writer.bin");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
     let buf = vec![7u8; chunk];
@@ -384,6 +395,12 @@ pub(crate) fn plain_open_loop(root: &Path, chunk: usize, rate: f64, seconds: f64
 
 /// p99 of write + fdatasync into a preallocated, zero-filled file, in milliseconds.
 fn fsync_latency_p99(root: &Path, chunk: usize) -> anyhow::Result<f64> {
+    Ok(fsync_latency(root, chunk)?.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// Write + fdatasync of `chunk` bytes into a preallocated, zero-filled file, 500 times.
+/// Microseconds.
+pub(crate) fn fsync_latency(root: &Path, chunk: usize) -> anyhow::Result<Histogram<u64>> {
     let path = root.join("fsync-latency.bin");
     let n = 500u64;
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
@@ -398,11 +415,11 @@ fn fsync_latency_p99(root: &Path, chunk: usize) -> anyhow::Result<f64> {
         h.record(t.elapsed().as_micros() as u64)?;
     }
     std::fs::remove_file(&path)?;
-    Ok(h.value_at_quantile(0.99) as f64 / 1000.0)
+    Ok(h)
 }
 
 /// Fills a log with `bytes` of `batch` under `never`, flushes, returns its segment files.
-fn fill_log(dir: &Path, batch: &[u8], bytes: u64, segment_bytes: u64) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn fill_log(dir: &Path, batch: &[u8], bytes: u64, segment_bytes: u64) -> anyhow::Result<Vec<PathBuf>> {
     let config = LogConfig { durability: Durability::Never, segment_bytes, ..LogConfig::default() };
     let log = Log::open(dir, config)?;
     for _ in 0..bytes / batch.len() as u64 {
@@ -416,7 +433,7 @@ fn fill_log(dir: &Path, batch: &[u8], bytes: u64, segment_bytes: u64) -> anyhow:
 }
 
 /// Reads the whole log with 1 MiB reads. MiB/s of batch bytes.
-fn sequential_read(log: &Log) -> anyhow::Result<f64> {
+pub(crate) fn sequential_read(log: &Log) -> anyhow::Result<f64> {
     let start = Instant::now();
     let (mut offset, mut bytes) = (log.log_start_offset(), 0usize);
     loop {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One command for the side-by-side benchmarks of issue #8: builds Strata and the harness in release
+# (reusing the target directory), installs or finds the peers (scripts/setup-bench-tools), and runs
+# `strata-bench all`, which starts every server itself on 127.0.0.1 with fresh data directories
+# under the current one, stops them, writes benches/results/<date>-all.json, prints the markdown
+# tables and (without --quick) rewrites benches/RESULTS.md.
+#
+#   benches/run.sh                 # default sizes, 3 runs (~15 minutes once built)
+#   benches/run.sh --quick         # every workload briefly: checks the harness, not performance
+#   benches/run.sh --systems strata --workloads w1,w2
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+# Peers first (quick when already installed); a peer that cannot be installed is skipped by the
+# harness, which says so in its report.
+peers="$(./scripts/setup-bench-tools || true)"
+redis="$(sed -n 's/^redis-server=//p' <<<"$peers")"
+nats="$(sed -n 's/^nats-server=//p' <<<"$peers")"
+
+echo "==> cargo build --release (strata, strata-bench)" >&2
+cargo build --release -p strata-server --bin strata >&2
+cargo build --release -p strata-bench >&2
+
+args=(all --strata "$CARGO_TARGET_DIR/release/strata")
+[ -n "$redis" ] && args+=(--redis-server "$redis")
+[ -n "$nats" ] && args+=(--nats-server "$nats")
+exec "$CARGO_TARGET_DIR/release/strata-bench" "${args[@]}" "$@"

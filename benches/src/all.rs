@@ -1,0 +1,652 @@
+//! `strata-bench all` (issue #8): Strata side by side with Redis Streams and NATS JetStream and
+//! with the machine's own limits, all measured in one run by one load-generator design
+//! ([`crate::peers`]).
+//!
+//! ```text
+//!   limits (plain fsync writer, fdatasync latency, loopback TCP, in-process append)
+//!   for workload in W1 W2 W5 W6:  for mode:  for system:  runs × { fresh server → produce → consume → stop }
+//!   W3: open loop at 10/50/80 % of each system's own W2 durable peak
+//!   W7: Strata's doors (gRPC stream, gRPC unary, HTTP JSON, HTTP webhook)
+//!   → benches/results/<date>-all.json (schema: benches/schema/results.schema.json),
+//!     markdown on stdout and in benches/RESULTS.md, benches/results/latency-throughput.svg
+//! ```
+
+mod limits;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::peers::{Instance, Mode, Outcome, Peer, PeerBinaries, Workload, nats, redis, strata::Strata};
+use report::{Limit, Measure, Ratio, Report, Row};
+
+const MB: f64 = 1e6;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    run: crate::harness::RunArgs,
+    /// Systems to run (strata, redis, nats); a peer that is not installed is skipped and reported.
+    #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats")]
+    systems: Vec<String>,
+    /// Workloads to run (w1, w2, w3, w5, w6, w7; limits always run).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5,w6,w7")]
+    workloads: Vec<String>,
+    /// Upper bound on each produce phase, seconds (default 6; 1 with --quick).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Records per W1/W2 run (default 1,000,000; 20,000 with --quick).
+    #[arg(long)]
+    records: Option<u64>,
+    /// Data stored before the W5 catch-up read, MiB (default 512; 16 with --quick).
+    #[arg(long)]
+    catchup_mib: Option<u64>,
+    /// The `strata` binary (default: next to this one).
+    #[arg(long)]
+    strata: Option<PathBuf>,
+    /// `redis-server` (default: on PATH or /usr/bin).
+    #[arg(long)]
+    redis_server: Option<PathBuf>,
+    /// `nats-server` (default: ~/.cache/strata-bench-venv/bin, then PATH).
+    #[arg(long)]
+    nats_server: Option<PathBuf>,
+    /// Markdown report to (re)write (default: benches/RESULTS.md, not written with --quick).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run_async(args))
+}
+
+fn find_peers(args: &Args) -> anyhow::Result<PeerBinaries> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let venv = std::env::var_os("STRATA_BENCH_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache/strata-bench-venv"));
+    Ok(PeerBinaries {
+        strata: Some(crate::harness::strata_binary(args.strata.as_deref())?),
+        redis: crate::peers::find_binary(
+            args.redis_server.as_deref(),
+            &[PathBuf::from("/usr/bin/redis-server")],
+            "redis-server",
+        ),
+        nats: crate::peers::find_binary(args.nats_server.as_deref(), &[venv.join("bin/nats-server")], "nats-server"),
+    })
+}
+
+async fn start(peer: Peer, bins: &PeerBinaries, dir: &Path, mode: Mode) -> anyhow::Result<Instance> {
+    let missing = || anyhow::anyhow!("{} is not installed", peer.name());
+    Ok(match peer {
+        Peer::Strata => Instance::Strata(Strata::start(bins.strata.as_deref().ok_or_else(missing)?, dir)?),
+        Peer::Redis => {
+            Instance::Redis(redis::Redis::start(bins.redis.as_deref().ok_or_else(missing)?, dir, mode).await?)
+        }
+        Peer::Nats => Instance::Nats(nats::Nats::start(bins.nats.as_deref().ok_or_else(missing)?, dir, mode).await?),
+    })
+}
+
+fn measure(o: &Outcome, secs: f64, cpu: Option<f64>, rss: Option<f64>) -> Measure {
+    let q = |p: f64| (!o.latency.is_empty()).then(|| o.latency.value_at_quantile(p) as f64 / 1000.0);
+    Measure {
+        msgs_s: o.records as f64 / secs.max(1e-9),
+        mb_s: o.bytes as f64 / MB / secs.max(1e-9),
+        p50_ms: q(0.5),
+        p99_ms: q(0.99),
+        p999_ms: q(0.999),
+        cpu_s_per_gb: cpu.map(|c| c / (o.bytes as f64 / 1e9).max(1e-9)),
+        peak_rss_mib: rss,
+    }
+}
+
+/// One run: a fresh server, produce (all producers at once), then consume everything produced.
+/// Returns (produce, consume); `storage_read` gets the storage engine's read rate of the same
+/// log (Strata, one partition).
+async fn run_once(
+    peer: Peer,
+    bins: &PeerBinaries,
+    dir: &Path,
+    w: &Workload,
+    mode: Mode,
+    storage_read: Option<&mut Vec<f64>>,
+) -> anyhow::Result<(Measure, Option<Measure>)> {
+    let instance = Arc::new(start(peer, bins, dir, mode).await?);
+    instance.prepare(w, mode).await?;
+    let cpu0 = instance.proc().cpu_seconds()?;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(w.seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..w.producers {
+        let (instance, w) = (Arc::clone(&instance), w.clone());
+        tasks.spawn(async move { instance.produce(&w, i, deadline).await });
+    }
+    let mut produced = Outcome::new()?;
+    while let Some(r) = tasks.join_next().await {
+        produced.merge(r??)?;
+    }
+    let produce_secs = start.elapsed().as_secs_f64();
+    let cpu1 = instance.proc().cpu_seconds()?;
+    anyhow::ensure!(produced.records > 0, "nothing was acknowledged");
+    let produce = measure(&produced, produce_secs, Some(cpu1 - cpu0), instance.proc().peak_rss_mib().ok());
+
+    let mut consume = None;
+    if w.consumers > 0 {
+        let start = Instant::now();
+        for i in 0..w.consumers {
+            let owned = w.owned(i, w.consumers);
+            let expected: Vec<(u32, u64)> =
+                produced.per_partition.iter().filter(|(p, _)| owned.contains(p)).copied().collect();
+            if expected.is_empty() {
+                continue;
+            }
+            let (instance, w) = (Arc::clone(&instance), w.clone());
+            tasks.spawn(async move { instance.consume(&w, i, &expected).await });
+        }
+        let mut consumed = Outcome::new()?;
+        while let Some(r) = tasks.join_next().await {
+            consumed.merge(r??)?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            consumed.records == produced.records,
+            "consumed {} of {} records",
+            consumed.records,
+            produced.records
+        );
+        let cpu2 = instance.proc().cpu_seconds()?;
+        consume = Some(measure(&consumed, secs, Some(cpu2 - cpu1), instance.proc().peak_rss_mib().ok()));
+    }
+    let Ok(mut instance) = Arc::try_unwrap(instance) else { anyhow::bail!("instance still shared") };
+    match &mut instance {
+        Instance::Strata(s) => s.proc.alive()?,
+        Instance::Redis(r) => r.proc.stop()?,
+        Instance::Nats(n) => n.proc.stop()?,
+    }
+    if let Instance::Strata(s) = instance {
+        s.server.stop()?;
+        if let Some(reads) = storage_read {
+            reads.push(limits::storage_read_mb_s(&dir.join("logs").join("bench-0"))?);
+        }
+    }
+    Ok((produce, consume))
+}
+
+/// The workload table of BENCHMARKS.md, scaled by the flags.
+fn workloads(args: &Args) -> Vec<Workload> {
+    let quick = args.run.quick;
+    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 });
+    let records = args.records.unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let catchup = args.catchup_mib.unwrap_or(if quick { 16 } else { 512 }) << 20;
+    let base = Workload {
+        name: "W1",
+        record_bytes: 100,
+        records,
+        batch_records: 1000,
+        partitions: 1,
+        producers: 1,
+        consumers: 1,
+        window: 8,
+        seconds,
+        rate: None,
+    };
+    vec![
+        base.clone(),
+        Workload {
+            name: "W2",
+            record_bytes: 1024,
+            partitions: 4,
+            producers: 2,
+            consumers: 2,
+            window: 4,
+            ..base.clone()
+        },
+        Workload { name: "W5", record_bytes: 1024, records: catchup / 1024, window: 4, ..base.clone() },
+        Workload {
+            name: "W6",
+            record_bytes: 1024,
+            partitions: 1000,
+            producers: 4,
+            consumers: 4,
+            window: 4,
+            records: records / 2,
+            ..base
+        },
+    ]
+}
+
+async fn run_async(args: &Args) -> anyhow::Result<()> {
+    let began = Instant::now();
+    let bins = find_peers(args)?;
+    let root = args.run.data_root()?;
+    let runs = args.run.runs();
+    let quick = args.run.quick;
+    let want = |w: &str| args.workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
+    let date = crate::harness::today()?;
+    let mut report = Report {
+        date: date.clone(),
+        started: crate::harness::now_utc()?,
+        loadavg: crate::harness::loadavg(),
+        machine: machine(),
+        quick,
+        runs,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Report::default()
+    };
+    println!("# strata-bench all — {runs} run(s), load average at start: {}", report.loadavg);
+
+    // Systems: asked for, and installed.
+    let mut systems = Vec::new();
+    for name in &args.systems {
+        let peer = Peer::parse(name)?;
+        let (binary, version) = match peer {
+            Peer::Strata => (bins.strata.clone(), bins.strata.as_deref().map(crate::peers::version_of)),
+            Peer::Redis => (bins.redis.clone(), bins.redis.as_deref().map(redis::version)),
+            Peer::Nats => (bins.nats.clone(), bins.nats.as_deref().map(nats::version)),
+        };
+        match (binary, version) {
+            (Some(_), Some(v)) => {
+                report.peers.push((peer.name().into(), "found".into(), v));
+                systems.push(peer);
+            }
+            _ => {
+                println!(
+                    "!! {} is not installed (scripts/setup-bench-tools installs it): running without it",
+                    peer.name()
+                );
+                report.peers.push((peer.name().into(), "missing".into(), "not installed".into()));
+            }
+        }
+    }
+
+    // Limits.
+    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 }).min(3.0);
+    let mut add_limit = |name: String, unit: &str, runs: Vec<f64>| {
+        report.limits.push(Limit { name, unit: unit.into(), runs });
+    };
+    let (w1_bytes, w2_bytes) = (1000 * 100, 1000 * 1024);
+    // Per batch, and per everything a run can have in flight (window × producers): Strata's group
+    // commit packs somewhere in between into one fdatasync.
+    for (label, chunk) in [
+        ("W1 batch", w1_bytes),
+        ("W1 window of 8", 8 * w1_bytes),
+        ("W2 batch", w2_bytes),
+        ("W2 2 × window of 4", 8 * w2_bytes),
+    ] {
+        let mut v = Vec::new();
+        for _ in 0..runs {
+            v.push(limits::plain_fsync_mb_s(root.path(), chunk, seconds)?);
+        }
+        add_limit(format!("plain write + fdatasync per {} KB ({label})", chunk / 1000), "MB/s", v);
+    }
+    let (mut p50, mut p99) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (a, b) = limits::fsync_latency_ms(root.path(), 64 << 10)?;
+        p50.push(a);
+        p99.push(b);
+    }
+    add_limit("fdatasync of 64 KiB into a preallocated file, p50".into(), "ms", p50);
+    add_limit("fdatasync of 64 KiB into a preallocated file, p99".into(), "ms", p99);
+    let mut tcp = Vec::new();
+    for _ in 0..runs {
+        tcp.push(limits::loopback_tcp_mb_s(if quick { 256 << 20 } else { 4 << 30 }).await?);
+    }
+    add_limit("loopback TCP, 1 stream, 1 MiB writes".into(), "MB/s", tcp);
+    for (label, records, record_bytes, appenders) in [("W1", 1000, 100, 1), ("W2", 1000, 1024, 2)] {
+        let batch = limits::batch(records, record_bytes)?;
+        for durable in [true, false] {
+            let mode = if durable { "durable" } else { "relaxed" };
+            let (mut mb, mut msgs) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let (a, b) = limits::storage_append(root.path(), &batch, records, appenders, durable, seconds)?;
+                mb.push(a);
+                msgs.push(b);
+            }
+            add_limit(
+                format!("storage in-process append, {label} batches, {appenders} appender(s), {mode}"),
+                "MB/s",
+                mb,
+            );
+            add_limit(
+                format!("storage in-process append, {label} batches, {appenders} appender(s), {mode}, msgs"),
+                "msgs/s",
+                msgs,
+            );
+        }
+    }
+
+    // W1, W2, W5, W6: every system, durable and relaxed (W5 relaxed only, W6 durable only).
+    let mut storage_reads = Vec::new();
+    for w in workloads(args) {
+        if !want(w.name) {
+            continue;
+        }
+        let modes: &[Mode] = match w.name {
+            "W5" => &[Mode::Relaxed],
+            "W6" => &[Mode::Durable],
+            _ => &[Mode::Durable, Mode::Relaxed],
+        };
+        for &mode in modes {
+            for &peer in &systems {
+                let mut produce = Row::new(w.name, peer.name(), mode.name(), "produce");
+                let mut consume = Row::new(w.name, peer.name(), mode.name(), "consume");
+                if w.name == "W6" && peer == Peer::Nats {
+                    let why = "not run: 1,000 JetStream streams and consumers (one per partition) not set up by this harness yet";
+                    produce.note = why.into();
+                    consume.note = why.into();
+                    report.rows.extend([produce, consume]);
+                    continue;
+                }
+                for r in 0..runs {
+                    let dir = root.path().join(format!("{}-{}-{}-{r}", w.name, peer.name(), mode.name()));
+                    let reads = (w.name == "W5" && peer == Peer::Strata).then_some(&mut storage_reads);
+                    let t = Instant::now();
+                    let outcome = run_once(peer, &bins, &dir, &w, mode, reads).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                    match outcome {
+                        Ok((p, c)) => {
+                            println!(
+                                "{} {} {} run {}: produce {:.0} msgs/s {:.0} MB/s p99 {:.2} ms; consume {:.0} msgs/s ({:.1} s)",
+                                w.name,
+                                peer.name(),
+                                mode.name(),
+                                r + 1,
+                                p.msgs_s,
+                                p.mb_s,
+                                p.p99_ms.unwrap_or(0.0),
+                                c.as_ref().map_or(0.0, |c| c.msgs_s),
+                                t.elapsed().as_secs_f64()
+                            );
+                            produce.ok.push(p);
+                            if let Some(c) = c {
+                                consume.ok.push(c);
+                            }
+                        }
+                        Err(e) => {
+                            println!("{} {} {} run {}: FAILED: {e:#}", w.name, peer.name(), mode.name(), r + 1);
+                            produce.failed.push(format!("{e:#}"));
+                        }
+                    }
+                }
+                if w.name == "W5" {
+                    produce.note = format!("{} MiB stored first", (w.records * 1024) >> 20);
+                }
+                report.rows.extend([produce, consume]);
+            }
+        }
+    }
+    if !storage_reads.is_empty() {
+        report.limits.push(Limit {
+            name: "storage sequential read of the W5 log (1 MiB reads, CRC checked)".into(),
+            unit: "MB/s".into(),
+            runs: storage_reads,
+        });
+    }
+
+    // W3: latency at 10/50/80 % of each system's own W2 durable peak, open loop.
+    if want("w3") {
+        for &peer in &systems {
+            let peak = report
+                .rows
+                .iter()
+                .find(|r| r.workload == "W2" && r.system == peer.name() && r.mode == "durable" && r.phase == "produce")
+                .and_then(Row::clean_msgs_s);
+            for pct in [10u32, 50, 80] {
+                let mut row = Row::new("W3", peer.name(), "durable", &format!("latency@{pct}%"));
+                let Some(peak) = peak else {
+                    row.note = "not run: no clean W2 durable peak for this system".into();
+                    report.rows.push(row);
+                    continue;
+                };
+                let rate = peak * pct as f64 / 100.0;
+                let secs = if quick { 1.0 } else { 4.0 };
+                let batch = ((rate / 4.0 / 1000.0) as usize).clamp(1, 1000); // linger ≤ 1 ms
+                let w = Workload {
+                    name: "W3",
+                    record_bytes: 1024,
+                    records: (rate * secs) as u64,
+                    batch_records: batch,
+                    partitions: 4,
+                    producers: 4,
+                    consumers: 0,
+                    window: 4096,
+                    seconds: secs + 5.0,
+                    rate: Some(rate),
+                };
+                row.note = format!("offered {:.0} msgs/s in batches of {batch}", rate);
+                for r in 0..runs {
+                    let dir = root.path().join(format!("W3-{}-{pct}-{r}", peer.name()));
+                    let outcome = run_once(peer, &bins, &dir, &w, Mode::Durable, None).await;
+                    let _ = std::fs::remove_dir_all(&dir);
+                    match outcome {
+                        Ok((p, _)) => {
+                            println!(
+                                "W3 {} {pct}%: {:.0} msgs/s p50 {:.2} p99 {:.2} ms",
+                                peer.name(),
+                                p.msgs_s,
+                                p.p50_ms.unwrap_or(0.0),
+                                p.p99_ms.unwrap_or(0.0)
+                            );
+                            row.ok.push(p);
+                        }
+                        Err(e) => row.failed.push(format!("{e:#}")),
+                    }
+                }
+                report.rows.push(row);
+            }
+        }
+    }
+
+    // W7: Strata's doors, 8 connections, 1 KiB records, 100 per request (webhook: 1), durable.
+    if want("w7") && systems.contains(&Peer::Strata) {
+        let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
+        let secs = if quick { 1.0 } else { 5.0 };
+        for door in ["grpc-stream", "grpc-unary", "http-json", "http-webhook"] {
+            let mut row = Row::new("W7", &format!("strata {door}"), "durable", "produce");
+            for r in 0..runs {
+                let dir = root.path().join(format!("W7-{door}-{r}"));
+                let outcome = async {
+                    let server = crate::harness::Server::start(&strata, &dir)?;
+                    crate::server::create_topic(&server.url, "bench", 1, "always").await?;
+                    let run = crate::server::produce_run(&server, "bench", door, 8, secs).await?;
+                    let rss = server.rss_mib().ok();
+                    server.stop()?;
+                    Ok::<_, anyhow::Error>((run, rss))
+                }
+                .await;
+                let _ = std::fs::remove_dir_all(&dir);
+                match outcome {
+                    Ok((run, rss)) => row.ok.push(Measure {
+                        msgs_s: run.records_per_s,
+                        mb_s: run.mb_per_s,
+                        p50_ms: Some(run.latency.value_at_quantile(0.5) as f64 / 1000.0),
+                        p99_ms: Some(run.latency.value_at_quantile(0.99) as f64 / 1000.0),
+                        p999_ms: Some(run.latency.value_at_quantile(0.999) as f64 / 1000.0),
+                        cpu_s_per_gb: Some(run.cpu_s_per_gb),
+                        peak_rss_mib: rss,
+                    }),
+                    Err(e) => row.failed.push(format!("{e:#}")),
+                }
+            }
+            row.note =
+                if door == "http-webhook" { "1 record per request".into() } else { "100 records per request".into() };
+            report.rows.push(row);
+        }
+    }
+
+    ratios(&mut report);
+    report.seconds_total = began.elapsed().as_secs_f64();
+    let markdown = report.markdown();
+    println!("\n{markdown}");
+    let doc = serde_json::to_string_pretty(&report.json())? + "\n";
+    let name = if quick { "all-quick" } else { "all" };
+    let out = args.run.write_results(name, &doc)?;
+    println!("results written to {}", out.display());
+    let results_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    let svg_name = if quick { "latency-throughput-quick.svg" } else { "latency-throughput.svg" };
+    std::fs::write(results_dir.join(svg_name), report.svg())?;
+    let md_path = match (&args.report, quick) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")),
+        (None, true) => None,
+    };
+    if let Some(md_path) = md_path {
+        std::fs::write(&md_path, results_md(&report, &markdown, &out, svg_name))?;
+        println!("report written to {}", md_path.display());
+    }
+    Ok(())
+}
+
+/// Strata/peer (same workload, mode, phase) and Strata/limit ratios.
+fn ratios(report: &mut Report) {
+    let find = |w: &str, s: &str, m: &str, ph: &str| {
+        report.rows.iter().find(|r| r.workload == w && r.system == s && r.mode == m && r.phase == ph)
+    };
+    let limit = |name: &str| report.limits.iter().find(|l| l.name.starts_with(name)).and_then(Limit::median);
+    let mut out = Vec::new();
+    for row in report.rows.iter().filter(|r| r.system == "strata" && r.status() == "ok") {
+        let Some(strata) = row.msgs_s() else { continue };
+        if !row.phase.starts_with("latency") {
+            for peer in ["redis", "nats"] {
+                if let Some(other) = find(&row.workload, peer, &row.mode, &row.phase).and_then(Row::clean_msgs_s) {
+                    out.push(Ratio {
+                        workload: row.workload.clone(),
+                        mode: row.mode.clone(),
+                        metric: format!("{} msgs/s", row.phase),
+                        versus: peer.into(),
+                        strata,
+                        other,
+                    });
+                }
+            }
+        } else if let Some(s99) = row.p99() {
+            // Latency: Strata's p99 over the peer's (below 1: Strata's tail is shorter).
+            for peer in ["redis", "nats"] {
+                if let Some(o) = find(&row.workload, peer, &row.mode, &row.phase).filter(|r| r.status() == "ok")
+                    && let Some(p99) = o.p99()
+                {
+                    out.push(Ratio {
+                        workload: row.workload.clone(),
+                        mode: row.mode.clone(),
+                        metric: format!("{} p99 ms (lower is better)", row.phase),
+                        versus: peer.into(),
+                        strata: s99,
+                        other: p99,
+                    });
+                }
+            }
+        }
+        let Some(mb) = row.mb_s() else { continue };
+        let limit_names: &[&str] = match (row.workload.as_str(), row.mode.as_str(), row.phase.as_str()) {
+            ("W1", "durable", "produce") => {
+                &["plain write + fdatasync per 100 KB", "plain write + fdatasync per 800 KB"]
+            }
+            ("W2", "durable", "produce") => {
+                &["plain write + fdatasync per 1024 KB", "plain write + fdatasync per 8192 KB"]
+            }
+            ("W6", "durable", "produce") => &["plain write + fdatasync per 1024 KB"],
+            ("W1", "relaxed", "produce") => &["storage in-process append, W1 batches, 1 appender(s), relaxed"],
+            ("W2", "relaxed", "produce") => {
+                &["storage in-process append, W2 batches, 2 appender(s), relaxed", "loopback TCP"]
+            }
+            ("W5", _, "consume") => &["storage sequential read"],
+            _ => &[],
+        };
+        for name in limit_names {
+            if let Some(l) = limit(name) {
+                out.push(Ratio {
+                    workload: row.workload.clone(),
+                    mode: row.mode.clone(),
+                    metric: format!("{} MB/s", row.phase),
+                    versus: (*name).into(),
+                    strata: mb,
+                    other: l,
+                });
+            }
+        }
+    }
+    if let (Some(w6), Some(w2)) =
+        (find("W6", "strata", "durable", "produce"), find("W2", "strata", "durable", "produce"))
+        && let (Some(a), Some(b)) = (w6.clean_msgs_s(), w2.clean_msgs_s())
+    {
+        out.push(Ratio {
+            workload: "W6".into(),
+            mode: "durable".into(),
+            metric: "produce msgs/s".into(),
+            versus: "Strata W2 durable".into(),
+            strata: a,
+            other: b,
+        });
+    }
+    report.ratios = out;
+}
+
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("");
+    let mem_kib: f64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model.trim(),
+        "memory_gib": (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
+}
+
+/// benches/RESULTS.md: how the run was made, then the tables and the plot.
+fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -> String {
+    let json_name = json_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let versions: Vec<String> = report.peers.iter().map(|(n, s, v)| format!("{n} {v} ({s})")).collect();
+    format!(
+        "# Strata side by side: Redis Streams, NATS JetStream and the machine's limits\n\n\
+         Generated by `strata-bench all` (issue #8) — do not edit by hand; rerun `benches/run.sh`.\n\n\
+         - Date: {} (started {} UTC), load average at start: `{}`\n\
+         - Machine: {}\n\
+         - Systems: {}\n\
+         - Command: `{}` — {} run(s) per figure, median (range); {:.0} s in total\n\
+         - Results: [`results/{json_name}`](results/{json_name}) (schema: [`schema/results.schema.json`](schema/results.schema.json))\n\n\
+         {}\n\
+         ## Method\n\n\
+         - One load generator for every system (`benches/src/peers/`): async Rust on tokio, one TCP connection per\n  \
+           producer and consumer, TCP_NODELAY, batches pipelined up to a window (W1: 8, W2: 4 batches in flight),\n  \
+           each batch's latency from when it was sent (closed loop) or due (W3, open loop) to its last ack.\n\
+         - Strata: gRPC `ProduceStream`, raw-batch `Fetch`. Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
+           `XREADGROUP` + `XACK`. NATS JetStream: async publish with a reply subject per message (acks counted per\n  \
+           batch), a pull consumer per stream (`ack_policy: all`). Clients for Redis and NATS are minimal protocol\n  \
+           implementations in the harness (RESP2; NATS text protocol + JetStream JSON API).\n\
+         - Durable: Strata `flush=always`, Redis `appendfsync always`, NATS `sync_interval: always` — acked after fsync.\n  \
+           Relaxed: Strata `flush=interval` (1 s), Redis `appendfsync everysec`, NATS default (fsync every 2 min).\n\
+         - Partitions: a Strata partition = a Redis stream key = a JetStream stream (subject `p<n>`).\n\
+         - Each produce phase is bounded by `--seconds`: slow systems stop early and their rate\n  \
+           is what they achieved in that time (default 6 s). Consumers then read everything that was acknowledged.\n\
+         - Server CPU s/GB and peak RSS (VmHWM) from /proc of the server process. Load generator and servers share\n  \
+           the machine's cores (no `taskset`: with 2 cores, pinning would halve both sides).\n\
+         - A run with any error is reported as failed with its reason and is not part of the median.\n\
+         - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
+           whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's.\n\n\
+         ## Peers tried and left out\n\n\
+         - Tansu (crates.io, Kafka protocol): not run yet — its ~13 min `cargo install` and a Kafka client crate did\n  \
+           not fit this harness's first cut.\n\
+         - RabbitMQ Streams (Debian `rabbitmq-server`): not run yet (needs its stream-protocol client).\n\
+         - NATS in W6 (1,000 partitions = 1,000 JetStream streams): not set up yet; reported as skipped.\n\n\
+         ## Latency vs throughput\n\n\
+         ![p99 latency vs throughput](results/{svg_name})\n",
+        report.date,
+        report.started,
+        report.loadavg,
+        report.machine,
+        versions.join(", "),
+        report.command,
+        report.runs,
+        report.seconds_total,
+        tables,
+    )
+}

@@ -1,0 +1,309 @@
+//! The systems `strata-bench all` drives side by side, with one load-generator design for all:
+//! async Rust, one connection per producer or consumer, TCP_NODELAY, batches of `batch_records`
+//! pipelined up to `window` batches in flight, each batch's latency timed from when it was due
+//! (open loop) or sent (closed loop) to its last acknowledgement.
+//!
+//! ```text
+//!   all.rs ──(Workload, Mode)──▶ Peer::start ──▶ Instance (its own process, fresh data dir)
+//!            producers: Instance::produce  ──▶  Outcome { records, bytes, latency }
+//!            consumers: Instance::consume  ──▶  Outcome
+//! ```
+//!
+//! Each system speaks its own protocol with its own best practice: Strata's gRPC
+//! `ProduceStream` / raw-batch `Fetch`, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
+//! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`.
+
+pub(crate) mod nats;
+pub(crate) mod redis;
+pub(crate) mod strata;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+/// Durability on both sides of a comparison (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Acknowledged after fsync.
+    Durable,
+    /// Acknowledged from memory; flushed about once a second (or later).
+    Relaxed,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Durable => "durable",
+            Mode::Relaxed => "relaxed",
+        }
+    }
+}
+
+/// What one produce or consume run does.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: &'static str,
+    pub record_bytes: usize,
+    /// Records in total across producers (the run may stop earlier at `seconds`).
+    pub records: u64,
+    pub batch_records: usize,
+    pub partitions: u32,
+    pub producers: usize,
+    pub consumers: usize,
+    /// Batches in flight per producer.
+    pub window: usize,
+    /// Upper bound on the produce phase.
+    pub seconds: f64,
+    /// Open loop: total records/s offered (batches due at fixed times); `None` = as fast as acked.
+    pub rate: Option<f64>,
+}
+
+impl Workload {
+    /// The partitions producer (or consumer) `i` of `n` owns: `i, i + n, i + 2n, ...`.
+    pub fn owned(&self, i: usize, n: usize) -> Vec<u32> {
+        (0..self.partitions).filter(|p| *p as usize % n.max(1) == i).collect()
+    }
+
+    /// Batches producer `i` sends at most.
+    pub fn batches_for(&self, _i: usize) -> u64 {
+        let per_producer = self.records / self.producers.max(1) as u64;
+        per_producer.div_ceil(self.batch_records as u64).max(1)
+    }
+
+    /// When batch `n` of a producer is due, for open-loop runs.
+    pub fn due(&self, start: Instant, n: u64) -> Option<Instant> {
+        let rate = self.rate?;
+        let batches_per_s = rate / self.producers.max(1) as f64 / self.batch_records as f64;
+        Some(start + Duration::from_secs_f64(n as f64 / batches_per_s.max(1e-9)))
+    }
+
+    /// The record value every system stores (the same bytes everywhere).
+    pub fn value(&self) -> bytes::Bytes {
+        bytes::Bytes::from((0..self.record_bytes).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())
+    }
+}
+
+/// What a producer or consumer did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub records: u64,
+    pub bytes: u64,
+    /// Per batch (produce) or per fetch (consume), microseconds.
+    pub latency: Histogram<u64>,
+    /// Records per partition, for the consumers to know where the end is.
+    pub per_partition: Vec<(u32, u64)>,
+}
+
+impl Outcome {
+    pub fn new() -> anyhow::Result<Outcome> {
+        Ok(Outcome { records: 0, bytes: 0, latency: Histogram::new(3)?, per_partition: Vec::new() })
+    }
+
+    pub fn merge(&mut self, other: Outcome) -> anyhow::Result<()> {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.latency.add(other.latency)?;
+        self.per_partition.extend(other.per_partition);
+        Ok(())
+    }
+
+    pub fn record_latency(&mut self, since: Instant) -> anyhow::Result<()> {
+        self.latency.record((since.elapsed().as_micros() as u64).max(1))?;
+        Ok(())
+    }
+}
+
+/// The systems, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Strata,
+    Redis,
+    Nats,
+}
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Strata => "strata",
+            Peer::Redis => "redis",
+            Peer::Nats => "nats",
+        }
+    }
+
+    pub fn parse(s: &str) -> anyhow::Result<Peer> {
+        Ok(match s {
+            "strata" => Peer::Strata,
+            "redis" => Peer::Redis,
+            "nats" => Peer::Nats,
+            other => anyhow::bail!("unknown system {other:?} (strata, redis, nats)"),
+        })
+    }
+}
+
+/// A running system under test.
+#[derive(Debug)]
+pub enum Instance {
+    Strata(strata::Strata),
+    Redis(redis::Redis),
+    Nats(nats::Nats),
+}
+
+impl Instance {
+    pub fn proc(&self) -> &Proc {
+        match self {
+            Instance::Strata(s) => &s.proc,
+            Instance::Redis(r) => &r.proc,
+            Instance::Nats(n) => &n.proc,
+        }
+    }
+
+    /// Creates the workload's partitions (topic, stream keys, JetStream streams).
+    pub async fn prepare(&self, w: &Workload, mode: Mode) -> anyhow::Result<()> {
+        match self {
+            Instance::Strata(s) => s.prepare(w, mode).await,
+            Instance::Redis(r) => r.prepare(w).await,
+            Instance::Nats(n) => n.prepare(w).await,
+        }
+    }
+
+    /// Producer `i` of the workload, until its share is acknowledged or `deadline`.
+    pub async fn produce(&self, w: &Workload, i: usize, deadline: Instant) -> anyhow::Result<Outcome> {
+        match self {
+            Instance::Strata(s) => s.produce(w, i, deadline).await,
+            Instance::Redis(r) => r.produce(w, i, deadline).await,
+            Instance::Nats(n) => n.produce(w, i, deadline).await,
+        }
+    }
+
+    /// Consumer `i` reads `expected` records of each of its partitions from the start.
+    pub async fn consume(&self, w: &Workload, i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+        match self {
+            Instance::Strata(s) => s.consume(w, i, expected).await,
+            Instance::Redis(r) => r.consume(w, i, expected).await,
+            Instance::Nats(n) => n.consume(w, i, expected).await,
+        }
+    }
+}
+
+/// A server process this harness started: CPU and memory from /proc, killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    pub child: Option<Child>,
+    pub pid: u32,
+}
+
+impl Proc {
+    pub fn of(child: Child) -> Proc {
+        let pid = child.id();
+        Proc { child: Some(child), pid }
+    }
+
+    /// User + system CPU seconds, including threads and reaped children.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / 100.0)
+    }
+
+    /// Peak resident set size (VmHWM), MiB.
+    pub fn peak_rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+        Ok(line.split_whitespace().nth(1).context("bad VmHWM")?.parse::<f64>()? / 1024.0)
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 10 s).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Checks the process is still running (a peer that died mid-run fails the run).
+    pub fn alive(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = self.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!("server process exited: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `port` accepts connections, or fails after `timeout` (with the server's exit
+/// status if it died).
+pub async fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        proc.alive()?;
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "server did not listen on port {port} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP connection to 127.0.0.1:`port` with TCP_NODELAY.
+pub async fn connect(port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Paths of the peer servers that were found.
+#[derive(Debug, Clone, Default)]
+pub struct PeerBinaries {
+    pub strata: Option<PathBuf>,
+    pub redis: Option<PathBuf>,
+    pub nats: Option<PathBuf>,
+}
+
+/// `given`, else the first of `candidates` that exists, else `name` on PATH.
+pub fn find_binary(given: Option<&Path>, candidates: &[PathBuf], name: &str) -> Option<PathBuf> {
+    if let Some(p) = given {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    candidates.iter().find(|p| p.exists()).cloned().or_else(|| {
+        std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.exists())
+    })
+}
+
+/// `<binary> --version`, first line.
+pub fn version_of(binary: &Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,322 @@
+//! NATS JetStream under the common load generator, over a minimal NATS client written here (the
+//! same tokio sockets with TCP_NODELAY as every other system; the JetStream API is JSON requests
+//! on `$JS.API.*` subjects).
+//!
+//! One stream per partition (`P<n>` on subject `p<n>`, file storage). Produce: asynchronous
+//! publish, every message with a reply subject for its ack (`_INBOX.<producer>.<batch>`), up to
+//! `window` batches unacknowledged. Consume: a durable pull consumer per stream with
+//! `ack_policy: all`, `MSG.NEXT` requests of one batch (`no_wait`), the last message of each
+//! batch acknowledged.
+//!
+//! Durable = `sync_interval: always` (nats-server ≥ 2.10: fsync before each ack); relaxed = the
+//! default (fsync every 2 minutes).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use super::{Mode, Outcome, Proc, Workload};
+
+type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+#[derive(Debug)]
+pub struct Nats {
+    pub proc: Proc,
+    port: u16,
+}
+
+/// A message delivered on a subscription.
+#[derive(Debug)]
+struct Msg {
+    subject: String,
+    reply: Option<String>,
+    /// Status line of a header-only message (`404 No Messages`, `408 Request Timeout`, ...).
+    status: Option<String>,
+    payload: Vec<u8>,
+}
+
+/// Reads until the next `MSG`/`HMSG`; skips `+OK`, `PONG` and `INFO`; a `-ERR` is an error.
+/// Server `PING`s are not answered here: the test server pings every 10 minutes.
+async fn next_msg(r: &mut Reader, line: &mut String) -> anyhow::Result<Msg> {
+    loop {
+        line.clear();
+        let n = r.read_line(line).await?;
+        anyhow::ensure!(n > 0, "nats closed the connection");
+        let mut parts = line.split_whitespace();
+        let op = parts.next().unwrap_or("");
+        match op {
+            "MSG" | "HMSG" => {
+                let fields: Vec<&str> = parts.collect();
+                let hmsg = op == "HMSG";
+                let nums = if hmsg { 2 } else { 1 };
+                anyhow::ensure!(fields.len() >= 2 + nums, "bad {op} line {line:?}");
+                let subject = fields[0].to_string();
+                let reply = (fields.len() == 3 + nums).then(|| fields[2].to_string());
+                let total: usize = fields[fields.len() - 1].parse()?;
+                let header_len: usize = if hmsg { fields[fields.len() - 2].parse()? } else { 0 };
+                let mut buf = vec![0u8; total + 2];
+                r.read_exact(&mut buf).await?;
+                buf.truncate(total);
+                let status = hmsg.then(|| {
+                    let head = String::from_utf8_lossy(&buf[..header_len]);
+                    head.lines().next().unwrap_or("").trim_start_matches("NATS/1.0").trim().to_string()
+                });
+                let payload = buf.split_off(header_len);
+                return Ok(Msg { subject, reply, status: status.filter(|s| !s.is_empty()), payload });
+            }
+            "-ERR" => anyhow::bail!("nats error: {}", line.trim()),
+            _ => {}
+        }
+    }
+}
+
+fn publish(buf: &mut Vec<u8>, subject: &str, reply: Option<&str>, payload: &[u8]) {
+    buf.extend_from_slice(b"PUB ");
+    buf.extend_from_slice(subject.as_bytes());
+    if let Some(r) = reply {
+        buf.push(b' ');
+        buf.extend_from_slice(r.as_bytes());
+    }
+    buf.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
+    buf.extend_from_slice(payload);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Connects and subscribes to `inbox.>` (sid 1).
+async fn connect(port: u16, inbox: &str) -> anyhow::Result<(Reader, Writer)> {
+    let (r, mut w) = super::connect(port).await?.into_split();
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let mut line = String::new();
+    r.read_line(&mut line).await?;
+    anyhow::ensure!(line.starts_with("INFO"), "unexpected greeting {line:?}");
+    let connect = r#"CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1,"lang":"rust","version":"strata-bench"}"#;
+    w.write_all(format!("{connect}\r\nSUB {inbox}.> 1\r\nPING\r\n").as_bytes()).await?;
+    loop {
+        line.clear();
+        anyhow::ensure!(r.read_line(&mut line).await? > 0, "nats closed the connection");
+        if line.starts_with("PONG") {
+            break;
+        }
+        anyhow::ensure!(!line.starts_with("-ERR"), "nats: {}", line.trim());
+    }
+    Ok((r, w))
+}
+
+/// A JetStream API request; fails on an `error` in the JSON response.
+async fn api(
+    r: &mut Reader,
+    w: &mut Writer,
+    inbox: &str,
+    subject: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    publish(&mut buf, subject, Some(&format!("{inbox}.api")), &serde_json::to_vec(body)?);
+    w.write_all(&buf).await?;
+    let mut line = String::new();
+    let msg = tokio::time::timeout(Duration::from_secs(10), next_msg(r, &mut line)).await??;
+    anyhow::ensure!(msg.status.is_none(), "{subject}: {:?}", msg.status);
+    let reply: serde_json::Value = serde_json::from_slice(&msg.payload)?;
+    anyhow::ensure!(reply.get("error").is_none(), "{subject}: {reply}");
+    Ok(())
+}
+
+impl Nats {
+    pub async fn start(binary: &Path, data_dir: &Path, mode: Mode) -> anyhow::Result<Nats> {
+        std::fs::create_dir_all(data_dir)?;
+        let port = super::free_port()?;
+        let sync = match mode {
+            Mode::Durable => "  sync_interval: always\n",
+            Mode::Relaxed => "",
+        };
+        let config = format!(
+            "listen: 127.0.0.1:{port}\nping_interval: \"10m\"\nmax_payload: 8MB\nmax_pending: 256MB\n\
+             jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 1GB\n  max_file_store: 64GB\n{sync}}}\n",
+            data_dir.join("js").display()
+        );
+        let config_path = data_dir.join("nats.conf");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(data_dir.join("nats.log"))?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut proc = Proc::of(child);
+        super::wait_for_port(&mut proc, port, Duration::from_secs(10)).await?;
+        Ok(Nats { proc, port })
+    }
+
+    pub async fn prepare(&self, w: &Workload) -> anyhow::Result<()> {
+        let (mut r, mut wr) = connect(self.port, "_INBOX.setup").await?;
+        for p in 0..w.partitions {
+            let body = serde_json::json!({
+                "name": format!("P{p}"), "subjects": [format!("p{p}")], "storage": "file",
+                "retention": "limits", "num_replicas": 1, "discard": "old",
+            });
+            api(&mut r, &mut wr, "_INBOX.setup", &format!("$JS.API.STREAM.CREATE.P{p}"), &body).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn produce(&self, w: &Workload, i: usize, deadline: Instant) -> anyhow::Result<Outcome> {
+        let partitions = w.owned(i, w.producers);
+        anyhow::ensure!(!partitions.is_empty(), "producer {i} owns no partition");
+        let inbox = format!("_INBOX.p{i}");
+        let (mut reader, mut writer) = connect(self.port, &inbox).await?;
+        let value = w.value();
+        let window = Arc::new(tokio::sync::Semaphore::new(w.window.max(1)));
+        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant, u32)>();
+        let batches = w.batches_for(i);
+        let start = Instant::now();
+        let feeder = {
+            let (window, w, partitions, inbox) = (Arc::clone(&window), w.clone(), partitions.clone(), inbox.clone());
+            tokio::spawn(async move {
+                let mut n_sent = 0u64;
+                let mut buf = Vec::with_capacity(w.batch_records * (w.record_bytes + 64));
+                for n in 0..batches {
+                    let due = w.due(start, n);
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    window.acquire().await?.forget();
+                    let partition = partitions[n as usize % partitions.len()];
+                    let (subject, reply) = (format!("p{partition}"), format!("{inbox}.{n}"));
+                    buf.clear();
+                    for _ in 0..w.batch_records {
+                        publish(&mut buf, &subject, Some(&reply), &value);
+                    }
+                    sent_tx.send((n, due.unwrap_or_else(Instant::now), partition))?;
+                    writer.write_all(&buf).await?;
+                    n_sent += 1;
+                }
+                Ok::<_, anyhow::Error>((n_sent, writer))
+            })
+        };
+        let mut out = Outcome::new()?;
+        let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
+        // Acks of different streams may interleave: count them per batch.
+        let mut open: HashMap<u64, (Instant, u32, usize)> = HashMap::new();
+        let mut line = String::new();
+        let mut acked = 0u64;
+        let mut feeder_done = false;
+        loop {
+            while let Ok((n, t, p)) = sent.try_recv() {
+                open.insert(n, (t, p, 0));
+            }
+            if open.is_empty() {
+                if feeder_done {
+                    break;
+                }
+                match sent.recv().await {
+                    Some((n, t, p)) => {
+                        open.insert(n, (t, p, 0));
+                    }
+                    None => {
+                        feeder_done = true;
+                        continue;
+                    }
+                }
+            }
+            let msg = next_msg(&mut reader, &mut line).await?;
+            anyhow::ensure!(msg.status.is_none(), "publish failed: {:?}", msg.status);
+            if msg.payload.windows(7).any(|x| x == b"\"error\"") {
+                anyhow::bail!("publish failed: {}", String::from_utf8_lossy(&msg.payload));
+            }
+            let n: u64 = msg.subject.rsplit('.').next().unwrap_or("").parse()?;
+            if !open.contains_key(&n) {
+                while let Some((m, t, p)) = sent.recv().await {
+                    open.insert(m, (t, p, 0));
+                    if m == n {
+                        break;
+                    }
+                }
+            }
+            let entry = open.get_mut(&n).context("ack for a batch never sent")?;
+            entry.2 += 1;
+            if entry.2 == w.batch_records {
+                let (t, p, _) = *entry;
+                open.remove(&n);
+                out.record_latency(t)?;
+                out.records += w.batch_records as u64;
+                out.bytes += (w.batch_records * w.record_bytes) as u64;
+                *per_partition.entry(p).or_default() += w.batch_records as u64;
+                acked += 1;
+                window.add_permits(1);
+            }
+        }
+        let (n_sent, _writer) = feeder.await??;
+        anyhow::ensure!(acked == n_sent, "{n_sent} batches sent, {acked} acknowledged");
+        out.per_partition = per_partition.into_iter().collect();
+        Ok(out)
+    }
+
+    pub async fn consume(&self, w: &Workload, i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+        let inbox = format!("_INBOX.c{i}");
+        let (mut reader, mut writer) = connect(self.port, &inbox).await?;
+        for (p, _) in expected {
+            let body = serde_json::json!({
+                "stream_name": format!("P{p}"),
+                "config": {"durable_name": format!("c{p}"), "ack_policy": "all", "deliver_policy": "all",
+                           "max_ack_pending": 1_000_000, "max_waiting": 512},
+            });
+            api(&mut reader, &mut writer, &inbox, &format!("$JS.API.CONSUMER.CREATE.P{p}.c{p}"), &body).await?;
+        }
+        let mut out = Outcome::new()?;
+        let mut line = String::new();
+        let mut buf = Vec::new();
+        let pull = serde_json::to_vec(&serde_json::json!({"batch": w.batch_records, "no_wait": true}))?;
+        let mut positions: Vec<(u32, u64, u64)> = expected.iter().map(|(p, n)| (*p, 0, *n)).collect();
+        while positions.iter().any(|(_, at, end)| at < end) {
+            for (p, at, end) in positions.iter_mut().filter(|(_, at, end)| at < end) {
+                buf.clear();
+                publish(
+                    &mut buf,
+                    &format!("$JS.API.CONSUMER.MSG.NEXT.P{p}.c{p}"),
+                    Some(&format!("{inbox}.pull")),
+                    &pull,
+                );
+                let t = Instant::now();
+                writer.write_all(&buf).await?;
+                let mut got = 0usize;
+                let mut last_reply = None;
+                while got < w.batch_records {
+                    let msg = next_msg(&mut reader, &mut line).await?;
+                    if let Some(status) = msg.status {
+                        anyhow::ensure!(got > 0, "stream P{p} ended at {at} of {end}: {status}");
+                        break;
+                    }
+                    got += 1;
+                    out.records += 1;
+                    out.bytes += msg.payload.len() as u64;
+                    last_reply = msg.reply;
+                }
+                out.record_latency(t)?;
+                *at += got as u64;
+                if let Some(reply) = last_reply {
+                    buf.clear();
+                    publish(&mut buf, &reply, None, b"+ACK");
+                    writer.write_all(&buf).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `nats-server --version` → `v2.15.1`.
+pub fn version(binary: &Path) -> String {
+    let v = super::version_of(binary);
+    v.strip_prefix("nats-server: ").map(str::to_string).unwrap_or(v)
+}

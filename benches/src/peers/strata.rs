@@ -1,0 +1,168 @@
+//! Strata under the common load generator: the release `strata` binary (started by
+//! [`crate::harness::Server`]), produce over gRPC `ProduceStream` (pipelined requests, acks in
+//! order), consume with raw-batch `Fetch` decoded in the client.
+//!
+//! Durable = topic `flush=always` (acked after fdatasync, group commit); relaxed =
+//! `flush=interval`, `flush_interval_ms=1000` (like Redis `everysec`).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_client::proto;
+use tokio_stream::StreamExt;
+
+use super::{Mode, Outcome, Proc, Workload};
+use crate::harness::Server;
+
+const TOPIC: &str = "bench";
+
+#[derive(Debug)]
+pub struct Strata {
+    pub server: Server,
+    pub proc: Proc,
+}
+
+impl Strata {
+    pub fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Strata> {
+        let server = Server::start(binary, data_dir)?;
+        let proc = Proc { child: None, pid: server.pid() };
+        Ok(Strata { server, proc })
+    }
+
+    pub async fn prepare(&self, w: &Workload, mode: Mode) -> anyhow::Result<()> {
+        let client = strata_client::Client::connect(&self.server.url).await?;
+        let config = match mode {
+            Mode::Durable => vec![("flush".to_string(), "always".to_string())],
+            Mode::Relaxed => vec![
+                ("flush".to_string(), "interval".to_string()),
+                ("flush_interval_ms".to_string(), "1000".to_string()),
+            ],
+        };
+        client.admin().create_topic(TOPIC, w.partitions, config.into_iter().collect()).await?;
+        Ok(())
+    }
+
+    /// One `ProduceStream` per producer; at most `window` requests unacknowledged.
+    pub async fn produce(&self, w: &Workload, i: usize, deadline: Instant) -> anyhow::Result<Outcome> {
+        let mut client = proto::producer_client::ProducerClient::connect(self.server.url.clone())
+            .await?
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let partitions = w.owned(i, w.producers);
+        anyhow::ensure!(!partitions.is_empty(), "producer {i} owns no partition");
+        let value = w.value();
+        let keyed = w.partitions > 64;
+        let batch_for = |n: u64| -> Vec<proto::Record> {
+            let partition = partitions[n as usize % partitions.len()];
+            (0..w.batch_records)
+                .map(|r| proto::Record {
+                    // Many partitions: keyed records, the server's partitioner spreads them.
+                    key: keyed.then(|| format!("k{}-{n}-{r}", i).into_bytes().into()),
+                    value: Some(value.clone()),
+                    partition: (!keyed).then_some(partition),
+                    ..Default::default()
+                })
+                .collect()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(w.window.max(1));
+        let window = Arc::new(tokio::sync::Semaphore::new(w.window.max(1)));
+        // Send times in request order: acks come back in order on one stream. A std Mutex: held
+        // for a push or pop only, never across an await.
+        let sent: Arc<Mutex<VecDeque<(Instant, u32)>>> = Arc::default();
+        let batches = w.batches_for(i);
+        let start = Instant::now();
+        let feeder = {
+            let (window, sent, w) = (Arc::clone(&window), Arc::clone(&sent), w.clone());
+            let mut make = Vec::with_capacity(batches as usize);
+            // Built ahead so the feeder's pace is not the encoder's.
+            for n in 0..batches.min(4 * partitions.len() as u64) {
+                make.push(batch_for(n));
+            }
+            tokio::spawn(async move {
+                for n in 0..batches {
+                    let due = w.due(start, n);
+                    if let Some(due) = due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    window.acquire().await?.forget();
+                    let records = make[n as usize % make.len()].clone();
+                    let partition = records.first().and_then(|r| r.partition).unwrap_or(0);
+                    let req = proto::ProduceRequest {
+                        topic: TOPIC.into(),
+                        records,
+                        acks: proto::Acks::Leader as i32,
+                        request_id: n,
+                    };
+                    sent.lock()
+                        .map_err(|_| anyhow::anyhow!("lock poisoned"))?
+                        .push_back((due.unwrap_or_else(Instant::now), partition));
+                    if tx.send(req).await.is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        };
+        let mut out = Outcome::new()?;
+        let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
+        let mut acks = client.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        while let Some(ack) = acks.next().await {
+            let ack = ack?;
+            anyhow::ensure!(ack.error.is_none(), "produce failed: {:?}", ack.error);
+            anyhow::ensure!(
+                ack.offsets.len() == w.batch_records,
+                "ack for {} of {} records",
+                ack.offsets.len(),
+                w.batch_records
+            );
+            let (t, partition) =
+                sent.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.pop_front().unwrap_or((Instant::now(), 0));
+            out.record_latency(t)?;
+            out.records += w.batch_records as u64;
+            out.bytes += (w.batch_records * w.record_bytes) as u64;
+            if keyed {
+                for o in &ack.offsets {
+                    *per_partition.entry(o.partition).or_default() += 1;
+                }
+            } else {
+                *per_partition.entry(partition).or_default() += w.batch_records as u64;
+            }
+            window.add_permits(1);
+        }
+        feeder.await??;
+        out.per_partition = per_partition.into_iter().collect();
+        Ok(out)
+    }
+
+    /// Reads each of the consumer's partitions from offset 0 with raw-batch fetches of about one
+    /// produce batch (the records are decoded and counted here).
+    pub async fn consume(&self, w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+        let client = strata_client::Client::connect(&self.server.url).await?;
+        let mut out = Outcome::new()?;
+        let max_bytes = ((w.batch_records * (w.record_bytes + 64)) as u32).max(64 << 10);
+        let mut positions: Vec<(u32, u64, u64)> = expected.iter().map(|(p, n)| (*p, 0, *n)).collect();
+        while positions.iter().any(|(_, at, end)| at < end) {
+            for (partition, at, end) in positions.iter_mut().filter(|(_, at, end)| at < end) {
+                let t = Instant::now();
+                let page = client.fetch_batches(TOPIC, *partition, *at, max_bytes, Duration::ZERO).await?;
+                out.record_latency(t)?;
+                anyhow::ensure!(!page.records.is_empty(), "partition {partition} ended at {at} of {end}");
+                let n = page.records.iter().filter(|r| r.offset < *end).count() as u64;
+                out.records += n;
+                out.bytes += page
+                    .records
+                    .iter()
+                    .filter(|r| r.offset < *end)
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+                    .sum::<u64>();
+                *at = page.next_offset;
+            }
+        }
+        Ok(out)
+    }
+}
