@@ -91,6 +91,22 @@ pub enum ClientCommand {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Run read-only SQL over the topics (hot and cold data alike); prints an aligned table.
+    Sql {
+        /// The statement, e.g. "SELECT partition, count(*) FROM orders GROUP BY partition".
+        query: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: SqlFormat,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum SqlFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,7 +221,85 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Schema { action, server } => {
             tokio::task::spawn_blocking(move || strata_server::registry::cli::run(&server.server, action)).await?
         }
+        ClientCommand::Sql { query, format, server } => {
+            tokio::task::spawn_blocking(move || sql(&server.server, &query, format)).await?
+        }
     }
+}
+
+/// `strata sql`: POSTs the query to `/v1/sql` and prints the result.
+fn sql(server: &str, query: &str, format: SqlFormat) -> anyhow::Result<()> {
+    let url = format!("{}/v1/sql", server.trim_end_matches('/'));
+    let wire = if matches!(format, SqlFormat::Csv) { "csv" } else { "json" };
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let body = serde_json::to_vec(&serde_json::json!({"sql": query, "format": wire}))?;
+    let mut response = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(&body[..])
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.body_mut().with_config().limit(u64::MAX).read_to_string()?;
+    if !status.is_success() {
+        let problem: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        bail!("{}", problem["detail"].as_str().unwrap_or(&text));
+    }
+    if !matches!(format, SqlFormat::Table) {
+        print!("{text}");
+        if matches!(format, SqlFormat::Json) {
+            println!();
+        }
+        return Ok(());
+    }
+    let result: serde_json::Value = serde_json::from_str(&text)?;
+    let names: Vec<String> = result["columns"]
+        .as_array()
+        .map(|c| c.iter().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect())
+        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = result["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    row.as_array()
+                        .map(|cells| {
+                            cells
+                                .iter()
+                                .map(|c| match c {
+                                    serde_json::Value::String(s) => s.clone(),
+                                    serde_json::Value::Null => "NULL".to_string(),
+                                    other => other.to_string(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!("{}", aligned_table(&names, &rows));
+    eprintln!("({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    Ok(())
+}
+
+/// Columns padded to their widest cell, a rule under the header.
+fn aligned_table(names: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", padded.join(" | ").trim_end())
+    };
+    let mut out = line(names);
+    out.push_str(&format!("{}\n", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-")));
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
 }
 
 async fn connect(server: &ServerArg) -> anyhow::Result<Client> {

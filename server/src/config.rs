@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// Produce to a tiered partition gets 503 once this many local bytes wait for tiering
     /// (the object store is unreachable).
     pub tier_max_untiered_bytes: u64,
+    /// Memory one SQL query's operators may hold.
+    pub sql_memory_bytes: u64,
+    /// A SQL query still running after this long is cancelled.
+    pub sql_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -82,6 +86,8 @@ impl Default for ServerConfig {
             tier_interval_ms: 5_000,
             tier_cache_bytes: 256 * 1024 * 1024,
             tier_max_untiered_bytes: 4 * 1024 * 1024 * 1024,
+            sql_memory_bytes: 512 * 1024 * 1024,
+            sql_timeout_ms: 60_000,
         }
     }
 }
@@ -99,7 +105,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 23] = [
+const ENV_KEYS: [&str; 25] = [
     "listen",
     "data_dir",
     "node_id",
@@ -123,6 +129,8 @@ const ENV_KEYS: [&str; 23] = [
     "tier_interval_ms",
     "tier_cache_bytes",
     "tier_max_untiered_bytes",
+    "sql_memory_bytes",
+    "sql_timeout_ms",
 ];
 
 /// Values given as command-line flags (they win over everything else).

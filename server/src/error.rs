@@ -19,6 +19,8 @@ pub enum ErrorCode {
     InvalidRecord,
     /// A value that does not match the schema its topic is bound to (`value_schema_subject`).
     SchemaMismatch,
+    /// A SQL query that does not parse, plan or run (DataFusion's message).
+    SqlError,
     RecordTooLarge,
     RequestTooLarge,
     UnsupportedMediaType,
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::InvalidRecord => "invalid_record",
             ErrorCode::SchemaMismatch => "schema_mismatch",
+            ErrorCode::SqlError => "sql_error",
             ErrorCode::RecordTooLarge => "record_too_large",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -77,7 +80,8 @@ impl ErrorCode {
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidRecord
-            | ErrorCode::SchemaMismatch => StatusCode::BAD_REQUEST,
+            | ErrorCode::SchemaMismatch
+            | ErrorCode::SqlError => StatusCode::BAD_REQUEST,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -101,6 +105,7 @@ impl ErrorCode {
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidRecord
             | ErrorCode::SchemaMismatch
+            | ErrorCode::SqlError
             | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => tonic::Code::ResourceExhausted,
             ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,

@@ -24,6 +24,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod partitioner;
 pub mod registry;
+pub mod sql;
 pub mod tier;
 pub mod topic;
 
@@ -59,6 +60,8 @@ pub struct AppState {
     pub max_request_bytes: usize,
     pub max_wait_ms: u64,
     pub ready: AtomicBool,
+    /// Read-only SQL over the topics.
+    pub sql: sql::Sql,
     /// Cancelled when shutdown starts: long-lived streams (Subscribe, SSE) end so that the
     /// graceful shutdown does not wait for them forever.
     pub closing: CancellationToken,
@@ -144,6 +147,7 @@ pub async fn run(
         max_wait_ms: config.max_wait_ms,
         ready: AtomicBool::new(false),
         closing: CancellationToken::new(),
+        sql: sql::Sql::new(Arc::clone(&broker), config.sql_memory_bytes, Duration::from_millis(config.sql_timeout_ms)),
     });
 
     let stop = CancellationToken::new();

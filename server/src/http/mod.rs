@@ -4,6 +4,7 @@
 mod groups;
 mod ops;
 mod records;
+mod sql;
 mod topics;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}", get(topics::describe).patch(topics::alter).delete(topics::delete))
         .route("/v1/topics/{topic}/partitions", post(topics::add_partitions))
         .route("/v1/topics/{topic}/verify", get(topics::verify))
+        .route("/v1/sql", post(sql::query))
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
         .route("/v1/groups", get(groups::list))

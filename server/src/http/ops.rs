@@ -27,6 +27,7 @@ use crate::error::{ApiError, ErrorCode};
         super::topics::add_partitions,
         super::topics::delete,
         super::topics::verify,
+        super::sql::query,
         super::records::produce,
         super::records::fetch,
         healthz,

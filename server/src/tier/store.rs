@@ -111,6 +111,16 @@ impl TierStore {
         Ok(tier)
     }
 
+    /// The underlying store (SQL reads the objects through it).
+    pub fn inner(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// A key's full path in [`TierStore::inner`] (with the configured prefix).
+    pub fn full_path(&self, key: &str) -> String {
+        self.path(key).to_string()
+    }
+
     fn path(&self, key: &str) -> ObjectPath {
         if self.prefix.is_empty() { ObjectPath::from(key) } else { ObjectPath::from(format!("{}/{key}", self.prefix)) }
     }

@@ -57,7 +57,7 @@ pub use schema::{
     DATA_PAGE_BYTES, FORMAT_VERSION, ROW_GROUP_MAX_BYTES, ROW_GROUP_MAX_ROWS, arrow_schema, writer_properties,
 };
 pub use verify::verify_parquet;
-pub use write::segment_to_parquet;
+pub use write::{ArrowRows, segment_to_parquet};
 
 /// Facts about one tiered object (what the tier manifest records).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -114,25 +114,8 @@ impl ObjectWriter {
                     found: r.offset,
                 });
             }
-            let offset = i64::try_from(r.offset).map_err(|_| TierError::OffsetTooLarge(r.offset))?;
-            let c = &mut self.columns;
-            c.offsets.push(offset);
-            c.timestamps.push(r.timestamp);
-            c.keys.append_option(r.key.as_deref());
-            c.values.append_option(r.value.as_deref());
-            c.bytes += r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len);
-            for header in &r.headers {
-                c.header_names.append_value(&header.name);
-                c.header_values.append_value(&header.value);
-                c.bytes += header.name.len() + header.value.len();
-            }
-            let header_count = c.header_names.len();
-            c.header_offsets.push(i32::try_from(header_count).map_err(|_| TierError::Internal("headers overflow"))?);
-            c.producer_ids.push(h.producer.id);
-            c.producer_epochs.push(h.producer.epoch);
-            c.sequences.push(sequence(h.producer.base_sequence, r.offset - h.base_offset));
-            c.transactional.push(h.transactional);
-            c.control.push(h.control);
+            self.columns.push(&h, &r)?;
+            let c = &self.columns;
             self.min_timestamp = self.min_timestamp.min(r.timestamp);
             self.max_timestamp = self.max_timestamp.max(r.timestamp);
             self.records += 1;
@@ -211,6 +194,29 @@ fn sequence(base_sequence: i32, delta: u64) -> i32 {
 }
 
 impl Columns {
+    /// Appends one record of the batch with header `h`.
+    fn push(&mut self, h: &crate::batch::BatchHeader, r: &crate::batch::Record) -> Result<()> {
+        let offset = i64::try_from(r.offset).map_err(|_| TierError::OffsetTooLarge(r.offset))?;
+        self.offsets.push(offset);
+        self.timestamps.push(r.timestamp);
+        self.keys.append_option(r.key.as_deref());
+        self.values.append_option(r.value.as_deref());
+        self.bytes += r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len);
+        for header in &r.headers {
+            self.header_names.append_value(&header.name);
+            self.header_values.append_value(&header.value);
+            self.bytes += header.name.len() + header.value.len();
+        }
+        let header_count = self.header_names.len();
+        self.header_offsets.push(i32::try_from(header_count).map_err(|_| TierError::Internal("headers overflow"))?);
+        self.producer_ids.push(h.producer.id);
+        self.producer_epochs.push(h.producer.epoch);
+        self.sequences.push(sequence(h.producer.base_sequence, r.offset - h.base_offset));
+        self.transactional.push(h.transactional);
+        self.control.push(h.control);
+        Ok(())
+    }
+
     fn new() -> Self {
         Self {
             keys: BinaryBuilder::with_capacity(ROW_GROUP_MAX_ROWS, 64 * 1024),
@@ -261,5 +267,61 @@ mod tests {
         assert_eq!(sequence(i32::MAX, 0), i32::MAX);
         assert_eq!(sequence(i32::MAX, 1), 0);
         assert_eq!(sequence(i32::MAX - 1, 3), 1);
+    }
+}
+
+/// Builds Arrow record batches in the tiered objects' schema ([`super::arrow_schema`]) from
+/// stored batches: how SQL reads the hot tier, so both tiers scan as one table.
+#[derive(Default)]
+pub struct ArrowRows {
+    partition: u32,
+    columns: Columns,
+}
+
+impl std::fmt::Debug for ArrowRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrowRows").field("partition", &self.partition).field("rows", &self.len()).finish()
+    }
+}
+
+impl ArrowRows {
+    pub fn new(partition: u32) -> Self {
+        Self { partition, columns: Columns::new() }
+    }
+
+    /// Appends the records of `batch` whose offsets are in `[from, until)`.
+    ///
+    /// # Errors
+    /// [`TierError::Log`] when the batch does not decode; [`TierError::OffsetTooLarge`].
+    pub fn push(&mut self, batch: &Batch, from: u64, until: u64) -> Result<()> {
+        let h = *batch.header();
+        for r in batch.records().map_err(|source| crate::Error::InvalidBatch { source })? {
+            if (from..until).contains(&r.offset) {
+                self.columns.push(&h, &r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows appended since the last [`ArrowRows::finish`].
+    pub fn len(&self) -> usize {
+        self.columns.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Key, value and header bytes appended since the last [`ArrowRows::finish`].
+    pub fn bytes(&self) -> usize {
+        self.columns.bytes
+    }
+
+    /// The rows appended so far as one record batch; starts over empty.
+    ///
+    /// # Errors
+    /// [`TierError::Arrow`] (a bug: the columns are built consistently).
+    pub fn finish(&mut self) -> Result<RecordBatch> {
+        std::mem::replace(&mut self.columns, Columns::new()).into_record_batch(self.partition)
     }
 }
