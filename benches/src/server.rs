@@ -56,6 +56,30 @@ fn json_body() -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"records": recs, "acks": "leader"})).unwrap_or_default()
 }
 
+/// POSTs `body` to `target` until `deadline` over one keep-alive connection (a blocking client
+/// on its own thread), counting `records` per request; the request latencies.
+async fn http_door(
+    target: String,
+    content_type: &'static str,
+    body: Vec<u8>,
+    records: u64,
+    deadline: Instant,
+    count: Arc<AtomicU64>,
+) -> anyhow::Result<Histogram<u64>> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Histogram<u64>> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(true).build().into();
+        let mut h = Histogram::<u64>::new(3)?;
+        while Instant::now() < deadline {
+            let t = Instant::now();
+            agent.post(&target).header("content-type", content_type).send(&body[..])?.body_mut().read_to_vec()?;
+            h.record(t.elapsed().as_micros() as u64)?;
+            count.fetch_add(records, Ordering::Relaxed);
+        }
+        Ok(h)
+    })
+    .await?
+}
+
 /// Outcome of a throughput run.
 pub(crate) struct Run {
     pub(crate) records_per_s: f64,
@@ -146,50 +170,14 @@ pub(crate) async fn produce_run(
                     }
                 }
                 "http-webhook" => {
-                    // The webhook door: one raw record per request, keep-alive connections.
-                    let body = vec![b'x'; RECORD_BYTES];
+                    // The webhook door: one raw record per request.
                     let target = format!("{url}/v1/topics/{topic}/records?partition=0");
-                    h = tokio::task::spawn_blocking(move || -> anyhow::Result<Histogram<u64>> {
-                        let agent: ureq::Agent =
-                            ureq::Agent::config_builder().http_status_as_error(true).build().into();
-                        let mut h = Histogram::<u64>::new(3)?;
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            agent
-                                .post(&target)
-                                .header("content-type", "application/octet-stream")
-                                .send(&body[..])?
-                                .body_mut()
-                                .read_to_vec()?;
-                            h.record(t.elapsed().as_micros() as u64)?;
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(h)
-                    })
-                    .await??;
+                    let body = vec![b'x'; RECORD_BYTES];
+                    h = http_door(target, "application/octet-stream", body, 1, deadline, count).await?;
                 }
                 _ => {
-                    // HTTP JSON over keep-alive connections, one blocking client per thread.
-                    let body = json_body();
                     let target = format!("{url}/v1/topics/{topic}/records");
-                    h = tokio::task::spawn_blocking(move || -> anyhow::Result<Histogram<u64>> {
-                        let agent: ureq::Agent =
-                            ureq::Agent::config_builder().http_status_as_error(true).build().into();
-                        let mut h = Histogram::<u64>::new(3)?;
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            agent
-                                .post(&target)
-                                .header("content-type", "application/json")
-                                .send(&body[..])?
-                                .body_mut()
-                                .read_to_vec()?;
-                            h.record(t.elapsed().as_micros() as u64)?;
-                            count.fetch_add(BATCH as u64, Ordering::Relaxed);
-                        }
-                        Ok(h)
-                    })
-                    .await??;
+                    h = http_door(target, "application/json", json_body(), BATCH as u64, deadline, count).await?;
                 }
             }
             Ok::<_, anyhow::Error>(h)
