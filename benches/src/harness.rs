@@ -166,3 +166,30 @@ pub fn show(v: &[f64], unit: &str) -> String {
     s.sort_by(f64::total_cmp);
     format!("{:.0} {unit} ({:.0}–{:.0})", s[s.len() / 2], s[0], s[s.len() - 1])
 }
+
+/// One measurement repeated: median and range.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    runs: Vec<f64>,
+}
+
+impl Stat {
+    pub fn of(mut runs: Vec<f64>) -> Self {
+        runs.sort_by(f64::total_cmp);
+        Self { runs }
+    }
+    pub fn median(&self) -> f64 {
+        self.runs[self.runs.len() / 2]
+    }
+    pub fn show(&self, unit: &str) -> String {
+        let (lo, hi) = (self.runs[0], self.runs[self.runs.len() - 1]);
+        format!("{:.1} {unit} ({:.1}–{:.1})", self.median(), lo, hi)
+    }
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"median\":{:.3},\"runs\":[{}]}}",
+            self.median(),
+            self.runs.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(",")
+        )
+    }
+}

@@ -1,5 +1,6 @@
 //! Storage engine benchmarks (issue #2), each beside a plain-file baseline from the same run.
 
+use crate::harness::Stat;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -36,33 +37,6 @@ impl Fsync for CountingFsync {
     fn sync_data(&self, file: &File) -> std::io::Result<()> {
         self.0.fetch_add(1, Ordering::Relaxed);
         file.sync_data()
-    }
-}
-
-/// One measurement repeated: median and range.
-#[derive(Debug, Clone)]
-struct Stat {
-    runs: Vec<f64>,
-}
-
-impl Stat {
-    fn of(mut runs: Vec<f64>) -> Self {
-        runs.sort_by(f64::total_cmp);
-        Self { runs }
-    }
-    fn median(&self) -> f64 {
-        self.runs[self.runs.len() / 2]
-    }
-    fn show(&self, unit: &str) -> String {
-        let (lo, hi) = (self.runs[0], self.runs[self.runs.len() - 1]);
-        format!("{:.1} {unit} ({:.1}–{:.1})", self.median(), lo, hi)
-    }
-    fn json(&self) -> String {
-        format!(
-            "{{\"median\":{:.3},\"runs\":[{}]}}",
-            self.median(),
-            self.runs.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(",")
-        )
     }
 }
 

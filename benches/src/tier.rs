@@ -11,6 +11,7 @@
 //!    cache is not dropped, so "cold" means "not in Strata's memory", not "not in RAM").
 //! 3. Parquet bytes / segment bytes for JSON-like 1 KiB values in uncompressed batches.
 
+use crate::harness::Stat;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -40,33 +41,6 @@ pub struct Args {
     /// The `strata` binary, for the consumer's view through the server (default: next to this one).
     #[arg(long)]
     strata: Option<std::path::PathBuf>,
-}
-
-/// One measurement repeated: median and range.
-#[derive(Debug, Clone)]
-struct Stat {
-    runs: Vec<f64>,
-}
-
-impl Stat {
-    fn of(mut runs: Vec<f64>) -> Self {
-        runs.sort_by(f64::total_cmp);
-        Self { runs }
-    }
-    fn median(&self) -> f64 {
-        self.runs[self.runs.len() / 2]
-    }
-    fn show(&self, unit: &str) -> String {
-        let (lo, hi) = (self.runs[0], self.runs[self.runs.len() - 1]);
-        format!("{:.0} {unit} ({:.0}–{:.0})", self.median(), lo, hi)
-    }
-    fn json(&self) -> String {
-        format!(
-            "{{\"median\":{:.3},\"runs\":[{}]}}",
-            self.median(),
-            self.runs.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(",")
-        )
-    }
 }
 
 /// xorshift64*: deterministic, dependency-free variety for the generated values.
