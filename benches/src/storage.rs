@@ -1,6 +1,5 @@
 //! Storage engine benchmarks (issue #2), each beside a plain-file baseline from the same run.
 
-use crate::harness::Stat;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use strata_storage::{BatchBuilder, Compression, Durability, Fsync, Log, LogConfig, LogManager, StorageOptions};
+
+use crate::harness::Stat;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const BATCH_RECORDS: usize = 63;

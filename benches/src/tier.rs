@@ -11,7 +11,6 @@
 //!    cache is not dropped, so "cold" means "not in Strata's memory", not "not in RAM").
 //! 3. Parquet bytes / segment bytes for JSON-like 1 KiB values in uncompressed batches.
 
-use crate::harness::Stat;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -28,6 +27,8 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use strata_storage::tier::{self, TierObjectMeta};
 use strata_storage::{BatchBuilder, Compression, Durability, Log, LogConfig, Record};
+
+use crate::harness::Stat;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const BATCH_RECORDS: usize = 64;
