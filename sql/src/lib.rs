@@ -14,6 +14,7 @@
 //! The crate knows nothing of HTTP: the server implements [`TopicSource`] and turns results into
 //! JSON, CSV or Arrow IPC.
 
+mod hot;
 mod table;
 
 use std::sync::Arc;

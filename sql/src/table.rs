@@ -5,64 +5,104 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::CastOptions;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::util::display::FormatOptions;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
-use strata_storage::Log;
-use strata_storage::batch::split_batches;
-use strata_storage::tier::{self, ArrowRows};
+use strata_storage::tier;
 
-use crate::{STORE_URL, TopicSource};
+use crate::STORE_URL;
+use crate::TopicSource;
+use crate::hot::{HotPartition, HotScanExec};
 
-/// Rows per record batch the hot scan emits.
-const HOT_BATCH_ROWS: usize = 8192;
-/// Bytes read from the log at a time by the hot scan.
-const HOT_READ_BYTES: usize = 4 << 20;
+/// Columns computed from stored ones: the key and value as UTF-8 text (NULL where the bytes are
+/// not valid UTF-8).
+const DERIVED: [(&str, &str); 2] = [("key_str", "key"), ("value_str", "value")];
 
-/// One topic: columns `partition`, `offset`, `timestamp`, `key`, `value`, `headers`,
+/// One topic: the stored columns `partition`, `offset`, `timestamp`, `key`, `value`, `headers`,
 /// `producer_id`, `producer_epoch`, `sequence`, `transactional`, `control` — the schema of the
-/// tiered Parquet objects, so both tiers scan alike.
+/// tiered Parquet objects, so both tiers scan alike — then the derived `key_str`, `value_str`.
 #[derive(Debug)]
 pub struct TopicTable {
     source: Arc<dyn TopicSource>,
     name: String,
     partitions: u32,
+    /// The stored columns ([`tier::arrow_schema`]).
+    stored: SchemaRef,
+    /// The stored columns, then the derived ones.
+    schema: SchemaRef,
 }
 
 impl TopicTable {
     pub fn new(source: Arc<dyn TopicSource>, name: String, partitions: u32) -> Self {
-        Self { source, name, partitions }
+        let stored = tier::arrow_schema();
+        let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(DERIVED.iter().map(|(name, _)| Field::new(*name, DataType::Utf8View, true)));
+        let schema = Arc::new(Schema::new(fields));
+        Self { source, name, partitions, stored, schema }
     }
 }
 
-/// What simple filters say about the rows wanted (anything else is left to DataFusion).
+/// What the pushed-down filters say about the rows wanted. Ranges are inclusive and in `i128`, so
+/// no bound is lost to a type's limits; an empty range (start above end) matches nothing.
 #[derive(Debug, Clone)]
-struct Bounds {
-    partitions: Option<BTreeSet<u32>>,
-    offsets: RangeInclusive<u64>,
-    timestamps: RangeInclusive<i64>,
+pub(crate) struct Bounds {
+    partitions: RangeInclusive<i128>,
+    partition_set: Option<BTreeSet<i128>>,
+    offsets: RangeInclusive<i128>,
+    timestamps: RangeInclusive<i128>,
 }
+
+const ALL: RangeInclusive<i128> = i128::MIN..=i128::MAX;
+const BOUNDED: [&str; 3] = ["partition", "offset", "timestamp"];
 
 impl Bounds {
     fn from_filters(filters: &[Expr]) -> Self {
-        let mut b = Bounds { partitions: None, offsets: 0..=u64::MAX, timestamps: i64::MIN..=i64::MAX };
+        let mut b = Bounds { partitions: ALL, partition_set: None, offsets: ALL, timestamps: ALL };
         for f in filters {
             b.narrow(f);
         }
         b
+    }
+
+    /// Whether `e` is a conjunction of comparisons these bounds represent exactly: the scan then
+    /// returns exactly the rows `e` selects (the hot scan filters each record by the bounds, the
+    /// Parquet scan evaluates the predicate on each row).
+    fn is_exact(e: &Expr) -> bool {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+                Self::is_exact(left) && Self::is_exact(right)
+            }
+            Expr::BinaryExpr(b) => comparison(b).is_some_and(|(column, op, value)| {
+                BOUNDED.contains(&column)
+                    && matches!(op, Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq)
+                    && scalar_ms(value).is_some_and(|(lo, hi)| lo == hi)
+            }),
+            Expr::InList(list) => {
+                !list.negated
+                    && matches!(list.expr.as_ref(), Expr::Column(c) if c.name == "partition")
+                    && list
+                        .list
+                        .iter()
+                        .all(|v| matches!(v, Expr::Literal(s, _) if scalar_ms(s).is_some_and(|(lo, hi)| lo == hi)))
+            }
+            _ => false,
+        }
     }
 
     fn narrow(&mut self, e: &Expr) {
@@ -71,44 +111,31 @@ impl Bounds {
                 self.narrow(left);
                 self.narrow(right);
             }
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (column, op, value) = match (left.as_ref(), right.as_ref()) {
-                    (Expr::Column(c), Expr::Literal(v, _)) => (c.name.as_str(), *op, v),
-                    (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
-                        Some(op) => (c.name.as_str(), op, v),
-                        None => return,
-                    },
+            Expr::BinaryExpr(b) => {
+                let Some((column, op, value)) = comparison(b) else { return };
+                let Some(value) = scalar_ms(value) else { return };
+                let range = match column {
+                    "partition" => &mut self.partitions,
+                    "offset" => &mut self.offsets,
+                    "timestamp" => &mut self.timestamps,
                     _ => return,
                 };
-                let Some(n) = scalar_i128(value) else { return };
-                match column {
-                    "offset" => self.offsets = narrow(&self.offsets, op, n, |v| u64::try_from(v.max(0)).ok()),
-                    "timestamp" => self.timestamps = narrow(&self.timestamps, op, n, |v| i64::try_from(v).ok()),
-                    "partition" if op == Operator::Eq => {
-                        let p = u32::try_from(n).ok();
-                        let keep: BTreeSet<u32> = p.into_iter().collect();
-                        self.partitions = Some(match self.partitions.take() {
-                            Some(prev) => prev.intersection(&keep).copied().collect(),
-                            None => keep,
-                        });
-                    }
-                    _ => {}
-                }
+                *range = narrow(range, op, value);
             }
             Expr::InList(list) if !list.negated => {
                 if let Expr::Column(c) = list.expr.as_ref()
                     && c.name == "partition"
                 {
-                    let values: Option<BTreeSet<u32>> = list
+                    let values: Option<BTreeSet<i128>> = list
                         .list
                         .iter()
                         .map(|v| match v {
-                            Expr::Literal(s, _) => scalar_i128(s).and_then(|n| u32::try_from(n).ok()),
+                            Expr::Literal(s, _) => scalar_ms(s).filter(|(lo, hi)| lo == hi).map(|(v, _)| v),
                             _ => None,
                         })
                         .collect();
                     if let Some(values) = values {
-                        self.partitions = Some(match self.partitions.take() {
+                        self.partition_set = Some(match self.partition_set.take() {
                             Some(prev) => prev.intersection(&values).copied().collect(),
                             None => values,
                         });
@@ -118,50 +145,81 @@ impl Bounds {
             _ => {}
         }
     }
+
+    fn has_partition(&self, p: u32) -> bool {
+        let p = i128::from(p);
+        self.partitions.contains(&p) && self.partition_set.as_ref().is_none_or(|set| set.contains(&p))
+    }
+
+    /// The offsets wanted as `[start, end)` in `u64` (empty when none is).
+    pub(crate) fn offset_range(&self) -> std::ops::Range<u64> {
+        let clamp = |v: i128| u64::try_from(v.clamp(0, i128::from(u64::MAX))).unwrap_or(u64::MAX);
+        let start = clamp(*self.offsets.start());
+        let end = if *self.offsets.end() < 0 { 0 } else { clamp(*self.offsets.end()).saturating_add(1) };
+        start..end.max(start)
+    }
+
+    /// The timestamps wanted, inclusive, in `i64` (`start > end` when none is).
+    pub(crate) fn timestamp_range(&self) -> RangeInclusive<i64> {
+        let clamp = |v: i128| i64::try_from(v.clamp(i128::from(i64::MIN), i128::from(i64::MAX))).unwrap_or(i64::MAX);
+        let (lo, hi) = (*self.timestamps.start(), *self.timestamps.end());
+        if lo > hi || hi < i128::from(i64::MIN) || lo > i128::from(i64::MAX) {
+            return RangeInclusive::new(1, 0);
+        }
+        clamp(lo)..=clamp(hi)
+    }
 }
 
-fn scalar_i128(v: &ScalarValue) -> Option<i128> {
-    match v {
-        ScalarValue::Int8(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::Int16(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::Int32(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::Int64(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::UInt8(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::UInt16(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::UInt32(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::UInt64(Some(n)) => Some(i128::from(*n)),
-        ScalarValue::TimestampMillisecond(Some(n), _) => Some(i128::from(*n)),
-        ScalarValue::TimestampSecond(Some(n), _) => Some(i128::from(*n) * 1000),
-        ScalarValue::TimestampMicrosecond(Some(n), _) => Some(i128::from(*n) / 1000),
-        ScalarValue::TimestampNanosecond(Some(n), _) => Some(i128::from(*n) / 1_000_000),
+/// `column op literal` (or `literal op column`, swapped).
+fn comparison(b: &BinaryExpr) -> Option<(&str, Operator, &ScalarValue)> {
+    match (b.left.as_ref(), b.right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((c.name.as_str(), b.op, v)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((c.name.as_str(), b.op.swap()?, v)),
         _ => None,
     }
 }
 
-/// Narrows an inclusive range by `column op n` (bounds that do not fit are ignored: the filter
-/// still applies on top).
-fn narrow<T: Copy + Ord>(
-    range: &RangeInclusive<T>,
-    op: Operator,
-    n: i128,
-    fit: impl Fn(i128) -> Option<T>,
-) -> RangeInclusive<T> {
-    let (lo, hi) = (*range.start(), *range.end());
-    let (new_lo, new_hi) = match op {
-        Operator::Eq => (fit(n), fit(n)),
-        Operator::Gt => (fit(n + 1), None),
-        Operator::GtEq => (fit(n), None),
-        Operator::Lt => (None, fit(n - 1)),
-        Operator::LtEq => (None, fit(n)),
-        _ => (None, None),
+/// An integer, or a timestamp in milliseconds, as `(floor, ceil)`: equal when exact, one apart
+/// when a finer timestamp falls between two milliseconds.
+fn scalar_ms(v: &ScalarValue) -> Option<(i128, i128)> {
+    let exact = |n: i128| Some((n, n));
+    let divided = |n: i128, by: i128| Some((n.div_euclid(by), -(-n).div_euclid(by)));
+    match v {
+        ScalarValue::Int8(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::Int16(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::Int32(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::Int64(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::UInt8(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::UInt16(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::UInt32(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::UInt64(Some(n)) => exact(i128::from(*n)),
+        ScalarValue::TimestampSecond(Some(n), _) => exact(i128::from(*n) * 1000),
+        ScalarValue::TimestampMillisecond(Some(n), _) => exact(i128::from(*n)),
+        ScalarValue::TimestampMicrosecond(Some(n), _) => divided(i128::from(*n), 1000),
+        ScalarValue::TimestampNanosecond(Some(n), _) => divided(i128::from(*n), 1_000_000),
+        _ => None,
+    }
+}
+
+/// Narrows an inclusive range by `column op value`, where `value` is `(floor, ceil)` of the
+/// literal in the column's unit: exact when they are equal, a superset of the rows otherwise.
+fn narrow(range: &RangeInclusive<i128>, op: Operator, (floor, ceil): (i128, i128)) -> RangeInclusive<i128> {
+    let exact = floor == ceil;
+    let (lo, hi) = match op {
+        Operator::Eq => (floor, ceil),
+        Operator::Gt if exact => (floor + 1, i128::MAX),
+        Operator::Gt | Operator::GtEq => (floor, i128::MAX),
+        Operator::Lt if exact => (i128::MIN, ceil - 1),
+        Operator::Lt | Operator::LtEq => (i128::MIN, ceil),
+        _ => return range.clone(),
     };
-    new_lo.map_or(lo, |v| v.max(lo))..=new_hi.map_or(hi, |v| v.min(hi))
+    (*range.start()).max(lo)..=(*range.end()).min(hi)
 }
 
 #[async_trait]
 impl TableProvider for TopicTable {
     fn schema(&self) -> SchemaRef {
-        tier::arrow_schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -169,9 +227,20 @@ impl TableProvider for TopicTable {
     }
 
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
-        // Used for pruning (partitions, objects, row groups, the hot offset range); DataFusion
-        // applies every filter again, so pruning can only skip, never change, results.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if f.column_refs().iter().any(|c| self.stored.index_of(&c.name).is_err()) {
+                    // Derived columns: DataFusion filters them above the scan.
+                    TableProviderFilterPushDown::Unsupported
+                } else if Bounds::is_exact(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    // Used for pruning (objects, row groups); DataFusion applies it again on top.
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
     }
 
     async fn scan(
@@ -181,21 +250,41 @@ impl TableProvider for TopicTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let schema = self.schema();
-        let bounds = Bounds::from_filters(filters);
-        let partitions: Vec<u32> =
-            (0..self.partitions).filter(|p| bounds.partitions.as_ref().is_none_or(|set| set.contains(p))).collect();
+        // Only filters over stored columns reach here (see supports_filters_pushdown).
+        let filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| f.column_refs().iter().all(|c| self.stored.index_of(&c.name).is_ok()))
+            .cloned()
+            .collect();
+        let exact = filters.iter().any(Bounds::is_exact);
+        let bounds = Bounds::from_filters(&filters);
+
+        // The stored columns to read: the projected ones, and what derived ones are computed from.
+        let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..self.schema.fields().len()).collect());
+        let stored_len = self.stored.fields().len();
+        let derived = wanted.iter().any(|&i| i >= stored_len);
+        let read: Vec<usize> = if derived {
+            let mut read: BTreeSet<usize> = wanted.iter().copied().filter(|&i| i < stored_len).collect();
+            for &i in wanted.iter().filter(|&&i| i >= stored_len) {
+                let (_, from) = DERIVED[i - stored_len];
+                read.insert(self.stored.index_of(from)?);
+            }
+            read.into_iter().collect()
+        } else {
+            wanted.clone()
+        };
+
+        let offsets = bounds.offset_range();
+        let timestamps = bounds.timestamp_range();
         let mut cold_groups = Vec::new();
         let mut hot = Vec::new();
-        for &p in &partitions {
+        for p in (0..self.partitions).filter(|&p| bounds.has_partition(p)) {
             let files = self.source.cold_files(&self.name, p);
             let tiered_end = files.last().map_or(0, |f| f.end_offset);
             let group: Vec<PartitionedFile> = files
                 .iter()
-                .filter(|f| f.base_offset <= *bounds.offsets.end() && f.end_offset > *bounds.offsets.start())
-                .filter(|f| {
-                    f.min_timestamp <= *bounds.timestamps.end() && f.max_timestamp >= *bounds.timestamps.start()
-                })
+                .filter(|f| f.base_offset < offsets.end && f.end_offset > offsets.start)
+                .filter(|f| f.min_timestamp <= *timestamps.end() && f.max_timestamp >= *timestamps.start())
                 .map(|f| PartitionedFile::new(f.path.clone(), f.size))
                 .collect();
             if !group.is_empty() {
@@ -204,91 +293,103 @@ impl TableProvider for TopicTable {
             if let Some(log) = self.source.log(&self.name, p) {
                 // The hot tail starts where the cold tier ends (tiered segments may still be on
                 // local disk), within the filters' offset range.
-                let from = log.log_start_offset().max(tiered_end).max(*bounds.offsets.start());
-                let until = log.high_watermark().min(bounds.offsets.end().saturating_add(1));
-                if from < until {
-                    hot.push(Arc::new(HotPartition { schema: Arc::clone(&schema), partition: p, log, from, until })
-                        as Arc<dyn PartitionStream>);
+                let from = log.log_start_offset().max(tiered_end).max(offsets.start);
+                let until = log.high_watermark().min(offsets.end);
+                if from < until && timestamps.start() <= timestamps.end() {
+                    hot.push(HotPartition { partition: p, log, offsets: from..until, timestamps: timestamps.clone() });
                 }
             }
         }
+
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !cold_groups.is_empty() {
-            let mut source = ParquetSource::new(Arc::clone(&schema)).with_enable_page_index(true);
-            if let Some(predicate) = conjunction(filters.to_vec()) {
-                let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
-                source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
+            let mut source = ParquetSource::new(Arc::clone(&self.stored)).with_enable_page_index(true);
+            if let Some(predicate) = conjunction(filters.clone()) {
+                let df_schema = DFSchema::try_from(self.stored.as_ref().clone())?;
+                // Exact filters are promised row by row: Parquet then evaluates the predicate
+                // while decoding, not only against statistics.
+                source = source
+                    .with_predicate(state.create_physical_expr(predicate, &df_schema)?)
+                    .with_pushdown_filters(exact);
             }
             let url = ObjectStoreUrl::parse(STORE_URL)?;
             let config = FileScanConfigBuilder::new(url, Arc::new(source))
                 .with_file_groups(cold_groups)
                 .with_limit(limit)
-                .with_projection_indices(projection.cloned())?
+                .with_projection_indices(Some(read.clone()))?
                 .build();
             inputs.push(DataSourceExec::from_data_source(config));
         }
-        if !hot.is_empty() || inputs.is_empty() {
-            inputs.push(Arc::new(StreamingTableExec::try_new(schema, hot, projection, [], false, limit)?));
+        if !hot.is_empty() {
+            inputs.push(Arc::new(HotScanExec::new(Arc::clone(&self.stored), hot, read.clone(), limit)?));
         }
-        UnionExec::try_new(inputs)
+        let scanned: Arc<dyn ExecutionPlan> = match inputs.len() {
+            0 => Arc::new(EmptyExec::new(Arc::new(self.stored.project(&read)?))),
+            1 => inputs.remove(0),
+            _ => UnionExec::try_new(inputs)?,
+        };
+        if !derived {
+            return Ok(scanned);
+        }
+        // Derived columns over the stored ones read: text from bytes, NULL where not UTF-8.
+        let cast_options = CastOptions { safe: true, format_options: FormatOptions::default() };
+        let position = |stored_index: usize| read.iter().position(|&r| r == stored_index).unwrap_or_default();
+        let exprs = wanted
+            .iter()
+            .map(|&i| {
+                if i < stored_len {
+                    let name = self.stored.field(i).name();
+                    (Arc::new(Column::new(name, position(i))) as Arc<dyn PhysicalExpr>, name.clone())
+                } else {
+                    let (name, from) = DERIVED[i - stored_len];
+                    let from_index = self.stored.index_of(from).unwrap_or_default();
+                    let column = Arc::new(Column::new(from, position(from_index)));
+                    let cast = CastExpr::new(column, DataType::Utf8View, Some(cast_options.clone()));
+                    (Arc::new(cast) as Arc<dyn PhysicalExpr>, name.to_string())
+                }
+            })
+            .collect::<Vec<_>>();
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scanned)?))
     }
 }
 
-/// One partition's hot tail, `[from, until)`, decoded from the log into Arrow.
-#[derive(Debug)]
-struct HotPartition {
-    schema: SchemaRef,
-    partition: u32,
-    log: Log,
-    from: u64,
-    until: u64,
-}
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{col, lit};
 
-impl PartitionStream for HotPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
+    use super::*;
+
+    fn ts(ms: i64) -> Expr {
+        lit(ScalarValue::TimestampMillisecond(Some(ms), None))
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let (log, partition, from, until) = (self.log.clone(), self.partition, self.from, self.until);
-        // Reading and decoding are blocking work: a thread of their own, two batches ahead.
-        tokio::task::spawn_blocking(move || {
-            let mut rows = ArrowRows::new(partition);
-            let mut offset = from;
-            let send = |batch: Result<_>| tx.blocking_send(batch).is_ok();
-            while offset < until {
-                let read = match log.read(offset, HOT_READ_BYTES) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        send(Err(DataFusionError::External(Box::new(e))));
-                        return;
-                    }
-                };
-                if read.batches.is_empty() {
-                    break;
-                }
-                for batch in split_batches(&read.batches) {
-                    let pushed = batch
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
-                        .and_then(|b| rows.push(&b, offset, until).map_err(|e| DataFusionError::External(Box::new(e))));
-                    if let Err(e) = pushed {
-                        send(Err(e));
-                        return;
-                    }
-                    if rows.len() >= HOT_BATCH_ROWS
-                        && !send(rows.finish().map_err(|e| DataFusionError::External(Box::new(e))))
-                    {
-                        return;
-                    }
-                }
-                offset = read.next_offset.max(offset + 1);
-            }
-            if !rows.is_empty() {
-                send(rows.finish().map_err(|e| DataFusionError::External(Box::new(e))));
-            }
-        });
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-        Box::pin(RecordBatchStreamAdapter::new(Arc::clone(&self.schema), stream))
+    #[test]
+    fn bounds_are_exact_for_simple_comparisons_and_a_superset_otherwise() {
+        let filters = [col("offset").gt_eq(lit(10i64)), col("offset").lt(lit(20i64)), col("timestamp").gt(ts(100))];
+        let b = Bounds::from_filters(&filters);
+        assert_eq!(b.offset_range(), 10..20);
+        assert_eq!(b.timestamp_range(), 101..=i64::MAX);
+        assert!(filters.iter().all(Bounds::is_exact));
+
+        // A microsecond literal between two milliseconds: a superset, never exact.
+        let micros = col("timestamp").lt(lit(ScalarValue::TimestampMicrosecond(Some(1500), None)));
+        assert!(!Bounds::is_exact(&micros));
+        assert_eq!(Bounds::from_filters(&[micros]).timestamp_range(), i64::MIN..=2);
+
+        // Out-of-range literals leave nothing rather than wrapping.
+        assert!(Bounds::from_filters(&[col("offset").lt(lit(-5i64))]).offset_range().is_empty());
+        assert!(
+            Bounds::from_filters(&[col("offset").gt(lit(5i64)), col("offset").lt(lit(3i64))]).offset_range().is_empty()
+        );
+
+        let b = Bounds::from_filters(&[
+            col("partition").in_list(vec![lit(1u32), lit(3u32)], false),
+            col("partition").gt(lit(1u32)),
+        ]);
+        assert_eq!((0..5).filter(|&p| b.has_partition(p)).collect::<Vec<_>>(), vec![3]);
+
+        // Anything else is used for pruning only.
+        assert!(!Bounds::is_exact(&col("offset").gt(lit(1i64)).or(col("offset").lt(lit(0i64)))));
+        assert!(!Bounds::is_exact(&col("value").is_not_null()));
     }
 }

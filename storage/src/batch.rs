@@ -546,6 +546,14 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[OFF_BASE_OFFSET..OFF_BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
+/// The smallest record timestamp of an encoded batch: `i64::MIN` (unknown) if it does not decode,
+/// `i64::MAX` if it has no records.
+pub fn min_timestamp(batch: &[u8]) -> i64 {
+    Batch::parse(Bytes::copy_from_slice(batch))
+        .and_then(|b| b.records())
+        .map_or(i64::MIN, |records| records.iter().map(|r| r.timestamp).min().unwrap_or(i64::MAX))
+}
+
 /// Iterates the batches in a buffer of whole batches, as returned by a read, verifying each
 /// one's checksum (for bytes that crossed a network or came from elsewhere).
 pub fn split_batches(buf: &Bytes) -> impl Iterator<Item = Result<Batch, BatchError>> + '_ {

@@ -142,6 +142,7 @@ impl Log {
                 base_offset: header.base_offset,
                 next_offset: header.next_offset(),
                 max_timestamp: header.max_timestamp,
+                min_timestamp: batch::min_timestamp(b),
                 position: bytes.len() as u64,
                 len: b.len() as u64,
                 crc: header.crc,

@@ -9,8 +9,10 @@ use std::path::Path;
 
 /// Magic at the end of every index file.
 pub const INDEX_MAGIC: &[u8; 8] = b"STRATIDX";
-pub const INDEX_VERSION: u16 = 1;
-const FOOTER_LEN: usize = 68;
+pub const INDEX_VERSION: u16 = 2;
+/// Version 1 had no minimum timestamp; such files are still read (minimum unknown).
+const FOOTER_LEN_V1: usize = 68;
+const FOOTER_LEN: usize = 76;
 const OFFSET_ENTRY_LEN: usize = 8;
 const TIME_ENTRY_LEN: usize = 16;
 
@@ -25,6 +27,10 @@ pub struct SegmentIndex {
     pub next_offset: u64,
     /// Largest record timestamp in the segment, `i64::MIN` when empty.
     pub max_timestamp: i64,
+    /// A lower bound of the segment's record timestamps: the smallest one when every batch's
+    /// records were seen (appends), `i64::MIN` when some were not (a batch indexed by the recovery
+    /// scan, an index from before version 2), `i64::MAX` when empty.
+    pub min_timestamp: i64,
     /// Length of the log file the index describes.
     pub log_len: u64,
     /// Position and CRC of the last batch (to check the index still matches its log).
@@ -39,6 +45,9 @@ pub struct IndexedBatch {
     pub base_offset: u64,
     pub next_offset: u64,
     pub max_timestamp: i64,
+    /// The batch's smallest record timestamp, `i64::MIN` when not known (the batch's records were
+    /// not decoded).
+    pub min_timestamp: i64,
     pub position: u64,
     pub len: u64,
     pub crc: u32,
@@ -46,7 +55,13 @@ pub struct IndexedBatch {
 
 impl SegmentIndex {
     pub fn empty(base_offset: u64, log_len: u64) -> Self {
-        Self { next_offset: base_offset, max_timestamp: i64::MIN, log_len, ..Default::default() }
+        Self {
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            min_timestamp: i64::MAX,
+            log_len,
+            ..Default::default()
+        }
     }
 
     /// Records a batch appended at the end of the segment.
@@ -68,6 +83,7 @@ impl SegmentIndex {
             }
             self.max_timestamp = batch.max_timestamp;
         }
+        self.min_timestamp = self.min_timestamp.min(batch.min_timestamp);
         self.bytes_since_offset_entry = self.bytes_since_offset_entry.saturating_add(batch.len as u32);
         self.bytes_since_time_entry = self.bytes_since_time_entry.saturating_add(batch.len as u32);
         self.next_offset = batch.next_offset;
@@ -106,6 +122,7 @@ impl SegmentIndex {
             out.extend_from_slice(&0u32.to_le_bytes());
         }
         let (last_pos, last_crc) = self.last_batch.unwrap_or((u64::MAX, 0));
+        out.extend_from_slice(&self.min_timestamp.to_le_bytes());
         out.extend_from_slice(&base_offset.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&self.max_timestamp.to_le_bytes());
@@ -125,27 +142,44 @@ impl SegmentIndex {
     /// Parses an index file. `None` when it is not a complete, intact index of `base_offset`:
     /// the caller then rebuilds it from the log.
     pub fn decode(buf: &[u8], base_offset: u64) -> Option<Self> {
-        if buf.len() < FOOTER_LEN {
+        // Version and magic sit at the same distance from the end in every version.
+        if buf.len() < FOOTER_LEN_V1 {
             return None;
         }
         let (body, crc) = buf.split_at(buf.len() - 4);
         if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
             return None;
         }
-        let f = &buf[buf.len() - FOOTER_LEN..];
+        let tail = &buf[buf.len() - 16..];
+        if &tail[4..12] != INDEX_MAGIC {
+            return None;
+        }
+        let (footer_len, min_timestamp) = match u16::from_le_bytes([tail[0], tail[1]]) {
+            1 => (FOOTER_LEN_V1, None),
+            INDEX_VERSION if buf.len() >= FOOTER_LEN => (FOOTER_LEN, Some(())),
+            _ => return None,
+        };
+        let footer = &buf[buf.len() - footer_len..];
+        let min_timestamp = match min_timestamp {
+            Some(()) => i64::from_le_bytes(footer[..8].try_into().ok()?),
+            None => i64::MIN,
+        };
+        // The fields common to both versions.
+        let f = &footer[footer_len - FOOTER_LEN_V1..];
         let u64_at = |at: usize| f.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
         let u32_at = |at: usize| f.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
-        if &f[56..64] != INDEX_MAGIC || f[52..54] != INDEX_VERSION.to_le_bytes() || u64_at(0)? != base_offset {
+        if u64_at(0)? != base_offset {
             return None;
         }
         let (n_off, n_time) = (u32_at(44)? as usize, u32_at(48)? as usize);
-        if buf.len() != n_off * OFFSET_ENTRY_LEN + n_time * TIME_ENTRY_LEN + FOOTER_LEN {
+        if buf.len() != n_off * OFFSET_ENTRY_LEN + n_time * TIME_ENTRY_LEN + footer_len {
             return None;
         }
         let last_pos = u64_at(32)?;
         let mut index = SegmentIndex {
             next_offset: u64_at(8)?,
             max_timestamp: u64_at(16)? as i64,
+            min_timestamp,
             log_len: u64_at(24)?,
             last_batch: (last_pos != u64::MAX).then(|| (last_pos, u32_at(40).unwrap_or(0))),
             ..Default::default()
@@ -178,7 +212,15 @@ mod tests {
     use super::*;
 
     fn batch(base: u64, n: u64, ts: i64, pos: u64, len: u64) -> IndexedBatch {
-        IndexedBatch { base_offset: base, next_offset: base + n, max_timestamp: ts, position: pos, len, crc: 7 }
+        IndexedBatch {
+            base_offset: base,
+            next_offset: base + n,
+            max_timestamp: ts,
+            min_timestamp: ts - 3,
+            position: pos,
+            len,
+            crc: 7,
+        }
     }
 
     #[test]
@@ -196,6 +238,7 @@ mod tests {
         assert_eq!(decoded.next_offset, 600);
         assert_eq!(decoded.log_len, pos);
         assert_eq!(decoded.last_batch, Some((pos - 1000, 7)));
+        assert_eq!((decoded.min_timestamp, decoded.max_timestamp), (-3, 245));
         assert!(SegmentIndex::decode(&encoded, 101).is_none(), "wrong base offset");
         for at in [0, encoded.len() / 2, encoded.len() - 1] {
             let mut damaged = encoded.clone();
@@ -222,5 +265,23 @@ mod tests {
             let first_batch_with_ts = 32 + (ts - 1000).clamp(0, 99) as u64 * 3000;
             assert!(start <= first_batch_with_ts, "ts {ts} starts at {start}");
         }
+    }
+
+    #[test]
+    fn version_1_files_are_read_with_the_minimum_unknown() {
+        let mut idx = SegmentIndex::empty(0, 32);
+        idx.on_append(0, &batch(0, 10, 500, 32, 1000), 4096);
+        let v2 = idx.encode(0);
+        // Version 1: the same without the leading minimum-timestamp field of the footer.
+        let footer_at = v2.len() - FOOTER_LEN;
+        let mut v1 = [&v2[..footer_at], &v2[footer_at + 8..v2.len() - 4]].concat();
+        let version_at = v1.len() - 12;
+        v1[version_at..version_at + 2].copy_from_slice(&1u16.to_le_bytes());
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let decoded = SegmentIndex::decode(&v1, 0).unwrap();
+        assert_eq!(decoded.min_timestamp, i64::MIN, "unknown, so never prunes");
+        assert_eq!((decoded.max_timestamp, decoded.next_offset, decoded.offsets.len()), (500, 10, 1));
+        assert_eq!(SegmentIndex::decode(&v2, 0).unwrap().min_timestamp, 497);
     }
 }

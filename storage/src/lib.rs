@@ -46,7 +46,9 @@ pub use config::{CleanupPolicy, Durability, LogConfig};
 pub use error::{Error, Result};
 pub use flusher::{Fsync, OsFsync};
 pub use manager::{LogManager, StorageOptions};
-pub use partition_log::{AppendInfo, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo};
+pub use partition_log::{
+    AppendInfo, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo, SegmentSpan,
+};
 pub use retention::RetentionOutcome;
 pub use tier::{
     TierError, TierObjectMeta, parquet_offset_for_timestamp, read_parquet, segment_to_parquet, verify_parquet,

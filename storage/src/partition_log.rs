@@ -256,6 +256,19 @@ pub struct SealedSegmentInfo {
     pub max_timestamp: i64,
 }
 
+/// The offsets and timestamps one segment covers, as a scan prunes by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSpan {
+    pub base_offset: u64,
+    /// Exclusive.
+    pub end_offset: u64,
+    /// A lower bound of the segment's record timestamps (`i64::MIN` when unknown, see
+    /// [`crate::index::SegmentIndex::min_timestamp`]).
+    pub min_timestamp: i64,
+    /// Its largest record timestamp, `i64::MIN` if it holds no record.
+    pub max_timestamp: i64,
+}
+
 /// Damage found by [`Log::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentDamage {
@@ -371,6 +384,36 @@ impl Log {
             .collect()
     }
 
+    /// Every segment's offset and timestamp span, oldest first, the active segment last (loads
+    /// sealed segments' indexes if not yet loaded: call it off the async runtime).
+    pub fn segment_spans(&self) -> Vec<SegmentSpan> {
+        let (sealed, active) = {
+            let st = self.lock();
+            let active = SegmentSpan {
+                base_offset: st.active.base,
+                end_offset: st.next_offset,
+                min_timestamp: st.active.index.min_timestamp,
+                max_timestamp: st.active.index.max_timestamp,
+            };
+            (st.sealed.values().cloned().collect::<Vec<_>>(), active)
+        };
+        let mut spans: Vec<SegmentSpan> = sealed
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                let index = self.sealed_index(seg);
+                SegmentSpan {
+                    base_offset: seg.base,
+                    end_offset: sealed.get(i + 1).map_or(active.base_offset, |next| next.base),
+                    min_timestamp: index.min_timestamp,
+                    max_timestamp: index.max_timestamp,
+                }
+            })
+            .collect();
+        spans.push(active);
+        spans
+    }
+
     /// `(end offset, size)` of the sealed segment starting at `base`, if there is one.
     pub(crate) fn sealed_segment_bounds(&self, base: u64) -> Option<(u64, u64)> {
         let st = self.lock();
@@ -400,7 +443,7 @@ impl Log {
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
         }
-        let header = validate_batch(&batch)?;
+        let (header, min_timestamp) = validate_batch(&batch)?;
         let mut st = self.lock();
         if st.deleted {
             return Err(Error::LogDeleted { dir: self.inner.dir.clone() });
@@ -437,6 +480,7 @@ impl Log {
             base_offset,
             next_offset: info.last_offset + 1,
             max_timestamp: header.max_timestamp,
+            min_timestamp,
             position: st.active.size,
             len,
             crc: header.crc,
@@ -875,10 +919,12 @@ impl Flushable for LogInner {
 }
 
 /// Checks a caller's batch completely before it touches the log.
-fn validate_batch(batch: &[u8]) -> Result<BatchHeader> {
+/// Checks a batch completely; its header and smallest record timestamp.
+fn validate_batch(batch: &[u8]) -> Result<(BatchHeader, i64)> {
     let parsed = Batch::parse(Bytes::copy_from_slice(batch)).map_err(|source| Error::InvalidBatch { source })?;
-    parsed.records().map_err(|source| Error::InvalidBatch { source })?;
-    Ok(*parsed.header())
+    let records = parsed.records().map_err(|source| Error::InvalidBatch { source })?;
+    let min_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(i64::MAX);
+    Ok((*parsed.header(), min_timestamp))
 }
 
 /// Creates `<base>.log` with its header, durably.

@@ -156,6 +156,8 @@ pub fn scan(file: &File, base_offset: u64, from: u64, bound: u64, interval: u32,
             base_offset: header.base_offset,
             next_offset: header.next_offset(),
             max_timestamp: header.max_timestamp,
+            // Not decoded here (the recovery scan checks CRCs only): unknown.
+            min_timestamp: i64::MIN,
             position: pos,
             len: len as u64,
             crc: header.crc,

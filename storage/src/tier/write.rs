@@ -294,13 +294,32 @@ impl ArrowRows {
     /// # Errors
     /// [`TierError::Log`] when the batch does not decode; [`TierError::OffsetTooLarge`].
     pub fn push(&mut self, batch: &Batch, from: u64, until: u64) -> Result<()> {
+        self.push_where(batch, from..until, i64::MIN..=i64::MAX).map(|_| ())
+    }
+
+    /// Appends the records of `batch` whose offsets are in `offsets` and timestamps in
+    /// `timestamps`; how many. A batch whose records are all older than the range is not decoded.
+    ///
+    /// # Errors
+    /// [`TierError::Log`] when the batch does not decode; [`TierError::OffsetTooLarge`].
+    pub fn push_where(
+        &mut self,
+        batch: &Batch,
+        offsets: std::ops::Range<u64>,
+        timestamps: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize> {
         let h = *batch.header();
+        if h.max_timestamp < *timestamps.start() {
+            return Ok(0);
+        }
+        let mut pushed = 0;
         for r in batch.records().map_err(|source| crate::Error::InvalidBatch { source })? {
-            if (from..until).contains(&r.offset) {
+            if offsets.contains(&r.offset) && timestamps.contains(&r.timestamp) {
                 self.columns.push(&h, &r)?;
+                pushed += 1;
             }
         }
-        Ok(())
+        Ok(pushed)
     }
 
     /// Rows appended since the last [`ArrowRows::finish`].
