@@ -1,14 +1,21 @@
-//! The flusher: one thread per [`crate::LogManager`] that runs every `fdatasync`, so there is
-//! one flush in flight per disk rather than one per partition.
+//! The flusher: a small pool of threads per [`crate::LogManager`] that runs every `fdatasync`,
+//! so appenders never sync themselves and the number of syncs in flight is bounded.
 //!
 //! ```text
-//!  appenders ──write──► page cache        flusher thread
+//!  appenders ──write──► page cache        flusher threads (16 by default)
 //!      │                                    │
 //!      └─ queue log (once) ───────────────► pop ─► fdatasync ─► durable = target ─► wake waiters
 //! ```
 //!
-//! Group commit falls out of the shape: while one `fdatasync` runs, further appends land in the
-//! page cache and queue the log again; the next `fdatasync` covers all of them at once.
+//! Group commit falls out of the shape: while one `fdatasync` of a log runs, further appends land
+//! in the page cache and queue the log again; the next `fdatasync` covers all of them at once.
+//! Several threads matter when many logs are queued at once — a keyed produce request touching a
+//! thousand partitions queues a thousand logs: flushed one after another, the request waits for
+//! a thousand journal commits; flushed side by side, the filesystem folds concurrent
+//! `fdatasync`s into shared journal commits and the device sees a deeper queue. Two threads never
+//! flush the same log at once for the same append (a log is queued once until popped), and when
+//! they do flush one log concurrently, durability only moves forward (`mark_durable` keeps the
+//! maximum).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -17,6 +24,10 @@ use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Flusher threads per log manager by default: enough `fdatasync`s in flight for the filesystem
+/// to group them, few enough to stay cheap when idle.
+pub(crate) const FLUSH_THREADS: usize = 16;
 
 /// How file data reaches stable storage.
 ///
@@ -90,10 +101,10 @@ impl State {
     }
 }
 
-/// Handle to the flusher thread; dropping it flushes what is queued and stops the thread.
+/// Handle to the flusher threads; dropping it flushes what is queued and stops them.
 pub(crate) struct Flusher {
     state: Arc<State>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Flusher {
@@ -103,11 +114,16 @@ impl std::fmt::Debug for Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start() -> io::Result<Self> {
+    pub(crate) fn start(threads: usize) -> io::Result<Self> {
         let state = Arc::new(State::default());
-        let worker = Arc::clone(&state);
-        let thread = std::thread::Builder::new().name("strata-flusher".into()).spawn(move || run(&worker))?;
-        Ok(Self { state, thread: Some(thread) })
+        let mut flusher = Self { state, threads: Vec::with_capacity(threads) };
+        for i in 0..threads.max(1) {
+            let worker = Arc::clone(&flusher.state);
+            // On failure, dropping `flusher` stops the threads already started.
+            let thread = std::thread::Builder::new().name(format!("strata-flusher-{i}")).spawn(move || run(&worker))?;
+            flusher.threads.push(thread);
+        }
+        Ok(flusher)
     }
 
     /// Flush `target` as soon as possible.
@@ -130,10 +146,10 @@ impl Flusher {
 impl Drop for Flusher {
     fn drop(&mut self) {
         self.state.lock().shutdown = true;
-        self.state.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            // The last reference may be dropped by the flusher thread itself (a queued log held
-            // it): it then exits on its own after this flush round, and must not join itself.
+        self.state.wake.notify_all();
+        for thread in self.threads.drain(..) {
+            // The last reference may be dropped by a flusher thread itself (a queued log held
+            // it): it then exits on its own after this flush, and must not join itself.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
@@ -143,7 +159,7 @@ impl Drop for Flusher {
 
 fn run(state: &State) {
     loop {
-        let batch: Vec<Arc<dyn Flushable>> = {
+        let target: Arc<dyn Flushable> = {
             let mut q = state.lock();
             loop {
                 let now = Instant::now();
@@ -152,8 +168,12 @@ fn run(state: &State) {
                         q.now.push_back(t.target);
                     }
                 }
-                if !q.now.is_empty() {
-                    break q.now.drain(..).collect();
+                if let Some(target) = q.now.pop_front() {
+                    if !q.now.is_empty() {
+                        // More queued than this thread takes: another one may start.
+                        state.wake.notify_one();
+                    }
+                    break target;
                 }
                 if q.shutdown {
                     // Timers still pending are flushed before stopping.
@@ -173,8 +193,6 @@ fn run(state: &State) {
                 };
             }
         };
-        for target in batch {
-            target.flush_from_queue();
-        }
+        target.flush_from_queue();
     }
 }

@@ -7,7 +7,7 @@
 //!                              │                        ▼
 //!                              │                  sealed segments  <base>.log + <base>.index
 //!                              ▼                        │
-//!                 flusher thread: fdatasync,            ├── retention: delete oldest whole segments
+//!                flusher threads: fdatasync,            ├── retention: delete oldest whole segments
 //!                 group commit, wake appenders          ├── compaction: latest record per key,
 //!                                                       │   rewritten via <base>.log.cleaned + rename
 //!                                                       └── tier: segment → Parquet bytes (+ meta)

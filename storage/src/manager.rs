@@ -1,5 +1,5 @@
 //! The log manager: the logs of one data directory and what they share — the bounded cache of
-//! open files, the flusher thread (one fsync in flight per disk) and the clock.
+//! open files, the flusher threads (a bounded number of fsyncs in flight) and the clock.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +17,20 @@ use crate::partition_log::{Log, Shared};
 pub struct StorageOptions {
     /// Most segment files held open at once, across all logs.
     pub max_open_files: usize,
+    /// Threads running `fdatasync`s side by side (see [`crate::flusher`]).
+    pub flush_threads: usize,
     pub clock: Arc<dyn Clock>,
     pub fsync: Arc<dyn Fsync>,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        Self { max_open_files: 1024, clock: Arc::new(SystemClock), fsync: Arc::new(OsFsync) }
+        Self {
+            max_open_files: 1024,
+            flush_threads: crate::flusher::FLUSH_THREADS,
+            clock: Arc::new(SystemClock),
+            fsync: Arc::new(OsFsync),
+        }
     }
 }
 
@@ -38,7 +45,7 @@ pub struct LogManager {
 
 impl LogManager {
     /// # Errors
-    /// [`Error::Io`] if the root cannot be created or the flusher thread cannot start.
+    /// [`Error::Io`] if the root cannot be created or a flusher thread cannot start.
     pub fn new(root: impl Into<PathBuf>, options: StorageOptions) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).at(&root)?;
@@ -111,7 +118,7 @@ fn new_shared(options: StorageOptions, root: &Path) -> Result<Arc<Shared>> {
         files: FileCache::new(options.max_open_files),
         clock: options.clock,
         fsync: options.fsync,
-        flusher: Flusher::start().at(root)?,
+        flusher: Flusher::start(options.flush_threads).at(root)?,
     }))
 }
 
@@ -121,7 +128,11 @@ impl Log {
     /// # Errors
     /// [`Error::InvalidConfig`]; recovery's errors.
     pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
-        Self::open_with_options(dir, config, StorageOptions { max_open_files: 64, ..Default::default() })
+        Self::open_with_options(
+            dir,
+            config,
+            StorageOptions { max_open_files: 64, flush_threads: 1, ..Default::default() },
+        )
     }
 
     /// Like [`Log::open`], with explicit options (a test clock, a fault-injecting fsync).

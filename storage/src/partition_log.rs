@@ -918,7 +918,6 @@ impl Flushable for LogInner {
     }
 }
 
-/// Checks a caller's batch completely before it touches the log.
 /// Checks a batch completely; its header and smallest record timestamp.
 fn validate_batch(batch: &[u8]) -> Result<(BatchHeader, i64)> {
     let parsed = Batch::parse(Bytes::copy_from_slice(batch)).map_err(|source| Error::InvalidBatch { source })?;
