@@ -7,12 +7,14 @@
 //!   for workload in W1 W2 W5 W6:  for mode:  for system:  runs × { fresh server → produce → consume → stop }
 //!   W3: open loop at 10/50/80 % of each system's own W2 durable peak
 //!   W7: Strata's doors (gRPC stream, gRPC unary, HTTP JSON, HTTP webhook)
+//!   W9: SQL over a tiered topic (crate::sql): full scan vs DataFusion on the same Parquet,
+//!       a 1 % time range, produce during full scans
 //!   → benches/results/<date>-all.json (schema: benches/schema/results.schema.json),
 //!     markdown on stdout and in benches/RESULTS.md, benches/results/latency-throughput.svg
 //! ```
 
 mod limits;
-mod report;
+pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,8 +34,8 @@ pub struct Args {
     /// Systems to run (strata, redis, nats); a peer that is not installed is skipped and reported.
     #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats")]
     systems: Vec<String>,
-    /// Workloads to run (w1, w2, w3, w5, w6, w7; limits always run).
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5,w6,w7")]
+    /// Workloads to run (w1, w2, w3, w5, w6, w7, w9; limits always run).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5,w6,w7,w9")]
     workloads: Vec<String>,
     /// Upper bound on each produce phase, seconds (default 6; 1 with --quick).
     #[arg(long)]
@@ -44,6 +46,9 @@ pub struct Args {
     /// Data stored before the W5 catch-up read, MiB (default 512; 16 with --quick).
     #[arg(long)]
     catchup_mib: Option<u64>,
+    /// Records in the W9 SQL dataset (default 10,000,000; 200,000 with --quick).
+    #[arg(long)]
+    sql_records: Option<u64>,
     /// The `strata` binary (default: next to this one).
     #[arg(long)]
     strata: Option<PathBuf>,
@@ -477,7 +482,31 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         }
     }
 
+    // W9: SQL over a tiered topic, Strata only (the comparison is plain DataFusion on its objects).
+    let mut sql_ratios = Vec::new();
+    if want("w9") && systems.contains(&Peer::Strata) {
+        let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
+        let dir = root.path().join("W9");
+        let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 });
+        let cfg = crate::sql::Config::new(quick, runs, args.sql_records, Some(seconds));
+        let outcome = crate::sql::measure(&strata, &dir, &cfg).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match outcome {
+            Ok(figures) => {
+                report.rows.extend(figures.rows);
+                sql_ratios = figures.ratios;
+            }
+            Err(e) => {
+                println!("W9: FAILED: {e:#}");
+                let mut row = Row::new("W9", "strata", "relaxed", "full scan");
+                row.failed.push(format!("loading the dataset: {e:#}"));
+                report.rows.push(row);
+            }
+        }
+    }
+
     ratios(&mut report);
+    report.ratios.extend(sql_ratios);
     report.seconds_total = began.elapsed().as_secs_f64();
     let markdown = report.markdown();
     println!("\n{markdown}");
@@ -631,7 +660,16 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            the machine's cores (no `taskset`: with 2 cores, pinning would halve both sides).\n\
          - A run with any error is reported as failed with its reason and is not part of the median.\n\
          - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
-           whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's.\n\n\
+           whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's.\n\
+         - W9 (SQL, `strata-bench sql`): a topic of 4 partitions loaded with ~100 B JSON values (10 M records by\n  \
+           default, `--sql-records`), tiered with `local_retention_bytes=0` so all but each partition's active\n  \
+           segment is Parquet in the object store. Full scan `SELECT partition, count(*), sum(length(value)),\n  \
+           min(timestamp), max(timestamp) ... GROUP BY partition` through `POST /v1/sql` (Arrow IPC) against plain\n  \
+           DataFusion (a ListingTable over the same objects, fresh session per query, the cold rows only): rows\n  \
+           scanned per second (the msgs/s column). A 1 % timestamp range: latency against the full scan's, and\n  \
+           the Parquet row groups it read (`row_groups_pruned_statistics` of its `EXPLAIN ANALYZE`) against all\n  \
+           row groups. Produce (W7's gRPC-stream generator, 4 clients) alone, then while full scans run back to\n  \
+           back. Every query's answer is checked; scans have no durability, their mode column says `relaxed`.\n\n\
          ## Peers tried and left out\n\n\
          - Tansu (crates.io, Kafka protocol): not run yet — its ~13 min `cargo install` and a Kafka client crate did\n  \
            not fit this harness's first cut.\n\

@@ -3,7 +3,8 @@
 //!
 //! `strata-bench storage` runs the storage engine benchmarks of issue #2, `strata-bench server`
 //! those of issue #3, `strata-bench groups` those of issue #4, `strata-bench tier`
-//! those of issue #5 and `strata-bench registry` those of issue #7; each writes
+//! those of issue #5, `strata-bench registry` those of issue #7 and `strata-bench sql` those of
+//! issue #6 (workload W9 of `all`); each writes
 //! `benches/results/<date>-<name>.json` and prints a markdown table.
 //!
 //! `strata-bench all` (issue #8) runs Strata side by side with Redis Streams and NATS JetStream
@@ -15,6 +16,7 @@ mod harness;
 mod peers;
 mod registry;
 mod server;
+mod sql;
 mod storage;
 mod tier;
 
@@ -41,6 +43,8 @@ enum Command {
     Tier(tier::Args),
     /// Schema registry: validated produce (JSON → Avro) vs unvalidated produce of the same records.
     Registry(registry::Args),
+    /// SQL (W9): full scan vs DataFusion on the same Parquet, a 1 % time range, produce during scans.
+    Sql(sql::Args),
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -54,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Groups(args) => groups::run(&args),
         Command::Tier(args) => tier::run(&args),
         Command::Registry(args) => registry::run(&args),
+        Command::Sql(args) => sql::run(&args),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

@@ -92,7 +92,7 @@ impl Row {
         (!v.is_empty()).then_some((lo, hi))
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let measure = |m: &Measure| {
             json!({
                 "msgs_s": m.msgs_s, "mb_s": m.mb_s, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms,
@@ -140,6 +140,13 @@ pub struct Ratio {
 impl Ratio {
     pub fn ratio(&self) -> f64 {
         self.strata / self.other.max(1e-12)
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "workload": self.workload, "mode": self.mode, "metric": self.metric, "versus": self.versus,
+            "strata": self.strata, "other": self.other, "ratio": self.ratio(),
+        })
     }
 }
 
@@ -194,10 +201,7 @@ impl Report {
             "peers": self.peers.iter().map(|(n, s, v)| json!({"name": n, "status": s, "version": v})).collect::<Vec<_>>(),
             "limits": self.limits.iter().map(|l| json!({"name": l.name, "unit": l.unit, "runs": l.runs, "median": l.median()})).collect::<Vec<_>>(),
             "results": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
-            "ratios": self.ratios.iter().map(|r| json!({
-                "workload": r.workload, "mode": r.mode, "metric": r.metric, "versus": r.versus,
-                "strata": r.strata, "other": r.other, "ratio": r.ratio(),
-            })).collect::<Vec<_>>(),
+            "ratios": self.ratios.iter().map(Ratio::json).collect::<Vec<_>>(),
         })
     }
 
