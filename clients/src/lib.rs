@@ -7,22 +7,27 @@
 //! - [`GroupConsumer`] ([`Client::group_consumer`]): a consumer-group member on one
 //!   `Consumer.Subscribe` stream; `poll` returns pushed records and runs rebalances, commits are
 //!   manual, asynchronous or automatic. The [`group`] module docs hold the delivery recipes.
+//! - [`Client::sql`]: read-only SQL over the topics (`Sql.Query`), as Arrow record batches.
 
 mod admin;
 mod error;
 pub mod group;
 mod murmur;
 mod producer;
+mod sql;
 
 use std::time::Duration;
 
 pub use admin::Admin;
+/// The Arrow crate [`SqlRows`] decodes into (the server's version).
+pub use arrow;
 pub use error::ClientError;
 pub use group::{
     GroupConfig, GroupConsumer, GroupRecord, NoopListener, OffsetReset, RebalanceListener, TopicPartition,
 };
 pub use murmur::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerConfig, Record};
+pub use sql::SqlRows;
 pub use strata_proto::v1 as proto;
 pub use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
@@ -92,6 +97,17 @@ impl Client {
         listener: impl RebalanceListener + 'static,
     ) -> Result<GroupConsumer, ClientError> {
         GroupConsumer::join(self.channel.clone(), config, Box::new(listener)).await
+    }
+
+    /// Runs one read-only SQL statement (topics are tables) and returns its result as it
+    /// streams: the schema at once, then record batches ([`SqlRows::next_batch`],
+    /// [`SqlRows::collect`]).
+    ///
+    /// # Errors
+    /// The server's status: `INVALID_ARGUMENT` (`sql_error: <DataFusion's message>`),
+    /// `RESOURCE_EXHAUSTED` (`sql_resources_exhausted`), `DEADLINE_EXCEEDED` (`sql_timeout`).
+    pub async fn sql(&self, sql: &str) -> Result<SqlRows, ClientError> {
+        SqlRows::start(self.channel.clone(), sql).await
     }
 
     /// Reads from one partition, waiting up to `wait` for records when there are none.

@@ -21,6 +21,10 @@ pub enum ErrorCode {
     SchemaMismatch,
     /// A SQL query that does not parse, plan or run (DataFusion's message).
     SqlError,
+    /// A SQL query that needed more memory than `sql_memory_bytes`.
+    SqlResourcesExhausted,
+    /// A SQL query still running at `sql_timeout_ms`.
+    SqlTimeout,
     RecordTooLarge,
     RequestTooLarge,
     UnsupportedMediaType,
@@ -51,6 +55,8 @@ impl ErrorCode {
             ErrorCode::InvalidRecord => "invalid_record",
             ErrorCode::SchemaMismatch => "schema_mismatch",
             ErrorCode::SqlError => "sql_error",
+            ErrorCode::SqlResourcesExhausted => "sql_resources_exhausted",
+            ErrorCode::SqlTimeout => "sql_timeout",
             ErrorCode::RecordTooLarge => "record_too_large",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -81,7 +87,12 @@ impl ErrorCode {
             | ErrorCode::InvalidRequest
             | ErrorCode::InvalidRecord
             | ErrorCode::SchemaMismatch
-            | ErrorCode::SqlError => StatusCode::BAD_REQUEST,
+            | ErrorCode::SqlError
+            // The query as written is too big for the configured limits (a retry fails alike):
+            // the caller's to change, so 4xx — not 413, which is about the request body, nor a
+            // 5xx that generic clients retry.
+            | ErrorCode::SqlResourcesExhausted
+            | ErrorCode::SqlTimeout => StatusCode::BAD_REQUEST,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -107,7 +118,10 @@ impl ErrorCode {
             | ErrorCode::SchemaMismatch
             | ErrorCode::SqlError
             | ErrorCode::UnsupportedMediaType => tonic::Code::InvalidArgument,
-            ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => tonic::Code::ResourceExhausted,
+            ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge | ErrorCode::SqlResourcesExhausted => {
+                tonic::Code::ResourceExhausted
+            }
+            ErrorCode::SqlTimeout => tonic::Code::DeadlineExceeded,
             ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
             ErrorCode::OffsetMismatch | ErrorCode::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable => tonic::Code::Unavailable,

@@ -1,5 +1,5 @@
 //! The gRPC services of `strata.v1`: Producer (unary and pipelined stream), Consumer.Fetch,
-//! Consumer.Subscribe (group membership on a stream), Admin.
+//! Consumer.Subscribe (group membership on a stream), Admin, Sql.Query (Arrow IPC, streamed).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -49,8 +49,16 @@ impl Services {
             .max_decoding_message_size(max)
             .send_compressed(Zstd)
             .send_compressed(Gzip);
-        let admin = pb::admin_server::AdminServer::new(self).max_decoding_message_size(max);
-        tonic::service::Routes::new(producer).add_service(consumer).add_service(admin).into_axum_router()
+        let admin = pb::admin_server::AdminServer::new(self.clone()).max_decoding_message_size(max);
+        let sql = pb::sql_server::SqlServer::new(self)
+            .max_decoding_message_size(max)
+            .send_compressed(Zstd)
+            .send_compressed(Gzip);
+        tonic::service::Routes::new(producer)
+            .add_service(consumer)
+            .add_service(admin)
+            .add_service(sql)
+            .into_axum_router()
     }
 }
 
@@ -391,6 +399,20 @@ impl pb::admin_server::Admin for Services {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::sql_server::Sql for Services {
+    type QueryStream = Pin<Box<dyn futures::Stream<Item = Result<pb::SqlQueryResponse, Status>> + Send>>;
+
+    /// The same query path as `POST /v1/sql` ([`crate::sql::Sql::start`]); dropping the
+    /// response stream (the client cancels) drops the query with it.
+    async fn query(&self, request: Request<pb::SqlQueryRequest>) -> Result<Response<Self::QueryStream>, Status> {
+        let pieces = self.state.sql.arrow_ipc(&request.into_inner().sql).await?;
+        let messages =
+            pieces.map(|piece| piece.map(|arrow_ipc| pb::SqlQueryResponse { arrow_ipc }).map_err(Status::from));
+        Ok(Response::new(Box::pin(messages)))
     }
 }
 

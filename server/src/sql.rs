@@ -1,14 +1,17 @@
-//! SQL over topics (`POST /v1/sql`, `strata sql`): the broker as a `strata_sql::TopicSource`,
-//! and query results as JSON, CSV or an Arrow IPC stream, streamed batch by batch.
+//! SQL over topics (`POST /v1/sql`, gRPC `Sql.Query`, `strata sql`): the broker as a
+//! `strata_sql::TopicSource`, one query path with the time and memory limits ([`Sql::start`]),
+//! and results as JSON, CSV or an Arrow IPC stream, streamed batch by batch.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use strata_sql::arrow::array::RecordBatch;
+use futures::stream::BoxStream;
+use strata_sql::arrow::array::{Array, RecordBatch};
 use strata_sql::arrow::datatypes::SchemaRef;
-use strata_sql::{ColdFile, SqlEngine, SqlLimits, TopicSource};
+use strata_sql::arrow::ipc::writer::StreamWriter;
+use strata_sql::{ColdFile, DataFusionError, SqlEngine, SqlLimits, TopicSource};
 use strata_storage::Log;
 
 use crate::broker::Broker;
@@ -55,6 +58,32 @@ impl TopicSource for BrokerTopics {
     fn object_store(&self) -> Arc<dyn object_store::ObjectStore> {
         self.broker.cold().store.inner()
     }
+
+    fn value_schema(&self, topic: &str) -> Option<Arc<dyn strata_sql::ValueSchema>> {
+        let subject = self.broker.metadata().topic(topic)?.config.value_schema_subject?;
+        let registry = self.broker.registry();
+        let latest = registry.version(&subject, crate::registry::VersionRef::Latest, false).ok()?;
+        let reader = registry.schema_by_id(latest.id).ok()?;
+        Some(Arc::new(SubjectValues { registry: registry.clone(), reader }))
+    }
+}
+
+/// A topic's subject as SQL reads it: its latest version is the reader schema, and each value's
+/// writer schema is whatever its framed id names in the registry.
+#[derive(Debug)]
+struct SubjectValues {
+    registry: crate::registry::Registry,
+    reader: Arc<crate::registry::AvroSchema>,
+}
+
+impl strata_sql::ValueSchema for SubjectValues {
+    fn reader(&self) -> &apache_avro::Schema {
+        self.reader.schema()
+    }
+
+    fn writer(&self, id: u32) -> Option<apache_avro::Schema> {
+        self.registry.schema_by_id(id).ok().map(|s| s.schema().clone())
+    }
 }
 
 /// How results are written.
@@ -91,7 +120,30 @@ impl Format {
 pub struct Sql {
     engine: SqlEngine,
     timeout: Duration,
+    memory_bytes: u64,
 }
+
+/// A started query: its schema, then its record batches as they are computed.
+///
+/// # Cancel safety
+/// Dropping `batches` (a client that goes away drops it with its response body or gRPC stream)
+/// drops DataFusion's stream, which cancels the query and frees its memory.
+pub struct Rows {
+    pub schema: SchemaRef,
+    /// Ends after the last batch, or with one error (`sql_error`, `sql_resources_exhausted`,
+    /// `sql_timeout`) when the query fails part way.
+    pub batches: BoxStream<'static, Result<RecordBatch, ApiError>>,
+}
+
+impl std::fmt::Debug for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rows").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
+/// Largest record batch sent as one gRPC message (by its Arrow buffers); larger batches are
+/// sliced, so messages stay well under the 4 MiB most gRPC clients accept by default.
+const MESSAGE_BYTES: usize = 2 << 20;
 
 fn sql_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::SqlError, e.to_string())
@@ -100,75 +152,161 @@ fn sql_error(e: impl std::fmt::Display) -> ApiError {
 impl Sql {
     pub fn new(broker: Arc<Broker>, memory_bytes: u64, timeout: Duration) -> Self {
         let limits = SqlLimits { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX) };
-        Self { engine: SqlEngine::new(Arc::new(BrokerTopics { broker }), limits), timeout }
+        Self { engine: SqlEngine::new(Arc::new(BrokerTopics { broker }), limits), timeout, memory_bytes }
     }
 
-    /// Plans and starts `sql`, then streams its result in `format`: a body of chunks, one or
-    /// more per record batch. Errors before the first batch are returned; an error or the
-    /// time limit later on ends the body early (and is logged).
+    /// Plans and starts `sql` under this server's limits: the one query path behind
+    /// `POST /v1/sql` and gRPC `Sql.Query`. The first batch is awaited here, so most failures
+    /// (all planning errors, and a query that fails before producing anything, such as a join
+    /// over the memory limit) are returned before any result is sent.
     ///
     /// # Errors
     /// `sql_error` with DataFusion's message (syntax, unknown table or column, types, a
-    /// statement that would change data, memory or time limits).
+    /// statement that would change data or settings); `sql_resources_exhausted` beyond
+    /// `sql_memory_bytes`; `sql_timeout` beyond `sql_timeout_ms`.
+    pub async fn start(&self, sql: &str) -> Result<Rows, ApiError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (timeout, memory_bytes) = (self.timeout, self.memory_bytes);
+        let (schema, mut stream) = tokio::time::timeout_at(deadline, self.engine.query(sql))
+            .await
+            .map_err(|_| timed_out(timeout))?
+            .map_err(sql_error)?;
+        let first = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| timed_out(timeout))?
+            .transpose()
+            .map_err(|e| failed(&e, memory_bytes))?;
+        let Some(first) = first else {
+            return Ok(Rows { schema, batches: futures::stream::empty().boxed() });
+        };
+        let rest = futures::stream::unfold(Some(stream), move |stream| async move {
+            let mut stream = stream?;
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(batch))) => Some((Ok(batch), Some(stream))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "query failed while streaming its result");
+                    Some((Err(failed(&e, memory_bytes)), None))
+                }
+                Err(_) => {
+                    tracing::warn!(timeout_ms = timeout.as_millis(), "query cancelled at its time limit");
+                    Some((Err(timed_out(timeout)), None))
+                }
+            }
+        });
+        Ok(Rows { schema, batches: futures::stream::iter([Ok(first)]).chain(rest).boxed() })
+    }
+
+    /// Runs `sql` and streams its result in `format` (for `POST /v1/sql`): a body of chunks,
+    /// one or more per record batch. Errors before the first batch are returned; an error or
+    /// the time limit later on ends the body early (and is logged).
+    ///
+    /// # Errors
+    /// As [`Sql::start`].
     pub async fn run(
         &self,
         sql: &str,
         format: Format,
     ) -> Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, ApiError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let timed_out =
-            || sql_error(format!("the query ran longer than sql_timeout_ms ({} ms)", self.timeout.as_millis()));
-        let (schema, mut stream) = tokio::time::timeout_at(deadline, self.engine.query(sql))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(sql_error)?;
-        // The first batch is awaited here, so most failures still get a clean 400.
-        let first = tokio::time::timeout_at(deadline, stream.next())
-            .await
-            .map_err(|_| timed_out())?
-            .transpose()
-            .map_err(sql_error)?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-        let timeout = self.timeout;
-        tokio::spawn(async move {
-            let mut writer = Writer::new(format, &schema);
-            let mut next = first;
-            loop {
-                let chunk = match next.take() {
-                    Some(batch) => writer.batch(&batch),
-                    None => {
-                        let _ = tx.send(writer.finish()).await;
-                        return;
-                    }
-                };
-                if tx.send(chunk).await.is_err() {
-                    return; // the client went away: dropping the stream cancels the query
+        let Rows { schema, batches } = self.start(sql).await?;
+        let writer = Writer::new(format, &schema);
+        Ok(futures::stream::unfold(Some((writer, batches)), |state| async move {
+            let (mut writer, mut batches) = state?;
+            match batches.next().await {
+                Some(Ok(batch)) => {
+                    let chunk = writer.batch(&batch);
+                    let next = chunk.is_ok().then_some((writer, batches));
+                    Some((chunk, next))
                 }
-                next = match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Ok(Some(Ok(batch))) => Some(batch),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => {
-                        tracing::warn!(error = %e, "query failed while streaming its result");
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::warn!(timeout_ms = timeout.as_millis(), "query cancelled at its time limit");
-                        let _ = tx.send(Err(std::io::Error::other("sql_timeout_ms reached"))).await;
-                        return;
-                    }
-                };
+                Some(Err(e)) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                None => Some((writer.finish(), None)),
             }
-        });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+        }))
     }
+
+    /// Runs `sql` and streams its result as the pieces of an Arrow IPC stream (for gRPC
+    /// `Sql.Query`): the schema message, one piece per record batch (a batch over
+    /// `MESSAGE_BYTES` is sliced into several), then the end-of-stream marker. The pieces
+    /// concatenated are one valid IPC stream.
+    ///
+    /// # Errors
+    /// As [`Sql::start`]; the stream ends with the error of a query failing part way.
+    pub async fn arrow_ipc(
+        &self,
+        sql: &str,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, ApiError>> + Send + 'static, ApiError> {
+        let Rows { schema, batches } = self.start(sql).await?;
+        let internal = |e: strata_sql::arrow::error::ArrowError| {
+            ApiError::new(ErrorCode::Internal, format!("cannot encode the result as Arrow IPC: {e}"))
+        };
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema).map_err(internal)?;
+        let head = Bytes::from(std::mem::take(writer.get_mut()));
+        let batches = batches.flat_map(|batch| {
+            let pieces = match batch {
+                Ok(batch) => slices(&batch, MESSAGE_BYTES).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(pieces)
+        });
+        let pieces = futures::stream::unfold(Some((writer, batches)), move |state| async move {
+            let (mut writer, mut batches) = state?;
+            let piece = match batches.next().await {
+                Some(Ok(batch)) => {
+                    writer.write(&batch).map(|()| Bytes::from(std::mem::take(writer.get_mut()))).map_err(internal)
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    let piece = writer.finish().map(|()| Bytes::from(std::mem::take(writer.get_mut())));
+                    return Some((piece.map_err(internal), None));
+                }
+            };
+            let next = piece.is_ok().then_some((writer, batches));
+            Some((piece, next))
+        });
+        Ok(futures::stream::iter([Ok(head)]).chain(pieces))
+    }
+}
+
+fn timed_out(timeout: Duration) -> ApiError {
+    ApiError::new(
+        ErrorCode::SqlTimeout,
+        format!("the query ran longer than sql_timeout_ms ({} ms) and was cancelled", timeout.as_millis()),
+    )
+}
+
+/// A running query's failure: over the memory limit, or anything else DataFusion reports.
+fn failed(e: &DataFusionError, memory_bytes: u64) -> ApiError {
+    // Operators wrap errors (shared join inputs, contexts, arrow errors): look at the root.
+    if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) {
+        return ApiError::new(
+            ErrorCode::SqlResourcesExhausted,
+            format!("the query needs more memory than sql_memory_bytes ({memory_bytes} bytes) and was cancelled: {e}"),
+        );
+    }
+    sql_error(e)
+}
+
+/// `batch` cut by rows into slices of at most about `max_bytes` of Arrow buffers each (a single
+/// row may be larger).
+fn slices(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let bytes: usize = batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+        .sum();
+    let rows = batch.num_rows();
+    if bytes <= max_bytes || rows <= 1 {
+        return vec![batch.clone()];
+    }
+    let per_slice = rows.div_ceil(bytes.div_ceil(max_bytes)).max(1);
+    (0..rows).step_by(per_slice).map(|at| batch.slice(at, per_slice.min(rows - at))).collect()
 }
 
 /// Encodes batches in a format, chunk by chunk.
 enum Writer {
     Json { schema: SchemaRef, rows: usize },
     Csv { header: bool },
-    Arrow(Box<strata_sql::arrow::ipc::writer::StreamWriter<Vec<u8>>>),
+    Arrow(Box<StreamWriter<Vec<u8>>>),
     Failed,
 }
 
@@ -177,7 +315,7 @@ impl Writer {
         match format {
             Format::Json => Writer::Json { schema: Arc::clone(schema), rows: 0 },
             Format::Csv => Writer::Csv { header: true },
-            Format::Arrow => match strata_sql::arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema) {
+            Format::Arrow => match StreamWriter::try_new(Vec::new(), schema) {
                 Ok(w) => Writer::Arrow(Box::new(w)),
                 Err(_) => Writer::Failed,
             },

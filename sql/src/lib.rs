@@ -11,9 +11,14 @@
 //! manifest ranges) and the hot scan's offset range; DataFusion applies every filter again on top
 //! (pushdown is `Inexact`), so pruning never changes a result. Queries are read-only.
 //!
+//! A topic bound to an Avro subject also has typed columns, one per field of the subject's latest
+//! schema: `avro.rs` decodes them from `value` above the scan (`AvroDecodeExec`), each record with
+//! the writer schema its framing names, resolved to the latest.
+//!
 //! The crate knows nothing of HTTP: the server implements [`TopicSource`] and turns results into
 //! JSON, CSV or Arrow IPC.
 
+mod avro;
 mod hot;
 mod table;
 
@@ -28,7 +33,10 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use strata_storage::Log;
 
+pub use avro::ValueSchema;
 pub use datafusion::arrow;
+/// The error a running query's batch stream yields (see [`DataFusionError::find_root`]).
+pub use datafusion::error::DataFusionError;
 pub use table::TopicTable;
 
 /// One Parquet object of a partition's cold tier.
@@ -54,6 +62,12 @@ pub trait TopicSource: std::fmt::Debug + Send + Sync + 'static {
     fn cold_files(&self, topic: &str, partition: u32) -> Vec<ColdFile>;
     /// The store holding the cold objects.
     fn object_store(&self) -> Arc<dyn ObjectStore>;
+    /// The Avro schemas of a topic whose values are bound to a registry subject (its reader
+    /// schema is the subject's latest version now): the table gets typed columns. `None` (the
+    /// default) for a topic with no subject, which has only the stored columns.
+    fn value_schema(&self, _topic: &str) -> Option<Arc<dyn ValueSchema>> {
+        None
+    }
 }
 
 /// Limits on one query.
@@ -90,7 +104,9 @@ impl SqlEngine {
     }
 
     /// A session with every topic registered as a table (names as they are: quote the ones
-    /// that are not identifiers), `information_schema` on, and this engine's memory limit.
+    /// that are not identifiers), `information_schema` on, the JSON functions of
+    /// `datafusion-functions-json` (`json_get_str`, `json_get_int`, `->>`, ...), and this
+    /// engine's memory limit.
     ///
     /// # Errors
     /// [`SqlError`] when the runtime cannot be built (a bug).
@@ -99,7 +115,9 @@ impl SqlEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(self.limits.memory_bytes)))
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+        // json_get_str(value_str, 'user', 'id'), json_get_int, ..., and the `->` / `->>` operators.
+        datafusion_functions_json::register_all(&mut ctx)?;
         let url = url::Url::parse(STORE_URL).map_err(|e| SqlError(e.to_string()))?;
         ctx.register_object_store(&url, self.source.object_store());
         for (name, partitions) in self.source.topics() {

@@ -28,6 +28,7 @@ use strata_storage::tier;
 
 use crate::STORE_URL;
 use crate::TopicSource;
+use crate::avro::TypedColumns;
 use crate::hot::{HotPartition, HotScanExec};
 
 /// Columns computed from stored ones: the key and value as UTF-8 text (NULL where the bytes are
@@ -44,8 +45,10 @@ pub struct TopicTable {
     partitions: u32,
     /// The stored columns ([`tier::arrow_schema`]).
     stored: SchemaRef,
-    /// The stored columns, then the derived ones.
+    /// The stored columns, then the derived ones, then the typed ones.
     schema: SchemaRef,
+    /// The typed columns of a topic bound to an Avro subject (see `avro.rs`).
+    typed: Option<Arc<TypedColumns>>,
 }
 
 impl TopicTable {
@@ -53,8 +56,11 @@ impl TopicTable {
         let stored = tier::arrow_schema();
         let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.extend(DERIVED.iter().map(|(name, _)| Field::new(*name, DataType::Utf8View, true)));
+        let typed =
+            source.value_schema(&name).and_then(|v| TypedColumns::new(v, &Schema::new(fields.clone()))).map(Arc::new);
+        fields.extend(typed.iter().flat_map(|t| t.fields().iter().map(|f| f.as_ref().clone())));
         let schema = Arc::new(Schema::new(fields));
-        Self { source, name, partitions, stored, schema }
+        Self { source, name, partitions, stored, schema, typed }
     }
 }
 
@@ -250,6 +256,14 @@ impl TableProvider for TopicTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Typed columns: scan the others and `value` (this same function), then decode on top.
+        if let Some(typed) = &self.typed
+            && let base_len = self.schema.fields().len() - typed.fields().len()
+            && let Some(split) = typed.split(projection, base_len, self.stored.index_of("value")?)
+        {
+            let scanned = self.scan(state, Some(&split.base), filters, limit).await?;
+            return typed.plan(scanned, split.value_index, split.outputs);
+        }
         // Only filters over stored columns reach here (see supports_filters_pushdown).
         let filters: Vec<Expr> = filters
             .iter()
