@@ -19,8 +19,9 @@ redis="$(sed -n 's/^redis-server=//p' <<<"$peers")"
 nats="$(sed -n 's/^nats-server=//p' <<<"$peers")"
 
 echo "==> cargo build --release (strata, strata-bench)" >&2
-cargo build --release -p strata-server --bin strata >&2
-cargo build --release -p strata-bench >&2
+# One invocation: both packages then share one feature set, so DataFusion (a dependency of both)
+# is compiled once, not twice.
+cargo build --release -p strata-server -p strata-bench --bin strata --bin strata-bench >&2
 
 args=(all --strata "$CARGO_TARGET_DIR/release/strata")
 [ -n "$redis" ] && args+=(--redis-server "$redis")

@@ -531,10 +531,16 @@ impl Broker {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Option<FetchResult>, ApiError> {
-        let objects = self.metadata.tier_objects(topic, partition);
-        let Some(first) = objects.first() else { return Ok(None) };
         let log = self.partition(topic, partition)?.log;
         let local_start = log.log_start_offset();
+        // Most fetches read the hot tier: answer them before copying the partition's manifest.
+        match start {
+            Start::Latest => return Ok(None),
+            Start::Offset(o) if o >= local_start => return Ok(None),
+            _ => {}
+        }
+        let objects = self.metadata.tier_objects(topic, partition);
+        let Some(first) = objects.first() else { return Ok(None) };
         let offset = match start {
             Start::Latest => return Ok(None),
             Start::Offset(o) => o,

@@ -147,7 +147,8 @@ pub async fn run(
         max_wait_ms: config.max_wait_ms,
         ready: AtomicBool::new(false),
         closing: CancellationToken::new(),
-        sql: sql::Sql::new(Arc::clone(&broker), config.sql_memory_bytes, Duration::from_millis(config.sql_timeout_ms)),
+        sql: sql::Sql::new(Arc::clone(&broker), config.sql_memory_bytes, Duration::from_millis(config.sql_timeout_ms))
+            .map_err(ServerError::Serve)?,
     });
 
     let stop = CancellationToken::new();

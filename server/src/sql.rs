@@ -1,6 +1,10 @@
 //! SQL over topics (`POST /v1/sql`, gRPC `Sql.Query`, `strata sql`): the broker as a
 //! `strata_sql::TopicSource`, one query path with the time and memory limits ([`Sql::start`]),
 //! and results as JSON, CSV or an Arrow IPC stream, streamed batch by batch.
+//!
+//! Queries run on a runtime of their own whose threads have a lower scheduling priority (nice
+//! [`SQL_NICE`]): a full scan may use every idle core, but produce and fetch, on the server's
+//! main runtime and the storage threads, get the CPU first when both want it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,12 +119,53 @@ impl Format {
     }
 }
 
-/// Runs queries with a time limit.
+/// Nice value of the SQL runtime's threads (0 is normal; 19 the lowest priority). At 10 a
+/// thread gets about a tenth of the CPU time of a normal one competing for the same core.
+pub const SQL_NICE: i32 = 10;
+
+/// Runs queries with a time limit, on the SQL runtime.
 #[derive(Debug, Clone)]
 pub struct Sql {
     engine: SqlEngine,
     timeout: Duration,
     memory_bytes: u64,
+    runtime: Arc<SqlRuntime>,
+}
+
+/// The runtime queries execute on (DataFusion's tasks, the hot scan's readers, Parquet reads).
+#[derive(Debug)]
+struct SqlRuntime(Option<tokio::runtime::Runtime>);
+
+impl SqlRuntime {
+    fn start() -> std::io::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("strata-sql")
+            .on_thread_start(|| {
+                // Linux keeps the nice value per thread: this lowers only the runtime's own
+                // threads. Failing leaves them at normal priority, which is still correct.
+                if let Err(e) = rustix::process::setpriority_process(None, SQL_NICE) {
+                    tracing::debug!(error = %e, "cannot lower the SQL threads' priority");
+                }
+            })
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(tokio::runtime::Runtime::handle)
+    }
+}
+
+impl Drop for SqlRuntime {
+    fn drop(&mut self) {
+        // Dropped from async code at shutdown: do not block on running queries.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// A started query: its schema, then its record batches as they are computed.
@@ -145,14 +190,67 @@ impl std::fmt::Debug for Rows {
 /// sliced, so messages stay well under the 4 MiB most gRPC clients accept by default.
 const MESSAGE_BYTES: usize = 2 << 20;
 
+type DfResult = Result<RecordBatch, DataFusionError>;
+
 fn sql_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::SqlError, e.to_string())
 }
 
 impl Sql {
-    pub fn new(broker: Arc<Broker>, memory_bytes: u64, timeout: Duration) -> Self {
+    /// # Errors
+    /// When the SQL runtime's threads cannot be started.
+    pub fn new(broker: Arc<Broker>, memory_bytes: u64, timeout: Duration) -> std::io::Result<Self> {
         let limits = SqlLimits { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX) };
-        Self { engine: SqlEngine::new(Arc::new(BrokerTopics { broker }), limits), timeout, memory_bytes }
+        Ok(Self {
+            engine: SqlEngine::new(Arc::new(BrokerTopics { broker }), limits),
+            timeout,
+            memory_bytes,
+            runtime: Arc::new(SqlRuntime::start()?),
+        })
+    }
+
+    /// Plans and runs `sql` on the SQL runtime: its schema, then its batches through a small
+    /// channel. Dropping the receiving side ends the task there, which drops DataFusion's stream
+    /// and so cancels the query.
+    async fn spawn(&self, sql: &str) -> Result<(SchemaRef, BoxStream<'static, DfResult>), ApiError> {
+        let handle = self.runtime.handle().ok_or_else(|| ApiError::new(ErrorCode::Unavailable, "shutting down"))?;
+        let (engine, sql) = (self.engine.clone(), sql.to_string());
+        let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel::<DfResult>(2);
+        handle.spawn(async move {
+            let mut stream = match engine.query(&sql).await {
+                Ok((schema, stream)) => {
+                    if schema_tx.send(Ok(schema)).is_err() {
+                        return;
+                    }
+                    stream
+                }
+                Err(e) => {
+                    let _ = schema_tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = stream.next() => next,
+                };
+                match next {
+                    Some(batch) => {
+                        if tx.send(batch).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        });
+        let schema = schema_rx
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "the query's task ended before planning it"))?
+            .map_err(sql_error)?;
+        let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Ok((schema, batches.boxed()))
     }
 
     /// Plans and starts `sql` under this server's limits: the one query path behind
@@ -167,10 +265,8 @@ impl Sql {
     pub async fn start(&self, sql: &str) -> Result<Rows, ApiError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (timeout, memory_bytes) = (self.timeout, self.memory_bytes);
-        let (schema, mut stream) = tokio::time::timeout_at(deadline, self.engine.query(sql))
-            .await
-            .map_err(|_| timed_out(timeout))?
-            .map_err(sql_error)?;
+        let (schema, mut stream) =
+            tokio::time::timeout_at(deadline, self.spawn(sql)).await.map_err(|_| timed_out(timeout))??;
         let first = tokio::time::timeout_at(deadline, stream.next())
             .await
             .map_err(|_| timed_out(timeout))?
