@@ -63,6 +63,15 @@ pub struct Args {
     report: Option<PathBuf>,
 }
 
+/// `strata-bench check-results FILE`: the file validates against the results schema.
+pub fn check_results(path: &Path) -> anyhow::Result<()> {
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let schema: serde_json::Value = serde_json::from_str(report::RESULTS_SCHEMA)?;
+    report::validate(&doc, &schema).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("{}: valid", path.display());
+    Ok(())
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
@@ -514,7 +523,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let name = if quick { "all-quick" } else { "all" };
     let out = args.run.write_results(name, &doc)?;
     println!("results written to {}", out.display());
-    let results_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+    // The plot goes beside the JSON (benches/results/ by default; elsewhere with --out).
+    let results_dir = out.parent().map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
     let svg_name = if quick { "latency-throughput-quick.svg" } else { "latency-throughput.svg" };
     std::fs::write(results_dir.join(svg_name), report.svg())?;
     let md_path = match (&args.report, quick) {

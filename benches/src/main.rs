@@ -45,6 +45,8 @@ enum Command {
     Registry(registry::Args),
     /// SQL (W9): full scan vs DataFusion on the same Parquet, a 1 % time range, produce during scans.
     Sql(sql::Args),
+    /// Checks a results JSON file against benches/schema/results.schema.json.
+    CheckResults { path: std::path::PathBuf },
     /// Internal: open N idle logs and print peak RSS (run in its own process).
     #[command(hide = true)]
     IdleLogs { dir: std::path::PathBuf, count: u64 },
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tier(args) => tier::run(&args),
         Command::Registry(args) => registry::run(&args),
         Command::Sql(args) => sql::run(&args),
+        Command::CheckResults { path } => all::check_results(&path),
         Command::IdleLogs { dir, count } => storage::idle_logs_child(&dir, count),
     }
 }

@@ -360,80 +360,84 @@ impl Report {
     }
 }
 
+/// The JSON Schema subset benches/schema/results.schema.json uses (`$ref`, `type`, `enum`,
+/// `minimum`, `required`, `properties`, `additionalProperties: false`, `items`), applied to a
+/// document: the first violation, with its path.
+pub fn validate(doc: &Value, schema: &Value) -> Result<(), String> {
+    check(doc, schema, schema, "$")
+}
+
+fn check(v: &Value, s: &Value, root: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        let def = root.get("$defs").and_then(|d| d.get(name)).ok_or(format!("{at}: no $def {name}"))?;
+        return check(v, def, root, at);
+    }
+    if let Some(types) = s.get("type") {
+        let types: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "array" => v.is_array(),
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        if !ok {
+            return Err(format!("{at}: {v} is not {types:?}"));
+        }
+    }
+    if let Some(options) = s.get("enum").and_then(Value::as_array)
+        && !options.contains(v)
+    {
+        return Err(format!("{at}: {v} not in {options:?}"));
+    }
+    if let Some(min) = s.get("minimum").and_then(Value::as_f64)
+        && v.as_f64().is_some_and(|x| x < min)
+    {
+        return Err(format!("{at}: {v} < {min}"));
+    }
+    if let Some(obj) = v.as_object() {
+        for req in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let key = req.as_str().unwrap_or("");
+            if !obj.contains_key(key) {
+                return Err(format!("{at}: missing {key}"));
+            }
+        }
+        let props = s.get("properties").and_then(Value::as_object);
+        for (k, child) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(ps) => check(child, ps, root, &format!("{at}.{k}"))?,
+                None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err(format!("{at}: unexpected property {k}"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (s.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            check(item, items, root, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The results schema, as built into the harness.
+pub const RESULTS_SCHEMA: &str = include_str!("../../schema/results.schema.json");
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The structural checks of benches/schema/results.schema.json, applied to a document.
-    fn validate(doc: &Value, schema: &Value) -> Result<(), String> {
-        check(doc, schema, schema, "$")
-    }
-
-    fn check(v: &Value, s: &Value, root: &Value, at: &str) -> Result<(), String> {
-        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            let name = r.trim_start_matches("#/$defs/");
-            let def = root.get("$defs").and_then(|d| d.get(name)).ok_or(format!("{at}: no $def {name}"))?;
-            return check(v, def, root, at);
-        }
-        if let Some(types) = s.get("type") {
-            let types: Vec<&str> = match types {
-                Value::String(t) => vec![t.as_str()],
-                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-                _ => vec![],
-            };
-            let ok = types.iter().any(|t| match *t {
-                "object" => v.is_object(),
-                "array" => v.is_array(),
-                "string" => v.is_string(),
-                "number" => v.is_number(),
-                "integer" => v.is_u64() || v.is_i64(),
-                "boolean" => v.is_boolean(),
-                "null" => v.is_null(),
-                _ => false,
-            });
-            if !ok {
-                return Err(format!("{at}: {v} is not {types:?}"));
-            }
-        }
-        if let Some(options) = s.get("enum").and_then(Value::as_array)
-            && !options.contains(v)
-        {
-            return Err(format!("{at}: {v} not in {options:?}"));
-        }
-        if let Some(min) = s.get("minimum").and_then(Value::as_f64)
-            && v.as_f64().is_some_and(|x| x < min)
-        {
-            return Err(format!("{at}: {v} < {min}"));
-        }
-        if let Some(obj) = v.as_object() {
-            for req in s.get("required").and_then(Value::as_array).into_iter().flatten() {
-                let key = req.as_str().unwrap_or("");
-                if !obj.contains_key(key) {
-                    return Err(format!("{at}: missing {key}"));
-                }
-            }
-            let props = s.get("properties").and_then(Value::as_object);
-            for (k, child) in obj {
-                match props.and_then(|p| p.get(k)) {
-                    Some(ps) => check(child, ps, root, &format!("{at}.{k}"))?,
-                    None if s.get("additionalProperties") == Some(&Value::Bool(false)) => {
-                        return Err(format!("{at}: unexpected property {k}"));
-                    }
-                    None => {}
-                }
-            }
-        }
-        if let (Some(items), Some(arr)) = (s.get("items"), v.as_array()) {
-            for (i, item) in arr.iter().enumerate() {
-                check(item, items, root, &format!("{at}[{i}]"))?;
-            }
-        }
-        Ok(())
-    }
-
     fn schema() -> Value {
-        let text = include_str!("../../schema/results.schema.json");
-        serde_json::from_str(text).unwrap()
+        serde_json::from_str(RESULTS_SCHEMA).unwrap()
     }
 
     fn sample() -> Report {

@@ -1,0 +1,61 @@
+//! The side-by-side harness checked in CI (issue #8): `strata-bench all --quick` runs every
+//! workload end to end against the `strata` binary of this build, with Redis and NATS when
+//! `scripts/setup-bench-tools` installed them and without them (saying so) when not, and its JSON
+//! result validates against benches/schema/results.schema.json. No performance figure is
+//! asserted: debug builds on a shared machine say nothing about speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn quick_run_of_every_workload_writes_a_valid_report() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_strata-bench"));
+    // `cargo test --workspace` builds the server's binary for its own tests, beside this one.
+    let strata = bench.parent().unwrap().join("strata");
+    assert!(strata.exists(), "{} not built (cargo test --workspace builds it)", strata.display());
+    let dir = tempfile::tempdir().unwrap();
+    let (json, md) = (dir.path().join("all-quick.json"), dir.path().join("RESULTS-quick.md"));
+    let run = Command::new(bench)
+        .args(["all", "--quick", "--strata"])
+        .arg(&strata)
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&json)
+        .arg("--report")
+        .arg(&md)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+
+    let check = Command::new(bench).arg("check-results").arg(&json).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = doc["results"].as_array().expect("results");
+    // Every workload ran against Strata, and none of Strata's runs failed.
+    for w in ["W1", "W2", "W3", "W5", "W6", "W7", "W9"] {
+        // W7's systems are Strata's doors ("strata grpc stream", ...).
+        let strata_rows: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["workload"] == w && r["system"].as_str().is_some_and(|s| s.starts_with("strata")))
+            .collect();
+        assert!(!strata_rows.is_empty(), "no Strata row for {w}:\n{stdout}");
+        for r in strata_rows {
+            assert_eq!(r["status"], "ok", "{w} failed: {r}");
+        }
+    }
+    // Each peer either ran or is reported missing with its reason.
+    let peers = doc["peers"].as_array().expect("peers");
+    for name in ["redis", "nats"] {
+        let peer = peers.iter().find(|p| p["name"] == name);
+        assert!(peer.is_some_and(|p| p["status"].is_string()), "{name} is neither run nor reported missing: {peers:?}");
+    }
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| W1 |"), "the markdown report has the tables");
+    assert!(dir.path().join("latency-throughput-quick.svg").exists(), "the plot beside the JSON");
+}
