@@ -94,6 +94,10 @@ fn subjects_versions_ids_configs_and_deletes() {
         ("{not json", "JSON"),
         (r#"{"type":"record","name":"R","fields":[{"name":"a","type":"nosuchtype"}]}"#, "nosuchtype"),
         (r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int","default":"x"}]}"#, "default"),
+        (
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":["string","null"],"default":null}]}"#,
+            "first branch",
+        ),
     ] {
         let r = register(&s, "orders-value", schema);
         assert_eq!((r.status, error_code(&r)), (422, 42201), "{schema}");

@@ -9,12 +9,15 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use apache_avro::Schema;
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, RecordSchema, ResolvedSchema, UuidSchema,
 };
 use serde_json::{Map, Number, Value};
+
+use super::encoder::Compiled;
 
 /// The magic byte that starts a framed value.
 pub const MAGIC: u8 = 0;
@@ -53,12 +56,25 @@ impl fmt::Display for Mismatch {
 
 impl std::error::Error for Mismatch {}
 
+/// Why a JSON text could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonTextError {
+    /// The text is not JSON.
+    #[error("{0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The JSON does not match the schema.
+    #[error("{0}")]
+    Mismatch(#[source] Mismatch),
+}
+
 /// A parsed schema with its named types resolved, ready to check, encode and decode.
 #[derive(Debug, Clone)]
 pub struct AvroSchema {
     schema: Schema,
     names: HashMap<Name, Schema>,
     normalized: String,
+    /// The one-pass JSON text encoder, compiled on first use (once per cached schema id).
+    compiled: OnceLock<Arc<Compiled>>,
 }
 
 impl AvroSchema {
@@ -78,7 +94,7 @@ impl AvroSchema {
         // Keeps what matters to resolution (defaults, aliases, logical types) and drops
         // whitespace and key order: the text that identifies the schema.
         let normalized = serde_json::to_string(&schema).map_err(|e| InvalidSchema { reason: e.to_string() })?;
-        Ok(Self { schema, names, normalized })
+        Ok(Self { schema, names, normalized, compiled: OnceLock::new() })
     }
 
     /// The schema as stored and served: compact JSON as the parser understood it.
@@ -114,6 +130,37 @@ impl AvroSchema {
     pub fn encode_json(&self, value: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
         let mut path = Vec::new();
         self.encode(&self.schema, value, out, &mut path)
+    }
+
+    /// Encodes a JSON text as Avro binary, appending to `out`: in one pass over the text when it
+    /// can (see `encoder.rs`), else through a parsed [`Value`] and [`AvroSchema::encode_json`],
+    /// which decides what is accepted and words every error. On error, `out` may hold part of
+    /// the value.
+    ///
+    /// # Errors
+    /// [`JsonTextError::NotJson`], or [`JsonTextError::Mismatch`] naming the field.
+    pub fn encode_json_text(&self, text: &[u8], out: &mut Vec<u8>) -> Result<(), JsonTextError> {
+        if self.compiled().encode(text, out) {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(text).map_err(JsonTextError::NotJson)?;
+        self.encode_json(&value, out).map_err(JsonTextError::Mismatch)
+    }
+
+    fn compiled(&self) -> &Compiled {
+        self.compiled.get_or_init(|| Arc::new(Compiled::new(self)))
+    }
+
+    /// Whether the one-pass encoder alone accepts `text` (appending its encoding to `out`).
+    #[cfg(test)]
+    pub(crate) fn encode_json_text_fast(&self, text: &[u8], out: &mut Vec<u8>) -> bool {
+        self.compiled().encode(text, out)
+    }
+
+    /// Encodes a JSON value as `schema` (a part of this schema), as [`AvroSchema::encode_json`]
+    /// does for the whole.
+    pub(crate) fn encode_json_with(&self, schema: &Schema, value: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        self.encode(schema, value, out, &mut Vec::new())
     }
 
     /// Decodes one Avro binary value (all of `bytes`) into JSON.

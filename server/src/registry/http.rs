@@ -90,7 +90,9 @@ fn parse_schema(body: &[u8]) -> Result<super::AvroSchema, RegistryError> {
     if !body.references.is_empty() {
         return Err(RegistryError::InvalidSchema("schema references are not supported yet".to_string()));
     }
-    Registry::parse(body.schema_type.as_deref(), &body.schema)
+    let schema = Registry::parse(body.schema_type.as_deref(), &body.schema)?;
+    super::defaults::check_union_defaults(schema.schema()).map_err(RegistryError::InvalidSchema)?;
+    Ok(schema)
 }
 
 async fn root() -> Reply {
