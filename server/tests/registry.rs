@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine;
@@ -249,23 +248,10 @@ fn validated_produce_encodes_checks_refuses_and_decodes() {
     assert_eq!(lines[1]["value"]["currency"], "EUR");
 }
 
-/// The venv python (`scripts/setup-test-tools` installs confluent-kafka there).
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("STRATA_TEST_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = match std::env::var("STRATA_TEST_VENV") {
-        Ok(v) => PathBuf::from(v),
-        Err(_) => PathBuf::from(std::env::var("HOME").ok()?).join(".cache/strata-test-venv"),
-    };
-    let p = venv.join("bin/python");
-    p.exists().then_some(p)
-}
-
 #[test]
 fn confluent_kafka_schema_registry_client_round_trip() {
-    let python =
-        python().expect("no test venv with confluent-kafka: run ./scripts/setup-test-tools (./scripts/test does)");
+    let python = common::test_python()
+        .expect("no test venv with confluent-kafka: run ./scripts/setup-test-tools (./scripts/test does)");
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     create_topic(&s.url, "payments", 1, json!({"value_schema_subject": "payments-value"}));

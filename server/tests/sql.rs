@@ -25,10 +25,6 @@ fn scalar(url: &str, query: &str) -> Value {
     rows(url, query)[0][0].clone()
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 #[test]
 fn one_table_across_tiers_with_joins_aggregates_windows_and_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,7 +32,7 @@ fn one_table_across_tiers_with_joins_aggregates_windows_and_errors() {
     create_topic(&s.url, "orders", 2, json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0}));
     create_topic(&s.url, "payments", 2, json!({}));
     create_topic(&s.url, "web-events", 1, json!({}));
-    let base = now_ms() - 3_600_000;
+    let base = common::now_ms() - 3_600_000;
     // 1,200 orders (~1 KiB each, so most of them end up in Parquet), keys o0..o1199.
     let pad = "x".repeat(1000);
     for chunk in 0..12 {

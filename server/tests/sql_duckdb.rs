@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,23 +20,6 @@ use serde_json::{Value, json};
 const ORDERS: u64 = 3000;
 const EVENTS: u64 = 2500;
 const HOUR_MS: i64 = 3_600_000;
-
-/// The venv python (`scripts/setup-test-tools` installs duckdb there).
-fn python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("STRATA_TEST_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = match std::env::var("STRATA_TEST_VENV") {
-        Ok(v) => PathBuf::from(v),
-        Err(_) => PathBuf::from(std::env::var("HOME").ok()?).join(".cache/strata-test-venv"),
-    };
-    let p = venv.join("bin/python");
-    p.exists().then_some(p)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 fn produce_all(url: &str, topic: &str, records: Vec<Value>) {
     for chunk in records.chunks(250) {
@@ -172,7 +154,8 @@ fn wait_until_tiered(url: &str, topics: &[&str]) -> Vec<u64> {
 
 #[test]
 fn strata_sql_matches_duckdb_over_both_tiers() {
-    let python = python().expect("no test venv with duckdb: run ./scripts/setup-test-tools (./scripts/test does)");
+    let python =
+        common::test_python().expect("no test venv with duckdb: run ./scripts/setup-test-tools (./scripts/test does)");
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_env(dir.path(), &[("STRATA_TIER_INTERVAL_MS", "200")]);
     let tiered = json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0});
@@ -182,7 +165,7 @@ fn strata_sql_matches_duckdb_over_both_tiers() {
     }
 
     // Six hours of history ending two hours ago, starting on a whole hour.
-    let base = (now_ms() - 8 * HOUR_MS) / HOUR_MS * HOUR_MS;
+    let base = (common::now_ms() - 8 * HOUR_MS) / HOUR_MS * HOUR_MS;
     let mut rng = StdRng::seed_from_u64(6);
     let (order_records, order_times) = orders(&mut rng, base);
     let payment_records = payments(&mut rng, &order_times);

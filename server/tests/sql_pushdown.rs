@@ -64,8 +64,7 @@ fn narrow_ranges_open_only_what_overlaps_and_filters_are_exact() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_env(dir.path(), &[("STRATA_TIER_INTERVAL_MS", "100")]);
     // Within the default retention (older records would be expired rather than tiered).
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let base = now - 3 * 3_600_000;
+    let base = common::now_ms() - 3 * 3_600_000;
     // ~40 KiB per request against 64 KiB segments: every request rolls a new segment.
     create_topic(&s.url, "hot", 1, json!({"segment_bytes": 65536}));
     create_topic(&s.url, "cold", 1, json!({"segment_bytes": 65536, "tiering": true, "local_retention_bytes": 0}));

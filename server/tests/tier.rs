@@ -17,10 +17,6 @@ use serde_json::{Value, json};
 
 const TIERED: [(&str, &str); 1] = [("STRATA_TIER_INTERVAL_MS", "200")];
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
 /// `n` records of ~1 KiB: binary values, keys, headers and client timestamps `base_ts + n s`.
 fn records(from: u64, n: u64, base_ts: i64) -> Value {
     let records: Vec<Value> = (from..from + n)
@@ -68,7 +64,7 @@ fn tiered_segments_read_back_the_same_across_tiers_restarts_and_damage() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_env(dir.path(), &TIERED);
     create_topic(&s.url, "audit", 1, json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0}));
-    let base_ts = now_ms() - 3_600_000;
+    let base_ts = common::now_ms() - 3_600_000;
     for chunk in 0..10 {
         produce(&s.url, "audit", records(chunk * 100, 100, base_ts));
     }
@@ -176,7 +172,7 @@ fn a_crash_at_each_tiering_step_loses_and_doubles_nothing() {
         let crashing = [("STRATA_TIER_INTERVAL_MS", "200"), ("STRATA_TIER_CRASH_AT", step)];
         let s = Server::start_with_env(dir.path(), &crashing);
         create_topic(&s.url, "t", 1, json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0}));
-        let base_ts = now_ms();
+        let base_ts = common::now_ms();
         // The first sealed segment triggers the crash; later produces may fail as it dies.
         for chunk in 0..10u64 {
             let body = serde_json::to_vec(&records(chunk * 100, 100, base_ts)).unwrap();
@@ -222,7 +218,7 @@ fn s3_outage_buffers_locally_then_catches_up() {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s = Server::start_with_env(dir.path(), &env);
     create_topic(&s.url, "events", 1, json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0}));
-    let base_ts = now_ms();
+    let base_ts = common::now_ms();
     for chunk in 0..4 {
         produce(&s.url, "events", records(chunk * 100, 100, base_ts));
     }
@@ -302,11 +298,11 @@ fn retention_deletes_expired_objects_across_tiers() {
         1,
         json!({"tiering": true, "segment_bytes": 65536, "local_retention_bytes": 0, "retention_ms": 86_400_000}),
     );
-    let old = now_ms() - 2 * 86_400_000;
+    let old = common::now_ms() - 2 * 86_400_000;
     for chunk in 0..5 {
         produce(&s.url, "logs", records(chunk * 100, 100, old));
     }
-    let fresh = now_ms() - 500_000;
+    let fresh = common::now_ms() - 500_000;
     for chunk in 5..10 {
         produce(&s.url, "logs", records(chunk * 100, 100, fresh - 500_000));
     }

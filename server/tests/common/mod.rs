@@ -189,3 +189,23 @@ pub fn fetch_all(url: &str, topic: &str, partition: u32) -> Vec<Value> {
         out.extend(records);
     }
 }
+
+/// The test venv's python (`scripts/setup-test-tools` installs moto, confluent-kafka, avro and
+/// duckdb there): `STRATA_TEST_PYTHON`, else `bin/python` of `STRATA_TEST_VENV` or
+/// `~/.cache/strata-test-venv`.
+pub fn test_python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("STRATA_TEST_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = match std::env::var("STRATA_TEST_VENV") {
+        Ok(v) => PathBuf::from(v),
+        Err(_) => PathBuf::from(std::env::var("HOME").ok()?).join(".cache/strata-test-venv"),
+    };
+    let p = venv.join("bin/python");
+    p.exists().then_some(p)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
