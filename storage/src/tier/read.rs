@@ -242,7 +242,9 @@ impl<'a> ObjectReader<'a> {
         debug_assert!(expected.fields().iter().map(|f| f.name()).eq(COLUMN_NAMES.iter()));
         for (&name, field) in COLUMN_NAMES.iter().zip(expected.fields()) {
             let found = metadata.schema().field_with_name(name).ok();
-            if found.is_none_or(|f| f.data_type() != field.data_type()) {
+            // Nullability matters as much as the type: a flipped repetition in the schema makes
+            // the decoder read values without their definition levels, shifting every value.
+            if found.is_none_or(|f| f.data_type() != field.data_type() || f.is_nullable() != field.is_nullable()) {
                 return Err(TierError::BadColumn { column: name });
             }
         }
