@@ -193,6 +193,7 @@ async fn fill(url: &str, topic: &str, partitions: u32, mib: usize) -> anyhow::Re
                 .collect(),
             acks: proto::Acks::Leader as i32,
             request_id: i,
+            producer: None,
         })
         .collect();
     let mut acks = producer.produce_stream(tokio_stream::iter(reqs)).await?.into_inner();

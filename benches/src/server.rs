@@ -129,6 +129,7 @@ pub(crate) async fn produce_run(
                                     records: records(seq),
                                     acks: proto::Acks::Leader as i32,
                                     request_id: seq,
+                                    producer: None,
                                 };
                                 sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.push_back(Instant::now());
                                 if tx.send(req).await.is_err() {
@@ -162,6 +163,7 @@ pub(crate) async fn produce_run(
                             records: records(seq),
                             acks: proto::Acks::Leader as i32,
                             request_id: seq,
+                            producer: None,
                         };
                         client.produce(req).await?;
                         h.record(t.elapsed().as_micros() as u64)?;
@@ -231,6 +233,7 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
                     records: records(i as u64),
                     acks: proto::Acks::Leader as i32,
                     request_id: 0,
+                    producer: None,
                 };
                 client.produce(req).await?;
                 h.record(due.elapsed().as_micros() as u64)?;
@@ -397,6 +400,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             records: records(i),
             acks: proto::Acks::Leader as i32,
             request_id: i,
+            producer: None,
         })
         .collect();
     let mut acks = producer.produce_stream(tokio_stream::iter(reqs)).await?.into_inner();

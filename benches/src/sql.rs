@@ -139,8 +139,13 @@ async fn fill_partition(url: String, partition: u32, n: u64) -> anyhow::Result<u
                     }
                 })
                 .collect();
-            let req =
-                proto::ProduceRequest { topic: TOPIC.into(), records, acks: proto::Acks::Leader as i32, request_id };
+            let req = proto::ProduceRequest {
+                topic: TOPIC.into(),
+                records,
+                acks: proto::Acks::Leader as i32,
+                request_id,
+                producer: None,
+            };
             if tx.send(req).await.is_err() {
                 break;
             }

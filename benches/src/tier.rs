@@ -498,6 +498,7 @@ async fn through_server(
                 records: chunk.iter().map(|v| proto::Record { value: Some(v.clone()), ..Default::default() }).collect(),
                 acks: proto::Acks::Leader as i32,
                 request_id: i as u64,
+                producer: None,
             })
             .collect();
         let mut acks = producer.produce_stream(tokio_stream::iter(requests)).await?.into_inner();

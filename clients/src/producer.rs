@@ -6,6 +6,10 @@
 //! (and Kafka) would; keyless records stick to one partition per batch. One request per partition
 //! is in flight at a time, so records of a partition keep their order across retries. The bytes
 //! held (queued or in flight) are bounded by `max_buffered_bytes`: `send` waits for room.
+//!
+//! With `idempotent` (the default, as in Kafka) the producer starts a producer session on the
+//! server (`InitProducer`) and numbers its requests; a retried request carries the same number, so
+//! the server stores it once even when the first attempt was appended but its answer was lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +39,8 @@ pub struct ProducerConfig {
     pub acks: pb::Acks,
     /// Compress each request (`Zstd` or `Gzip`); `None` sends it as is.
     pub compression: Option<tonic::codec::CompressionEncoding>,
+    /// Number requests in a producer session so retries are stored once.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -47,6 +53,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             acks: pb::Acks::Leader,
             compression: None,
+            idempotent: true,
         }
     }
 }
@@ -154,6 +161,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
     let mut sticky_counter = 0u32;
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let locks: PartitionLocks = Arc::default();
+    let session: Option<Arc<Session>> = config.idempotent.then(Arc::default);
     loop {
         let deadline = pending.values().map(|p| p.since + config.linger).min();
         let msg = tokio::select! {
@@ -163,7 +171,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                 let due: Vec<_> = pending.iter().filter(|(_, p)| p.since + config.linger <= now).map(|(k, _)| k.clone()).collect();
                 for key in due {
                     if let Some(batch) = pending.remove(&key) {
-                        dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                        dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
                     }
                 }
                 continue;
@@ -173,14 +181,14 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
         match msg {
             None => {
                 for (key, batch) in pending.drain() {
-                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
                 }
                 while in_flight.join_next().await.is_some() {}
                 return;
             }
             Some(Msg::Flush(done)) => {
                 for (key, batch) in pending.drain() {
-                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
                 }
                 while in_flight.join_next().await.is_some() {}
                 let _ = done.send(());
@@ -234,7 +242,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                     if record.partition.is_none() && record_was_keyless(&batch) {
                         sticky.remove(&topic);
                     }
-                    dispatch(&mut in_flight, &channel, &config, &locks, key, batch);
+                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
                 }
             }
         }
@@ -252,11 +260,39 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// An idempotent producer session, started on first use, and the next request number.
+#[derive(Debug, Default)]
+struct Session {
+    id: tokio::sync::OnceCell<(i64, i32)>,
+    next_sequence: std::sync::atomic::AtomicI32,
+}
+
+impl Session {
+    /// The session for the next request, and its sequence number.
+    async fn next(&self, client: &mut ProducerClient) -> Result<pb::ProducerSession, ClientError> {
+        let &(id, epoch) = self
+            .id
+            .get_or_try_init(|| async {
+                let response = client.init_producer(pb::InitProducerRequest {}).await?.into_inner();
+                Ok::<_, ClientError>((response.id, response.epoch))
+            })
+            .await?;
+        let sequence = self.next_sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if sequence < 0 {
+            return Err(ClientError::Invalid("the producer session has used every sequence number".into()));
+        }
+        Ok(pb::ProducerSession { id, epoch, sequence })
+    }
+}
+
+type ProducerClient = pb::producer_client::ProducerClient<Channel>;
+
 fn dispatch(
     in_flight: &mut JoinSet<()>,
     channel: &Channel,
     config: &ProducerConfig,
     locks: &PartitionLocks,
+    session: Option<Arc<Session>>,
     key: (String, u32),
     batch: Pending,
 ) {
@@ -276,11 +312,26 @@ fn dispatch(
         let _turn = lock.lock().await;
         let (records, replies): (Vec<pb::Record>, Vec<(Reply, OwnedSemaphorePermit)>) =
             batch.records.into_iter().map(|(r, reply, permit)| (r, (reply, permit))).unzip();
-        let request = pb::ProduceRequest { topic: key.0.clone(), records, acks: config.acks as i32, request_id: 0 };
+        let mut request = pb::ProduceRequest {
+            topic: key.0.clone(),
+            records,
+            acks: config.acks as i32,
+            request_id: 0,
+            producer: None,
+        };
         let mut backoff = config.retry_backoff;
         let mut attempt = 0;
         let result = loop {
-            let result = client.produce(request.clone()).await.map_err(ClientError::from);
+            // Numbered once, under the partition's turn (so a partition sees increasing numbers);
+            // every retry repeats the number.
+            let result = match (&session, request.producer) {
+                (Some(session), None) => session.next(&mut client).await.map(|p| request.producer = Some(p)),
+                _ => Ok(()),
+            };
+            let result = match result {
+                Ok(()) => client.produce(request.clone()).await.map_err(ClientError::from),
+                Err(e) => Err(e),
+            };
             match result {
                 Err(e) if e.is_retriable() && attempt < config.retries => {
                     attempt += 1;

@@ -28,7 +28,11 @@ impl Admin {
                 return Err(ApiError::new(ErrorCode::TopicAlreadyExists, format!("topic {name:?} already exists")));
             }
             CommandResult::TopicNotFound => return Err(ApiError::topic_not_found(&name)),
-            CommandResult::Noop | CommandResult::TierGap { .. } | CommandResult::Registry(_) => {
+            CommandResult::Noop
+            | CommandResult::TierGap { .. }
+            | CommandResult::Registry(_)
+            | CommandResult::ProducerId(_)
+            | CommandResult::ProducerIdsExhausted => {
                 return Err(ApiError::new(ErrorCode::Internal, format!("unexpected metadata result {result}")));
             }
             CommandResult::PartitionsNotIncreased { current } => {

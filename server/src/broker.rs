@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::error::{ApiError, ErrorCode};
 use crate::metadata::{Metadata, TopicMeta};
 use crate::partitioner::{Sticky, partition_for_key};
+use crate::producer::ProducerSession;
 use crate::registry::Registry;
 use crate::tier::ColdTier;
 use crate::topic::MAX_BATCH_BYTES;
@@ -35,6 +36,13 @@ impl ProduceRecord {
             + self.value.as_ref().map_or(0, Bytes::len)
             + self.headers.iter().map(|h| h.name.len() + h.value.len()).sum::<usize>()
     }
+}
+
+/// Conditions on a produce request (see [`Broker::produce_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProduceOptions {
+    pub expected_offset: Option<u64>,
+    pub producer: Option<ProducerSession>,
 }
 
 /// When a produce is acknowledged.
@@ -322,21 +330,25 @@ impl Broker {
         records: Vec<ProduceRecord>,
         acks: Acks,
     ) -> Result<PendingProduce, ApiError> {
-        self.produce_expecting(topic, records, acks, None).await
+        self.produce_with(topic, records, acks, ProduceOptions::default()).await
     }
 
-    /// Like [`Broker::produce`]; with `expected_offset`, every record must name one partition
-    /// and the append happens only if that partition's next offset is `expected_offset`.
+    /// Like [`Broker::produce`], with the request's conditions: `expected_offset` (every record
+    /// must name one partition, and the append happens only if that partition's next offset is
+    /// `expected_offset`) and an idempotent `producer` session (a retry of one of its recent
+    /// requests gets the first attempt's offsets and appends nothing; keyless records go to a
+    /// partition chosen from the session, so a retry goes where the first attempt went).
     ///
     /// # Errors
-    /// As [`Broker::produce`], and `offset_mismatch`.
-    pub async fn produce_expecting(
+    /// As [`Broker::produce`], and `offset_mismatch`, `producer_fenced`, `out_of_order_sequence`.
+    pub async fn produce_with(
         &self,
         topic: &str,
         records: Vec<ProduceRecord>,
         acks: Acks,
-        expected_offset: Option<u64>,
+        options: ProduceOptions,
     ) -> Result<PendingProduce, ApiError> {
+        let ProduceOptions { expected_offset, producer } = options;
         let meta = self.metadata.topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
         if records.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidRecord, "a produce request needs at least one record"));
@@ -346,7 +358,10 @@ impl Broker {
             None => records,
         };
         let max_record = meta.config.max_record_bytes as usize;
-        let sticky = self.sticky.next_partition(meta.partitions);
+        let keyless = match producer {
+            Some(session) => session.keyless_partition(meta.partitions),
+            None => self.sticky.next_partition(meta.partitions),
+        };
         let now = now_ms();
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, r) in records.iter().enumerate() {
@@ -359,7 +374,7 @@ impl Broker {
             let p = match (r.partition, &r.key) {
                 (Some(p), _) => p,
                 (None, Some(key)) => partition_for_key(key, meta.partitions),
-                (None, None) => sticky,
+                (None, None) => keyless,
             };
             if p >= meta.partitions {
                 return Err(ApiError::new(
@@ -379,6 +394,9 @@ impl Broker {
                 self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
             }
             let mut builder = BatchBuilder::new(Compression::None);
+            if let Some(session) = producer {
+                builder = builder.producer(session.info());
+            }
             for &i in indexes {
                 let r = &records[i];
                 builder.push(r.timestamp.unwrap_or(now), r.key.as_deref(), r.value.as_deref(), &r.headers);

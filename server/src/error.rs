@@ -31,6 +31,11 @@ pub enum ErrorCode {
     OffsetOutOfRange,
     OffsetMismatch,
     IdempotencyKeyReused,
+    /// An idempotent producer session older than the partition's current one (higher epoch).
+    ProducerFenced,
+    /// An idempotent producer's sequence that is not above its last one and is no retry of a
+    /// recent request.
+    OutOfOrderSequence,
     UnknownMember,
     StaleGeneration,
     GroupNotEmpty,
@@ -63,6 +68,8 @@ impl ErrorCode {
             ErrorCode::OffsetOutOfRange => "offset_out_of_range",
             ErrorCode::OffsetMismatch => "offset_mismatch",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::ProducerFenced => "producer_fenced",
+            ErrorCode::OutOfOrderSequence => "out_of_order_sequence",
             ErrorCode::UnknownMember => "unknown_member",
             ErrorCode::StaleGeneration => "stale_generation",
             ErrorCode::GroupNotEmpty => "group_not_empty",
@@ -79,9 +86,11 @@ impl ErrorCode {
             | ErrorCode::PartitionNotFound
             | ErrorCode::NotFound
             | ErrorCode::UnknownMember => StatusCode::NOT_FOUND,
-            ErrorCode::TopicAlreadyExists | ErrorCode::StaleGeneration | ErrorCode::GroupNotEmpty => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::TopicAlreadyExists
+            | ErrorCode::StaleGeneration
+            | ErrorCode::GroupNotEmpty
+            | ErrorCode::ProducerFenced
+            | ErrorCode::OutOfOrderSequence => StatusCode::CONFLICT,
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig
             | ErrorCode::InvalidRequest
@@ -109,7 +118,10 @@ impl ErrorCode {
             | ErrorCode::PartitionNotFound
             | ErrorCode::NotFound
             | ErrorCode::UnknownMember => tonic::Code::NotFound,
-            ErrorCode::StaleGeneration | ErrorCode::GroupNotEmpty => tonic::Code::FailedPrecondition,
+            ErrorCode::StaleGeneration
+            | ErrorCode::GroupNotEmpty
+            | ErrorCode::ProducerFenced
+            | ErrorCode::OutOfOrderSequence => tonic::Code::FailedPrecondition,
             ErrorCode::TopicAlreadyExists => tonic::Code::AlreadyExists,
             ErrorCode::InvalidTopic
             | ErrorCode::InvalidConfig
@@ -210,6 +222,8 @@ impl From<strata_storage::Error> for ApiError {
         let code = match &e {
             S::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             S::OffsetMismatch { .. } => ErrorCode::OffsetMismatch,
+            S::ProducerFenced { .. } => ErrorCode::ProducerFenced,
+            S::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequence,
             S::BatchTooLarge { .. } => ErrorCode::RecordTooLarge,
             S::InvalidBatch { .. } => ErrorCode::InvalidRecord,
             S::InvalidConfig { .. } => ErrorCode::InvalidConfig,

@@ -14,11 +14,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
-use crate::broker::{Acks, ProduceRecord, Start};
+use crate::broker::{Acks, ProduceOptions, ProduceRecord, Start};
 use crate::error::ApiError;
 use crate::group::assignor::Strategy;
 use crate::group::coordinator::MemberView;
 use crate::group::service::{Reset, Subscription};
+use crate::producer::ProducerSession;
 use crate::topic::TopicConfig;
 
 /// Most produce requests of one stream waiting for their acknowledgement at once.
@@ -97,9 +98,18 @@ impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
         let mut req = request.into_inner();
         let records = records(&mut req);
+        let options = produce_options(&req)?;
         self.state.metrics.records_in(&req.topic, records.len());
-        let pending = self.state.broker.produce(&req.topic, records, acks(req.acks)).await?;
+        let pending = self.state.broker.produce_with(&req.topic, records, acks(req.acks), options).await?;
         Ok(Response::new(offsets(pending.acknowledged().await?, req.request_id)))
+    }
+
+    async fn init_producer(
+        &self,
+        _request: Request<pb::InitProducerRequest>,
+    ) -> Result<Response<pb::InitProducerResponse>, Status> {
+        let id = crate::producer::allocate(self.state.broker.metadata()).await?;
+        Ok(Response::new(pb::InitProducerResponse { id, epoch: 0 }))
     }
 
     type ProduceStreamStream = ReceiverStream<Result<pb::ProduceResponse, Status>>;
@@ -129,7 +139,11 @@ impl pb::producer_server::Producer for Services {
                             let id = req.request_id;
                             let records = records(&mut req);
                             state.metrics.records_in(&req.topic, records.len());
-                            let fut: AckFuture = match state.broker.produce(&req.topic, records, acks(req.acks)).await {
+                            let produced = match produce_options(&req) {
+                                Ok(options) => state.broker.produce_with(&req.topic, records, acks(req.acks), options).await,
+                                Err(e) => Err(e),
+                            };
+                            let fut: AckFuture = match produced {
                                 Ok(pending) => Box::pin(async move {
                                     match pending.acknowledged().await {
                                         Ok(o) => offsets(o, id),
@@ -155,6 +169,19 @@ impl pb::producer_server::Producer for Services {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The request's idempotent producer session, checked.
+fn produce_options(req: &pb::ProduceRequest) -> Result<ProduceOptions, ApiError> {
+    let producer = req
+        .producer
+        .map(|p| {
+            let epoch = i16::try_from(p.epoch)
+                .map_err(|_| ApiError::invalid(format!("producer.epoch must fit 16 bits, got {}", p.epoch)))?;
+            ProducerSession { id: p.id, epoch, sequence: p.sequence }.validate()
+        })
+        .transpose()?;
+    Ok(ProduceOptions { expected_offset: None, producer })
 }
 
 fn error_response(request_id: u64, e: ApiError) -> pb::ProduceResponse {

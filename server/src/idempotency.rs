@@ -5,8 +5,10 @@
 //! `always`, time retention = the window) that is replayed at start-up. A key being processed is
 //! marked in flight, so a concurrent retry waits for the first attempt instead of racing it.
 //!
-//! Known gap: a crash after the records are durable but before the key's entry is, lets one retry
-//! append again. Closing it needs the key stored atomically with the batch (a later change).
+//! A crash after the records are durable but before the key's entry is does not let a retry
+//! append again: the request's records were written as an idempotent producer session derived
+//! from the key and the request (`ProducerSession::for_idempotency_key`), so the retry, which
+//! finds no entry here, is answered by the partition logs with the first attempt's offsets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -181,6 +183,11 @@ impl Guard {
             self.release();
             return Ok(());
         };
+        if std::env::var("STRATA_IDEMPOTENCY_CRASH_AT").is_ok_and(|s| s == "stored") {
+            // Test hook: the records are durable, the key's entry is not.
+            tracing::error!("STRATA_IDEMPOTENCY_CRASH_AT: aborting");
+            std::process::abort();
+        }
         let at_ms = now_ms();
         let stored = Stored {
             topic: self.id.0.clone(),

@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod metadata;
 pub mod metrics;
 pub mod partitioner;
+pub mod producer;
 pub mod registry;
 pub mod sql;
 pub mod tier;

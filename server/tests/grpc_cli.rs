@@ -39,6 +39,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             records: vec![record("u1", "a"), record("u2", "b")],
             acks: proto::Acks::Leader as i32,
             request_id: 9,
+            producer: None,
         })
         .await
         .unwrap()
@@ -58,6 +59,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             }],
             acks: 0,
             request_id: i,
+            producer: None,
         })
         .collect();
     let mut acks = raw.produce_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
@@ -74,8 +76,20 @@ async fn grpc_unary_stream_fetch_and_admin() {
 
     // A bad request on the stream gets an error ack; the stream goes on.
     let bad = vec![
-        proto::ProduceRequest { topic: "nope".into(), records: vec![record("k", "v")], acks: 0, request_id: 1 },
-        proto::ProduceRequest { topic: "clicks".into(), records: vec![record("k", "v")], acks: 0, request_id: 2 },
+        proto::ProduceRequest {
+            topic: "nope".into(),
+            records: vec![record("k", "v")],
+            acks: 0,
+            request_id: 1,
+            producer: None,
+        },
+        proto::ProduceRequest {
+            topic: "clicks".into(),
+            records: vec![record("k", "v")],
+            acks: 0,
+            request_id: 2,
+            producer: None,
+        },
     ];
     let acks: Vec<_> = raw.produce_stream(tokio_stream::iter(bad)).await.unwrap().into_inner().collect().await;
     assert_eq!(acks[0].as_ref().unwrap().error.as_ref().unwrap().code, "topic_not_found");
@@ -257,7 +271,9 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
         let records = (0..5)
             .map(|i| proto::Record { value: Some(format!("{p}-{i}").into()), partition: Some(p), ..Default::default() })
             .collect();
-        raw.produce(proto::ProduceRequest { topic: "jobs".into(), records, acks: 0, request_id: 0 }).await.unwrap();
+        raw.produce(proto::ProduceRequest { topic: "jobs".into(), records, acks: 0, request_id: 0, producer: None })
+            .await
+            .unwrap();
     }
 
     let join = |group: &str| proto::SubscribeRequest {
@@ -353,6 +369,7 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
         records: vec![proto::Record { value: Some("late".into()), partition: Some(moved), ..Default::default() }],
         acks: 0,
         request_id: 0,
+        producer: None,
     })
     .await
     .unwrap();

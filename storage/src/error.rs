@@ -19,6 +19,18 @@ pub enum Error {
     #[error("expected the next offset to be {expected}, but it is {actual}")]
     OffsetMismatch { expected: u64, actual: u64 },
 
+    /// A batch from an idempotent producer session older than the partition's current one.
+    #[error("producer {producer_id} epoch {epoch} is fenced: epoch {current_epoch} has written since")]
+    ProducerFenced { producer_id: i64, epoch: i16, current_epoch: i16 },
+
+    /// A batch from an idempotent producer whose sequence is not above the last one written and is
+    /// not one of the recent batches a retry could repeat.
+    #[error(
+        "producer {producer_id} epoch {epoch}: sequence {sequence} is out of order (last written {last_sequence}; \
+         sequences must increase, and a retry must repeat one of the last 5 batches exactly)"
+    )]
+    OutOfOrderSequence { producer_id: i64, epoch: i16, sequence: i32, last_sequence: i32 },
+
     #[error("batch of {size} bytes exceeds the log's limit of {max} bytes")]
     BatchTooLarge { size: usize, max: usize },
 

@@ -17,6 +17,8 @@
 //! - [`batch`]: the record batch format (see `storage/FORMAT.md`).
 //! - [`segment`] and [`index`]: segment files and their sparse offset and time indexes.
 //! - [`Log`] (`partition_log`): append, read, timestamp lookup, durability per [`Durability`].
+//! - [`producer_state`]: idempotent producers (a retried batch is stored once), snapshotted at
+//!   every roll.
 //! - `recovery`: reopening after a crash scans only the active segment.
 //! - `retention` and `compaction`: the two cleanup policies; `enforce_local_retention` deletes
 //!   only segments already tiered.
@@ -34,6 +36,7 @@ mod flusher;
 pub mod index;
 mod manager;
 mod partition_log;
+pub mod producer_state;
 mod recovery;
 mod retention;
 pub mod segment;

@@ -21,6 +21,9 @@ pub struct StorageOptions {
     pub flush_threads: usize,
     pub clock: Arc<dyn Clock>,
     pub fsync: Arc<dyn Fsync>,
+    /// How long an idle idempotent producer's sequence state is kept (see
+    /// [`crate::producer_state`]); a retry after that is appended again.
+    pub producer_expiry: std::time::Duration,
 }
 
 impl Default for StorageOptions {
@@ -30,6 +33,7 @@ impl Default for StorageOptions {
             flush_threads: crate::flusher::FLUSH_THREADS,
             clock: Arc::new(SystemClock),
             fsync: Arc::new(OsFsync),
+            producer_expiry: crate::producer_state::DEFAULT_EXPIRY,
         }
     }
 }
@@ -119,6 +123,7 @@ fn new_shared(options: StorageOptions, root: &Path) -> Result<Arc<Shared>> {
         clock: options.clock,
         fsync: options.fsync,
         flusher: Flusher::start(options.flush_threads).at(root)?,
+        producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
     }))
 }
 

@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{FileCache, FileId};
 use crate::flusher::{Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
+use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
 
 /// What the logs of one [`crate::LogManager`] share: the descriptor cache, the flusher, time.
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) fsync: Arc<dyn Fsync>,
     pub(crate) flusher: Flusher,
+    pub(crate) producer_expiry_ms: i64,
 }
 
 /// A sealed, immutable segment. Its index is loaded (or rebuilt) on first use.
@@ -82,6 +84,8 @@ pub(crate) struct LogState {
     pub(crate) flush_scheduled: bool,
     pub(crate) poisoned: bool,
     pub(crate) deleted: bool,
+    /// Idempotent producers' recent batches, to store a retried batch once.
+    pub(crate) producers: ProducerTable,
 }
 
 impl LogState {
@@ -171,11 +175,18 @@ pub struct PendingAppend {
     info: AppendInfo,
     rx: Option<oneshot::Receiver<Result<()>>>,
     dir: PathBuf,
+    duplicate: bool,
 }
 
 impl PendingAppend {
     pub fn info(&self) -> AppendInfo {
         self.info
+    }
+
+    /// The batch repeated one an idempotent producer had already written: nothing was appended,
+    /// and [`PendingAppend::info`] names the first append's offsets.
+    pub fn is_duplicate(&self) -> bool {
+        self.duplicate
     }
 
     /// Blocks until durable.
@@ -451,6 +462,12 @@ impl Log {
         if st.poisoned {
             return Err(Error::Poisoned { dir: self.inner.dir.clone() });
         }
+        let sequenced = header.producer.id >= 0;
+        if sequenced
+            && let SequenceCheck::Duplicate(first) = st.producers.check(header.producer, header.record_count)?
+        {
+            return Ok(self.duplicate_of(st, first));
+        }
         if let Some(expected) = expected_offset
             && expected != st.next_offset
         {
@@ -489,6 +506,16 @@ impl Log {
         st.active.index.on_append(base, &indexed, interval);
         st.active.size += len;
         st.next_offset = info.last_offset + 1;
+        if sequenced {
+            let batch = SequencedBatch {
+                base_sequence: header.producer.base_sequence,
+                records: header.record_count,
+                base_offset,
+                last_offset: info.last_offset,
+                max_timestamp: header.max_timestamp,
+            };
+            st.producers.record(header.producer, batch, now);
+        }
         let rx = match st.config.durability {
             Durability::Always => {
                 let (tx, rx) = oneshot::channel();
@@ -507,7 +534,28 @@ impl Log {
             }
             Durability::Never => None,
         };
-        Ok(PendingAppend { info, rx, dir: self.inner.dir.clone() })
+        Ok(PendingAppend { info, rx, dir: self.inner.dir.clone(), duplicate: false })
+    }
+
+    /// The answer to a retried batch: the first append's offsets, once they are as durable as
+    /// the policy promises (the first append may still be waiting for its fsync).
+    fn duplicate_of(&self, mut st: MutexGuard<'_, LogState>, first: SequencedBatch) -> PendingAppend {
+        let info = AppendInfo {
+            base_offset: first.base_offset,
+            last_offset: first.last_offset,
+            max_timestamp: first.max_timestamp,
+        };
+        let next_offset = first.last_offset + 1;
+        let rx = (st.config.durability == Durability::Always && st.durable < next_offset).then(|| {
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push(Waiter { next_offset, tx });
+            rx
+        });
+        drop(st);
+        if rx.is_some() {
+            self.queue_flush();
+        }
+        PendingAppend { info, rx, dir: self.inner.dir.clone(), duplicate: true }
     }
 
     /// Writes a batch at the end of the active segment (the file grows; see the module docs of
@@ -544,6 +592,8 @@ impl Log {
         let base = st.active.base;
         write_index_file(&self.inner.dir, base, &st.active.index);
         let next = st.next_offset;
+        st.producers.expire(now.saturating_sub(self.inner.shared.producer_expiry_ms));
+        self.write_producer_snapshot(next, &st.producers);
         let new_active = create_segment(&self.inner.dir, next, &self.inner.shared, now)?;
         let old = std::mem::replace(&mut st.active, new_active);
         let sealed = SealedSegment {
@@ -558,6 +608,15 @@ impl Log {
         let pos = (st.active.base, SEGMENT_HEADER_LEN);
         st.mark_durable(next, pos);
         Ok(())
+    }
+
+    /// Writes the producer table as the snapshot for `base`. Failure is logged, not fatal:
+    /// opening the log then replays from an older snapshot, which is slower but as correct.
+    pub(crate) fn write_producer_snapshot(&self, base: u64, table: &ProducerTable) {
+        let fsync = &self.inner.shared.fsync;
+        if let Err(e) = producer_state::write_snapshot(&self.inner.dir, base, table, &|f| fsync.sync_data(f)) {
+            tracing::warn!(dir = %self.inner.dir.display(), base, error = %e, "could not write a producer snapshot");
+        }
     }
 
     fn queue_flush(&self) {

@@ -5,6 +5,10 @@
 //! (name and size); their indexes are read, and rebuilt if missing or stale, on first use — so
 //! opening takes the same time whatever the amount of sealed data.
 //!
+//! Idempotent producers' state is loaded from the snapshot written when the active segment was
+//! started, then the active segment's producer batches are replayed over it (see
+//! [`crate::producer_state`]).
+//!
 //! Leftovers of interrupted work are removed: `*.cleaned` (a compaction that had not swapped its
 //! segment in yet) and `*.tmp` (an index being written), and indexes with no log.
 
@@ -18,6 +22,7 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::FileId;
 use crate::partition_log::{ActiveSegment, Log, LogState, SealedSegment, Shared, create_segment};
+use crate::producer_state::{self, ProducerTable};
 use crate::segment::{self, SEGMENT_HEADER_LEN, ScanEnd};
 
 impl Log {
@@ -49,7 +54,8 @@ impl Log {
         }
         let Some((&active_base, sealed_bases)) = bases.split_last() else {
             let active = create_segment(dir, 0, &shared, now)?;
-            return Ok(Log::from_parts(dir.to_path_buf(), shared, fresh_state(config, BTreeMap::new(), active)));
+            let state = fresh_state(config, BTreeMap::new(), active, ProducerTable::default());
+            return Ok(Log::from_parts(dir.to_path_buf(), shared, state));
         };
         let mut sealed = BTreeMap::new();
         for &base in sealed_bases {
@@ -65,14 +71,68 @@ impl Log {
             };
             sealed.insert(base, Arc::new(seg));
         }
-        let active = recover_active(dir, active_base, &config, &shared, now)?;
-        let mut state = fresh_state(config, sealed, active);
+        let (active, idempotent) = recover_active(dir, active_base, &config, &shared, now)?;
+        let (producers, snapshot_missing) = recover_producers(dir, sealed_bases, active_base, &config, now)?;
+        let mut state = fresh_state(config, sealed, active, producers.clone());
         state.log_start = bases[0];
-        Ok(Log::from_parts(dir.to_path_buf(), shared, state))
+        for header in &idempotent {
+            state.producers.replay(header, now);
+        }
+        state.producers.expire(now.saturating_sub(shared.producer_expiry_ms));
+        let log = Log::from_parts(dir.to_path_buf(), shared, state);
+        if snapshot_missing {
+            // Replayed from sealed segments: save the result so the next open need not.
+            log.write_producer_snapshot(active_base, &producers);
+        }
+        Ok(log)
     }
 }
 
-fn fresh_state(config: LogConfig, sealed: BTreeMap<u64, Arc<SealedSegment>>, active: ActiveSegment) -> LogState {
+/// The producer table as of `active_base`: the newest readable snapshot at or below it, plus the
+/// idempotent batches of the sealed segments after that snapshot (normally none: a snapshot is
+/// written at every roll). `true` when no snapshot for `active_base` was found.
+fn recover_producers(
+    dir: &Path,
+    sealed_bases: &[u64],
+    active_base: u64,
+    config: &LogConfig,
+    now: i64,
+) -> Result<(ProducerTable, bool)> {
+    let snapshots = producer_state::list_snapshots(dir).at(dir)?;
+    let mut found = None;
+    for &base in snapshots.iter().rev().filter(|&&b| b <= active_base) {
+        if let Some(table) = producer_state::read_snapshot(dir, base) {
+            found = Some((base, table));
+            break;
+        }
+    }
+    if let Some((base, table)) = &found
+        && *base == active_base
+    {
+        return Ok((table.clone(), false));
+    }
+    let (from, mut table) = found.unwrap_or((0, ProducerTable::default()));
+    for &base in sealed_bases.iter().filter(|&&b| b >= from) {
+        let path = segment::log_path(dir, base);
+        let file = std::fs::File::open(&path).at(&path)?;
+        let len = file.metadata().at(&path)?.len();
+        let scan = segment::scan(&file, base, SEGMENT_HEADER_LEN, len, config.index_interval_bytes, false).at(&path)?;
+        if let ScanEnd::Invalid { position, error } = &scan.end {
+            tracing::warn!(path = %path.display(), position, %error, "producer state replay stopped at damage");
+        }
+        for header in &scan.idempotent {
+            table.replay(header, now);
+        }
+    }
+    Ok((table, true))
+}
+
+fn fresh_state(
+    config: LogConfig,
+    sealed: BTreeMap<u64, Arc<SealedSegment>>,
+    active: ActiveSegment,
+    producers: ProducerTable,
+) -> LogState {
     let next_offset = active.index.next_offset;
     let log_start = sealed.keys().next().copied().unwrap_or(active.base);
     let durable_pos = (active.base, active.size);
@@ -88,11 +148,19 @@ fn fresh_state(config: LogConfig, sealed: BTreeMap<u64, Arc<SealedSegment>>, act
         flush_scheduled: false,
         poisoned: false,
         deleted: false,
+        producers,
     }
 }
 
 /// Scans the last segment, cuts a torn tail, and makes what remains durable.
-fn recover_active(dir: &Path, base: u64, config: &LogConfig, shared: &Shared, now: i64) -> Result<ActiveSegment> {
+/// Also returns the headers of the idempotent producers' batches it kept, to replay.
+fn recover_active(
+    dir: &Path,
+    base: u64,
+    config: &LogConfig,
+    shared: &Shared,
+    now: i64,
+) -> Result<(ActiveSegment, Vec<crate::batch::BatchHeader>)> {
     let path = segment::log_path(dir, base);
     let file = OpenOptions::new().read(true).write(true).open(&path).at(&path)?;
     let meta = file.metadata().at(&path)?;
@@ -104,7 +172,7 @@ fn recover_active(dir: &Path, base: u64, config: &LogConfig, shared: &Shared, no
         Ok(false) if len <= SEGMENT_HEADER_LEN || segment::is_zero(&file, 0, len).at(&path)? => {
             // Crashed while creating the segment: nothing was ever appended to it.
             tracing::info!(path = %path.display(), "recreating a segment whose creation was interrupted");
-            return create_segment(dir, base, shared, now);
+            return Ok((create_segment(dir, base, shared, now)?, Vec::new()));
         }
         Ok(false) | Err(_) => {
             let reason = crate::batch::BatchError::MalformedRecord { index: 0, reason: "segment header is damaged" };
@@ -139,7 +207,7 @@ fn recover_active(dir: &Path, base: u64, config: &LogConfig, shared: &Shared, no
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(now, |d| d.as_millis() as i64)
         .min(now);
-    Ok(ActiveSegment {
+    let active = ActiveSegment {
         base,
         id,
         ino: meta.ino(),
@@ -148,5 +216,6 @@ fn recover_active(dir: &Path, base: u64, config: &LogConfig, shared: &Shared, no
         allocated,
         index: scan.index,
         created_ms,
-    })
+    };
+    Ok((active, scan.idempotent))
 }

@@ -81,6 +81,8 @@ pub struct Scan {
     /// Position after the last valid batch.
     pub valid_end: u64,
     pub end: ScanEnd,
+    /// Headers of the valid batches written by idempotent producers (producer id ≥ 0), in order.
+    pub idempotent: Vec<BatchHeader>,
 }
 
 /// Reads a file through a window so scanning small batches is not one syscall each.
@@ -120,6 +122,7 @@ impl<'a> Window<'a> {
 pub fn scan(file: &File, base_offset: u64, from: u64, bound: u64, interval: u32, strict: bool) -> io::Result<Scan> {
     let mut index = SegmentIndex::empty(base_offset, from);
     let mut window = Window::new(file, bound);
+    let mut idempotent = Vec::new();
     let mut pos = from;
     let end = loop {
         let head = window.get(pos, HEADER_LEN)?;
@@ -163,10 +166,13 @@ pub fn scan(file: &File, base_offset: u64, from: u64, bound: u64, interval: u32,
             crc: header.crc,
         };
         index.on_append(base_offset, &indexed, interval);
+        if header.producer.id >= 0 {
+            idempotent.push(header);
+        }
         pos += len as u64;
     };
     index.log_len = pos;
-    Ok(Scan { index, valid_end: pos, end })
+    Ok(Scan { index, valid_end: pos, end, idempotent })
 }
 
 /// Batches read from one segment.

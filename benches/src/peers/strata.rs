@@ -97,6 +97,7 @@ impl Strata {
                         records,
                         acks: proto::Acks::Leader as i32,
                         request_id: n,
+                        producer: None,
                     };
                     sent.lock()
                         .map_err(|_| anyhow::anyhow!("lock poisoned"))?

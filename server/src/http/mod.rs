@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/verify", get(topics::verify))
         .route("/v1/sql", post(sql::query))
         .route("/v1/topics/{topic}/records", post(records::produce))
+        .route("/v1/producers", post(records::new_producer))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
         .route("/v1/groups", get(groups::list))
         .route("/v1/groups/{group}", get(groups::describe).delete(groups::delete))

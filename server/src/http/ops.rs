@@ -29,6 +29,7 @@ use crate::error::{ApiError, ErrorCode};
         super::topics::verify,
         super::sql::query,
         super::records::produce,
+        super::records::new_producer,
         super::records::fetch,
         healthz,
         readyz,

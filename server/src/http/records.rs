@@ -19,9 +19,10 @@ use strata_storage::Header;
 
 use super::{Query, parse_json, parse_partition, query_u64, read_body};
 use crate::AppState;
-use crate::broker::{Acks, FetchedRecord, ProduceRecord, Start};
+use crate::broker::{Acks, FetchedRecord, ProduceOptions, ProduceRecord, Start};
 use crate::error::{ApiError, ErrorCode};
 use crate::idempotency::Idempotent;
+use crate::producer::ProducerSession;
 
 /// A record in a JSON produce request.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -51,6 +52,9 @@ pub struct ProduceBody {
     pub acks: Option<String>,
     /// Append only if the (explicit) partition's next offset is this; else 412 `offset_mismatch`.
     pub expected_offset: Option<u64>,
+    /// An idempotent producer session (`POST /v1/producers`) and this request's sequence number:
+    /// a retry with the same sequence gets the first attempt's offsets and appends nothing.
+    pub producer: Option<ProducerSession>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -97,9 +101,12 @@ fn bytes_field(
     }
 }
 
-fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks, Option<u64>), ApiError> {
+fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks, ProduceOptions), ApiError> {
     let acks = parse_acks(body.acks.as_deref())?;
-    let expected_offset = body.expected_offset;
+    let options = ProduceOptions {
+        expected_offset: body.expected_offset,
+        producer: body.producer.map(ProducerSession::validate).transpose()?,
+    };
     let records = body
         .records
         .into_iter()
@@ -119,7 +126,7 @@ fn json_records(body: ProduceBody) -> Result<(Vec<ProduceRecord>, Acks, Option<u
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    Ok((records, acks, expected_offset))
+    Ok((records, acks, options))
 }
 
 /// The webhook door: the body is one record's value; key, partition and headers come from
@@ -128,7 +135,7 @@ fn webhook_record(
     headers: &HeaderMap,
     query: &std::collections::HashMap<String, String>,
     body: Bytes,
-) -> Result<(Vec<ProduceRecord>, Acks, Option<u64>), ApiError> {
+) -> Result<(Vec<ProduceRecord>, Acks, ProduceOptions), ApiError> {
     let partition = query.get("partition").map(|p| parse_partition(p)).transpose()?;
     let record_headers = headers
         .iter()
@@ -161,7 +168,26 @@ fn webhook_record(
             })
         })
         .transpose()?;
-    Ok((vec![record], parse_acks(query.get("acks").map(String::as_str))?, expected_offset))
+    let options = ProduceOptions { expected_offset, producer: None };
+    Ok((vec![record], parse_acks(query.get("acks").map(String::as_str))?, options))
+}
+
+/// A new idempotent producer session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewProducer {
+    pub id: i64,
+    pub epoch: i16,
+}
+
+/// Starts an idempotent producer session: its requests carry `"producer": {"id", "epoch",
+/// "sequence"}` with a sequence that increases per request, and a retried request is stored once.
+#[utoipa::path(post, path = "/v1/producers",
+    responses((status = 201, body = NewProducer), (status = 503, body = crate::error::Problem)))]
+pub async fn new_producer(
+    State(state): State<Arc<AppState>>,
+) -> Result<(axum::http::StatusCode, Json<NewProducer>), ApiError> {
+    let id = crate::producer::allocate(state.broker.metadata()).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(NewProducer { id, epoch: 0 })))
 }
 
 #[utoipa::path(post, path = "/v1/topics/{topic}/records", params(("topic" = String, Path)), request_body = ProduceBody,
@@ -179,8 +205,14 @@ pub async fn produce(
         .map(|v| v.to_str().map(str::to_string).map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII")))
         .transpose()?;
     let json = is_json(&headers);
-    let (records, acks, expected_offset) =
+    let (records, acks, mut options) =
         if json { json_records(parse_json(&body)?)? } else { webhook_record(&headers, &query, body.clone())? };
+    let fingerprint = key.as_ref().map(|_| crate::idempotency::fingerprint(&query.0, json, &body));
+    if let (Some(key), Some(fingerprint), None) = (&key, fingerprint, options.producer) {
+        // The key's own producer session: if a crash lost the key's entry after the records were
+        // stored, the retry finds them in the logs instead of appending them again.
+        options.producer = Some(ProducerSession::for_idempotency_key(&topic, key, fingerprint));
+    }
     // The append runs in its own task: a client that disconnects mid-request must not leave it
     // half done (an idempotent retry relies on the first attempt finishing or failing cleanly).
     let run = {
@@ -189,12 +221,7 @@ pub async fn produce(
         move || {
             tokio::spawn(async move {
                 state.metrics.records_in(&topic, records.len());
-                let offsets = state
-                    .broker
-                    .produce_expecting(&topic, records, acks, expected_offset)
-                    .await?
-                    .acknowledged()
-                    .await?;
+                let offsets = state.broker.produce_with(&topic, records, acks, options).await?.acknowledged().await?;
                 Ok::<_, ApiError>(ProduceResponse {
                     offsets: offsets
                         .into_iter()
@@ -210,7 +237,7 @@ pub async fn produce(
             if key.is_empty() || key.len() > 255 {
                 return Err(ApiError::invalid("Idempotency-Key must be 1-255 characters"));
             }
-            let fingerprint = crate::idempotency::fingerprint(&query.0, json, &body);
+            let fingerprint = fingerprint.unwrap_or_default();
             match state.idempotency.begin(&topic, &key, fingerprint).await? {
                 Idempotent::Replay(stored) => stored,
                 Idempotent::First(guard) => {

@@ -45,6 +45,8 @@ pub struct MetaState {
     pub tier: TierManifests,
     /// The schema registry: subjects, versions, schemas by global id, compatibility configs.
     pub registry: RegistryState,
+    /// The id the next idempotent producer session gets.
+    pub next_producer_id: i64,
 }
 
 /// Tier manifests: topic → partition → objects, in offset order, contiguous.
@@ -65,6 +67,8 @@ struct SnapshotData {
     tier: TierManifests,
     #[serde(default)]
     registry: RegistryState,
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 impl MetaState {
@@ -148,6 +152,14 @@ impl MetaState {
                 CommandResult::Ok
             }
             Command::Registry(command) => CommandResult::Registry(self.registry.apply(command)),
+            Command::AllocateProducerId => {
+                let id = self.next_producer_id;
+                if id >= crate::producer::MAX_ALLOCATED_ID {
+                    return CommandResult::ProducerIdsExhausted;
+                }
+                self.next_producer_id += 1;
+                CommandResult::ProducerId(id)
+            }
         }
     }
 }
@@ -223,6 +235,7 @@ impl RaftSnapshotBuilder<C> for MetaStateMachine {
                     groups: st.groups.clone(),
                     tier: st.tier.clone(),
                     registry: st.registry.clone(),
+                    next_producer_id: st.next_producer_id,
                 })
                 .map_err(io::Error::other)?,
             }
@@ -296,6 +309,7 @@ impl RaftStateMachine<C> for MetaStateMachine {
             st.groups = data.groups;
             st.tier = data.tier;
             st.registry = data.registry;
+            st.next_producer_id = data.next_producer_id;
         }
         self.changes.send_modify(|v| *v += 1);
         *cur = Some(snap);

@@ -96,6 +96,8 @@ pub enum Command {
     },
     /// A schema-registry change (subjects, versions, ids, compatibility configs).
     Registry(RegistryCommand),
+    /// A new idempotent producer session: the next producer id.
+    AllocateProducerId,
 }
 
 /// One Parquet object of a partition's cold tier, as the manifest records it.
@@ -120,6 +122,7 @@ impl Command {
             | Command::SetGroup { group, .. } => group,
             Command::TierAdd { topic, .. } | Command::TierRemove { topic, .. } => topic,
             Command::Registry(command) => command.subject(),
+            Command::AllocateProducerId => "producers",
         }
     }
 }
@@ -143,6 +146,7 @@ impl fmt::Display for Command {
                 write!(f, "group {group} at generation {} (version {})", state.group.generation, state.version())
             }
             Command::Registry(command) => write!(f, "registry: {command}"),
+            Command::AllocateProducerId => write!(f, "allocate a producer id"),
         }
     }
 }
@@ -162,6 +166,9 @@ pub enum CommandResult {
     },
     /// What a registry command decided.
     Registry(RegistryOutcome),
+    /// The producer id allocated.
+    ProducerId(i64),
+    ProducerIdsExhausted,
     /// Response for blank / membership entries (never returned by `Metadata::write`).
     Noop,
 }

@@ -149,6 +149,15 @@ pub fn try_post(url: &str, json_body: &[u8]) -> Result<Reply, ureq::Error> {
     Ok(reply(Ok(agent().post(url).header("content-type", "application/json").send(json_body)?)))
 }
 
+/// Like [`post_raw`], reporting connection failures instead of panicking.
+pub fn try_post_with_headers(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Reply, ureq::Error> {
+    let mut req = agent().post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Ok(reply(Ok(req.send(body)?)))
+}
+
 pub fn post_raw(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     let mut req = agent().post(url);
     for (k, v) in headers {
