@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
+use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -125,10 +126,9 @@ impl Metrics {
         self.records_out.get_or_create(&TopicLabels { topic: topic.into() }).inc_by(n as u64);
     }
 
-    pub fn observe(&self, api: &str, status: &str, seconds: f64, bytes: u64) {
+    pub fn observe(&self, api: &str, status: &str, seconds: f64) {
         self.requests.get_or_create(&ApiLabels { api: api.into(), status: status.into() }).inc();
         self.latency.get_or_create(&ApiOnly { api: api.into() }).observe(seconds);
-        self.bytes_in.get_or_create(&ApiOnly { api: api.into() }).inc_by(bytes);
     }
 
     /// The Prometheus text exposition, with partition gauges read now.
@@ -199,22 +199,51 @@ fn api_label(request: &Request) -> String {
     }
 }
 
-/// Middleware: times every request and counts it by API and status. gRPC calls are labelled by
-/// method path (`/strata.v1.Producer/Produce`), HTTP calls by route.
+/// Middleware: times every request, counts it by API and status, and counts its body bytes as
+/// they arrive (gRPC sends no `Content-Length`, and a stream's bytes come over its whole life).
+/// gRPC calls are labelled by method path (`/strata.v1.Producer/Produce`), HTTP calls by route.
 pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, request: Request, next: Next) -> Response {
     let api = api_label(&request);
-    let bytes = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let counter = metrics.bytes_in.get_or_create(&ApiOnly { api: api.clone() }).clone();
+    let request = request.map(|inner| axum::body::Body::new(CountingBody { inner, counter }));
     let start = Instant::now();
     let response = next.run(request).await;
     let status = match response.headers().get("grpc-status").and_then(|v| v.to_str().ok()) {
         Some(code) => format!("grpc-{code}"),
         None => response.status().as_u16().to_string(),
     };
-    metrics.observe(&api, &status, start.elapsed().as_secs_f64(), bytes);
+    metrics.observe(&api, &status, start.elapsed().as_secs_f64());
     response
+}
+
+/// A request body that adds the length of every data frame to a counter as it is read.
+struct CountingBody {
+    inner: axum::body::Body,
+    counter: Counter,
+}
+
+impl HttpBody for CountingBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.counter.inc_by(data.len() as u64);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -73,6 +73,14 @@ async fn grpc_unary_stream_fetch_and_admin() {
     }
     assert_eq!(ids, (0..200).collect::<Vec<_>>(), "acks in request order");
     assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "one partition, dense offsets in stream order");
+    // gRPC sends no Content-Length: request bytes are counted as the body streams in.
+    let metrics = String::from_utf8(common::get(&format!("{}/metrics", s.url)).body).unwrap();
+    let counted = |api: &str| -> u64 {
+        let prefix = format!("strata_request_bytes_total{{api=\"{api}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |v| v.parse().unwrap())
+    };
+    assert!(counted("/strata.v1.Producer/Produce") > 0, "{metrics}");
+    assert!(counted("/strata.v1.Producer/ProduceStream") >= 200 * 2, "{metrics}");
 
     // A bad request on the stream gets an error ack; the stream goes on.
     let bad = vec![

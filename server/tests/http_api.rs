@@ -268,6 +268,12 @@ fn operations_endpoints_answer() {
     let metrics = String::from_utf8(get(&format!("{}/metrics", s.url)).body).unwrap();
     assert!(metrics.contains("strata_partition_high_watermark{topic=\"m\",partition=\"0\"} 1"), "{metrics}");
     assert!(metrics.contains("strata_request_duration_seconds_bucket"));
+    let body_bytes = r#"{"records":[{"value":1}]}"#.len();
+    assert!(
+        metrics
+            .contains(&format!("strata_request_bytes_total{{api=\"POST /v1/topics/{{topic}}/records\"}} {body_bytes}")),
+        "{metrics}"
+    );
     let openapi = get(&format!("{}/openapi.json", s.url)).json();
     assert!(openapi["paths"]["/v1/topics/{topic}/records"]["post"].is_object());
     assert!(openapi["paths"]["/v1/topics/{topic}/partitions/{partition}/records"]["get"].is_object());
