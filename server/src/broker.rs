@@ -38,6 +38,15 @@ impl ProduceRecord {
     }
 }
 
+/// Partitions one append task takes at least: below this a request appends from one thread.
+const PARTITIONS_PER_APPEND_TASK: usize = 64;
+
+/// Threads one request may append from at once: the machine's cores.
+fn append_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
 /// Conditions on a produce request (see [`Broker::produce_with`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProduceOptions {
@@ -408,18 +417,39 @@ impl Broker {
             batches.push((*p, partition, batch));
         }
         // Appending validates and pwrites each batch (tens of microseconds, occasionally a
-        // segment roll with fsyncs): off the async workers.
-        let appended = tokio::task::spawn_blocking(move || {
-            batches
-                .into_iter()
-                .map(|(p, partition, batch)| {
-                    let pending = partition.log.append_expecting(batch, expected_offset)?;
-                    Ok::<_, strata_storage::Error>((p, partition, pending))
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
+        // segment roll with fsyncs): off the async workers. A request touching many partitions
+        // (keyed records over a wide topic) appends from several threads at once, or its appends
+        // alone would take tens of milliseconds on one core.
+        let chunks = batches.len().div_ceil(PARTITIONS_PER_APPEND_TASK).clamp(1, append_threads());
+        let chunk_len = batches.len().div_ceil(chunks);
+        let mut tasks = Vec::with_capacity(chunks);
+        let mut batches = batches.into_iter();
+        loop {
+            let chunk: Vec<_> = batches.by_ref().take(chunk_len).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let (targets, logs): (Vec<_>, Vec<_>) = chunk
+                    .into_iter()
+                    .map(|(p, partition, batch)| ((p, partition.clone()), (partition.log, batch)))
+                    .unzip();
+                let pending = Log::append_all(logs, expected_offset)?;
+                Ok::<_, strata_storage::Error>(
+                    targets
+                        .into_iter()
+                        .zip(pending)
+                        .map(|((p, partition), pending)| (p, partition, pending))
+                        .collect::<Vec<_>>(),
+                )
+            }));
+        }
+        let mut appended = Vec::new();
+        for task in tasks {
+            let done =
+                task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
+            appended.extend(done);
+        }
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut appends = Vec::with_capacity(appended.len());
         for (p, partition, pending) in appended {

@@ -121,8 +121,8 @@ fn new_shared(options: StorageOptions, root: &Path) -> Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         files: FileCache::new(options.max_open_files),
         clock: options.clock,
+        flusher: Flusher::start(options.flush_threads, Arc::clone(&options.fsync)).at(root)?,
         fsync: options.fsync,
-        flusher: Flusher::start(options.flush_threads).at(root)?,
         producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
     }))
 }

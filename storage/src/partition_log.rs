@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{FileCache, FileId};
-use crate::flusher::{Flushable, Flusher, Fsync};
+use crate::flusher::{FlushTicket, Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
 use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
@@ -145,6 +145,8 @@ pub(crate) struct LogInner {
     /// Serialises retention, compaction and deletion (the slow maintenance work).
     pub(crate) maintenance: Mutex<Maintenance>,
     flush_queued: AtomicBool,
+    /// The filesystem the log's files live on (flushes of one filesystem can be grouped).
+    device: u64,
 }
 
 /// One partition's log. Cheap to clone; all clones are the same log.
@@ -317,12 +319,16 @@ impl ReadTarget {
 
 impl Log {
     pub(crate) fn from_parts(dir: PathBuf, shared: Arc<Shared>, state: LogState) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        // Unknown (the directory cannot be examined): a device of its own, never grouped.
+        let device = std::fs::metadata(&dir).map_or(u64::MAX, |m| m.dev());
         let inner = LogInner {
             dir,
             shared,
             state: Mutex::new(state),
             maintenance: Mutex::new(Maintenance::default()),
             flush_queued: AtomicBool::new(false),
+            device,
         };
         Self { inner: Arc::new(inner) }
     }
@@ -449,7 +455,49 @@ impl Log {
     ///
     /// # Errors
     /// As [`Log::append`], and [`Error::OffsetMismatch`] when another append came first.
-    pub fn append_expecting(&self, mut batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
+    pub fn append_expecting(&self, batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
+        self.append_queued(batch, expected_offset, None)
+    }
+
+    /// Appends one batch to each log (every one with `expected_offset`, when given), stopping at
+    /// the first failure, and then queues the flushes of all of them at once, so that the flusher
+    /// can make them durable with one grouped sync (see [`crate::flusher`]) rather than waking a
+    /// thread per log. For a request that touches many partitions.
+    ///
+    /// # Errors
+    /// As [`Log::append_expecting`], for the first append that failed (the ones before it stand).
+    pub fn append_all(
+        appends: impl IntoIterator<Item = (Log, Vec<u8>)>,
+        expected_offset: Option<u64>,
+    ) -> Result<Vec<PendingAppend>> {
+        let mut queued = Vec::new();
+        let mut done = Vec::new();
+        let mut result = Ok(());
+        for (log, batch) in appends {
+            match log.append_queued(batch, expected_offset, Some(&mut queued)) {
+                Ok(pending) => done.push(pending),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        while let Some(first) = queued.first() {
+            let shared = Arc::clone(&first.shared);
+            let (same, rest): (Vec<_>, Vec<_>) = queued.into_iter().partition(|l| Arc::ptr_eq(&l.shared, &shared));
+            shared.flusher.flush_now_many(same.into_iter().map(|l| l as Arc<dyn Flushable>).collect());
+            queued = rest;
+        }
+        result.map(|()| done)
+    }
+
+    /// Appends; a flush this needs is queued now, or pushed to `deferred` for the caller to queue.
+    fn append_queued(
+        &self,
+        mut batch: Vec<u8>,
+        expected_offset: Option<u64>,
+        deferred: Option<&mut Vec<Arc<LogInner>>>,
+    ) -> Result<PendingAppend> {
         let max = self.lock().config.max_batch_bytes as usize;
         if batch.len() > max {
             return Err(Error::BatchTooLarge { size: batch.len(), max });
@@ -466,7 +514,7 @@ impl Log {
         if sequenced
             && let SequenceCheck::Duplicate(first) = st.producers.check(header.producer, header.record_count)?
         {
-            return Ok(self.duplicate_of(st, first));
+            return Ok(self.duplicate_of(st, first, deferred));
         }
         if let Some(expected) = expected_offset
             && expected != st.next_offset
@@ -522,7 +570,7 @@ impl Log {
                 let next_offset = st.next_offset;
                 st.waiters.push(Waiter { next_offset, tx });
                 drop(st);
-                self.queue_flush();
+                self.queue_flush(deferred);
                 Some(rx)
             }
             Durability::Interval(every) => {
@@ -539,7 +587,12 @@ impl Log {
 
     /// The answer to a retried batch: the first append's offsets, once they are as durable as
     /// the policy promises (the first append may still be waiting for its fsync).
-    fn duplicate_of(&self, mut st: MutexGuard<'_, LogState>, first: SequencedBatch) -> PendingAppend {
+    fn duplicate_of(
+        &self,
+        mut st: MutexGuard<'_, LogState>,
+        first: SequencedBatch,
+        deferred: Option<&mut Vec<Arc<LogInner>>>,
+    ) -> PendingAppend {
         let info = AppendInfo {
             base_offset: first.base_offset,
             last_offset: first.last_offset,
@@ -553,7 +606,7 @@ impl Log {
         });
         drop(st);
         if rx.is_some() {
-            self.queue_flush();
+            self.queue_flush(deferred);
         }
         PendingAppend { info, rx, dir: self.inner.dir.clone(), duplicate: true }
     }
@@ -619,9 +672,12 @@ impl Log {
         }
     }
 
-    fn queue_flush(&self) {
+    fn queue_flush(&self, deferred: Option<&mut Vec<Arc<LogInner>>>) {
         if !self.inner.flush_queued.swap(true, Ordering::AcqRel) {
-            self.inner.shared.flusher.flush_now(self.inner.clone());
+            match deferred {
+                Some(queue) => queue.push(self.inner.clone()),
+                None => self.inner.shared.flusher.flush_now(self.inner.clone()),
+            }
         }
     }
 
@@ -926,33 +982,42 @@ impl LogInner {
 
     /// One fsync of the active segment, covering every append written before it starts.
     fn flush(&self) -> Result<()> {
-        let (file, path, target_offset, target_pos) = {
-            let mut st = self.lock();
-            st.flush_scheduled = false;
-            if st.poisoned {
-                return Err(Error::Poisoned { dir: self.dir.clone() });
-            }
-            if st.deleted {
-                return Ok(());
-            }
-            if st.durable >= st.next_offset {
-                return Ok(());
-            }
-            let a = &st.active;
-            let file = self.shared.files.get(a.id, &a.path, a.ino, true).at(&a.path)?;
-            (file, a.path.clone(), st.next_offset, (a.base, a.size))
-        };
-        let result = self.shared.fsync.sync_data(&file);
+        let Some(ticket) = self.begin_flush()? else { return Ok(()) };
+        let result = self.shared.fsync.sync_data(&ticket.file);
+        self.end_flush(ticket, result)
+    }
+
+    /// What a flush must make durable now: `None` when everything is durable already.
+    fn begin_flush(&self) -> Result<Option<FlushTicket>> {
         let mut st = self.lock();
+        st.flush_scheduled = false;
+        if st.poisoned {
+            return Err(Error::Poisoned { dir: self.dir.clone() });
+        }
+        if st.deleted || st.durable >= st.next_offset {
+            return Ok(None);
+        }
+        let a = &st.active;
+        let file = self.shared.files.get(a.id, &a.path, a.ino, true).at(&a.path)?;
+        Ok(Some(FlushTicket {
+            file,
+            path: a.path.clone(),
+            device: self.device,
+            next_offset: st.next_offset,
+            position: (a.base, a.size),
+        }))
+    }
+
+    /// Records the outcome of syncing what `ticket` covers: durable, or the log is poisoned.
+    fn end_flush(&self, ticket: FlushTicket, result: io::Result<()>) -> Result<()> {
         match result {
             Ok(()) => {
-                st.mark_durable(target_offset, target_pos);
+                self.lock().mark_durable(ticket.next_offset, ticket.position);
                 Ok(())
             }
             Err(e) => {
-                drop(st);
-                self.poison(&path, &e);
-                Err(Error::io(path, e))
+                self.poison(&ticket.path, &e);
+                Err(Error::io(ticket.path, e))
             }
         }
     }
@@ -974,6 +1039,16 @@ impl Flushable for LogInner {
         self.flush_queued.store(false, Ordering::Release);
         // Errors are delivered to the waiting appenders; nothing more to do here.
         let _ = self.flush();
+    }
+
+    fn take_from_queue(&self) -> Option<FlushTicket> {
+        self.flush_queued.store(false, Ordering::Release);
+        // A poisoned log has failed its waiters already: nothing to flush.
+        self.begin_flush().ok().flatten()
+    }
+
+    fn complete(&self, ticket: FlushTicket, result: io::Result<()>) {
+        let _ = self.end_flush(ticket, result);
     }
 }
 
