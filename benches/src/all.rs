@@ -4,9 +4,12 @@
 //!
 //! ```text
 //!   limits (plain fsync writer, fdatasync latency, loopback TCP, in-process append)
-//!   for workload in W1 W2 W5 W6:  for mode:  for system:  runs × { fresh server → produce → consume → stop }
+//!   for workload in W1 W2 W4 W5 W6:  for mode:  for system:
+//!       runs × { fresh server → produce → consume (W4: one group of 4 members) → stop }
 //!   W3: open loop at 10/50/80 % of each system's own W2 durable peak
 //!   W7: Strata's doors (gRPC stream, gRPC unary, HTTP JSON, HTTP webhook)
+//!   W8: cold-tier catch-up (crate::tier::ColdTopic), Strata only, beside a raw read of the
+//!       same object files
 //!   W9: SQL over a tiered topic (crate::sql): full scan vs DataFusion on the same Parquet,
 //!       a 1 % time range, produce during full scans
 //!   → benches/results/<date>-all.json (schema: benches/schema/results.schema.json),
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::peers::group::{Delivery, GroupProgress};
 use crate::peers::{Instance, Mode, Outcome, Peer, PeerBinaries, Workload, nats, redis, strata::Strata};
 use report::{Limit, Measure, Ratio, Report, Row};
 
@@ -34,18 +38,21 @@ pub struct Args {
     /// Systems to run (strata, redis, nats); a peer that is not installed is skipped and reported.
     #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats")]
     systems: Vec<String>,
-    /// Workloads to run (w1, w2, w3, w5, w6, w7, w9; limits always run).
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w5,w6,w7,w9")]
+    /// Workloads to run (w1 ... w9; limits always run).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6,w7,w8,w9")]
     workloads: Vec<String>,
     /// Upper bound on each produce phase, seconds (default 6; 1 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
-    /// Records per W1/W2 run (default 1,000,000; 20,000 with --quick).
+    /// Records per W1/W2/W4 run (default 1,000,000; 20,000 with --quick).
     #[arg(long)]
     records: Option<u64>,
     /// Data stored before the W5 catch-up read, MiB (default 512; 16 with --quick).
     #[arg(long)]
     catchup_mib: Option<u64>,
+    /// Data tiered to object storage before the W8 cold catch-up, MiB (default 256; 8 with --quick).
+    #[arg(long)]
+    cold_mib: Option<u64>,
     /// Records in the W9 SQL dataset (default 10,000,000; 200,000 with --quick).
     #[arg(long)]
     sql_records: Option<u64>,
@@ -63,11 +70,13 @@ pub struct Args {
     report: Option<PathBuf>,
 }
 
-/// `strata-bench check-results FILE`: the file validates against the results schema.
+/// `strata-bench check-results FILE`: the file validates against the results schema and keeps
+/// the rules the schema cannot say ([`report::check_rules`]).
 pub fn check_results(path: &Path) -> anyhow::Result<()> {
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
     let schema: serde_json::Value = serde_json::from_str(report::RESULTS_SCHEMA)?;
     report::validate(&doc, &schema).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    report::check_rules(&doc).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("{}: valid", path.display());
     Ok(())
 }
@@ -117,9 +126,17 @@ fn measure(o: &Outcome, secs: f64, cpu: Option<f64>, rss: Option<f64>) -> Measur
     }
 }
 
-/// One run: a fresh server, produce (all producers at once), then consume everything produced.
-/// Returns (produce, consume); `storage_read` gets the storage engine's read rate of the same
-/// log (Strata, one partition).
+/// What one run measured.
+struct RunFigures {
+    produce: Measure,
+    consume: Option<Measure>,
+    /// W4: what the exactly-once check of the group's consumption established.
+    delivery: Option<Delivery>,
+}
+
+/// One run: a fresh server, produce (all producers at once), then consume everything produced
+/// (fixed partitions per consumer, or W4's one group). `storage_read` gets the storage engine's
+/// read rate of the same log (Strata, one partition).
 async fn run_once(
     peer: Peer,
     bins: &PeerBinaries,
@@ -127,7 +144,7 @@ async fn run_once(
     w: &Workload,
     mode: Mode,
     storage_read: Option<&mut Vec<f64>>,
-) -> anyhow::Result<(Measure, Option<Measure>)> {
+) -> anyhow::Result<RunFigures> {
     let instance = Arc::new(start(peer, bins, dir, mode).await?);
     instance.prepare(w, mode).await?;
     let cpu0 = instance.proc().cpu_seconds()?;
@@ -148,7 +165,12 @@ async fn run_once(
     let produce = measure(&produced, produce_secs, Some(cpu1 - cpu0), instance.proc().peak_rss_mib().ok());
 
     let mut consume = None;
-    if w.consumers > 0 {
+    let mut delivery = None;
+    if w.consumers > 0 && w.group {
+        let (m, d) = group_consume(&instance, w, &produced, cpu1).await?;
+        consume = Some(m);
+        delivery = Some(d);
+    } else if w.consumers > 0 {
         let start = Instant::now();
         for i in 0..w.consumers {
             let owned = w.owned(i, w.consumers);
@@ -186,7 +208,42 @@ async fn run_once(
             reads.push(limits::storage_read_mb_s(&dir.join("logs").join("bench-0"))?);
         }
     }
-    Ok((produce, consume))
+    Ok(RunFigures { produce, consume, delivery })
+}
+
+/// W4's consume phase: `w.consumers` members of one group read everything `produced` holds,
+/// timed from the first member's start to the last record's arrival; then every record must have
+/// arrived exactly once and the group's own acks or commits must cover every partition.
+async fn group_consume(
+    instance: &Arc<Instance>,
+    w: &Workload,
+    produced: &Outcome,
+    cpu_before: f64,
+) -> anyhow::Result<(Measure, Delivery)> {
+    instance.prepare_group(w).await?;
+    let timeout = Duration::from_secs(if w.records <= 100_000 { 60 } else { 300 });
+    let progress = Arc::new(GroupProgress::new(produced.records, w.consumers, timeout));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..w.consumers {
+        let (instance, w, progress) = (Arc::clone(instance), w.clone(), Arc::clone(&progress));
+        tasks.spawn(async move { instance.group_member(&w, i, progress).await });
+    }
+    let mut consumed = Outcome::new()?;
+    while let Some(r) = tasks.join_next().await {
+        consumed.merge(r??)?;
+    }
+    let secs = progress.seconds().ok_or_else(|| anyhow::anyhow!("the group never received every record"))?;
+    let cpu = instance.proc().cpu_seconds()?;
+    let mut delivery = consumed.seen.check(&produced.per_partition, instance.dense_ids(), instance.id_name())?;
+    anyhow::ensure!(
+        consumed.records == produced.records,
+        "the group received {} records, {} were produced",
+        consumed.records,
+        produced.records
+    );
+    let bookkeeping = instance.verify_group(&produced.per_partition).await?;
+    delivery.how = format!("{}; {bookkeeping}", delivery.how);
+    Ok((measure(&consumed, secs, Some(cpu - cpu_before), instance.proc().peak_rss_mib().ok()), delivery))
 }
 
 /// The workload table of BENCHMARKS.md, scaled by the flags.
@@ -206,6 +263,7 @@ fn workloads(args: &Args) -> Vec<Workload> {
         window: 8,
         seconds,
         rate: None,
+        group: false,
     };
     vec![
         base.clone(),
@@ -218,6 +276,8 @@ fn workloads(args: &Args) -> Vec<Workload> {
             window: 4,
             ..base.clone()
         },
+        // One producer fills 4 partitions; then one group of 4 members reads them all.
+        Workload { name: "W4", partitions: 4, consumers: 4, group: true, ..base.clone() },
         Workload { name: "W5", record_bytes: 1024, records: catchup / 1024, window: 4, ..base.clone() },
         Workload {
             name: "W6",
@@ -332,21 +392,23 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         }
     }
 
-    // W1, W2, W5, W6: every system, durable and relaxed (W5 relaxed only, W6 durable only).
+    // W1, W2, W4, W5, W6: every system, durable and relaxed (W4 and W5 relaxed only, W6 durable
+    // only).
     let mut storage_reads = Vec::new();
     for w in workloads(args) {
         if !want(w.name) {
             continue;
         }
         let modes: &[Mode] = match w.name {
-            "W5" => &[Mode::Relaxed],
+            "W4" | "W5" => &[Mode::Relaxed],
             "W6" => &[Mode::Durable],
             _ => &[Mode::Durable, Mode::Relaxed],
         };
         for &mode in modes {
             for &peer in &systems {
                 let mut produce = Row::new(w.name, peer.name(), mode.name(), "produce");
-                let mut consume = Row::new(w.name, peer.name(), mode.name(), "consume");
+                let phase = if w.group { "group consume" } else { "consume" };
+                let mut consume = Row::new(w.name, peer.name(), mode.name(), phase);
                 if w.name == "W6" && peer == Peer::Nats {
                     let why = "not run: 1,000 JetStream streams and consumers (one per partition) not set up by this harness yet";
                     produce.note = why.into();
@@ -361,7 +423,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     let outcome = run_once(peer, &bins, &dir, &w, mode, reads).await;
                     let _ = std::fs::remove_dir_all(&dir);
                     match outcome {
-                        Ok((p, c)) => {
+                        Ok(RunFigures { produce: p, consume: c, delivery }) => {
                             println!(
                                 "{} {} {} run {}: produce {:.0} msgs/s {:.0} MB/s p99 {:.2} ms; consume {:.0} msgs/s ({:.1} s)",
                                 w.name,
@@ -378,15 +440,26 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                             if let Some(c) = c {
                                 consume.ok.push(c);
                             }
+                            if delivery.is_some() {
+                                consume.delivery = delivery;
+                            }
                         }
                         Err(e) => {
                             println!("{} {} {} run {}: FAILED: {e:#}", w.name, peer.name(), mode.name(), r + 1);
+                            // The whole run failed: neither of its phases has a figure.
                             produce.failed.push(format!("{e:#}"));
+                            if w.consumers > 0 {
+                                consume.failed.push(format!("{e:#}"));
+                            }
                         }
                     }
                 }
                 if w.name == "W5" {
                     produce.note = format!("{} MiB stored first", (w.records * 1024) >> 20);
+                }
+                if w.group {
+                    produce.note = format!("1 producer, {} partitions", w.partitions);
+                    consume.note = format!("1 group of {} members: {}", w.consumers, peer.group_method());
                 }
                 report.rows.extend([produce, consume]);
             }
@@ -429,6 +502,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     window: 4096,
                     seconds: secs + 5.0,
                     rate: Some(rate),
+                    group: false,
                 };
                 row.note = format!("offered {:.0} msgs/s in batches of {batch}", rate);
                 for r in 0..runs {
@@ -436,7 +510,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     let outcome = run_once(peer, &bins, &dir, &w, Mode::Durable, None).await;
                     let _ = std::fs::remove_dir_all(&dir);
                     match outcome {
-                        Ok((p, _)) => {
+                        Ok(RunFigures { produce: p, .. }) => {
                             println!(
                                 "W3 {} {pct}%: {:.0} msgs/s p50 {:.2} p99 {:.2} ms",
                                 peer.name(),
@@ -491,6 +565,19 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         }
     }
 
+    // W8: cold-tier catch-up, Strata only (neither peer tiers to object storage).
+    if want("w8") && systems.contains(&Peer::Strata) {
+        let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
+        let dir = root.path().join("W8");
+        let mib = args.cold_mib.unwrap_or(if quick { 8 } else { 256 });
+        let (row, raw) = cold_catchup(&strata, &dir, mib, runs).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        report.rows.push(row);
+        if !raw.is_empty() {
+            report.limits.push(Limit { name: W8_RAW_READ.into(), unit: "MB/s".into(), runs: raw });
+        }
+    }
+
     // W9: SQL over a tiered topic, Strata only (the comparison is plain DataFusion on its objects).
     let mut sql_ratios = Vec::new();
     if want("w9") && systems.contains(&Peer::Strata) {
@@ -537,6 +624,72 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         println!("report written to {}", md_path.display());
     }
     Ok(())
+}
+
+/// The limit W8 is compared with: the same objects read raw, in the same run.
+const W8_RAW_READ: &str =
+    "object store raw read of the W8 Parquet objects (whole files from the local store; MB/s of the records they hold)";
+
+/// W8: the tiered topic loaded once, then `runs` catch-up reads, each followed by a raw read of
+/// the same object files. Returns the row and the raw reads (MB/s of record values: the value
+/// bytes the objects hold over the seconds it took to read them).
+async fn cold_catchup(strata: &Path, dir: &Path, mib: u64, runs: usize) -> (Row, Vec<f64>) {
+    let mut row = Row::new("W8", "strata", "relaxed", "consume");
+    let mut raw = Vec::new();
+    let topic = match crate::tier::ColdTopic::load(strata, dir, mib).await {
+        Ok(t) => t,
+        Err(e) => {
+            println!("W8: FAILED: {e:#}");
+            row.failed.push(format!("loading the tiered topic: {e:#}"));
+            return (row, raw);
+        }
+    };
+    for r in 0..runs {
+        let run = match topic.catch_up().await {
+            Ok(run) => run,
+            Err(e) => {
+                println!("W8 run {}: FAILED: {e:#}", r + 1);
+                row.failed.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let q = |p: f64| Some(run.latency.value_at_quantile(p) as f64 / 1000.0);
+        let m = Measure {
+            msgs_s: run.records as f64 / run.seconds.max(1e-9),
+            mb_s: run.value_bytes as f64 / MB / run.seconds.max(1e-9),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            cpu_s_per_gb: Some(run.cpu_seconds / (run.value_bytes as f64 / 1e9).max(1e-9)),
+            peak_rss_mib: run.peak_rss_mib,
+        };
+        match topic.raw_read_seconds() {
+            Ok(secs) => raw.push(topic.value_bytes as f64 / MB / secs.max(1e-9)),
+            Err(e) => {
+                row.failed.push(format!("raw read of the objects: {e:#}"));
+                continue;
+            }
+        }
+        println!("W8 strata run {}: cold catch-up {:.0} msgs/s {:.0} MB/s", r + 1, m.msgs_s, m.mb_s);
+        row.ok.push(m);
+        row.delivery = Some(Delivery {
+            records: run.records,
+            partitions: 1,
+            exactly_once: true,
+            how: "offsets 0..n each once and in order, value bytes as produced".into(),
+        });
+    }
+    row.note = format!(
+        "{} MiB of ~1 KiB JSON records ({} records, values {:.1} MB) in {} Parquet objects ({:.1} MB), evicted \
+         locally; server restarted before each run (object cache empty); raw-batch fetches of {} KiB",
+        mib,
+        topic.end,
+        topic.value_bytes as f64 / MB,
+        topic.objects.len(),
+        topic.object_bytes as f64 / MB,
+        crate::tier::COLD_FETCH_BYTES >> 10
+    );
+    (row, raw)
 }
 
 /// Strata/peer (same workload, mode, phase) and Strata/limit ratios.
@@ -592,6 +745,7 @@ fn ratios(report: &mut Report) {
                 &["storage in-process append, W2 batches, 2 appender(s), relaxed", "loopback TCP"]
             }
             ("W5", _, "consume") => &["storage sequential read"],
+            ("W8", _, "consume") => &[W8_RAW_READ],
             _ => &[],
         };
         for name in limit_names {
@@ -671,6 +825,29 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - A run with any error is reported as failed with its reason and is not part of the median.\n\
          - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
            whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's.\n\
+         - W4 (group fan-out, relaxed): one producer stores 100 B records (1 M by default, `--records`) in 4\n  \
+           partitions; then 4 members of one group read everything at once, up to 1,000 records per request, and\n  \
+           acknowledge it. Strata: 4 `Consumer.Subscribe` streams (`strata-client`'s `GroupConsumer`, its fastest\n  \
+           group door: the server pushes records, the HTTP member fetch encodes JSON), each poll's positions\n  \
+           committed with `commit_async` (as the peers ack every batch), revoked partitions committed before they\n  \
+           move; the 4 joins and their rebalances are inside the timed phase. Redis: consumer group `g` on each\n  \
+           stream key, `XREADGROUP COUNT 1000` on one key at a time, `XACK` pipelined with the next read. NATS: one\n  \
+           durable pull consumer per stream shared by the 4 subscribers, pulls of 1,000, every message acked\n  \
+           (`ack_policy: explicit`: `AckAll` on a shared consumer would ack other members' messages). Timed from the\n  \
+           first member's start to the last record's arrival. Every run checks that each record reached the group\n  \
+           exactly once (Strata offsets and JetStream stream sequences: 0..n per partition with no gap and no\n  \
+           repeat; Redis entry ids: no repeat, as many as produced) and that the group's own bookkeeping covers\n  \
+           everything (Strata's committed offsets at each partition's end, `XPENDING` 0, JetStream ack floors at\n  \
+           the end); a run that fails either check is a failed run.\n\
+         - W8 (cold-tier catch-up, Strata only: neither peer tiers to object storage): a 1-partition topic of\n  \
+           ~1 KiB JSON events (256 MiB by default, `--cold-mib`) tiered to the local-filesystem object store with\n  \
+           `local_retention_bytes=0`, so all but the active segment is Parquet (zstd) and gone from local disk; the\n  \
+           server is restarted before each run (empty object cache) and one consumer reads offsets 0..end with\n  \
+           raw-batch `Fetch`es of 1 MiB, each offset checked once and in order. Its limit is the object store's raw\n  \
+           read of the same object files in the same run (whole-file reads, what the local store's `get` does),\n  \
+           counted in MB/s of the records they hold: same data, same run and page-cache state, so the ratio is the\n  \
+           cost of Strata's cold path (decompress, decode, re-batch, gRPC) over fetching the bytes. The storage\n  \
+           engine's W5 read was not used: it reads a different, uncompressed log, so the ratio would mix that in.\n\
          - W9 (SQL, `strata-bench sql`): a topic of 4 partitions loaded with ~100 B JSON values (10 M records by\n  \
            default, `--sql-records`), tiered with `local_retention_bytes=0` so all but each partition's active\n  \
            segment is Parquet in the object store. Full scan `SELECT partition, count(*), sum(length(value)),\n  \

@@ -31,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Side by side: Strata, Redis Streams, NATS JetStream and the machine's limits (W1–W7).
+    /// Side by side: Strata, Redis Streams, NATS JetStream and the machine's limits (W1–W9).
     All(all::Args),
     /// Storage engine: append (group commit), latency, sequential read, reopen, memory.
     Storage(storage::Args),

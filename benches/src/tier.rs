@@ -456,6 +456,66 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's tiering loop every 200 ms (not 5 s): the benchmarks wait for it.
+const TIER_ENV: [(&str, &str); 1] = [("STRATA_TIER_INTERVAL_MS", "200")];
+
+/// ~1 KiB JSON event values, `total_mib` MiB of them (a whole number of requests of 100).
+fn json_values(total_mib: u64) -> Vec<Bytes> {
+    let batches = (total_mib << 20) as usize / (100 * VALUE_BYTES);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    (0..batches.max(1) * 100).map(|i| json_value(&mut rng, i as i64).into()).collect()
+}
+
+/// Produces `values` in order to partition 0 of `topic`, 100 per request, over one
+/// `ProduceStream`.
+async fn produce_values(url: &str, topic: &str, values: &[Bytes]) -> anyhow::Result<()> {
+    use strata_client::proto;
+    use tokio_stream::StreamExt;
+
+    let mut producer = proto::producer_client::ProducerClient::connect(url.to_string()).await?;
+    let requests: Vec<proto::ProduceRequest> = values
+        .chunks(100)
+        .enumerate()
+        .map(|(i, chunk)| proto::ProduceRequest {
+            topic: topic.into(),
+            records: chunk
+                .iter()
+                .map(|v| proto::Record { value: Some(v.clone()), partition: Some(0), ..Default::default() })
+                .collect(),
+            acks: proto::Acks::Leader as i32,
+            request_id: i as u64,
+            ..Default::default()
+        })
+        .collect();
+    let mut acks = producer.produce_stream(tokio_stream::iter(requests)).await?.into_inner();
+    while let Some(ack) = acks.next().await {
+        let ack = ack?;
+        anyhow::ensure!(ack.error.is_none(), "produce failed: {:?}", ack.error);
+    }
+    Ok(())
+}
+
+/// Waits until every sealed segment of partition 0 of `topic` is in object storage and deleted
+/// locally (only the active segment left); returns the end of the tiered range.
+async fn wait_tiered(client: &strata_client::Client, data: &Path, topic: &str) -> anyhow::Result<u64> {
+    let log_dir = data.join("logs").join(format!("{topic}-0"));
+    let segments = || {
+        std::fs::read_dir(&log_dir)
+            .map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "log")).count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let info = client.admin().describe_topic(topic).await?;
+        let p = info.partitions.first().ok_or_else(|| anyhow::anyhow!("{topic} has no partition"))?;
+        if p.tiered_end_offset > 0 && p.local_start_offset == p.tiered_end_offset && segments() == 1 {
+            return Ok(p.tiered_end_offset);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "tiering did not finish within 300 s: {p:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Produces the same JSON values to a tiered and an untiered topic, waits until the tiered one is
 /// in object storage (and trimmed locally), then times fetching its history from each, the server
 /// restarted before each run so the object cache starts empty. MB/s of values.
@@ -466,11 +526,8 @@ async fn through_server(
     segment_mib: u64,
     runs: usize,
 ) -> anyhow::Result<(Stat, Stat, u64)> {
-    use strata_client::proto;
-    use tokio_stream::StreamExt;
-
     let data = root.join("server");
-    let env = [("STRATA_TIER_INTERVAL_MS", "200")];
+    let env = TIER_ENV;
     let mut server = crate::harness::Server::start_with_env(strata, &data, &env)?;
     let client = strata_client::Client::connect(&server.url).await?;
     for (topic, tiered) in [("cold", true), ("hot", false)] {
@@ -485,43 +542,11 @@ async fn through_server(
         }
         client.admin().create_topic(topic, 1, config).await?;
     }
-    let mut producer = proto::producer_client::ProducerClient::connect(server.url.clone()).await?;
-    let batches = (total_mib << 20) as usize / (100 * VALUE_BYTES);
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    let values: Vec<bytes::Bytes> = (0..batches * 100).map(|i| json_value(&mut rng, i as i64).into()).collect();
+    let values = json_values(total_mib);
     for topic in ["cold", "hot"] {
-        let requests: Vec<proto::ProduceRequest> = values
-            .chunks(100)
-            .enumerate()
-            .map(|(i, chunk)| proto::ProduceRequest {
-                topic: topic.into(),
-                records: chunk.iter().map(|v| proto::Record { value: Some(v.clone()), ..Default::default() }).collect(),
-                acks: proto::Acks::Leader as i32,
-                request_id: i as u64,
-                producer: None,
-            })
-            .collect();
-        let mut acks = producer.produce_stream(tokio_stream::iter(requests)).await?.into_inner();
-        while let Some(ack) = acks.next().await {
-            anyhow::ensure!(ack?.error.is_none(), "produce failed");
-        }
+        produce_values(&server.url, topic, &values).await?;
     }
-    // Wait until every sealed segment of `cold` is tiered and gone from local disk.
-    let deadline = Instant::now() + std::time::Duration::from_secs(300);
-    let end = loop {
-        let info = client.admin().describe_topic("cold").await?;
-        let p = &info.partitions[0];
-        if p.tiered_end_offset > 0 && p.local_start_offset == p.tiered_end_offset {
-            // Settled when tiering no longer moves for a moment (only the active segment is left).
-            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-            let again = client.admin().describe_topic("cold").await?;
-            if again.partitions[0].tiered_end_offset == p.tiered_end_offset {
-                break p.tiered_end_offset;
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "tiering did not finish: {p:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let end = wait_tiered(&client, &data, "cold").await?;
     drop(client);
     let (mut cold, mut hot) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -547,4 +572,129 @@ async fn fetch_range(url: &str, topic: &str, end: u64) -> anyhow::Result<f64> {
         offset = page.next_offset;
     }
     Ok(bytes as f64 / 1e6 / start.elapsed().as_secs_f64())
+}
+
+/// W8 of `strata-bench all`: a 1-partition topic of ~1 KiB JSON records whose sealed segments
+/// are in the local-filesystem object store and deleted from local disk. A consumer reads it all
+/// from offset 0 through a freshly started server (object cache empty); beside it, the same
+/// object files read whole and raw, as the store's `get` reads them.
+#[derive(Debug)]
+pub(crate) struct ColdTopic {
+    strata: std::path::PathBuf,
+    data: std::path::PathBuf,
+    /// Offsets `0..end` are in object storage only.
+    pub end: u64,
+    /// The value bytes of those records, as produced.
+    pub value_bytes: u64,
+    /// The Parquet objects of the partition.
+    pub objects: Vec<std::path::PathBuf>,
+    pub object_bytes: u64,
+}
+
+/// One W8 catch-up read.
+#[derive(Debug)]
+pub(crate) struct ColdRun {
+    pub seconds: f64,
+    pub records: u64,
+    pub value_bytes: u64,
+    /// Per fetch, microseconds.
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Server CPU seconds during the read.
+    pub cpu_seconds: f64,
+    pub peak_rss_mib: Option<f64>,
+}
+
+const COLD_TOPIC: &str = "cold";
+
+/// Bytes per W8 fetch.
+pub(crate) const COLD_FETCH_BYTES: u32 = 1 << 20;
+
+impl ColdTopic {
+    /// Creates the topic (segments of an eighth of `total_mib`, at least 1 MiB; `flush=never`),
+    /// produces `total_mib` MiB of JSON records and waits until all but the active segment is
+    /// tiered and evicted; stops the server.
+    pub(crate) async fn load(strata: &Path, data: &Path, total_mib: u64) -> anyhow::Result<ColdTopic> {
+        let server = crate::harness::Server::start_with_env(strata, data, &TIER_ENV)?;
+        let client = strata_client::Client::connect(&server.url).await?;
+        let segment_bytes = ((total_mib << 20) / 8).max(1 << 20);
+        let config = [
+            ("segment_bytes", segment_bytes.to_string()),
+            ("flush", "never".into()),
+            ("tiering", "true".into()),
+            ("local_retention_bytes", "0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        client.admin().create_topic(COLD_TOPIC, 1, config).await?;
+        let values = json_values(total_mib);
+        produce_values(&server.url, COLD_TOPIC, &values).await?;
+        let end = wait_tiered(&client, data, COLD_TOPIC).await?;
+        drop(client);
+        server.stop()?;
+        let value_bytes = values.iter().take(end as usize).map(|v| v.len() as u64).sum();
+        // The objects as the default file object store lays them out (server/src/tier/store.rs).
+        let dir = data.join("objects").join("topics").join(COLD_TOPIC).join("0");
+        let mut objects: Vec<_> = std::fs::read_dir(&dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        objects.sort();
+        anyhow::ensure!(!objects.is_empty(), "no Parquet object in {}", dir.display());
+        let object_bytes = objects.iter().map(|p| std::fs::metadata(p).map(|m| m.len())).sum::<Result<u64, _>>()?;
+        Ok(ColdTopic {
+            strata: strata.to_path_buf(),
+            data: data.to_path_buf(),
+            end,
+            value_bytes,
+            objects,
+            object_bytes,
+        })
+    }
+
+    /// Starts the server afresh and reads offsets `0..end` with raw-batch fetches of 1 MiB;
+    /// every offset must come exactly once, in order, with the value bytes produced.
+    pub(crate) async fn catch_up(&self) -> anyhow::Result<ColdRun> {
+        let server = crate::harness::Server::start_with_env(&self.strata, &self.data, &TIER_ENV)?;
+        let client = strata_client::Client::connect(&server.url).await?;
+        let mut latency = hdrhistogram::Histogram::new(3)?;
+        let cpu0 = server.cpu_seconds()?;
+        let start = Instant::now();
+        let (mut at, mut value_bytes) = (0u64, 0u64);
+        while at < self.end {
+            let t = Instant::now();
+            let page = client.fetch_batches(COLD_TOPIC, 0, at, COLD_FETCH_BYTES, std::time::Duration::ZERO).await?;
+            latency.record((t.elapsed().as_micros() as u64).max(1))?;
+            anyhow::ensure!(!page.records.is_empty(), "no records at offset {at} of {}", self.end);
+            for r in page.records.iter().take_while(|r| r.offset < self.end) {
+                anyhow::ensure!(r.offset == at, "offset {} arrived where {at} was next", r.offset);
+                value_bytes += r.value.as_ref().map_or(0, |v| v.len()) as u64;
+                at += 1;
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let cpu_seconds = server.cpu_seconds()? - cpu0;
+        anyhow::ensure!(
+            value_bytes == self.value_bytes,
+            "read {value_bytes} value bytes, {} were produced",
+            self.value_bytes
+        );
+        let peak_rss_mib = crate::peers::Proc { child: None, pid: server.pid() }.peak_rss_mib().ok();
+        drop(client);
+        server.stop()?;
+        Ok(ColdRun { seconds, records: at, value_bytes, latency, cpu_seconds, peak_rss_mib })
+    }
+
+    /// Reads every object file whole (the local-filesystem store's `get`): seconds.
+    pub(crate) fn raw_read_seconds(&self) -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let mut bytes = 0u64;
+        for path in &self.objects {
+            bytes += std::fs::read(path)?.len() as u64;
+        }
+        anyhow::ensure!(bytes == self.object_bytes, "read {bytes} of {} object bytes", self.object_bytes);
+        Ok(start.elapsed().as_secs_f64())
+    }
 }

@@ -1,7 +1,8 @@
 //! The side-by-side harness checked in CI (issue #8): `strata-bench all --quick` runs every
 //! workload end to end against the `strata` binary of this build, with Redis and NATS when
 //! `scripts/setup-bench-tools` installed them and without them (saying so) when not, and its JSON
-//! result validates against benches/schema/results.schema.json. No performance figure is
+//! result validates against benches/schema/results.schema.json (and `check-results`' rules: W4's
+//! group and W8's cold catch-up received every record exactly once). No performance figure is
 //! asserted: debug builds on a shared machine say nothing about speed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
@@ -39,7 +40,7 @@ fn quick_run_of_every_workload_writes_a_valid_report() {
     let doc: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = doc["results"].as_array().expect("results");
     // Every workload ran against Strata, and none of Strata's runs failed.
-    for w in ["W1", "W2", "W3", "W5", "W6", "W7", "W9"] {
+    for w in ["W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9"] {
         // W7's systems are Strata's doors ("strata grpc stream", ...).
         let strata_rows: Vec<&Value> = rows
             .iter()
@@ -49,6 +50,17 @@ fn quick_run_of_every_workload_writes_a_valid_report() {
         for r in strata_rows {
             assert_eq!(r["status"], "ok", "{w} failed: {r}");
         }
+    }
+    // W4's group and W8's cold catch-up checked that every record arrived exactly once: on
+    // Strata always, and on every peer whose group run succeeded.
+    let checked = |w: &str, phase: &str| -> Vec<&Value> {
+        rows.iter().filter(|r| r["workload"] == w && r["phase"] == phase && r["status"] == "ok").collect()
+    };
+    let group_rows = checked("W4", "group consume");
+    assert!(group_rows.iter().any(|r| r["system"] == "strata"), "no ok W4 group row for Strata:\n{stdout}");
+    for r in group_rows.into_iter().chain(checked("W8", "consume")) {
+        assert_eq!(r["delivery"]["exactly_once"], true, "{r}");
+        assert!(r["delivery"]["records"].as_u64().unwrap() > 0, "{r}");
     }
     // Each peer either ran or is reported missing with its reason.
     let peers = doc["peers"].as_array().expect("peers");

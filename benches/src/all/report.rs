@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::peers::group::Delivery;
+
 /// One run's figures; `None` where a figure does not apply.
 #[derive(Debug, Clone, Default)]
 pub struct Measure {
@@ -30,6 +32,8 @@ pub struct Row {
     /// Reasons of the runs that failed (not averaged in).
     pub failed: Vec<String>,
     pub note: String,
+    /// What the exactly-once check of the ok runs established (W4's group, W8's catch-up).
+    pub delivery: Option<Delivery>,
 }
 
 fn median_of(mut v: Vec<f64>) -> Option<f64> {
@@ -50,6 +54,7 @@ impl Row {
             ok: Vec::new(),
             failed: Vec::new(),
             note: String::new(),
+            delivery: None,
         }
     }
 
@@ -104,11 +109,17 @@ impl Row {
             "p999_ms": self.field(|m| m.p999_ms), "cpu_s_per_gb": self.field(|m| m.cpu_s_per_gb),
             "peak_rss_mib": self.field(|m| m.peak_rss_mib),
         });
-        json!({
+        let mut row = json!({
             "workload": self.workload, "system": self.system, "mode": self.mode, "phase": self.phase,
             "status": self.status(), "failures": self.failed, "note": self.note,
             "runs": self.ok.iter().map(measure).collect::<Vec<_>>(), "median": median,
-        })
+        });
+        if let Some(d) = &self.delivery {
+            row["delivery"] = json!({
+                "records": d.records, "partitions": d.partitions, "exactly_once": d.exactly_once, "how": d.how,
+            });
+        }
+        row
     }
 }
 
@@ -186,6 +197,17 @@ fn fmt_msgs(v: f64) -> String {
     }
 }
 
+/// Two decimals, or two significant digits below 0.1 (a cold read against a raw read is far
+/// below 1 and would show as 0.00).
+fn fmt_ratio(v: f64) -> String {
+    if v >= 0.1 || v == 0.0 {
+        format!("{v:.2}")
+    } else {
+        let decimals = (1 - v.log10().floor() as i32).clamp(2, 6) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
 impl Report {
     pub fn json(&self) -> Value {
         json!({
@@ -236,6 +258,12 @@ impl Report {
                 st => st.to_string(),
             };
             let status = if r.note.is_empty() { status } else { format!("{status}; {}", r.note) };
+            let status = match &r.delivery {
+                Some(d) if d.exactly_once && r.status() == "ok" => {
+                    format!("{status}; exactly once: {} records ({})", d.records, d.how)
+                }
+                _ => status,
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {}{range} | {} | {} | {} | {} | {} | {} |",
@@ -259,14 +287,14 @@ impl Report {
         for r in &self.ratios {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} {} | **{:.2}×** |",
+                "| {} | {} | {} | {} | {} {} | **{}×** |",
                 r.workload,
                 r.mode,
                 r.metric,
                 fmt_num(Some(r.strata)),
                 r.versus,
                 fmt_num(Some(r.other)),
-                r.ratio()
+                fmt_ratio(r.ratio())
             );
         }
         s
@@ -429,6 +457,39 @@ fn check(v: &Value, s: &Value, root: &Value, at: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Rules of a results document the schema cannot say: a row's status agrees with its runs and
+/// failures (failed runs are never averaged in), and every ok row of a workload that checks
+/// delivery (W4's group consume, W8's cold catch-up) says every record arrived exactly once.
+pub fn check_rules(doc: &Value) -> Result<(), String> {
+    let rows = doc.get("results").and_then(Value::as_array).ok_or("$.results: missing")?;
+    for (i, row) in rows.iter().enumerate() {
+        let at = format!("$.results[{i}] ({} {} {})", row["workload"], row["system"], row["phase"]);
+        let runs = row["runs"].as_array().map_or(0, Vec::len);
+        let failures = row["failures"].as_array().map_or(0, Vec::len);
+        match row["status"].as_str() {
+            Some("ok") if runs == 0 || failures > 0 => {
+                return Err(format!("{at}: ok with {runs} runs and {failures} failures"));
+            }
+            Some("failed") if failures == 0 => return Err(format!("{at}: failed without a reason")),
+            Some("skipped") if runs > 0 || failures > 0 => {
+                return Err(format!("{at}: skipped with {runs} runs and {failures} failures"));
+            }
+            _ => {}
+        }
+        let checks_delivery = matches!(
+            (row["workload"].as_str(), row["phase"].as_str()),
+            (Some("W4"), Some("group consume")) | (Some("W8"), Some("consume"))
+        );
+        if checks_delivery && row["status"] == "ok" {
+            let d = &row["delivery"];
+            if d["exactly_once"] != Value::Bool(true) || d["records"].as_u64().unwrap_or(0) == 0 {
+                return Err(format!("{at}: an ok row without an exactly-once delivery check: {d}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The results schema, as built into the harness.
 pub const RESULTS_SCHEMA: &str = include_str!("../../schema/results.schema.json");
 
@@ -492,8 +553,41 @@ mod tests {
             if name.contains("-all") && name.ends_with(".json") {
                 let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
                 validate(&doc, &schema).unwrap_or_else(|e| panic!("{name}: {e}"));
+                check_rules(&doc).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }
+    }
+
+    #[test]
+    fn rules_require_an_exactly_once_check_on_group_rows() {
+        let mut r = sample();
+        let mut group = Row::new("W4", "strata", "relaxed", "group consume");
+        group.ok.push(Measure { msgs_s: 1e6, mb_s: 100.0, ..Default::default() });
+        r.rows.push(group);
+        let doc = r.json();
+        validate(&doc, &schema()).unwrap();
+        assert!(check_rules(&doc).unwrap_err().contains("exactly-once"));
+        r.rows[2].delivery =
+            Some(Delivery { records: 20_000, partitions: 4, exactly_once: true, how: "offsets dense".into() });
+        let doc = r.json();
+        validate(&doc, &schema()).unwrap();
+        check_rules(&doc).unwrap();
+        assert!(r.markdown().contains("exactly once: 20000 records"));
+        // A failed row with no reason, or an ok row that hides a failure, breaks the rules.
+        let mut doc = r.json();
+        doc["results"][1]["failures"] = json!([]);
+        assert!(check_rules(&doc).unwrap_err().contains("without a reason"));
+        let mut doc = r.json();
+        doc["results"][0]["failures"] = json!(["lost acks"]);
+        assert!(check_rules(&doc).is_err());
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(fmt_ratio(7.564), "7.56");
+        assert_eq!(fmt_ratio(0.13), "0.13");
+        assert_eq!(fmt_ratio(0.0123), "0.012");
+        assert_eq!(fmt_ratio(0.00196), "0.0020");
     }
 
     #[test]

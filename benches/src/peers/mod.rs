@@ -7,12 +7,18 @@
 //!   all.rs ──(Workload, Mode)──▶ Peer::start ──▶ Instance (its own process, fresh data dir)
 //!            producers: Instance::produce  ──▶  Outcome { records, bytes, latency }
 //!            consumers: Instance::consume  ──▶  Outcome
+//!            W4, one group: Instance::prepare_group, then members Instance::group_member
+//!                           ──▶ Outcome { .., seen } ──▶ group::Seen::check (exactly once)
+//!                           ──▶ Instance::verify_group (the group's acks / commits landed)
 //! ```
 //!
 //! Each system speaks its own protocol with its own best practice: Strata's gRPC
 //! `ProduceStream` / raw-batch `Fetch`, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
-//! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`.
+//! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`. In a
+//! group (W4): Strata's `Consumer.Subscribe` members (`strata-client`'s `GroupConsumer`), Redis's
+//! consumers of one consumer group, JetStream's durable pull consumer shared by every member.
 
+pub(crate) mod group;
 pub(crate) mod nats;
 pub(crate) mod redis;
 pub(crate) mod strata;
@@ -20,9 +26,11 @@ pub(crate) mod strata;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use group::{GroupProgress, Seen};
 use hdrhistogram::Histogram;
 
 /// Durability on both sides of a comparison (BENCHMARKS.md).
@@ -60,6 +68,9 @@ pub struct Workload {
     pub seconds: f64,
     /// Open loop: total records/s offered (batches due at fixed times); `None` = as fast as acked.
     pub rate: Option<f64>,
+    /// The consumers are the members of one consumer group sharing every partition (W4), rather
+    /// than readers of fixed partitions.
+    pub group: bool,
 }
 
 impl Workload {
@@ -96,11 +107,19 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// Records per partition, for the consumers to know where the end is.
     pub per_partition: Vec<(u32, u64)>,
+    /// Which records a group member received (W4).
+    pub seen: Seen,
 }
 
 impl Outcome {
     pub fn new() -> anyhow::Result<Outcome> {
-        Ok(Outcome { records: 0, bytes: 0, latency: Histogram::new(3)?, per_partition: Vec::new() })
+        Ok(Outcome {
+            records: 0,
+            bytes: 0,
+            latency: Histogram::new(3)?,
+            per_partition: Vec::new(),
+            seen: Seen::default(),
+        })
     }
 
     pub fn merge(&mut self, other: Outcome) -> anyhow::Result<()> {
@@ -108,6 +127,7 @@ impl Outcome {
         self.bytes += other.bytes;
         self.latency.add(other.latency)?;
         self.per_partition.extend(other.per_partition);
+        self.seen.merge(other.seen);
         Ok(())
     }
 
@@ -131,6 +151,15 @@ impl Peer {
             Peer::Strata => "strata",
             Peer::Redis => "redis",
             Peer::Nats => "nats",
+        }
+    }
+
+    /// How this system's group reads in W4, for the report.
+    pub fn group_method(self) -> &'static str {
+        match self {
+            Peer::Strata => strata::GROUP_METHOD,
+            Peer::Redis => redis::GROUP_METHOD,
+            Peer::Nats => nats::GROUP_METHOD,
         }
     }
 
@@ -185,6 +214,52 @@ impl Instance {
             Instance::Strata(s) => s.consume(w, i, expected).await,
             Instance::Redis(r) => r.consume(w, i, expected).await,
             Instance::Nats(n) => n.consume(w, i, expected).await,
+        }
+    }
+
+    /// Sets up the group W4's members share (Redis: the consumer group on every stream; NATS:
+    /// a durable pull consumer per stream; Strata: nothing, members create it by joining).
+    pub async fn prepare_group(&self, w: &Workload) -> anyhow::Result<()> {
+        match self {
+            Instance::Strata(_) => Ok(()),
+            Instance::Redis(r) => r.prepare_group(w).await,
+            Instance::Nats(n) => n.prepare_group(w).await,
+        }
+    }
+
+    /// Member `i` of the group reads (and acknowledges or commits) until `progress` says the
+    /// whole group is done; its outcome says which records it received.
+    pub async fn group_member(&self, w: &Workload, i: usize, progress: Arc<GroupProgress>) -> anyhow::Result<Outcome> {
+        match self {
+            Instance::Strata(s) => s.group_member(w, i, progress).await,
+            Instance::Redis(r) => r.group_member(w, i, progress).await,
+            Instance::Nats(n) => n.group_member(w, i, progress).await,
+        }
+    }
+
+    /// Checks the group's own bookkeeping after the members are done (Strata: committed offsets
+    /// at the end of every partition; Redis: nothing pending; NATS: the ack floor at the end).
+    /// Returns what was checked, in words.
+    pub async fn verify_group(&self, expected: &[(u32, u64)]) -> anyhow::Result<&'static str> {
+        match self {
+            Instance::Strata(s) => s.verify_group(expected).await,
+            Instance::Redis(r) => r.verify_group(expected).await,
+            Instance::Nats(n) => n.verify_group(expected).await,
+        }
+    }
+
+    /// Whether record ids are dense per partition (offsets, stream sequences), so the
+    /// exactly-once check can also look for gaps.
+    pub fn dense_ids(&self) -> bool {
+        !matches!(self, Instance::Redis(_))
+    }
+
+    /// What the exactly-once check calls this system's record ids.
+    pub fn id_name(&self) -> &'static str {
+        match self {
+            Instance::Strata(_) => "offsets",
+            Instance::Redis(_) => "stream entry ids",
+            Instance::Nats(_) => "stream sequences (from 1, counted from 0)",
         }
     }
 }

@@ -8,6 +8,11 @@
 //! `ack_policy: all`, `MSG.NEXT` requests of one batch (`no_wait`), the last message of each
 //! batch acknowledged.
 //!
+//! A group (W4): one durable pull consumer `g` per stream, with explicit acks, shared by every
+//! member: each member pulls batches of 1,000 (`no_wait`) from one stream at a time, rotating,
+//! and acknowledges every message (the acks pipelined before its next pull). `AckAll` is not
+//! used here: with a consumer shared by members it would acknowledge other members' messages.
+//!
 //! Durable = `sync_interval: always` (nats-server ≥ 2.10: fsync before each ack); relaxed = the
 //! default (fsync every 2 minutes).
 
@@ -20,7 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use super::group::GroupProgress;
 use super::{Mode, Outcome, Proc, Workload};
+
+/// How W4 reads from NATS, for the report.
+pub const GROUP_METHOD: &str = "a durable pull consumer per stream (`ack_policy: explicit`) shared by 4 \
+     subscribers, each pulling batches of 1,000 (`no_wait`) from one stream at a time (rotating), every message \
+     acknowledged, the acks pipelined before the next pull";
 
 type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
 type Writer = tokio::net::tcp::OwnedWriteHalf;
@@ -108,23 +119,51 @@ async fn connect(port: u16, inbox: &str) -> anyhow::Result<(Reader, Writer)> {
     Ok((r, w))
 }
 
-/// A JetStream API request; fails on an `error` in the JSON response.
+/// A JetStream API request (`Null`: an empty body); fails on an `error` in the JSON response,
+/// else returns it.
 async fn api(
     r: &mut Reader,
     w: &mut Writer,
     inbox: &str,
     subject: &str,
     body: &serde_json::Value,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<serde_json::Value> {
     let mut buf = Vec::new();
-    publish(&mut buf, subject, Some(&format!("{inbox}.api")), &serde_json::to_vec(body)?);
+    let body = if body.is_null() { Vec::new() } else { serde_json::to_vec(body)? };
+    publish(&mut buf, subject, Some(&format!("{inbox}.api")), &body);
     w.write_all(&buf).await?;
     let mut line = String::new();
     let msg = tokio::time::timeout(Duration::from_secs(10), next_msg(r, &mut line)).await??;
     anyhow::ensure!(msg.status.is_none(), "{subject}: {:?}", msg.status);
     let reply: serde_json::Value = serde_json::from_slice(&msg.payload)?;
     anyhow::ensure!(reply.get("error").is_none(), "{subject}: {reply}");
-    Ok(())
+    Ok(reply)
+}
+
+/// The stream sequence of a JetStream message, from its ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or the
+/// longer form with a domain and an account hash after `$JS.ACK`.
+fn stream_sequence(ack: &str) -> anyhow::Result<u64> {
+    let tokens: Vec<&str> = ack.split('.').collect();
+    let at = match tokens.len() {
+        9 => 5,
+        n if n >= 11 => 7,
+        _ => anyhow::bail!("unexpected ack subject {ack:?}"),
+    };
+    Ok(tokens[at].parse()?)
+}
+
+/// Sends `PING` and waits for the `PONG`: everything written before was read by the server.
+async fn flush(r: &mut Reader, w: &mut Writer) -> anyhow::Result<()> {
+    w.write_all(b"PING\r\n").await?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        anyhow::ensure!(r.read_line(&mut line).await? > 0, "nats closed the connection");
+        if line.starts_with("PONG") {
+            return Ok(());
+        }
+    }
 }
 
 impl Nats {
@@ -312,6 +351,105 @@ impl Nats {
             }
         }
         Ok(out)
+    }
+
+    /// W4: a durable pull consumer `g` with explicit acks on every stream, from the start.
+    pub async fn prepare_group(&self, w: &Workload) -> anyhow::Result<()> {
+        let (mut r, mut wr) = connect(self.port, "_INBOX.setup").await?;
+        for p in 0..w.partitions {
+            let body = serde_json::json!({
+                "stream_name": format!("P{p}"),
+                "config": {"durable_name": "g", "ack_policy": "explicit", "deliver_policy": "all",
+                           "max_ack_pending": 1_000_000, "max_waiting": 512},
+            });
+            api(&mut r, &mut wr, "_INBOX.setup", &format!("$JS.API.CONSUMER.CREATE.P{p}.g"), &body).await?;
+        }
+        Ok(())
+    }
+
+    /// Subscriber `i` of the shared consumers: pulls from one stream at a time, starting at
+    /// stream `i`, until the whole group is done; acknowledges every message.
+    pub async fn group_member(&self, w: &Workload, i: usize, progress: Arc<GroupProgress>) -> anyhow::Result<Outcome> {
+        progress.joined();
+        let inbox = format!("_INBOX.g{i}");
+        let (mut reader, mut writer) = connect(self.port, &inbox).await?;
+        let pull = serde_json::to_vec(&serde_json::json!({"batch": w.batch_records, "no_wait": true}))?;
+        let reply_to = format!("{inbox}.pull");
+        let streams = w.partitions.max(1) as usize;
+        let mut out = Outcome::new()?;
+        let mut line = String::new();
+        // The previous batch's acks, written together with the next pull.
+        let mut buf = Vec::new();
+        let (mut next, mut empty) = (i, 0usize);
+        while !progress.done() {
+            progress.check()?;
+            let p = (next % streams) as u32;
+            next += 1;
+            publish(&mut buf, &format!("$JS.API.CONSUMER.MSG.NEXT.P{p}.g"), Some(&reply_to), &pull);
+            let t = Instant::now();
+            writer.write_all(&buf).await?;
+            buf.clear();
+            let mut got = 0u64;
+            while got < w.batch_records as u64 {
+                let msg = next_msg(&mut reader, &mut line).await?;
+                if let Some(status) = msg.status {
+                    // 404 No Messages / 408 Request Timeout: the pull ended with what there was.
+                    anyhow::ensure!(
+                        status.starts_with("404") || status.starts_with("408"),
+                        "pull from stream P{p}: {status}"
+                    );
+                    break;
+                }
+                let ack = msg.reply.context("a JetStream message without an ack subject")?;
+                let seq = stream_sequence(&ack)?;
+                anyhow::ensure!(seq > 0, "stream sequence 0 in {ack:?}");
+                out.seen.record(p, u128::from(seq - 1));
+                out.bytes += msg.payload.len() as u64;
+                publish(&mut buf, &ack, None, b"+ACK");
+                got += 1;
+            }
+            if got == 0 {
+                // This stream is drained for the group: try the next; after a full round, breathe.
+                empty += 1;
+                if empty >= streams {
+                    empty = 0;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                continue;
+            }
+            empty = 0;
+            out.record_latency(t)?;
+            out.records += got;
+            progress.add(got);
+        }
+        writer.write_all(&buf).await?;
+        flush(&mut reader, &mut writer).await?;
+        Ok(out)
+    }
+
+    /// Every shared consumer's ack floor is at the end of its stream, nothing pending or
+    /// unacknowledged (acks are applied asynchronously: waits up to 10 s for them).
+    pub async fn verify_group(&self, expected: &[(u32, u64)]) -> anyhow::Result<&'static str> {
+        let (mut r, mut wr) = connect(self.port, "_INBOX.verify").await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &(p, n) in expected {
+            loop {
+                let subject = format!("$JS.API.CONSUMER.INFO.P{p}.g");
+                let info = api(&mut r, &mut wr, "_INBOX.verify", &subject, &serde_json::Value::Null).await?;
+                let floor = info["ack_floor"]["stream_seq"].as_u64().unwrap_or(0);
+                let unacked = info["num_ack_pending"].as_u64().unwrap_or(u64::MAX);
+                let pending = info["num_pending"].as_u64().unwrap_or(u64::MAX);
+                if floor == n && unacked == 0 && pending == 0 {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "stream P{p}: ack floor {floor} of {n}, {unacked} unacknowledged, {pending} never delivered"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok("every shared consumer's ack floor is at the end of its stream, nothing pending")
     }
 }
 

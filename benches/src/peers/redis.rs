@@ -5,6 +5,10 @@
 //! pipelines in flight per connection. Consume: `XREADGROUP GROUP g c COUNT <batch> STREAMS ...`
 //! with the previous read's `XACK` pipelined before it.
 //!
+//! A group (W4): one consumer group `g` on every stream key; each member is a consumer of it on
+//! its own connection, reading one key per `XREADGROUP ... COUNT 1000` (rotating over the keys)
+//! with the previous read's `XACK` pipelined before it.
+//!
 //! Durable = AOF with `appendfsync always` (Redis writes and fsyncs the AOF before replying to the
 //! commands of one event-loop round); relaxed = `appendfsync everysec`. RDB snapshots are off.
 
@@ -16,7 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use super::group::GroupProgress;
 use super::{Mode, Outcome, Proc, Workload};
+
+/// How W4 reads from Redis, for the report.
+pub const GROUP_METHOD: &str = "consumer group `g` on each of the 4 stream keys, 4 consumers, each \
+     `XREADGROUP COUNT 1000` on one key at a time (rotating), the previous read's `XACK` pipelined before it";
 
 #[derive(Debug)]
 pub struct Redis {
@@ -28,7 +37,7 @@ pub struct Redis {
 #[derive(Debug)]
 enum Value {
     Simple,
-    Int,
+    Int(i64),
     Bulk(Option<bytes::Bytes>),
     Array(Option<Vec<Value>>),
 }
@@ -44,7 +53,7 @@ async fn read_value(r: &mut Reader, line: &mut Vec<u8>) -> anyhow::Result<Value>
     let num = || -> anyhow::Result<i64> { Ok(std::str::from_utf8(body)?.parse::<i64>()?) };
     Ok(match line[0] {
         b'+' => Value::Simple,
-        b':' => Value::Int,
+        b':' => Value::Int(num()?),
         b'-' => anyhow::bail!("redis error: {}", String::from_utf8_lossy(body)),
         b'$' => {
             let len = num()?;
@@ -85,6 +94,37 @@ fn command(buf: &mut Vec<u8>, args: &[&[u8]]) {
 
 fn key(partition: u32) -> String {
     format!("p{partition}")
+}
+
+/// A stream entry id `<ms>-<seq>` as one number that orders as the ids do.
+fn entry_id(id: &[u8]) -> anyhow::Result<u128> {
+    let text = std::str::from_utf8(id)?;
+    let (ms, seq) = text.split_once('-').with_context(|| format!("bad stream entry id {text:?}"))?;
+    Ok(u128::from(ms.parse::<u64>()?) << 64 | u128::from(seq.parse::<u64>()?))
+}
+
+/// The entries of an `XREADGROUP` reply for one key: (id, value).
+fn entries(reply: Value) -> anyhow::Result<Vec<(bytes::Bytes, Option<bytes::Bytes>)>> {
+    let Value::Array(Some(streams)) = reply else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(Some(mut pair)) = stream else { anyhow::bail!("bad XREADGROUP reply") };
+        let (Some(Value::Array(Some(list))), Some(Value::Bulk(Some(_)))) = (pair.pop(), pair.pop()) else {
+            anyhow::bail!("bad XREADGROUP stream reply")
+        };
+        for entry in list {
+            let Value::Array(Some(mut e)) = entry else { anyhow::bail!("bad stream entry") };
+            let (Some(Value::Array(Some(mut fields))), Some(Value::Bulk(Some(id)))) = (e.pop(), e.pop()) else {
+                anyhow::bail!("bad stream entry")
+            };
+            let value = match fields.pop() {
+                Some(Value::Bulk(v)) => v,
+                _ => None,
+            };
+            out.push((id, value));
+        }
+    }
+    Ok(out)
 }
 
 impl Redis {
@@ -258,6 +298,117 @@ impl Redis {
             read_value(&mut reader, &mut line).await?;
         }
         Ok(out)
+    }
+
+    /// W4: the consumer group `g` on every stream key, reading from the start.
+    pub async fn prepare_group(&self, w: &Workload) -> anyhow::Result<()> {
+        let (mut reader, mut writer) = self.connect().await?;
+        let (mut buf, mut line) = (Vec::new(), Vec::new());
+        for p in 0..w.partitions {
+            command(&mut buf, &[b"XGROUP", b"CREATE", key(p).as_bytes(), b"g", b"0", b"MKSTREAM"]);
+        }
+        writer.write_all(&buf).await?;
+        for _ in 0..w.partitions {
+            read_value(&mut reader, &mut line).await?;
+        }
+        Ok(())
+    }
+
+    /// Consumer `w<i>` of group `g`: one key per read, starting at key `i`, until the whole
+    /// group is done; acknowledges every entry it read.
+    pub async fn group_member(&self, w: &Workload, i: usize, progress: Arc<GroupProgress>) -> anyhow::Result<Outcome> {
+        progress.joined();
+        let (mut reader, mut writer) = self.connect().await?;
+        let consumer = format!("w{i}");
+        let count = w.batch_records.to_string();
+        let keys = w.partitions.max(1) as usize;
+        let (mut buf, mut line) = (Vec::new(), Vec::new());
+        let mut out = Outcome::new()?;
+        let mut acks: Option<(String, Vec<bytes::Bytes>)> = None;
+        let (mut next, mut empty) = (i, 0usize);
+        let ack = |buf: &mut Vec<u8>, k: &str, ids: &[bytes::Bytes]| {
+            let mut args: Vec<&[u8]> = vec![b"XACK", k.as_bytes(), b"g"];
+            args.extend(ids.iter().map(|id| id.as_ref()));
+            command(buf, &args);
+        };
+        while !progress.done() {
+            progress.check()?;
+            let partition = (next % keys) as u32;
+            next += 1;
+            let k = key(partition);
+            buf.clear();
+            let acking = acks.take();
+            if let Some((ak, ids)) = &acking {
+                ack(&mut buf, ak, ids);
+            }
+            command(
+                &mut buf,
+                &[
+                    b"XREADGROUP",
+                    b"GROUP",
+                    b"g",
+                    consumer.as_bytes(),
+                    b"COUNT",
+                    count.as_bytes(),
+                    b"STREAMS",
+                    k.as_bytes(),
+                    b">",
+                ],
+            );
+            let t = Instant::now();
+            writer.write_all(&buf).await?;
+            if acking.is_some() {
+                read_value(&mut reader, &mut line).await?;
+            }
+            let read = entries(read_value(&mut reader, &mut line).await?)?;
+            if read.is_empty() {
+                // This key is drained for the group: try the next; after a full round, breathe.
+                empty += 1;
+                if empty >= keys {
+                    empty = 0;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                continue;
+            }
+            empty = 0;
+            out.record_latency(t)?;
+            let mut ids = Vec::with_capacity(read.len());
+            for (id, value) in read {
+                out.seen.record(partition, entry_id(&id)?);
+                out.bytes += value.map_or(0, |v| v.len()) as u64;
+                ids.push(id);
+            }
+            out.records += ids.len() as u64;
+            progress.add(ids.len() as u64);
+            acks = Some((k, ids));
+        }
+        if let Some((k, ids)) = acks {
+            buf.clear();
+            ack(&mut buf, &k, &ids);
+            writer.write_all(&buf).await?;
+            read_value(&mut reader, &mut line).await?;
+        }
+        Ok(out)
+    }
+
+    /// Nothing is pending in group `g` on any stream (every entry read was acknowledged).
+    pub async fn verify_group(&self, expected: &[(u32, u64)]) -> anyhow::Result<&'static str> {
+        let (mut reader, mut writer) = self.connect().await?;
+        let (mut buf, mut line) = (Vec::new(), Vec::new());
+        for &(p, _) in expected {
+            buf.clear();
+            command(&mut buf, &[b"XPENDING", key(p).as_bytes(), b"g"]);
+            writer.write_all(&buf).await?;
+            let pending = match read_value(&mut reader, &mut line).await? {
+                Value::Array(Some(summary)) => match summary.first() {
+                    Some(Value::Int(n)) => *n,
+                    other => anyhow::bail!("bad XPENDING reply {other:?}"),
+                },
+                other => anyhow::bail!("bad XPENDING reply {other:?}"),
+            };
+            anyhow::ensure!(pending == 0, "stream {}: {pending} entries read but never acknowledged", key(p));
+        }
+        Ok("XPENDING of group `g` is 0 on every stream")
     }
 }
 

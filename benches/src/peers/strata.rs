@@ -4,19 +4,54 @@
 //!
 //! Durable = topic `flush=always` (acked after fdatasync, group commit); relaxed =
 //! `flush=interval`, `flush_interval_ms=1000` (like Redis `everysec`).
+//!
+//! A group (W4): each member is `strata-client`'s [`GroupConsumer`] on its own connection — one
+//! `Consumer.Subscribe` stream on which the server pushes up to 1,000 records per message, the
+//! fastest of Strata's group doors (the HTTP member fetch encodes JSON per record).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_client::proto;
+use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, TopicPartition, proto};
 use tokio_stream::StreamExt;
 
+use super::group::GroupProgress;
 use super::{Mode, Outcome, Proc, Workload};
 use crate::harness::Server;
 
 const TOPIC: &str = "bench";
+const GROUP: &str = "bench-group";
+
+/// How W4 reads from Strata, for the report.
+pub const GROUP_METHOD: &str = "4 `Consumer.Subscribe` streams (strata-client `GroupConsumer`, sticky assignor), \
+     ≤ 1,000 records per pushed message, every poll's positions committed with `commit_async`, revoked \
+     partitions committed before they move; the 4 joins and rebalances are inside the timed phase";
+
+/// Commits the positions of partitions that are about to move, so their next owner starts right
+/// after the last record this member received (the client's documented at-least-once recipe).
+struct CommitOnRevoke;
+
+impl RebalanceListener for CommitOnRevoke {
+    fn on_revoked(
+        &mut self,
+        revoked: &[TopicPartition],
+        positions: &BTreeMap<TopicPartition, u64>,
+    ) -> Vec<(TopicPartition, u64)> {
+        revoked.iter().filter_map(|tp| positions.get(tp).map(|&o| (tp.clone(), o))).collect()
+    }
+}
+
+/// Counts what a poll returned into the member's outcome and the group's progress.
+fn take(out: &mut Outcome, records: &[GroupRecord], progress: &GroupProgress) {
+    for r in records {
+        out.seen.record(r.partition(), u128::from(r.offset()));
+        out.bytes += r.record.value.as_ref().map_or(0, |v| v.len()) as u64;
+    }
+    out.records += records.len() as u64;
+    progress.add(records.len() as u64);
+}
 
 #[derive(Debug)]
 pub struct Strata {
@@ -166,4 +201,82 @@ impl Strata {
         }
         Ok(out)
     }
+
+    /// Member `i` of W4's group: joins, polls until the whole group is done (committing each
+    /// poll's positions asynchronously), commits its final positions, waits for the other members
+    /// to commit theirs (a member leaving earlier would start a rebalance and stale their
+    /// commits), then leaves.
+    pub async fn group_member(&self, w: &Workload, _i: usize, progress: Arc<GroupProgress>) -> anyhow::Result<Outcome> {
+        let client = strata_client::Client::connect(&self.server.url).await?;
+        let config = GroupConfig {
+            max_records: w.batch_records as u32,
+            auto_commit: None,
+            session_timeout: Duration::from_secs(30),
+            ..GroupConfig::new(GROUP, [TOPIC])
+        };
+        let mut consumer = client.group_consumer_with_listener(config, CommitOnRevoke).await?;
+        progress.joined();
+        // The first commit refused for another reason than a rebalance in flight. A std Mutex:
+        // set from a callback, read at the end, never held across an await.
+        let refused: Arc<Mutex<Option<String>>> = Arc::default();
+        let mut out = Outcome::new()?;
+        while !progress.done() {
+            progress.check()?;
+            let t = Instant::now();
+            let records = consumer.poll(Duration::from_millis(20)).await?;
+            if records.is_empty() {
+                continue;
+            }
+            out.record_latency(t)?;
+            take(&mut out, &records, &progress);
+            let refused = Arc::clone(&refused);
+            consumer
+                .commit_async(move |r| {
+                    if let Err(e) = r
+                        && !e.is_stale_generation()
+                        && let Ok(mut first) = refused.lock()
+                    {
+                        first.get_or_insert_with(|| e.to_string());
+                    }
+                })
+                .await;
+        }
+        final_commit(&mut consumer, &mut out, &progress).await?;
+        if let Some(e) = refused.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.take() {
+            anyhow::bail!("a commit was refused: {e}");
+        }
+        progress.finish_and_wait().await?;
+        consumer.close().await?;
+        Ok(out)
+    }
+
+    /// The group's committed offsets are at the end of every partition.
+    pub async fn verify_group(&self, expected: &[(u32, u64)]) -> anyhow::Result<&'static str> {
+        let client = strata_client::Client::connect(&self.server.url).await?;
+        let info = client.admin().describe_group(GROUP).await?;
+        for &(p, n) in expected {
+            let committed =
+                info.offsets.iter().find(|o| o.topic == TOPIC && o.partition == p).and_then(|o| o.committed);
+            anyhow::ensure!(committed == Some(n), "partition {p}: the group committed {committed:?}, expected {n}");
+        }
+        Ok("the group's committed offsets are at the end of every partition")
+    }
+}
+
+/// Commits the member's final positions; a commit refused because a rebalance is still in
+/// flight is retried after a poll has handled the new assignment.
+async fn final_commit(consumer: &mut GroupConsumer, out: &mut Outcome, progress: &GroupProgress) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        match consumer.commit().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_stale_generation() => {
+                progress.check()?;
+                // Any record this returns is counted: a duplicate fails the exactly-once check.
+                let records = consumer.poll(Duration::from_millis(10)).await?;
+                take(out, &records, progress);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("the final commit was refused 100 times (stale generation)")
 }
