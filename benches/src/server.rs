@@ -281,6 +281,19 @@ fn storage_read(dir: &Path) -> anyhow::Result<f64> {
     Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())
 }
 
+/// Drops the files of `dir` from the page cache (after syncing them, since dirty pages stay).
+pub(crate) fn evict_page_cache(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            let file = std::fs::File::open(&path)?;
+            file.sync_all()?;
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
@@ -408,23 +421,37 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         a?;
     }
     drop(client);
-    let mut fetch = vec![];
+    let log_dir = data.join("logs").join("catchup-0");
+    // Warm: the log is in the page cache (just written). Cold: its pages are dropped before each
+    // run (posix_fadvise DONTNEED after a sync), so both sides read from the disk.
+    let (mut fetch, mut fetch_cold) = (vec![], vec![]);
     for _ in 0..runs {
         fetch.push(fetch_all(&server.url, "catchup").await?);
     }
+    for _ in 0..runs {
+        evict_page_cache(&log_dir)?;
+        fetch_cold.push(fetch_all(&server.url, "catchup").await?);
+    }
     server.stop()?;
-    let log_dir = data.join("logs").join("catchup-0");
-    let mut direct_read = vec![];
+    let (mut direct_read, mut direct_cold) = (vec![], vec![]);
     for _ in 0..runs {
         direct_read.push(storage_read(&log_dir)?);
     }
-    rows.push([
-        format!("catch-up fetch of {catchup_mb} MiB over gRPC"),
-        show(&fetch, "MB/s"),
-        format!("storage reading + decoding the same log: {}", show(&direct_read, "MB/s")),
-        format!("{:.2}× storage", median(fetch.clone()) / median(direct_read.clone())),
-    ]);
-    json.push(format!("\"catchup_fetch\":{{\"mb_s\":{fetch:?},\"storage_mb_s\":{direct_read:?}}}"));
+    for _ in 0..runs {
+        evict_page_cache(&log_dir)?;
+        direct_cold.push(storage_read(&log_dir)?);
+    }
+    for (cache, fetch, direct) in [("warm", &fetch, &direct_read), ("cold", &fetch_cold, &direct_cold)] {
+        rows.push([
+            format!("catch-up fetch of {catchup_mb} MiB over gRPC, page cache {cache}"),
+            show(fetch, "MB/s"),
+            format!("storage reading + decoding the same log, cache {cache}: {}", show(direct, "MB/s")),
+            format!("{:.2}× storage", median(fetch.clone()) / median(direct.clone())),
+        ]);
+    }
+    json.push(format!(
+        "\"catchup_fetch\":{{\"mb_s\":{fetch:?},\"storage_mb_s\":{direct_read:?},\"cold_mb_s\":{fetch_cold:?},\"cold_storage_mb_s\":{direct_cold:?}}}"
+    ));
 
     // 4. Idle RSS with 1,000 partitions.
     let data = root.path().join("idle");
