@@ -55,6 +55,7 @@ impl TopicSource for BrokerTopics {
                 end_offset: o.meta.end_offset,
                 min_timestamp: o.meta.min_timestamp,
                 max_timestamp: o.meta.max_timestamp,
+                crc32c: o.meta.crc32c,
             })
             .collect()
     }
@@ -248,7 +249,11 @@ impl Sql {
         let schema = schema_rx
             .await
             .map_err(|_| ApiError::new(ErrorCode::Internal, "the query's task ended before planning it"))?
-            .map_err(sql_error)?;
+            .map_err(|e| match e.damaged {
+                // The stored data, not the query: as a fetch of the object would say.
+                true => ApiError::new(ErrorCode::DataCorrupt, e.message),
+                false => sql_error(e),
+            })?;
         let batches = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         Ok((schema, batches.boxed()))
     }

@@ -150,6 +150,17 @@ fn tiered_segments_read_back_the_same_across_tiers_restarts_and_damage() {
     assert_eq!(before["records"][0]["offset"], start - 1);
     let after = fetch(&s.url, "audit", 0, &format!("offset={end}&max_records=1"));
     assert_eq!(after["records"][0]["offset"], end);
+    // SQL checks each object against the manifest before scanning it: the damaged one fails the
+    // query naming it (rather than returning wrong rows), and queries that prune it away still run.
+    let sql = |q: String| post_json(&format!("{}/v1/sql", s.url), &json!({ "sql": q }));
+    let failed = sql("SELECT count(*) FROM audit".into());
+    assert_eq!(failed.status, 500, "{}", String::from_utf8_lossy(&failed.body));
+    let problem = failed.json();
+    assert_eq!(problem["code"], "data_corrupt");
+    assert!(problem["detail"].as_str().unwrap().contains(&key), "{problem}");
+    let pruned = sql(format!("SELECT count(*) FROM audit WHERE \"offset\" >= {end}"));
+    assert_eq!(pruned.status, 200, "{}", String::from_utf8_lossy(&pruned.body));
+    assert_eq!(pruned.json()["rows"][0][0], hot.len() as u64 - end);
 }
 
 /// `topics/audit/0/<base>-<end>.parquet` → (base, end).

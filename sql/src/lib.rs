@@ -50,6 +50,9 @@ pub struct ColdFile {
     pub end_offset: u64,
     pub min_timestamp: i64,
     pub max_timestamp: i64,
+    /// CRC32C of the whole object, as the manifest records it: an object is read whole and
+    /// checked against it once per engine before any query scans it.
+    pub crc32c: u32,
 }
 
 /// What the SQL engine reads: the topics, their local logs and their cold objects.
@@ -77,14 +80,25 @@ pub struct SqlLimits {
     pub memory_bytes: usize,
 }
 
-/// Why a query failed: the caller's SQL, or the engine.
+/// Why a query failed: the caller's SQL, or the engine; `damaged` when a tiered object it had to
+/// read does not match its manifest entry (stored data is damaged, not the query).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SqlError(pub String);
+#[error("{message}")]
+pub struct SqlError {
+    pub message: String,
+    pub damaged: bool,
+}
+
+impl SqlError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), damaged: false }
+    }
+}
 
 impl From<datafusion::error::DataFusionError> for SqlError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
-        SqlError(e.to_string())
+        let damaged = table::is_damage(&e);
+        SqlError { message: e.to_string(), damaged }
     }
 }
 
@@ -96,11 +110,12 @@ pub(crate) const STORE_URL: &str = "strata://tier/";
 pub struct SqlEngine {
     source: Arc<dyn TopicSource>,
     limits: SqlLimits,
+    verified: Arc<table::VerifiedObjects>,
 }
 
 impl SqlEngine {
     pub fn new(source: Arc<dyn TopicSource>, limits: SqlLimits) -> Self {
-        Self { source, limits }
+        Self { source, limits, verified: Arc::default() }
     }
 
     /// A session with every topic registered as a table (names as they are: quote the ones
@@ -118,10 +133,10 @@ impl SqlEngine {
         let mut ctx = SessionContext::new_with_config_rt(config, runtime);
         // json_get_str(value_str, 'user', 'id'), json_get_int, ..., and the `->` / `->>` operators.
         datafusion_functions_json::register_all(&mut ctx)?;
-        let url = url::Url::parse(STORE_URL).map_err(|e| SqlError(e.to_string()))?;
+        let url = url::Url::parse(STORE_URL).map_err(|e| SqlError::new(e.to_string()))?;
         ctx.register_object_store(&url, self.source.object_store());
         for (name, partitions) in self.source.topics() {
-            let table = TopicTable::new(Arc::clone(&self.source), name.clone(), partitions);
+            let table = TopicTable::new(Arc::clone(&self.source), name.clone(), partitions, Arc::clone(&self.verified));
             ctx.register_table(TableReference::bare(name), Arc::new(table))?;
         }
         Ok(ctx)

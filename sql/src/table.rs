@@ -26,10 +26,11 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use strata_storage::tier;
 
-use crate::STORE_URL;
 use crate::TopicSource;
 use crate::avro::TypedColumns;
 use crate::hot::{HotPartition, HotScanExec};
+use crate::{ColdFile, STORE_URL};
+use datafusion::error::DataFusionError;
 
 /// Columns computed from stored ones: the key and value as UTF-8 text (NULL where the bytes are
 /// not valid UTF-8).
@@ -41,6 +42,8 @@ const DERIVED: [(&str, &str); 2] = [("key_str", "key"), ("value_str", "value")];
 #[derive(Debug)]
 pub struct TopicTable {
     source: Arc<dyn TopicSource>,
+    /// Cold objects already checked against their manifest CRC32C.
+    verified: Arc<VerifiedObjects>,
     name: String,
     partitions: u32,
     /// The stored columns ([`tier::arrow_schema`]).
@@ -52,7 +55,7 @@ pub struct TopicTable {
 }
 
 impl TopicTable {
-    pub fn new(source: Arc<dyn TopicSource>, name: String, partitions: u32) -> Self {
+    pub fn new(source: Arc<dyn TopicSource>, name: String, partitions: u32, verified: Arc<VerifiedObjects>) -> Self {
         let stored = tier::arrow_schema();
         let mut fields: Vec<Field> = stored.fields().iter().map(|f| f.as_ref().clone()).collect();
         fields.extend(DERIVED.iter().map(|(name, _)| Field::new(*name, DataType::Utf8View, true)));
@@ -60,7 +63,68 @@ impl TopicTable {
             source.value_schema(&name).and_then(|v| TypedColumns::new(v, &Schema::new(fields.clone()))).map(Arc::new);
         fields.extend(typed.iter().flat_map(|t| t.fields().iter().map(|f| f.as_ref().clone())));
         let schema = Arc::new(Schema::new(fields));
-        Self { source, name, partitions, stored, schema, typed }
+        Self { source, verified, name, partitions, stored, schema, typed }
+    }
+}
+
+/// Cold objects whose bytes matched their manifest entry (size and CRC32C), by `(path, size,
+/// crc32c)`. DataFusion reads objects by byte ranges and trusts their Parquet footers, which no
+/// checksum of the format covers (a flipped bit there can shift every value of a column), so an
+/// object is read whole and checked once before any query scans it; objects are immutable, so
+/// once is enough.
+#[derive(Debug, Default)]
+pub struct VerifiedObjects {
+    // A std mutex: set operations only, never held across `.await`.
+    seen: std::sync::Mutex<std::collections::HashSet<(String, u64, u32)>>,
+}
+
+impl VerifiedObjects {
+    fn contains(&self, file: &ColdFile) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.contains(&(file.path.clone(), file.size, file.crc32c))
+    }
+
+    fn insert(&self, file: &ColdFile) {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.insert((file.path.clone(), file.size, file.crc32c));
+    }
+
+    /// Checks every file not checked yet.
+    async fn check(&self, store: &dyn object_store::ObjectStore, files: &[&ColdFile]) -> Result<()> {
+        use object_store::ObjectStoreExt;
+        for file in files.iter().filter(|f| !self.contains(f)) {
+            let path = object_store::path::Path::from(file.path.as_str());
+            let bytes = store.get(&path).await?.bytes().await?;
+            if bytes.len() as u64 != file.size || crc32c::crc32c(&bytes) != file.crc32c {
+                let damage = DamagedObject {
+                    path: file.path.clone(),
+                    base_offset: file.base_offset,
+                    end_offset: file.end_offset,
+                };
+                return Err(DataFusionError::External(Box::new(damage)));
+            }
+            self.insert(file);
+        }
+        Ok(())
+    }
+}
+
+/// A tiered object whose bytes do not match its manifest entry.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tiered object {path} (offsets {base_offset}..{end_offset}) is damaged: its size or CRC32C does not match the manifest"
+)]
+pub struct DamagedObject {
+    pub path: String,
+    pub base_offset: u64,
+    pub end_offset: u64,
+}
+
+/// Whether `e` (or what it wraps) is a [`DamagedObject`].
+pub(crate) fn is_damage(e: &DataFusionError) -> bool {
+    match e.find_root() {
+        DataFusionError::External(inner) => inner.downcast_ref::<DamagedObject>().is_some(),
+        _ => false,
     }
 }
 
@@ -295,12 +359,14 @@ impl TableProvider for TopicTable {
         for p in (0..self.partitions).filter(|&p| bounds.has_partition(p)) {
             let files = self.source.cold_files(&self.name, p);
             let tiered_end = files.last().map_or(0, |f| f.end_offset);
-            let group: Vec<PartitionedFile> = files
+            let wanted: Vec<&ColdFile> = files
                 .iter()
                 .filter(|f| f.base_offset < offsets.end && f.end_offset > offsets.start)
                 .filter(|f| f.min_timestamp <= *timestamps.end() && f.max_timestamp >= *timestamps.start())
-                .map(|f| PartitionedFile::new(f.path.clone(), f.size))
                 .collect();
+            self.verified.check(self.source.object_store().as_ref(), &wanted).await?;
+            let group: Vec<PartitionedFile> =
+                wanted.iter().map(|f| PartitionedFile::new(f.path.clone(), f.size)).collect();
             if !group.is_empty() {
                 cold_groups.push(FileGroup::new(group));
             }
