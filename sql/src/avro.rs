@@ -338,6 +338,13 @@ impl Decoder {
     /// # Errors
     /// When `values` is not a binary column, or an index is out of range (bugs).
     pub fn decode(&mut self, values: &dyn Array, wanted: &[usize]) -> Result<Vec<ArrayRef>> {
+        // Decoding (and dropping the decoded values) recurses as deep as values nest: each batch
+        // runs on a stack of its own, sized for the deepest value allowed (see
+        // [`MAX_NESTING_BODY`]). Mapping it costs microseconds per batch of thousands of rows.
+        stacker::grow(NESTING_STACK, || self.decode_on_stack(values, wanted))
+    }
+
+    fn decode_on_stack(&mut self, values: &dyn Array, wanted: &[usize]) -> Result<Vec<ArrayRef>> {
         let cast;
         let binary: &BinaryArray = match values.as_binary_opt::<i32>() {
             Some(b) => b,
@@ -356,18 +363,41 @@ impl Decoder {
         let reader = source.reader();
         // Built per batch: a datum reader borrows its schemas, and resolving names is cheap next
         // to decoding a batch.
+        let reader_form = reader.canonical_form();
+        let mut resolved = BTreeSet::new();
         let readers: HashMap<u32, GenericDatumReader<'_>> = ids
             .iter()
             .filter_map(|id| {
                 let writer = self.writers.get(id)?.as_ref()?;
-                let r = GenericDatumReader::builder(writer).reader_schema(reader).build().ok()?;
-                Some((*id, r))
+                // Resolution is needed only across versions (and apache-avro's grows faster than
+                // linearly with nesting): a value of the latest version is read as it is.
+                let builder = GenericDatumReader::builder(writer);
+                let r = if writer.canonical_form() == reader_form {
+                    builder.build()
+                } else {
+                    resolved.insert(*id);
+                    builder.reader_schema(reader).build()
+                };
+                Some((*id, r.ok()?))
             })
+            .collect();
+        // apache-avro decodes nested values recursively with no depth limit, and a recursive
+        // schema lets every byte of a value open one more level: bounded bodies bound the depth.
+        let deep: BTreeSet<u32> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.writers.get(id).and_then(Option::as_ref).is_some_and(may_nest))
             .collect();
         let rows: Vec<Option<Value>> = frames
             .iter()
             .map(|frame| {
                 let (id, mut body) = (*frame)?;
+                if deep.contains(&id) {
+                    let limit = if resolved.contains(&id) { MAX_RESOLVED_NESTING_BODY } else { MAX_NESTING_BODY };
+                    if body.len() > limit {
+                        return None;
+                    }
+                }
                 let value = readers.get(&id)?.read_value(&mut body).ok()?;
                 // The body is exactly one value: trailing bytes mean it is not what it claims.
                 body.is_empty().then_some(value)
@@ -388,6 +418,32 @@ impl Decoder {
                 Ok(build(&column.shape, &values)?)
             })
             .collect()
+    }
+}
+
+/// Largest value decoded with a schema that may nest without bound (see [`may_nest`]): each level
+/// of nesting takes at least one byte, so this bounds the decoder's recursion. Larger such values
+/// read as NULL.
+pub(crate) const MAX_NESTING_BODY: usize = 1024;
+
+/// The same limit for values that must also be resolved to a newer version: apache-avro's
+/// resolution grows much faster than linearly with nesting (a 300-level value took minutes).
+pub(crate) const MAX_RESOLVED_NESTING_BODY: usize = 64;
+
+/// The stack a batch is decoded on: room for [`MAX_NESTING_BODY`] levels at the ~64 KiB each a
+/// debug build's decoder takes (release far less). Only the pages a decode touches are committed.
+const NESTING_STACK: usize = 256 << 20;
+
+/// Whether values of `schema` can nest without bound: it refers to a named type (a reference,
+/// which is how a type contains itself). Plain nesting is bounded by the schema itself.
+fn may_nest(schema: &Schema) -> bool {
+    match schema {
+        Schema::Ref { .. } => true,
+        Schema::Array(a) => may_nest(&a.items),
+        Schema::Map(m) => may_nest(&m.types),
+        Schema::Union(u) => u.variants().iter().any(may_nest),
+        Schema::Record(r) => r.fields.iter().any(|f| may_nest(&f.schema)),
+        _ => false,
     }
 }
 
@@ -976,6 +1032,49 @@ mod tests {
         let all = typed.split(None, 3, 1).unwrap();
         assert_eq!((all.base, all.value_index), (vec![0, 1, 2], 1));
         assert_eq!(all.outputs.len(), 8);
+    }
+
+    #[test]
+    fn deeply_nested_values_of_a_recursive_schema_read_as_null_instead_of_overflowing_the_stack() {
+        let list = parse(
+            r#"{"type":"record","name":"Node","fields":[
+            {"name":"v","type":"int"},{"name":"next","type":["null","Node"],"default":null}]}"#,
+        );
+        assert!(may_nest(&list));
+        assert!(!may_nest(&parse(V2)));
+        let registry = Registry { reader: list.clone(), by_id: HashMap::from([(9, list.clone())]) };
+        let typed = Arc::new(TypedColumns::new(Arc::new(registry), &ArrowSchema::empty()).unwrap());
+        // A short list decodes: 1 -> 2 -> end.
+        let node = |v: i32, next: Value| Value::Record(vec![("v".into(), Value::Int(v)), ("next".into(), next)]);
+        let short = node(1, Value::Union(1, Box::new(node(2, Value::Union(0, Box::new(Value::Null))))));
+        // A hostile value: a million levels, two bytes each (v = 0, then union branch 1), that no
+        // producer through the registry could have written (JSON input is depth-limited).
+        let mut hostile = vec![0, 0, 0, 0, 9];
+        for _ in 0..1_000_000 {
+            hostile.extend_from_slice(&[0, 2]);
+        }
+        hostile.extend_from_slice(&[0, 0]);
+        let mut values = BinaryBuilder::new();
+        values.append_value(frame(9, &list, short));
+        values.append_value(&hostile);
+        let columns = typed.decoder().decode(&values.finish(), &[0, 1]).unwrap();
+        let v = columns[0].as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        assert_eq!((v.is_valid(0), v.value(0)), (true, 1));
+        assert!(columns[1].as_string::<i32>().value(0).contains('2'), "the nested node as JSON text");
+        assert!(v.is_null(1) && columns[1].is_null(1), "too deep to decode safely: NULL");
+
+        // At the limit (one byte a level, the deepest a body of that size can go) decoding is
+        // safe, debug build included: it runs on a stack of its own.
+        let chain = parse(r#"{"type":"record","name":"C","fields":[{"name":"next","type":["null","C"]}]}"#);
+        let registry = Registry { reader: chain.clone(), by_id: HashMap::from([(3, chain.clone())]) };
+        let typed = Arc::new(TypedColumns::new(Arc::new(registry), &ArrowSchema::empty()).unwrap());
+        let mut deepest = vec![0, 0, 0, 0, 3];
+        deepest.extend(std::iter::repeat_n(2u8, MAX_NESTING_BODY - 1));
+        deepest.push(0);
+        let mut values = BinaryBuilder::new();
+        values.append_value(&deepest);
+        let columns = typed.decoder().decode(&values.finish(), &[0]).unwrap();
+        assert!(columns[0].is_valid(0), "decoded, as JSON text of the nested chain");
     }
 
     #[test]
