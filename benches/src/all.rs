@@ -858,8 +858,9 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            row groups. Produce (W7's gRPC-stream generator, 4 clients) alone, then while full scans run back to\n  \
            back. Every query's answer is checked; scans have no durability, their mode column says `relaxed`.\n\n\
          ## Peers tried and left out\n\n\
-         - Tansu (crates.io, Kafka protocol): not run yet — its ~13 min `cargo install` and a Kafka client crate did\n  \
-           not fit this harness's first cut.\n\
+         - Tansu 0.6.0 (crates.io, Kafka protocol): built — `cargo install tansu --version 0.6.0 --features libsql`\n  \
+           took 19.5 min at low priority beside other builds (binary kept in `~/.cache/tansu`) — but not run yet: the\n  \
+           harness has no Kafka client (e.g. `rskafka`, which has no consumer groups, so W4 would be skipped).\n\
          - RabbitMQ Streams (Debian `rabbitmq-server`): not run yet (needs its stream-protocol client).\n\
          - NATS in W6 (1,000 partitions = 1,000 JetStream streams): not set up yet; reported as skipped.\n\n\
          ## Latency vs throughput\n\n\
