@@ -338,13 +338,6 @@ impl Decoder {
     /// # Errors
     /// When `values` is not a binary column, or an index is out of range (bugs).
     pub fn decode(&mut self, values: &dyn Array, wanted: &[usize]) -> Result<Vec<ArrayRef>> {
-        // Decoding (and dropping the decoded values) recurses as deep as values nest: each batch
-        // runs on a stack of its own, sized for the deepest value allowed (see
-        // [`MAX_NESTING_BODY`]). Mapping it costs microseconds per batch of thousands of rows.
-        stacker::grow(NESTING_STACK, || self.decode_on_stack(values, wanted))
-    }
-
-    fn decode_on_stack(&mut self, values: &dyn Array, wanted: &[usize]) -> Result<Vec<ArrayRef>> {
         let cast;
         let binary: &BinaryArray = match values.as_binary_opt::<i32>() {
             Some(b) => b,
@@ -356,10 +349,29 @@ impl Decoder {
         let frames: Vec<Option<(u32, &[u8])>> =
             (0..binary.len()).map(|i| if binary.is_null(i) { None } else { unframe(binary.value(i)) }).collect();
         let ids: BTreeSet<u32> = frames.iter().flatten().map(|(id, _)| *id).collect();
-        let source = &self.typed.schemas;
         for id in &ids {
+            let source = &self.typed.schemas;
             self.writers.entry(*id).or_insert_with(|| source.writer(*id));
         }
+        // Decoding (and dropping the decoded values) recurses as deep as values nest: a batch
+        // whose schemas allow unbounded nesting runs on a stack of its own, sized for the deepest
+        // value allowed (see [`MAX_NESTING_BODY`]); other batches need no such stack.
+        let nested = ids.iter().any(|id| self.writers.get(id).and_then(Option::as_ref).is_some_and(may_nest));
+        if nested {
+            stacker::grow(NESTING_STACK, || self.decode_frames(&frames, &ids, wanted))
+        } else {
+            self.decode_frames(&frames, &ids, wanted)
+        }
+    }
+
+    /// [`Decoder::decode`] once the batch's frames are split and their writer schemas loaded.
+    fn decode_frames(
+        &self,
+        frames: &[Option<(u32, &[u8])>],
+        ids: &BTreeSet<u32>,
+        wanted: &[usize],
+    ) -> Result<Vec<ArrayRef>> {
+        let source = &self.typed.schemas;
         let reader = source.reader();
         // Built per batch: a datum reader borrows its schemas, and resolving names is cheap next
         // to decoding a batch.

@@ -94,8 +94,15 @@ impl VerifiedObjects {
         use object_store::ObjectStoreExt;
         for file in files.iter().filter(|f| !self.contains(f)) {
             let path = object_store::path::Path::from(file.path.as_str());
-            let bytes = store.get(&path).await?.bytes().await?;
-            if bytes.len() as u64 != file.size || crc32c::crc32c(&bytes) != file.crc32c {
+            // Streamed: an object may be as large as a segment, and only its checksum is needed.
+            let mut chunks = store.get(&path).await?.into_stream();
+            let (mut size, mut crc) = (0u64, 0u32);
+            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+                let chunk = chunk?;
+                size += chunk.len() as u64;
+                crc = crc32c::crc32c_append(crc, &chunk);
+            }
+            if size != file.size || crc != file.crc32c {
                 let damage = DamagedObject {
                     path: file.path.clone(),
                     base_offset: file.base_offset,
