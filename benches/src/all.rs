@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::json;
 
 use crate::peers::group::{Delivery, GroupProgress};
@@ -338,6 +339,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // Limits.
     let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 }).min(3.0);
+    let max_bytes = if quick { crate::storage::QUICK_DISK_BUDGET } else { crate::storage::DISK_BUDGET };
     let mut add_limit = |name: String, unit: &str, runs: Vec<f64>| {
         report.limits.push(Limit { name, unit: unit.into(), runs });
     };
@@ -352,13 +354,16 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     ] {
         let mut v = Vec::new();
         for _ in 0..runs {
-            v.push(limits::plain_fsync_mb_s(root.path(), chunk, seconds)?);
+            v.push(
+                limits::plain_fsync_mb_s(root.path(), chunk, seconds, max_bytes)
+                    .with_context(|| format!("plain write + fdatasync per {chunk} B"))?,
+            );
         }
         add_limit(format!("plain write + fdatasync per {} KB ({label})", chunk / 1000), "MB/s", v);
     }
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (a, b) = limits::fsync_latency_ms(root.path(), 64 << 10)?;
+        let (a, b) = limits::fsync_latency_ms(root.path(), 64 << 10).context("fdatasync latency")?;
         p50.push(a);
         p99.push(b);
     }
@@ -366,7 +371,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     add_limit("fdatasync of 64 KiB into a preallocated file, p99".into(), "ms", p99);
     let mut tcp = Vec::new();
     for _ in 0..runs {
-        tcp.push(limits::loopback_tcp_mb_s(if quick { 256 << 20 } else { 4 << 30 }).await?);
+        tcp.push(limits::loopback_tcp_mb_s(if quick { 256 << 20 } else { 4 << 30 }).await.context("loopback TCP")?);
     }
     add_limit("loopback TCP, 1 stream, 1 MiB writes".into(), "MB/s", tcp);
     for (label, records, record_bytes, appenders) in [("W1", 1000, 100, 1), ("W2", 1000, 1024, 2)] {
@@ -375,7 +380,9 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             let mode = if durable { "durable" } else { "relaxed" };
             let (mut mb, mut msgs) = (Vec::new(), Vec::new());
             for _ in 0..runs {
-                let (a, b) = limits::storage_append(root.path(), &batch, records, appenders, durable, seconds)?;
+                let (a, b) =
+                    limits::storage_append(root.path(), &batch, records, appenders, durable, (seconds, max_bytes))
+                        .with_context(|| format!("storage in-process append, {label}, {mode}"))?;
                 mb.push(a);
                 msgs.push(b);
             }

@@ -12,6 +12,12 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use strata_storage::{BatchBuilder, Compression, Durability, Fsync, Log, LogConfig, LogManager, StorageOptions};
 
+/// The most bytes one time-bounded write measurement may write. A time bound alone can fill a
+/// small disk: on tmpfs, or any disk whose fdatasync returns at once, writes run at memory speed.
+pub(crate) const DISK_BUDGET: u64 = 8 << 30;
+/// The same bound for `--quick` runs, which only check that the harness works.
+pub(crate) const QUICK_DISK_BUDGET: u64 = 64 << 20;
+
 use crate::harness::Stat;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -91,7 +97,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 Ok(mbps)
             })?;
             let per_sync = Stat::of(bytes_per_sync).median() as usize;
-            let base = repeat(runs, || plain_fsync_writer(root.path(), per_sync.max(batch.len()), seconds))?;
+            let base =
+                repeat(runs, || plain_fsync_writer(root.path(), per_sync.max(batch.len()), seconds, DISK_BUDGET))?;
             if appenders == 1 {
                 one_appender = strata.median();
             }
@@ -242,15 +249,17 @@ pub(crate) fn append_throughput(
     appenders: usize,
     seconds: f64,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    append_throughput_with(root, batch, appenders, seconds, LogConfig::default())
+    append_throughput_with(root, batch, appenders, seconds, DISK_BUDGET, LogConfig::default())
 }
 
-/// [`append_throughput`] with the log's configuration given (e.g. `Durability::Never`).
+/// [`append_throughput`] with the log's configuration given (e.g. `Durability::Never`), stopping
+/// early once `max_bytes` are appended.
 pub(crate) fn append_throughput_with(
     root: &Path,
     batch: &[u8],
     appenders: usize,
     seconds: f64,
+    max_bytes: u64,
     config: LogConfig,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let dir = tempfile::tempdir_in(root)?;
@@ -265,7 +274,8 @@ pub(crate) fn append_throughput_with(
         let handles: Vec<_> = (0..appenders)
             .map(|_| {
                 s.spawn(|| -> anyhow::Result<()> {
-                    while Instant::now() < deadline {
+                    let max_batches = max_bytes / batch.len().max(1) as u64;
+                    while Instant::now() < deadline && appended.load(Ordering::Relaxed) < max_batches {
                         log.append(batch.to_vec())?.wait()?;
                         appended.fetch_add(1, Ordering::Relaxed);
                     }
@@ -285,16 +295,17 @@ pub(crate) fn append_throughput_with(
     Ok((bytes / MIB / secs, bytes / syncs, batches / secs))
 }
 
-/// A plain file writer for `seconds`: `chunk` bytes per pwrite, one fdatasync after each,
-/// appending to a new file — the same bytes and fdatasync pattern as Strata without Strata. MiB/s.
-pub(crate) fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64) -> anyhow::Result<f64> {
+/// A plain file writer for `seconds` or `max_bytes`, whichever ends first: `chunk` bytes per
+/// pwrite, one fdatasync after each, appending to a new file — the same bytes and fdatasync
+/// pattern as Strata without Strata. MiB/s.
+pub(crate) fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64, max_bytes: u64) -> anyhow::Result<f64> {
     let path = root.join("plain-writer.bin");
     let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
     let buf = vec![7u8; chunk];
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut pos = 0u64;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && pos < max_bytes {
         file.write_all_at(&buf, pos)?;
         file.sync_data()?;
         pos += chunk as u64;

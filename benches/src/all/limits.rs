@@ -11,9 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MB: f64 = 1e6;
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Plain write + fdatasync of `chunk` bytes per call, appending to a new file. MB/s.
-pub fn plain_fsync_mb_s(root: &Path, chunk: usize, seconds: f64) -> anyhow::Result<f64> {
-    Ok(crate::storage::plain_fsync_writer(root, chunk, seconds)? * MIB / MB)
+/// Plain write + fdatasync of `chunk` bytes per call, appending to a new file, for `seconds` or
+/// `max_bytes`. MB/s.
+pub fn plain_fsync_mb_s(root: &Path, chunk: usize, seconds: f64, max_bytes: u64) -> anyhow::Result<f64> {
+    Ok(crate::storage::plain_fsync_writer(root, chunk, seconds, max_bytes)? * MIB / MB)
 }
 
 /// p50 and p99 of write + fdatasync of `chunk` bytes into a preallocated, zero-filled file, ms.
@@ -65,18 +66,20 @@ pub fn batch(records: usize, record_bytes: usize) -> anyhow::Result<Vec<u8>> {
     Ok(b.build()?)
 }
 
-/// In-process appends of `batch` by `appenders` threads: (MB/s of batch bytes, msgs/s).
+/// In-process appends of `batch` by `appenders` threads for `seconds` or `max_bytes`: (MB/s of
+/// batch bytes, msgs/s).
 pub fn storage_append(
     root: &Path,
     batch: &[u8],
     records: usize,
     appenders: usize,
     durable: bool,
-    seconds: f64,
+    (seconds, max_bytes): (f64, u64),
 ) -> anyhow::Result<(f64, f64)> {
     let durability = if durable { LogConfig::default().durability } else { Durability::Never };
     let config = LogConfig { durability, ..LogConfig::default() };
-    let (mib_s, _, batches_s) = crate::storage::append_throughput_with(root, batch, appenders, seconds, config)?;
+    let (mib_s, _, batches_s) =
+        crate::storage::append_throughput_with(root, batch, appenders, seconds, max_bytes, config)?;
     Ok((mib_s * MIB / MB, batches_s * records as f64))
 }
 
