@@ -688,13 +688,12 @@ async fn cold_catchup(strata: &Path, dir: &Path, mib: u64, runs: usize) -> (Row,
     }
     row.note = format!(
         "{} MiB of ~1 KiB JSON records ({} records, values {:.1} MB) in {} Parquet objects ({:.1} MB), evicted \
-         locally; server restarted before each run (object cache empty); raw-batch fetches of {} KiB",
+         locally; server restarted before each run (object cache empty); read through the raw batch stream",
         mib,
         topic.end,
         topic.value_bytes as f64 / MB,
         topic.objects.len(),
         topic.object_bytes as f64 / MB,
-        crate::tier::COLD_FETCH_BYTES >> 10
     );
     (row, raw)
 }
@@ -818,7 +817,7 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - One load generator for every system (`benches/src/peers/`): async Rust on tokio, one TCP connection per\n  \
            producer and consumer, TCP_NODELAY, batches pipelined up to a window (W1: 8, W2: 4 batches in flight),\n  \
            each batch's latency from when it was sent (closed loop) or due (W3, open loop) to its last ack.\n\
-         - Strata: gRPC `ProduceStream`, raw-batch `Fetch`. Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
+         - Strata: gRPC `ProduceStream`; reads through the raw batch stream (`GET .../batches`, HTTP/1.1, decoded in the client). Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
            `XREADGROUP` + `XACK`. NATS JetStream: async publish with a reply subject per message (acks counted per\n  \
            batch), a pull consumer per stream (`ack_policy: all`). Clients for Redis and NATS are minimal protocol\n  \
            implementations in the harness (RESP2; NATS text protocol + JetStream JSON API).\n\
@@ -850,10 +849,10 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            ~1 KiB JSON events (256 MiB by default, `--cold-mib`) tiered to the local-filesystem object store with\n  \
            `local_retention_bytes=0`, so all but the active segment is Parquet (zstd) and gone from local disk; the\n  \
            server is restarted before each run (empty object cache) and one consumer reads offsets 0..end with\n  \
-           raw-batch `Fetch`es of 1 MiB, each offset checked once and in order. Its limit is the object store's raw\n  \
+           the raw batch stream (`GET .../batches`), each offset checked once and in order. Its limit is the object store's raw\n  \
            read of the same object files in the same run (whole-file reads, what the local store's `get` does),\n  \
            counted in MB/s of the records they hold: same data, same run and page-cache state, so the ratio is the\n  \
-           cost of Strata's cold path (decompress, decode, re-batch, gRPC) over fetching the bytes. The storage\n  \
+           cost of Strata's cold path (decompress, decode, re-batch, HTTP) over fetching the bytes. The storage\n  \
            engine's W5 read was not used: it reads a different, uncompressed log, so the ratio would mix that in.\n\
          - W9 (SQL, `strata-bench sql`): a topic of 4 partitions loaded with ~100 B JSON values (10 M records by\n  \
            default, `--sql-records`), tiered with `local_retention_bytes=0` so all but each partition's active\n  \

@@ -248,20 +248,17 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
     Ok(all)
 }
 
-/// Reads a partition from offset 0 to its end over gRPC Fetch in raw-batch mode (8 MiB per
-/// fetch), decoding the records in the client. MB/s of values.
+/// Reads a partition from offset 0 to its end through the raw batch stream, decoding the records
+/// in the client. MB/s of values.
 async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
     let client = strata_client::Client::connect(url).await?;
     let start = Instant::now();
-    let (mut offset, mut bytes) = (0u64, 0usize);
-    loop {
-        let page = client.fetch_batches(topic, 0, offset, 8 << 20, Duration::ZERO).await?;
-        if page.records.is_empty() {
-            break;
-        }
-        bytes += page.records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
-        offset = page.next_offset;
-    }
+    let mut bytes = 0usize;
+    crate::peers::strata::read_partition(&client, topic, 0, None, |records| {
+        bytes += records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+        Ok(())
+    })
+    .await?;
     Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())
 }
 
@@ -443,7 +440,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     }
     for (cache, fetch, direct) in [("warm", &fetch, &direct_read), ("cold", &fetch_cold, &direct_cold)] {
         rows.push([
-            format!("catch-up fetch of {catchup_mb} MiB over gRPC, page cache {cache}"),
+            format!("catch-up read of {catchup_mb} MiB (raw batch stream, HTTP/1.1), page cache {cache}"),
             show(fetch, "MB/s"),
             format!("storage reading + decoding the same log, cache {cache}: {}", show(direct, "MB/s")),
             format!("{:.2}× storage", median(fetch.clone()) / median(direct.clone())),

@@ -606,9 +606,6 @@ pub(crate) struct ColdRun {
 
 const COLD_TOPIC: &str = "cold";
 
-/// Bytes per W8 fetch.
-pub(crate) const COLD_FETCH_BYTES: u32 = 1 << 20;
-
 impl ColdTopic {
     /// Creates the topic (segments of an eighth of `total_mib`, at least 1 MiB; `flush=never`),
     /// produces `total_mib` MiB of JSON records and waits until all but the active segment is
@@ -654,8 +651,9 @@ impl ColdTopic {
         })
     }
 
-    /// Starts the server afresh and reads offsets `0..end` with raw-batch fetches of 1 MiB;
-    /// every offset must come exactly once, in order, with the value bytes produced.
+    /// Starts the server afresh and reads offsets `0..end` through the raw batch stream (the
+    /// server reads the objects 2 MiB of records at a time); every offset must come exactly
+    /// once, in order, with the value bytes produced. A latency sample per batch.
     pub(crate) async fn catch_up(&self) -> anyhow::Result<ColdRun> {
         let server = crate::harness::Server::start_with_env(&self.strata, &self.data, &TIER_ENV)?;
         let client = strata_client::Client::connect(&server.url).await?;
@@ -663,17 +661,18 @@ impl ColdTopic {
         let cpu0 = server.cpu_seconds()?;
         let start = Instant::now();
         let (mut at, mut value_bytes) = (0u64, 0u64);
-        while at < self.end {
-            let t = Instant::now();
-            let page = client.fetch_batches(COLD_TOPIC, 0, at, COLD_FETCH_BYTES, std::time::Duration::ZERO).await?;
+        let mut t = Instant::now();
+        crate::peers::strata::read_partition(&client, COLD_TOPIC, 0, Some(self.end), |records| {
             latency.record((t.elapsed().as_micros() as u64).max(1))?;
-            anyhow::ensure!(!page.records.is_empty(), "no records at offset {at} of {}", self.end);
-            for r in page.records.iter().take_while(|r| r.offset < self.end) {
+            t = Instant::now();
+            for r in records {
                 anyhow::ensure!(r.offset == at, "offset {} arrived where {at} was next", r.offset);
                 value_bytes += r.value.as_ref().map_or(0, |v| v.len()) as u64;
                 at += 1;
             }
-        }
+            Ok(())
+        })
+        .await?;
         let seconds = start.elapsed().as_secs_f64();
         let cpu_seconds = server.cpu_seconds()? - cpu0;
         anyhow::ensure!(

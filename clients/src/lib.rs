@@ -8,8 +8,11 @@
 //!   `Consumer.Subscribe` stream; `poll` returns pushed records and runs rebalances, commits are
 //!   manual, asynchronous or automatic. The [`group`] module docs hold the delivery recipes.
 //! - [`Client::sql`]: read-only SQL over the topics (`Sql.Query`), as Arrow record batches.
+//! - [`Client::read_batches`]: a partition's stored batches streamed over HTTP/1.1, the fast way
+//!   to catch up on a long history.
 
 mod admin;
+mod batches;
 mod error;
 pub mod group;
 mod murmur;
@@ -21,6 +24,7 @@ use std::time::Duration;
 pub use admin::Admin;
 /// The Arrow crate [`SqlRows`] decodes into (the server's version).
 pub use arrow;
+pub use batches::BatchReader;
 pub use error::ClientError;
 pub use group::{
     GroupConfig, GroupConsumer, GroupRecord, NoopListener, OffsetReset, RebalanceListener, TopicPartition,
@@ -45,6 +49,7 @@ pub enum Start {
 #[derive(Debug, Clone)]
 pub struct Client {
     channel: Channel,
+    url: String,
 }
 
 impl Client {
@@ -64,7 +69,7 @@ impl Client {
             .connect()
             .await
             .map_err(|e| ClientError::Connect { url: url.to_string(), reason: source_chain(&e) })?;
-        Ok(Self { channel })
+        Ok(Self { channel, url: url.to_string() })
     }
 
     pub fn admin(&self) -> Admin {
@@ -142,6 +147,32 @@ impl Client {
         let mut client =
             proto::consumer_client::ConsumerClient::new(self.channel.clone()).max_decoding_message_size(256 << 20);
         Ok(client.fetch(request).await?.into_inner())
+    }
+}
+
+impl Client {
+    /// Streams one partition's stored batches from `start` (the first batch may begin before
+    /// it), up to about `max_bytes` of them (whole batches; the server caps it at 1 GiB) or until
+    /// the end of the partition, over one HTTP/1.1 connection (`GET .../batches`): the server
+    /// reads ahead of the socket and sends the batches as they are stored. The fast way to catch
+    /// up: a loop of [`Client::fetch_batches`] waits a round trip per page. `wait` long-polls for
+    /// a first batch when there is none yet. Read it with [`BatchReader::next_batch`]; continue
+    /// from [`BatchReader::next_offset`].
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`] when the server cannot be reached; [`ClientError::Server`] with
+    /// the server's code (`NOT_FOUND` for an unknown topic or partition, `OUT_OF_RANGE` for an
+    /// offset outside the partition); [`ClientError::Invalid`] for a topic name the server could
+    /// not hold.
+    pub async fn read_batches(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_bytes: u64,
+        wait: Duration,
+    ) -> Result<BatchReader, ClientError> {
+        BatchReader::open(&self.url, topic, partition, start, max_bytes, wait).await
     }
 }
 

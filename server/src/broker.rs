@@ -542,6 +542,7 @@ impl Broker {
 
     /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start
     /// before the requested offset): no per-record work, for consumers that decode batches.
+    /// Also returns the offset `start` resolved to.
     ///
     /// # Errors
     /// As [`Broker::fetch`].
@@ -552,12 +553,12 @@ impl Broker {
         start: Start,
         max_bytes: usize,
         wait: Duration,
-    ) -> Result<strata_storage::ReadResult, ApiError> {
+    ) -> Result<(u64, strata_storage::ReadResult), ApiError> {
         if let Some(cold) = self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
             return raw_batches(cold);
         }
         match self.read_waiting(topic, partition, start, max_bytes, wait).await {
-            Ok((_, read)) => Ok(read),
+            Ok(read) => Ok(read),
             // As in `fetch`: local retention may have just handed the range to the cold tier.
             Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
                 match self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
@@ -671,8 +672,9 @@ impl Broker {
 }
 
 /// Cold records as stored batches (re-encoded as one batch: tiered topics are never compacted,
-/// so their offsets are dense).
-fn raw_batches(cold: FetchResult) -> Result<strata_storage::ReadResult, ApiError> {
+/// so their offsets are dense), and the offset of the first.
+fn raw_batches(cold: FetchResult) -> Result<(u64, strata_storage::ReadResult), ApiError> {
+    let offset = cold.records.first().map_or(cold.next_offset, |r| r.offset);
     let mut builder = BatchBuilder::new(Compression::None);
     for r in &cold.records {
         builder.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &r.headers);
@@ -685,12 +687,13 @@ fn raw_batches(cold: FetchResult) -> Result<strata_storage::ReadResult, ApiError
             Bytes::from(batch)
         }
     };
-    Ok(strata_storage::ReadResult {
+    let read = strata_storage::ReadResult {
         batches,
         next_offset: cold.next_offset,
         high_watermark: cold.high_watermark,
         log_start_offset: cold.log_start_offset,
-    })
+    };
+    Ok((offset, read))
 }
 
 fn decode(

@@ -277,4 +277,20 @@ fn operations_endpoints_answer() {
     let openapi = get(&format!("{}/openapi.json", s.url)).json();
     assert!(openapi["paths"]["/v1/topics/{topic}/records"]["post"].is_object());
     assert!(openapi["paths"]["/v1/topics/{topic}/partitions/{partition}/records"]["get"].is_object());
+    // Every route of the JSON API is in the document (the registry has its own, Confluent's).
+    for (path, method) in [
+        ("/v1/topics/{topic}/partitions/{partition}/batches", "get"),
+        ("/v1/producers", "post"),
+        ("/v1/sql", "post"),
+        ("/v1/groups", "get"),
+        ("/v1/groups/{group}", "delete"),
+        ("/v1/groups/{group}/members", "post"),
+        ("/v1/groups/{group}/members/{member}/heartbeat", "post"),
+        ("/v1/groups/{group}/members/{member}/records", "get"),
+        ("/v1/groups/{group}/members/{member}/stream", "get"),
+        ("/v1/groups/{group}/offsets", "post"),
+        ("/v1/groups/{group}/offsets/reset", "post"),
+    ] {
+        assert!(openapi["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");
+    }
 }

@@ -92,6 +92,20 @@ fn tiered_segments_read_back_the_same_across_tiers_restarts_and_damage() {
     assert!(raw_offsets.windows(2).all(|w| w[1] == w[0] + 1), "dense from the requested offset");
     let expected = B64.decode(hot[5]["value_b64"].as_str().unwrap()).unwrap();
     assert_eq!(raw.records[0].value.as_deref(), Some(&expected[..]));
+    // The raw batch stream crosses from cold to hot in one response: every offset once, in order.
+    let streamed = runtime.block_on(async {
+        let client = strata_client::Client::connect(&s.url).await.unwrap();
+        let mut reader =
+            client.read_batches("audit", 0, strata_client::Start::Offset(5), 64 << 20, Duration::ZERO).await.unwrap();
+        let mut records = Vec::new();
+        while let Some(batch) = reader.next_batch().await.unwrap() {
+            records.extend(batch.records().unwrap().into_iter().filter(|r| r.offset >= 5));
+        }
+        assert_eq!(reader.next_offset(), 1000);
+        records
+    });
+    assert_eq!(streamed.iter().map(|r| r.offset).collect::<Vec<_>>(), (5..1000).collect::<Vec<_>>());
+    assert_eq!(streamed[0].value.as_deref(), Some(&expected[..]));
     // A consumer group reads everything from the earliest offset.
     let m = post_json(
         &format!("{}/v1/groups/replay/members", s.url),

@@ -586,6 +586,17 @@ fn split(buf: &Bytes, verify: bool) -> impl Iterator<Item = Result<Batch, BatchE
     })
 }
 
+/// Records in a buffer of whole batches, from their headers alone (no checksum, no decoding);
+/// counting stops at the first header that does not decode.
+pub fn count_records(buf: &[u8]) -> u64 {
+    let (mut pos, mut records) = (0usize, 0u64);
+    while let Some(h) = buf.get(pos..).and_then(|rest| BatchHeader::decode(rest).ok()) {
+        records += u64::from(h.record_count);
+        pos += h.total_len();
+    }
+    records
+}
+
 /// Concatenates batches into one buffer (the shape reads return).
 pub fn concat_batches(batches: &[Batch]) -> Bytes {
     let mut out = BytesMut::with_capacity(batches.iter().map(|b| b.bytes.len()).sum());
@@ -685,6 +696,23 @@ mod tests {
             encoded[at] ^= 1 << bit;
             prop_assert!(Batch::parse(Bytes::from(encoded)).is_err());
         }
+    }
+
+    #[test]
+    fn records_are_counted_from_headers_up_to_the_first_broken_one() {
+        let mut buf = Vec::new();
+        for n in [3u8, 1, 5] {
+            let mut builder = BatchBuilder::new(Compression::Lz4);
+            for i in 0..n {
+                builder.push(0, None, Some(&[i]), &[]);
+            }
+            buf.extend(builder.build().unwrap());
+        }
+        assert_eq!(count_records(&buf), 9);
+        assert_eq!(count_records(&buf[..buf.len() - 1]), 9, "a cut last batch's header still counts");
+        buf.extend_from_slice(&[0xff; HEADER_LEN]);
+        assert_eq!(count_records(&buf), 9);
+        assert_eq!(count_records(&[]), 0);
     }
 
     #[test]

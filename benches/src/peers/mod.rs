@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Each system speaks its own protocol with its own best practice: Strata's gRPC
-//! `ProduceStream` / raw-batch `Fetch`, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
+//! `ProduceStream` / the raw batch stream, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
 //! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`. In a
 //! group (W4): Strata's `Consumer.Subscribe` members (`strata-client`'s `GroupConsumer`), Redis's
 //! consumers of one consumer group, JetStream's durable pull consumer shared by every member.

@@ -1,6 +1,7 @@
 //! Strata under the common load generator: the release `strata` binary (started by
 //! [`crate::harness::Server`]), produce over gRPC `ProduceStream` (pipelined requests, acks in
-//! order), consume with raw-batch `Fetch` decoded in the client.
+//! order), consume through the raw batch stream (`GET .../batches`, [`read_partition`]) decoded
+//! in the client.
 //!
 //! Durable = topic `flush=always` (acked after fdatasync, group commit); relaxed =
 //! `flush=interval`, `flush_interval_ms=1000` (like Redis `everysec`).
@@ -175,29 +176,21 @@ impl Strata {
         Ok(out)
     }
 
-    /// Reads each of the consumer's partitions from offset 0 with raw-batch fetches of about one
-    /// produce batch (the records are decoded and counted here).
-    pub async fn consume(&self, w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    /// Reads each of the consumer's partitions from offset 0 through the raw batch stream (the
+    /// records are decoded and counted here); a latency sample per batch received.
+    pub async fn consume(&self, _w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
         let client = strata_client::Client::connect(&self.server.url).await?;
         let mut out = Outcome::new()?;
-        let max_bytes = ((w.batch_records * (w.record_bytes + 64)) as u32).max(64 << 10);
-        let mut positions: Vec<(u32, u64, u64)> = expected.iter().map(|(p, n)| (*p, 0, *n)).collect();
-        while positions.iter().any(|(_, at, end)| at < end) {
-            for (partition, at, end) in positions.iter_mut().filter(|(_, at, end)| at < end) {
-                let t = Instant::now();
-                let page = client.fetch_batches(TOPIC, *partition, *at, max_bytes, Duration::ZERO).await?;
+        for &(partition, end) in expected {
+            let mut t = Instant::now();
+            read_partition(&client, TOPIC, partition, Some(end), |records| {
                 out.record_latency(t)?;
-                anyhow::ensure!(!page.records.is_empty(), "partition {partition} ended at {at} of {end}");
-                let n = page.records.iter().filter(|r| r.offset < *end).count() as u64;
-                out.records += n;
-                out.bytes += page
-                    .records
-                    .iter()
-                    .filter(|r| r.offset < *end)
-                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
-                    .sum::<u64>();
-                *at = page.next_offset;
-            }
+                t = Instant::now();
+                out.records += records.len() as u64;
+                out.bytes += records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64).sum::<u64>();
+                Ok(())
+            })
+            .await?;
         }
         Ok(out)
     }
@@ -279,4 +272,38 @@ async fn final_commit(consumer: &mut GroupConsumer, out: &mut Outcome, progress:
         }
     }
     anyhow::bail!("the final commit was refused 100 times (stale generation)")
+}
+
+/// Reads `topic/partition` from offset 0 through the raw batch stream ([`Client::read_batches`]),
+/// one response after another, decoding every record: `each` gets each batch's records below
+/// `end` (in order, none twice). Without `end`, reads until a response comes back empty.
+///
+/// [`Client::read_batches`]: strata_client::Client::read_batches
+pub(crate) async fn read_partition(
+    client: &strata_client::Client,
+    topic: &str,
+    partition: u32,
+    end: Option<u64>,
+    mut each: impl FnMut(&[strata_storage::Record]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut offset = 0u64;
+    while end.is_none_or(|end| offset < end) {
+        let mut reader = client
+            .read_batches(topic, partition, strata_client::Start::Offset(offset), 1 << 30, Duration::ZERO)
+            .await?;
+        let mut any = false;
+        while let Some(batch) = reader.next_batch().await? {
+            any = true;
+            let mut records = batch.records()?;
+            records.retain(|r| r.offset >= offset && end.is_none_or(|end| r.offset < end));
+            each(&records)?;
+        }
+        let next = reader.next_offset();
+        match (any, end) {
+            (false, None) => break,
+            (false, Some(end)) => anyhow::bail!("partition {partition} ended at {offset} of {end}"),
+            _ => offset = next,
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 JSON API (API.md): topics, produce (JSON and the raw webhook door), fetch, and
 //! the operations endpoints. Every error is `application/problem+json` with a stable `code`.
 
+mod batches;
 mod groups;
 mod ops;
 mod records;
@@ -33,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/topics/{topic}/records", post(records::produce))
         .route("/v1/producers", post(records::new_producer))
         .route("/v1/topics/{topic}/partitions/{partition}/records", get(records::fetch))
+        .route("/v1/topics/{topic}/partitions/{partition}/batches", get(batches::batches))
         .route("/v1/groups", get(groups::list))
         .route("/v1/groups/{group}", get(groups::describe).delete(groups::delete))
         .route("/v1/groups/{group}/offsets/reset", post(groups::reset))

@@ -17,7 +17,7 @@ use crate::error::{ApiError, ErrorCode};
 #[openapi(
     info(
         title = "Strata",
-        description = "Event streaming: topics, produce, fetch. Errors are application/problem+json."
+        description = "Event streaming: topics, produce, fetch, consumer groups, SQL. Errors are application/problem+json."
     ),
     paths(
         super::topics::create,
@@ -31,6 +31,17 @@ use crate::error::{ApiError, ErrorCode};
         super::records::produce,
         super::records::new_producer,
         super::records::fetch,
+        super::batches::batches,
+        super::groups::list,
+        super::groups::describe,
+        super::groups::delete,
+        super::groups::reset,
+        super::groups::join,
+        super::groups::leave,
+        super::groups::heartbeat,
+        super::groups::records,
+        super::groups::stream,
+        super::groups::commit,
         healthz,
         readyz,
         metrics

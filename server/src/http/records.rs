@@ -1,7 +1,7 @@
 //! Produce (`POST /v1/topics/{topic}/records`, JSON or raw webhook body) and fetch
 //! (`GET /v1/topics/{topic}/partitions/{p}/records`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,6 +313,25 @@ pub(crate) fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecor
     }
 }
 
+/// Where a fetch starts: `?offset=N|earliest|latest` or `?timestamp=MS` (default earliest).
+pub(super) fn parse_start(query: &HashMap<String, String>) -> Result<Start, ApiError> {
+    Ok(match (query.get("offset").map(String::as_str), query.get("timestamp")) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give `offset` or `timestamp`, not both")),
+        (None, Some(ts)) => {
+            Start::Timestamp(ts.parse().map_err(|_| {
+                ApiError::invalid(format!("query parameter `timestamp` must be an integer, got {ts:?}"))
+            })?)
+        }
+        (None | Some("earliest"), None) => Start::Earliest,
+        (Some("latest"), None) => Start::Latest,
+        (Some(o), None) => Start::Offset(o.parse().map_err(|_| {
+            ApiError::invalid(format!(
+                "query parameter `offset` must be a non-negative integer, `earliest` or `latest`, got {o:?}"
+            ))
+        })?),
+    })
+}
+
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records",
     params(("topic" = String, Path), ("partition" = u32, Path),
         ("offset" = Option<String>, Query, description = "N, `earliest` or `latest` (default earliest)"),
@@ -328,20 +347,7 @@ pub async fn fetch(
     query: Query,
 ) -> Result<Json<FetchResponse>, ApiError> {
     let partition = parse_partition(&partition)?;
-    let start =
-        match (query.get("offset").map(String::as_str), query.get("timestamp")) {
-            (Some(_), Some(_)) => return Err(ApiError::invalid("give `offset` or `timestamp`, not both")),
-            (None, Some(ts)) => Start::Timestamp(ts.parse().map_err(|_| {
-                ApiError::invalid(format!("query parameter `timestamp` must be an integer, got {ts:?}"))
-            })?),
-            (None | Some("earliest"), None) => Start::Earliest,
-            (Some("latest"), None) => Start::Latest,
-            (Some(o), None) => Start::Offset(o.parse().map_err(|_| {
-                ApiError::invalid(format!(
-                    "query parameter `offset` must be a non-negative integer, `earliest` or `latest`, got {o:?}"
-                ))
-            })?),
-        };
+    let start = parse_start(&query)?;
     let max_records = query_u64(&query, "max_records")?.unwrap_or(500).clamp(1, 10_000) as usize;
     let max_bytes = query_u64(&query, "max_bytes")?.unwrap_or(1 << 20).clamp(1, 64 << 20) as usize;
     let wait = Duration::from_millis(query_u64(&query, "wait_ms")?.unwrap_or(0).min(state.max_wait_ms));

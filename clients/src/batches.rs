@@ -1,0 +1,342 @@
+//! [`BatchReader`]: a partition read as the stream of its stored batches, over the server's raw
+//! batch door (`GET /v1/topics/{topic}/partitions/{p}/batches`, HTTP/1.1) — the fast way to catch
+//! up on a long partition.
+//!
+//! The response body is batches back to back in the storage format, cut by HTTP into chunks that
+//! know nothing of batch boundaries. The reader hands out a batch without copying when a chunk
+//! holds it whole, and assembles the ones that straddle chunks. Every batch's CRC32C is checked
+//! here: the bytes crossed a network.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use strata_storage::batch::{Batch, BatchHeader, HEADER_LEN, MAX_UNCOMPRESSED_LEN};
+
+use crate::{ClientError, Start};
+
+/// The batch door's media type.
+const CONTENT_TYPE: &str = "application/vnd.strata.batches";
+
+/// Stored batches of one partition as they arrive ([`crate::Client::read_batches`]).
+#[derive(Debug)]
+pub struct BatchReader {
+    body: Incoming,
+    splitter: Splitter,
+    offset: u64,
+    next_offset: u64,
+    high_watermark: u64,
+    log_start_offset: u64,
+    done: bool,
+}
+
+impl BatchReader {
+    /// Opens the stream: one HTTP/1.1 connection to the server behind `url`, one request.
+    pub(crate) async fn open(
+        url: &str,
+        topic: &str,
+        partition: u32,
+        start: Start,
+        max_bytes: u64,
+        wait: Duration,
+    ) -> Result<Self, ClientError> {
+        if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(ClientError::Invalid(format!("{topic:?} is not a valid topic name")));
+        }
+        let connect_error = |reason: String| ClientError::Connect { url: url.to_string(), reason };
+        let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| connect_error(e.to_string()))?;
+        if uri.scheme_str().is_some_and(|s| s != "http") {
+            return Err(connect_error("only http:// URLs can be read from".into()));
+        }
+        let authority = uri.authority().ok_or_else(|| connect_error("the URL names no host".into()))?.clone();
+        let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+        let stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| connect_error(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        // The connection task ends when the response body has been read or dropped.
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "batch stream connection ended");
+            }
+        });
+
+        let start = match start {
+            Start::Offset(o) => format!("offset={o}"),
+            Start::Earliest => "offset=earliest".into(),
+            Start::Latest => "offset=latest".into(),
+            Start::Timestamp(ts) => format!("timestamp={ts}"),
+        };
+        let path = format!(
+            "{}/v1/topics/{topic}/partitions/{partition}/batches?{start}&max_bytes={max_bytes}&wait_ms={}",
+            uri.path().trim_end_matches('/'),
+            wait.as_millis()
+        );
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::ACCEPT, CONTENT_TYPE)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| connect_error(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(problem(status, &body));
+        }
+        let header = |name: &str| -> Result<u64, ClientError> {
+            response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                ClientError::Invalid(format!("the batch stream's response has no valid `{name}` header"))
+            })
+        };
+        let offset = header("strata-offset")?;
+        let high_watermark = header("strata-high-watermark")?;
+        let log_start_offset = header("strata-log-start-offset")?;
+        Ok(Self {
+            body: response.into_body(),
+            splitter: Splitter::default(),
+            offset,
+            next_offset: offset,
+            high_watermark,
+            log_start_offset,
+            done: false,
+        })
+    }
+
+    /// The offset the start resolved to: the first batch may begin before it (a consumer skips
+    /// the records below it).
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The offset after the last batch returned so far (the start offset before the first):
+    /// where a next read continues.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// The partition's high watermark when the stream started.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.log_start_offset
+    }
+
+    /// The next batch, checksum verified; `None` once the response is complete (it reached the
+    /// high watermark, or `max_bytes`).
+    ///
+    /// # Errors
+    /// [`ClientError::Invalid`] for a batch that fails its checks, or a body that ends inside a
+    /// batch (the reader is done after it); [`ClientError::Server`] (`UNAVAILABLE`) when the connection fails mid-stream (the
+    /// server cuts the body when a read fails).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a batch is taken out of the buffers only when it is returned.
+    pub async fn next_batch(&mut self) -> Result<Option<Batch>, ClientError> {
+        loop {
+            match self.splitter.next_batch() {
+                Ok(Some(batch)) => {
+                    self.next_offset = batch.header().next_offset();
+                    return Ok(Some(batch));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Nothing after a damaged batch can be trusted to be cut right.
+                    self.done = true;
+                    self.splitter = Splitter::default();
+                    return Err(e);
+                }
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.splitter.push(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(ClientError::Server {
+                        code: tonic::Code::Unavailable,
+                        message: format!("the batch stream broke off at offset {}: {e}", self.next_offset),
+                    });
+                }
+                None => {
+                    self.done = true;
+                    if !self.splitter.partial.is_empty() {
+                        return Err(ClientError::Invalid(format!(
+                            "the batch stream ended inside a batch ({} bytes of it) at offset {}",
+                            self.splitter.partial.len(),
+                            self.next_offset
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Cuts a byte stream that arrives in arbitrary chunks back into whole batches.
+#[derive(Debug, Default)]
+struct Splitter {
+    /// The unread rest of the chunk being split.
+    chunk: Bytes,
+    /// The start of a batch that continues in a later chunk.
+    partial: BytesMut,
+}
+
+impl Splitter {
+    /// Adds the next chunk; call only once [`Splitter::next_batch`] has returned `None`.
+    fn push(&mut self, chunk: Bytes) {
+        debug_assert!(self.chunk.is_empty(), "a chunk pushed before the last was split");
+        self.chunk = chunk;
+    }
+
+    /// Takes the next whole batch out of the buffered bytes, if they hold one; `None` when more
+    /// bytes are needed.
+    fn next_batch(&mut self) -> Result<Option<Batch>, ClientError> {
+        let invalid =
+            |e: strata_storage::batch::BatchError| ClientError::Invalid(format!("fetched batch does not decode: {e}"));
+        loop {
+            if self.partial.is_empty() {
+                // The common case: the batch lies whole in the chunk, and is sliced out of it.
+                if self.chunk.len() >= HEADER_LEN {
+                    let len = checked_len(&self.chunk).map_err(invalid)?;
+                    if self.chunk.len() >= len {
+                        return Batch::parse(self.chunk.split_to(len)).map(Some).map_err(invalid);
+                    }
+                }
+                self.partial.extend_from_slice(&self.chunk);
+                self.chunk = Bytes::new();
+                return Ok(None);
+            }
+            // A batch straddles chunks: copy from this one only what completes it, header first.
+            let header_known = self.partial.len() >= HEADER_LEN;
+            let want = if header_known { checked_len(&self.partial).map_err(invalid)? } else { HEADER_LEN };
+            let take = (want - self.partial.len()).min(self.chunk.len());
+            self.partial.extend_from_slice(&self.chunk.split_to(take));
+            if self.partial.len() < want {
+                return Ok(None);
+            }
+            if header_known {
+                return Batch::parse(self.partial.split().freeze()).map(Some).map_err(invalid);
+            }
+            // The header just completed: go round to learn the batch's length.
+        }
+    }
+}
+
+/// A batch's total length from its header, refusing lengths no writer produces (so a damaged
+/// length cannot make the reader buffer without bound).
+fn checked_len(buf: &[u8]) -> Result<usize, strata_storage::batch::BatchError> {
+    let header = BatchHeader::decode(buf)?;
+    if header.batch_length as usize > MAX_UNCOMPRESSED_LEN + HEADER_LEN {
+        return Err(strata_storage::batch::BatchError::BadLength(header.batch_length));
+    }
+    Ok(header.total_len())
+}
+
+/// An error response: `application/problem+json` with the server's stable `code`.
+fn problem(status: hyper::StatusCode, body: &[u8]) -> ClientError {
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = doc["code"].as_str().unwrap_or("http_error");
+    let detail = doc["detail"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
+    let grpc = match status.as_u16() {
+        400 | 413 | 415 | 422 => tonic::Code::InvalidArgument,
+        404 => tonic::Code::NotFound,
+        409 | 412 => tonic::Code::FailedPrecondition,
+        416 => tonic::Code::OutOfRange,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::Unknown,
+    };
+    ClientError::Server { code: grpc, message: format!("{code}: {detail}") }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use strata_storage::BatchBuilder;
+    use strata_storage::batch::{Compression, set_base_offset};
+
+    use super::*;
+
+    /// Batches of 1 to 5 records at offsets 0, 1, 3, 6, ... back to back.
+    fn stream() -> (Bytes, Vec<Bytes>) {
+        let (mut all, mut each, mut offset) = (BytesMut::new(), Vec::new(), 0u64);
+        for n in 1..=5u64 {
+            let mut b = BatchBuilder::new(if n % 2 == 0 { Compression::Lz4 } else { Compression::None });
+            for i in 0..n {
+                b.push(1, Some(b"k"), Some(format!("value {offset} {i}").as_bytes()), &[]);
+            }
+            let mut batch = b.build().unwrap();
+            set_base_offset(&mut batch, offset);
+            offset += n;
+            all.extend_from_slice(&batch);
+            each.push(Bytes::from(batch));
+        }
+        (all.freeze(), each)
+    }
+
+    #[test]
+    fn any_chunking_gives_back_the_same_batches() {
+        let (all, each) = stream();
+        for chunk in 1..=all.len() {
+            let mut splitter = Splitter::default();
+            let mut got = Vec::new();
+            for piece in all.chunks(chunk) {
+                splitter.push(Bytes::copy_from_slice(piece));
+                while let Some(b) = splitter.next_batch().unwrap() {
+                    got.push(b.bytes().clone());
+                }
+            }
+            assert_eq!(got, each, "chunks of {chunk} bytes");
+            assert!(splitter.partial.is_empty() && splitter.chunk.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_damaged_batch_is_an_error_wherever_the_chunks_fall() {
+        let (all, _) = stream();
+        let mut damaged = all.to_vec();
+        let last = damaged.len() - 3;
+        damaged[last] ^= 0x40; // inside the last batch's records: its CRC no longer matches
+        for chunk in [7, 64, damaged.len()] {
+            let mut splitter = Splitter::default();
+            let mut error = None;
+            'pieces: for piece in damaged.chunks(chunk) {
+                splitter.push(Bytes::copy_from_slice(piece));
+                loop {
+                    match splitter.next_batch() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(e);
+                            break 'pieces;
+                        }
+                    }
+                }
+            }
+            let error = error.expect("the damaged batch was accepted").to_string();
+            assert!(error.contains("checksum mismatch"), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_impossible_length_is_refused_before_buffering() {
+        let (_, each) = stream();
+        let mut bogus = each[0].to_vec();
+        // batch_length is the 4 bytes after the 8-byte base offset.
+        bogus[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut splitter = Splitter::default();
+        splitter.push(Bytes::from(bogus));
+        let error = splitter.next_batch().unwrap_err().to_string();
+        assert!(error.contains("impossible"), "{error}");
+    }
+}

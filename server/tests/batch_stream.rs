@@ -1,0 +1,158 @@
+//! The raw batch door (`GET /v1/topics/{topic}/partitions/{p}/batches`) against a real
+//! `strata serve`: read through `strata-client`'s `BatchReader` and as plain HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Server;
+use strata_client::{Client, ClientError, Start, proto};
+
+/// Produces `batches` batches of `per_batch` records of ~1 KiB to partition 0 of `topic` over
+/// gRPC, the value of offset `o` being `value(o)`.
+async fn fill(url: &str, topic: &str, batches: u64, per_batch: u64) {
+    let mut producer = proto::producer_client::ProducerClient::connect(url.to_string()).await.unwrap();
+    for b in 0..batches {
+        let records = (b * per_batch..(b + 1) * per_batch)
+            .map(|o| proto::Record { value: Some(value(o)), partition: Some(0), ..Default::default() })
+            .collect();
+        let request = proto::ProduceRequest {
+            topic: topic.into(),
+            records,
+            acks: proto::Acks::Leader as i32,
+            request_id: b,
+            producer: None,
+        };
+        producer.produce(request).await.unwrap();
+    }
+}
+
+fn value(offset: u64) -> Bytes {
+    Bytes::from(format!("{offset:08}-{}", "x".repeat(1000)))
+}
+
+/// Reads from `start` with responses of `max_bytes` until one comes back empty, checking that
+/// every offset from `first` on arrives once, in order, with its value. Returns the offsets read
+/// and how many responses it took.
+async fn read_to_end(client: &Client, topic: &str, first: u64, max_bytes: u64) -> (u64, usize) {
+    let (mut next, mut responses) = (first, 0);
+    loop {
+        let mut reader = client.read_batches(topic, 0, Start::Offset(next), max_bytes, Duration::ZERO).await.unwrap();
+        assert_eq!(reader.offset(), next);
+        responses += 1;
+        let mut any = false;
+        while let Some(batch) = reader.next_batch().await.unwrap() {
+            any = true;
+            assert!(batch.header().base_offset <= next, "a batch starts past offset {next}");
+            let from = next;
+            for r in batch.records().unwrap().into_iter().filter(|r| r.offset >= from) {
+                assert_eq!(r.offset, next);
+                assert_eq!(r.value.unwrap(), value(next));
+                next += 1;
+            }
+            assert_eq!(reader.next_offset(), next);
+        }
+        if !any {
+            return (next - first, responses);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_streams_as_its_stored_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    // Small segments: a response crosses many segment files.
+    let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
+    client.admin().create_topic("history", 2, config).await.unwrap();
+    // 6,000 records of ~1 KiB in batches of 100: about 6 MB, so one response spans several of
+    // the server's 2 MiB reads, and the read-ahead task runs.
+    fill(&s.url, "history", 60, 100).await;
+
+    // One response holds everything (the default max_bytes is 64 MiB).
+    let mut reader = client.read_batches("history", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
+    assert_eq!((reader.offset(), reader.high_watermark(), reader.log_start_offset()), (0, 6000, 0));
+    let mut batches = 0;
+    while reader.next_batch().await.unwrap().is_some() {
+        batches += 1;
+    }
+    assert_eq!((batches, reader.next_offset()), (60, 6000));
+
+    // Small responses, from the start and from inside a batch: every offset once and in order.
+    let (read, responses) = read_to_end(&client, "history", 0, 200 << 10).await;
+    assert_eq!(read, 6000);
+    assert!(responses > 20, "{responses} responses of at most ~200 KiB carried 6 MB");
+    assert_eq!(read_to_end(&client, "history", 4321, 1).await.0, 6000 - 4321);
+
+    // `latest` and an empty partition: no batches, and the offset to continue from.
+    let reader = client.read_batches("history", 0, Start::Latest, 1 << 20, Duration::ZERO).await.unwrap();
+    assert_eq!((reader.offset(), reader.next_offset()), (6000, 6000));
+    let mut empty = client.read_batches("history", 1, Start::Earliest, 1 << 20, Duration::ZERO).await.unwrap();
+    assert!(empty.next_batch().await.unwrap().is_none());
+
+    // A timestamp resolves to the first record at or after it.
+    let mut reader = client.read_batches("history", 0, Start::Timestamp(0), 1, Duration::ZERO).await.unwrap();
+    assert_eq!(reader.offset(), 0);
+    assert_eq!(reader.next_batch().await.unwrap().unwrap().header().base_offset, 0);
+
+    // Long-poll: a reader waiting at the end gets the next batch as soon as it is appended.
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut reader =
+                client.read_batches("history", 0, Start::Offset(6000), 1 << 20, Duration::from_secs(30)).await.unwrap();
+            let batch = reader.next_batch().await.unwrap().unwrap();
+            batch.records().unwrap().into_iter().map(|r| r.offset).collect::<Vec<_>>()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fill(&s.url, "history", 1, 100).await; // offsets 0..100 again as values, appended at 6000
+    let offsets = tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
+    assert_eq!(offsets, (6000..6100).collect::<Vec<_>>());
+
+    // The same bytes as plain HTTP: the body is whole stored batches, whose checksums hold.
+    let r = common::get(&format!("{}/v1/topics/history/partitions/0/batches?offset=100&max_bytes=1", s.url));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type, "application/vnd.strata.batches");
+    let body = Bytes::from(r.body);
+    let parsed: Vec<_> = strata_storage::batch::split_batches(&body).collect::<Result<_, _>>().unwrap();
+    assert_eq!(parsed.len(), 1);
+    assert_eq!((parsed[0].header().base_offset, parsed[0].header().record_count), (100, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reads_get_problems_and_the_client_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("events", 1, HashMap::new()).await.unwrap();
+    fill(&s.url, "events", 1, 10).await;
+
+    let problem = |query: &str| {
+        let r = common::get(&format!("{}/v1/topics/events/partitions/{query}", s.url));
+        assert_eq!(r.content_type, "application/problem+json", "{query}");
+        (r.status, r.json()["code"].as_str().unwrap().to_string())
+    };
+    assert_eq!(problem("0/batches?offset=11"), (416, "offset_out_of_range".into()));
+    assert_eq!(problem("0/batches?offset=-1"), (400, "invalid_request".into()));
+    assert_eq!(problem("0/batches?max_bytes=lots"), (400, "invalid_request".into()));
+    assert_eq!(problem("0/batches?offset=1&timestamp=5"), (400, "invalid_request".into()));
+    assert_eq!(problem("7/batches"), (404, "partition_not_found".into()));
+    let r = common::get(&format!("{}/v1/topics/nope/partitions/0/batches", s.url));
+    assert_eq!((r.status, r.json()["code"].as_str().unwrap()), (404, "topic_not_found"));
+
+    let err = client.read_batches("events", 0, Start::Offset(11), 1, Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Server { code: tonic::Code::OutOfRange, message } if message.starts_with("offset_out_of_range")),
+        "{err}"
+    );
+    let err = client.read_batches("nope", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Server { code: tonic::Code::NotFound, .. }), "{err}");
+    let err = client.read_batches("no/such", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(&err, ClientError::Invalid(_)), "{err}");
+}
