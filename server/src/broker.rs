@@ -286,6 +286,23 @@ impl Broker {
         if let Some(p) = self.read_partitions().get(&(topic.to_string(), partition)) {
             return Ok(p.clone());
         }
+        self.missing_partition(topic, partition)
+    }
+
+    /// Several partitions of one topic, in the order given, under one lock and one key.
+    fn partitions_of(&self, topic: &str, partitions: impl Iterator<Item = u32>) -> Result<Vec<Partition>, ApiError> {
+        let map = self.read_partitions();
+        let mut key = (topic.to_string(), 0);
+        partitions
+            .map(|p| {
+                key.1 = p;
+                map.get(&key).cloned().map_or_else(|| self.missing_partition(topic, p), Ok)
+            })
+            .collect()
+    }
+
+    /// The error for a partition that is not open.
+    fn missing_partition(&self, topic: &str, partition: u32) -> Result<Partition, ApiError> {
         match self.metadata.topic(topic) {
             None => Err(ApiError::topic_not_found(topic)),
             Some(t) if partition >= t.partitions => Err(ApiError::new(
@@ -397,8 +414,8 @@ impl Broker {
             return Err(ApiError::invalid("expected_offset needs every record to name the same explicit partition"));
         }
         let mut batches = Vec::with_capacity(by_partition.len());
-        for (p, indexes) in &by_partition {
-            let partition = self.partition(topic, *p)?;
+        let partitions = self.partitions_of(topic, by_partition.keys().copied())?;
+        for ((p, indexes), partition) in by_partition.iter().zip(partitions) {
             if meta.config.tiering {
                 self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
             }

@@ -7,7 +7,10 @@
 //! Kafka's record batch uses.
 //!
 //! [`BatchBuilder`] encodes, [`Batch::parse`] validates the header and checksum of raw bytes,
-//! [`Batch::records`] decodes (and decompresses) the records.
+//! [`Batch::records`] decodes (and decompresses) the records, and [`check`] does both checks in
+//! place, building no records (the append path's validation).
+
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use integer_encoding::VarInt;
@@ -455,7 +458,7 @@ fn decompress(codec: Compression, section: &[u8], uncompressed_len: u32) -> Resu
 
 /// A cursor over a records section that reports malformed input instead of panicking.
 struct Cursor<'a> {
-    section: &'a Bytes,
+    section: &'a [u8],
     pos: usize,
     index: u32,
 }
@@ -477,14 +480,14 @@ impl Cursor<'_> {
         Ok(b)
     }
 
-    fn take(&mut self, len: usize, end: usize, what: &'static str) -> Result<Bytes, BatchError> {
+    fn take(&mut self, len: usize, end: usize, what: &'static str) -> Result<Range<usize>, BatchError> {
         let stop = self.pos.checked_add(len).filter(|&s| s <= end).ok_or_else(|| self.fail(what))?;
-        let out = self.section.slice(self.pos..stop);
+        let out = self.pos..stop;
         self.pos = stop;
         Ok(out)
     }
 
-    fn nullable(&mut self, end: usize, what: &'static str) -> Result<Option<Bytes>, BatchError> {
+    fn nullable(&mut self, end: usize, what: &'static str) -> Result<Option<Range<usize>>, BatchError> {
         match self.var::<i32>(what)? {
             -1 => Ok(None),
             len if len >= 0 => self.take(len as usize, end, what).map(Some),
@@ -493,10 +496,22 @@ impl Cursor<'_> {
     }
 }
 
-fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, BatchError> {
-    let mut records = Vec::with_capacity(header.record_count.min(1 << 16) as usize);
+/// One record of a records section, as byte ranges of that section.
+struct RecordSpan<'a> {
+    offset_delta: u32,
+    timestamp: i64,
+    key: Option<Range<usize>>,
+    value: Option<Range<usize>>,
+    /// Each header's name (checked to be UTF-8) and value.
+    headers: &'a [(Range<usize>, Range<usize>)],
+}
+
+/// Walks every record of `section` with every framing check, allocating nothing but room for
+/// header ranges; `each` sees the records in order.
+fn walk_records(header: &BatchHeader, section: &[u8], mut each: impl FnMut(RecordSpan<'_>)) -> Result<(), BatchError> {
     let mut cur = Cursor { section, pos: 0, index: 0 };
     let mut previous_delta: Option<u32> = None;
+    let mut headers = Vec::new();
     while cur.pos < section.len() {
         let len = cur.var::<u32>("bad length")? as usize;
         let end = cur
@@ -514,31 +529,81 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
         let key = cur.nullable(end, "bad key")?;
         let value = cur.nullable(end, "bad value")?;
         let header_count = cur.var::<u32>("bad header count")?;
-        let mut headers = Vec::with_capacity(header_count.min(64) as usize);
+        headers.clear();
         for _ in 0..header_count {
             let name_len = cur.var::<u32>("bad header name")? as usize;
             let name = cur.take(name_len, end, "bad header name")?;
-            let name = String::from_utf8(name.to_vec()).map_err(|_| cur.fail("header name is not UTF-8"))?;
+            if std::str::from_utf8(&section[name.clone()]).is_err() {
+                return Err(cur.fail("header name is not UTF-8"));
+            }
             let value_len = cur.var::<u32>("bad header value")? as usize;
-            let value = cur.take(value_len, end, "bad header value")?;
-            headers.push(Header { name, value });
+            headers.push((name, cur.take(value_len, end, "bad header value")?));
         }
         if cur.pos != end {
             return Err(cur.fail("record length disagrees with its fields"));
         }
-        records.push(Record {
-            offset: header.base_offset + u64::from(offset_delta),
+        if cur.index == u32::MAX {
+            return Err(cur.fail("more records than a batch can count"));
+        }
+        each(RecordSpan {
+            offset_delta,
             timestamp: header.first_timestamp.wrapping_add(ts_delta),
             key,
             value,
-            headers,
+            headers: &headers,
         });
         cur.index += 1;
     }
-    if records.len() as u64 != u64::from(header.record_count) {
-        return Err(BatchError::RecordCountMismatch { header: header.record_count, actual: records.len() as u32 });
+    if cur.index != header.record_count {
+        return Err(BatchError::RecordCountMismatch { header: header.record_count, actual: cur.index });
     }
+    Ok(())
+}
+
+fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let mut records = Vec::with_capacity(header.record_count.min(1 << 16) as usize);
+    walk_records(header, section, |r| {
+        records.push(Record {
+            offset: header.base_offset + u64::from(r.offset_delta),
+            timestamp: r.timestamp,
+            key: r.key.map(|k| section.slice(k)),
+            value: r.value.map(|v| section.slice(v)),
+            headers: r
+                .headers
+                .iter()
+                .map(|(name, value)| Header {
+                    name: String::from_utf8_lossy(&section[name.clone()]).into_owned(),
+                    value: section.slice(value.clone()),
+                })
+                .collect(),
+        });
+    })?;
     Ok(records)
+}
+
+/// Checks one whole encoded batch as [`Batch::parse`] and [`Batch::records`] together would —
+/// header, CRC, and every record's framing — without copying it or building records (only a
+/// compressed section is expanded). Returns the header and the smallest record timestamp
+/// (`i64::MAX` when there are no records).
+///
+/// # Errors
+/// A [`BatchError`] naming what is wrong.
+pub fn check(batch: &[u8]) -> Result<(BatchHeader, i64), BatchError> {
+    let header = BatchHeader::decode(batch)?;
+    if header.total_len() != batch.len() {
+        return Err(BatchError::Truncated { needed: header.total_len(), available: batch.len() });
+    }
+    let computed = crc32c::crc32c(&batch[OFF_ATTRIBUTES..]);
+    if computed != header.crc {
+        return Err(BatchError::BadCrc { stored: header.crc, computed });
+    }
+    let mut min_timestamp = i64::MAX;
+    let mut walk = |section: &[u8]| walk_records(&header, section, |r| min_timestamp = min_timestamp.min(r.timestamp));
+    match header.compression {
+        Compression::None => walk(&batch[HEADER_LEN..])?,
+        codec => walk(&decompress(codec, &batch[HEADER_LEN..], header.uncompressed_len)?)?,
+    }
+    Ok((header, min_timestamp))
 }
 
 /// Writes `base_offset` into an encoded batch (outside the CRC, so nothing else changes).
@@ -549,9 +614,7 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
 /// The smallest record timestamp of an encoded batch: `i64::MIN` (unknown) if it does not decode,
 /// `i64::MAX` if it has no records.
 pub fn min_timestamp(batch: &[u8]) -> i64 {
-    Batch::parse(Bytes::copy_from_slice(batch))
-        .and_then(|b| b.records())
-        .map_or(i64::MIN, |records| records.iter().map(|r| r.timestamp).min().unwrap_or(i64::MAX))
+    check(batch).map_or(i64::MIN, |(_, min)| min)
 }
 
 /// Iterates the batches in a buffer of whole batches, as returned by a read, verifying each
@@ -659,8 +722,11 @@ mod tests {
             }
             let mut encoded = builder.build().unwrap();
             set_base_offset(&mut encoded, base);
+            let (checked, min_timestamp) = check(&encoded).unwrap();
             let batch = Batch::parse(Bytes::from(encoded)).unwrap();
             let h = batch.header();
+            prop_assert_eq!(&checked, h);
+            prop_assert_eq!(min_timestamp, records.iter().map(|r| r.0).min().unwrap());
             prop_assert_eq!(h.base_offset, base);
             prop_assert_eq!(h.record_count as usize, records.len());
             prop_assert_eq!(h.last_offset(), base + records.len() as u64 - 1);
@@ -675,14 +741,18 @@ mod tests {
                 prop_assert_eq!(rec.key.as_deref(), k.as_deref());
                 prop_assert_eq!(rec.value.as_deref(), v.as_deref());
                 prop_assert_eq!(rec.headers.len(), hs.len());
+                for (got, (name, value)) in rec.headers.iter().zip(hs) {
+                    prop_assert_eq!(&got.name, name);
+                    prop_assert_eq!(got.value.as_ref(), value.as_slice());
+                }
             }
         }
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(b) = Batch::parse(Bytes::from(bytes)) {
-                let _ = b.records();
-            }
+            let checked = check(&bytes).is_ok();
+            let decoded = Batch::parse(Bytes::from(bytes)).is_ok_and(|b| b.records().is_ok());
+            prop_assert_eq!(checked, decoded, "check and parse + records disagree");
         }
 
         #[test]
@@ -694,6 +764,7 @@ mod tests {
             let mut encoded = builder.build().unwrap();
             let at = OFF_MAGIC + flip % (encoded.len() - OFF_MAGIC);
             encoded[at] ^= 1 << bit;
+            prop_assert!(check(&encoded).is_err());
             prop_assert!(Batch::parse(Bytes::from(encoded)).is_err());
         }
     }
@@ -729,6 +800,7 @@ mod tests {
         encoded[HEADER_LEN] = 0x7f;
         let crc = crc32c::crc32c(&encoded[OFF_ATTRIBUTES..]);
         encoded[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(check(&encoded), Err(BatchError::MalformedRecord { .. })));
         let batch = Batch::parse(Bytes::from(encoded)).unwrap();
         assert!(matches!(batch.records(), Err(BatchError::MalformedRecord { .. })));
     }

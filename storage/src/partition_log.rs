@@ -1054,10 +1054,7 @@ impl Flushable for LogInner {
 
 /// Checks a batch completely; its header and smallest record timestamp.
 fn validate_batch(batch: &[u8]) -> Result<(BatchHeader, i64)> {
-    let parsed = Batch::parse(Bytes::copy_from_slice(batch)).map_err(|source| Error::InvalidBatch { source })?;
-    let records = parsed.records().map_err(|source| Error::InvalidBatch { source })?;
-    let min_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(i64::MAX);
-    Ok((*parsed.header(), min_timestamp))
+    crate::batch::check(batch).map_err(|source| Error::InvalidBatch { source })
 }
 
 /// Creates `<base>.log` with its header, durably.
