@@ -20,10 +20,18 @@ use crate::{ClientError, Start};
 /// The batch door's media type.
 const CONTENT_TYPE: &str = "application/vnd.strata.batches";
 
+/// The HTTP/1.1 connection under a [`BatchReader`].
+type Connection = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, http_body_util::Empty<Bytes>>;
+
 /// Stored batches of one partition as they arrive ([`crate::Client::read_batches`]).
+///
+/// The reader drives its connection itself, on the task that reads: no chunk crosses threads on
+/// its way in, and dropping the reader closes the connection at once (no task outlives it).
 #[derive(Debug)]
 pub struct BatchReader {
     body: Incoming,
+    /// `None` once the connection has finished (the response is complete, or it failed).
+    connection: Option<Connection>,
     splitter: Splitter,
     offset: u64,
     next_offset: u64,
@@ -57,12 +65,7 @@ impl BatchReader {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        // The connection task ends when the response body has been read or dropped.
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "batch stream connection ended");
-            }
-        });
+        let mut connection = Some(connection);
 
         let start = match start {
             Start::Offset(o) => format!("offset={o}"),
@@ -80,10 +83,12 @@ impl BatchReader {
             .header(hyper::header::ACCEPT, CONTENT_TYPE)
             .body(http_body_util::Empty::<Bytes>::new())
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| connect_error(e.to_string()))?;
+        let response =
+            drive(&mut connection, sender.send_request(request)).await.map_err(|e| connect_error(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body =
+                drive(&mut connection, response.into_body().collect()).await.map(|b| b.to_bytes()).unwrap_or_default();
             return Err(problem(status, &body));
         }
         let header = |name: &str| -> Result<u64, ClientError> {
@@ -96,6 +101,7 @@ impl BatchReader {
         let log_start_offset = header("strata-log-start-offset")?;
         Ok(Self {
             body: response.into_body(),
+            connection,
             splitter: Splitter::default(),
             offset,
             next_offset: offset,
@@ -154,7 +160,7 @@ impl BatchReader {
             if self.done {
                 return Ok(None);
             }
-            match self.body.frame().await {
+            match drive(&mut self.connection, self.body.frame()).await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.splitter.push(data);
@@ -177,6 +183,28 @@ impl BatchReader {
                         )));
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Awaits `work` (a request, or a body frame) while driving the connection it needs on this
+/// task. Cancel safe when `work` is.
+async fn drive<F: std::future::Future>(connection: &mut Option<Connection>, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        let Some(conn) = connection.as_mut() else {
+            return work.await;
+        };
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            // A failure reaches `work` too (the body ends with an error): only logged here.
+            done = conn => {
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "batch stream connection ended");
+                }
+                *connection = None;
             }
         }
     }

@@ -115,6 +115,20 @@ async fn a_partition_streams_as_its_stored_batches() {
     let offsets = tokio::time::timeout(Duration::from_secs(20), waiting).await.unwrap().unwrap();
     assert_eq!(offsets, (6000..6100).collect::<Vec<_>>());
 
+    // Records fetched count what the reader asked for: a read from offset 50 of a topic holding
+    // 0..100 in one batch counts 50, though the whole batch goes out.
+    client.admin().create_topic("counted", 1, HashMap::new()).await.unwrap();
+    fill(&s.url, "counted", 1, 100).await;
+    let mut reader = client.read_batches("counted", 0, Start::Offset(50), 1 << 20, Duration::ZERO).await.unwrap();
+    assert_eq!(reader.next_batch().await.unwrap().unwrap().header().record_count, 100);
+    assert!(reader.next_batch().await.unwrap().is_none());
+    let metrics = String::from_utf8(common::get(&format!("{}/metrics", s.url)).body).unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "strata_records_fetched_total{topic=\"counted\"} 50"),
+        "records fetched from `counted` should be 50:\n{}",
+        metrics.lines().filter(|l| l.contains("records_fetched")).collect::<Vec<_>>().join("\n")
+    );
+
     // The same bytes as plain HTTP: the body is whole stored batches, whose checksums hold.
     let r = common::get(&format!("{}/v1/topics/history/partitions/0/batches?offset=100&max_bytes=1", s.url));
     assert_eq!(r.status, 200);

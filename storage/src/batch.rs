@@ -649,12 +649,15 @@ fn split(buf: &Bytes, verify: bool) -> impl Iterator<Item = Result<Batch, BatchE
     })
 }
 
-/// Records in a buffer of whole batches, from their headers alone (no checksum, no decoding);
-/// counting stops at the first header that does not decode.
-pub fn count_records(buf: &[u8]) -> u64 {
+/// Records at offsets `from` and above in a buffer of whole batches, from their headers alone (no
+/// checksum, no decoding); counting stops at the first header that does not decode. Of a batch
+/// that starts below `from` (a read's first batch), the records its offset span leaves above
+/// `from` count, at most its record count (exact unless compaction left gaps in that span).
+pub fn count_records(buf: &[u8], from: u64) -> u64 {
     let (mut pos, mut records) = (0usize, 0u64);
     while let Some(h) = buf.get(pos..).and_then(|rest| BatchHeader::decode(rest).ok()) {
-        records += u64::from(h.record_count);
+        let count = u64::from(h.record_count);
+        records += if h.base_offset >= from { count } else { h.next_offset().saturating_sub(from).min(count) };
         pos += h.total_len();
     }
     records
@@ -772,18 +775,27 @@ mod tests {
     #[test]
     fn records_are_counted_from_headers_up_to_the_first_broken_one() {
         let mut buf = Vec::new();
+        let mut base = 0;
         for n in [3u8, 1, 5] {
             let mut builder = BatchBuilder::new(Compression::Lz4);
             for i in 0..n {
                 builder.push(0, None, Some(&[i]), &[]);
             }
-            buf.extend(builder.build().unwrap());
+            let mut batch = builder.build().unwrap();
+            set_base_offset(&mut batch, base);
+            base += u64::from(n);
+            buf.extend(batch);
         }
-        assert_eq!(count_records(&buf), 9);
-        assert_eq!(count_records(&buf[..buf.len() - 1]), 9, "a cut last batch's header still counts");
+        assert_eq!(count_records(&buf, 0), 9);
+        // A read that starts inside the first batch (offsets 0..=2) counts from its start.
+        assert_eq!(count_records(&buf, 2), 7);
+        assert_eq!(count_records(&buf, 3), 6);
+        assert_eq!(count_records(&buf, 4), 5);
+        assert_eq!(count_records(&buf, 100), 0);
+        assert_eq!(count_records(&buf[..buf.len() - 1], 0), 9, "a cut last batch's header still counts");
         buf.extend_from_slice(&[0xff; HEADER_LEN]);
-        assert_eq!(count_records(&buf), 9);
-        assert_eq!(count_records(&[]), 0);
+        assert_eq!(count_records(&buf, 0), 9);
+        assert_eq!(count_records(&[], 0), 0);
     }
 
     #[test]

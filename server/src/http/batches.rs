@@ -77,7 +77,7 @@ pub async fn batches(
     let mut next = first.next_offset;
     let more = !first.batches.is_empty() && sent < max_bytes;
     if !first.batches.is_empty() {
-        state.metrics.records_out(&topic, count_records(&first.batches) as usize);
+        state.metrics.records_out(&topic, count_records(&first.batches, offset) as usize);
         // Capacity READ_AHEAD ≥ 1 and nothing else has sent yet: this cannot be full.
         let _ = tx.try_send(Ok(first.batches));
     }
@@ -99,9 +99,9 @@ pub async fn batches(
                 if read.batches.is_empty() || read.next_offset <= next {
                     return;
                 }
+                state.metrics.records_out(&topic, count_records(&read.batches, next) as usize);
                 sent += read.batches.len() as u64;
                 next = read.next_offset;
-                state.metrics.records_out(&topic, count_records(&read.batches) as usize);
                 if tx.send(Ok(read.batches)).await.is_err() {
                     return; // the client went away
                 }
