@@ -395,14 +395,7 @@ impl Batch {
     /// # Errors
     /// A [`BatchError`] naming what is wrong.
     pub fn parse(bytes: Bytes) -> Result<Self, BatchError> {
-        let header = BatchHeader::decode(&bytes)?;
-        if header.total_len() != bytes.len() {
-            return Err(BatchError::Truncated { needed: header.total_len(), available: bytes.len() });
-        }
-        let computed = crc32c::crc32c(&bytes[OFF_ATTRIBUTES..]);
-        if computed != header.crc {
-            return Err(BatchError::BadCrc { stored: header.crc, computed });
-        }
+        let header = verify(&bytes)?;
         Ok(Self { header, bytes })
     }
 
@@ -589,6 +582,18 @@ fn decode_records(header: &BatchHeader, section: &Bytes) -> Result<Vec<Record>, 
 /// # Errors
 /// A [`BatchError`] naming what is wrong.
 pub fn check(batch: &[u8]) -> Result<(BatchHeader, i64), BatchError> {
+    let header = verify(batch)?;
+    let mut min_timestamp = i64::MAX;
+    let mut walk = |section: &[u8]| walk_records(&header, section, |r| min_timestamp = min_timestamp.min(r.timestamp));
+    match header.compression {
+        Compression::None => walk(&batch[HEADER_LEN..])?,
+        codec => walk(&decompress(codec, &batch[HEADER_LEN..], header.uncompressed_len)?)?,
+    }
+    Ok((header, min_timestamp))
+}
+
+/// The header of `batch`, which must hold exactly one batch whose CRC matches.
+fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::decode(batch)?;
     if header.total_len() != batch.len() {
         return Err(BatchError::Truncated { needed: header.total_len(), available: batch.len() });
@@ -597,13 +602,7 @@ pub fn check(batch: &[u8]) -> Result<(BatchHeader, i64), BatchError> {
     if computed != header.crc {
         return Err(BatchError::BadCrc { stored: header.crc, computed });
     }
-    let mut min_timestamp = i64::MAX;
-    let mut walk = |section: &[u8]| walk_records(&header, section, |r| min_timestamp = min_timestamp.min(r.timestamp));
-    match header.compression {
-        Compression::None => walk(&batch[HEADER_LEN..])?,
-        codec => walk(&decompress(codec, &batch[HEADER_LEN..], header.uncompressed_len)?)?,
-    }
-    Ok((header, min_timestamp))
+    Ok(header)
 }
 
 /// Writes `base_offset` into an encoded batch (outside the CRC, so nothing else changes).
