@@ -2,36 +2,34 @@
 //! batch door (`GET /v1/topics/{topic}/partitions/{p}/batches`, HTTP/1.1) — the fast way to catch
 //! up on a long partition.
 //!
-//! The response body is batches back to back in the storage format, cut by HTTP into chunks that
-//! know nothing of batch boundaries. The reader hands out a batch without copying when a chunk
-//! holds it whole, and assembles the ones that straddle chunks. Every batch's CRC32C is checked
-//! here: the bytes crossed a network.
+//! The response body is batches back to back in the storage format, in HTTP chunks. The server
+//! puts whole batches in each chunk and the reader reads each chunk into one buffer, so a batch is
+//! sliced out without copying; a batch that straddles pieces anyway (a chunk longer than a piece,
+//! or another server) is assembled by copying. Every batch's CRC32C is checked here: the bytes
+//! crossed a network.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use strata_storage::batch::{Batch, BatchHeader, HEADER_LEN, MAX_UNCOMPRESSED_LEN};
+use tokio::net::TcpStream;
+use tonic::codegen::http::Uri;
+use tonic::codegen::http::uri::InvalidUri;
 
+use crate::http1::{self, Body};
 use crate::{ClientError, Start};
 
 /// The batch door's media type.
 const CONTENT_TYPE: &str = "application/vnd.strata.batches";
 
-/// The HTTP/1.1 connection under a [`BatchReader`].
-type Connection = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, http_body_util::Empty<Bytes>>;
-
 /// Stored batches of one partition as they arrive ([`crate::Client::read_batches`]).
 ///
-/// The reader drives its connection itself, on the task that reads: no chunk crosses threads on
-/// its way in, and dropping the reader closes the connection at once (no task outlives it).
+/// The reader owns its connection and reads it on the task that calls it (see [`crate::http1`]
+/// for why not hyper): no chunk crosses threads on its way in, a batch is sliced out of the
+/// buffer its bytes were read into, and dropping the reader closes the connection at once.
 #[derive(Debug)]
 pub struct BatchReader {
-    body: Incoming,
-    /// `None` once the connection has finished (the response is complete, or it failed).
-    connection: Option<Connection>,
+    body: Body<TcpStream>,
     splitter: Splitter,
     offset: u64,
     next_offset: u64,
@@ -54,18 +52,14 @@ impl BatchReader {
             return Err(ClientError::Invalid(format!("{topic:?} is not a valid topic name")));
         }
         let connect_error = |reason: String| ClientError::Connect { url: url.to_string(), reason };
-        let uri: hyper::Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| connect_error(e.to_string()))?;
+        let uri: Uri = url.parse().map_err(|e: InvalidUri| connect_error(e.to_string()))?;
         if uri.scheme_str().is_some_and(|s| s != "http") {
             return Err(connect_error("only http:// URLs can be read from".into()));
         }
         let authority = uri.authority().ok_or_else(|| connect_error("the URL names no host".into()))?.clone();
         let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-        let stream = tokio::net::TcpStream::connect(&address).await.map_err(|e| connect_error(e.to_string()))?;
+        let stream = TcpStream::connect(&address).await.map_err(|e| connect_error(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        let mut connection = Some(connection);
 
         let start = match start {
             Start::Offset(o) => format!("offset={o}"),
@@ -78,21 +72,15 @@ impl BatchReader {
             uri.path().trim_end_matches('/'),
             wait.as_millis()
         );
-        let request = hyper::Request::get(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::ACCEPT, CONTENT_TYPE)
-            .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let response =
-            drive(&mut connection, sender.send_request(request)).await.map_err(|e| connect_error(e.to_string()))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body =
-                drive(&mut connection, response.into_body().collect()).await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(problem(status, &body));
+        let (head, mut body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        if !(200..300).contains(&head.status) {
+            let body = body.collect_small().await.unwrap_or_default();
+            return Err(problem(head.status, &body));
         }
         let header = |name: &str| -> Result<u64, ClientError> {
-            response.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).ok_or_else(|| {
+            head.header(name).and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
                 ClientError::Invalid(format!("the batch stream's response has no valid `{name}` header"))
             })
         };
@@ -100,8 +88,7 @@ impl BatchReader {
         let high_watermark = header("strata-high-watermark")?;
         let log_start_offset = header("strata-log-start-offset")?;
         Ok(Self {
-            body: response.into_body(),
-            connection,
+            body,
             splitter: Splitter::default(),
             offset,
             next_offset: offset,
@@ -160,20 +147,16 @@ impl BatchReader {
             if self.done {
                 return Ok(None);
             }
-            match drive(&mut self.connection, self.body.frame()).await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.splitter.push(data);
-                    }
-                }
-                Some(Err(e)) => {
+            match self.body.next_piece().await {
+                Ok(Some(piece)) => self.splitter.push(piece),
+                Err(e) => {
                     self.done = true;
                     return Err(ClientError::Server {
                         code: tonic::Code::Unavailable,
                         message: format!("the batch stream broke off at offset {}: {e}", self.next_offset),
                     });
                 }
-                None => {
+                Ok(None) => {
                     self.done = true;
                     if !self.splitter.partial.is_empty() {
                         return Err(ClientError::Invalid(format!(
@@ -183,28 +166,6 @@ impl BatchReader {
                         )));
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Awaits `work` (a request, or a body frame) while driving the connection it needs on this
-/// task. Cancel safe when `work` is.
-async fn drive<F: std::future::Future>(connection: &mut Option<Connection>, work: F) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    loop {
-        let Some(conn) = connection.as_mut() else {
-            return work.await;
-        };
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            // A failure reaches `work` too (the body ends with an error): only logged here.
-            done = conn => {
-                if let Err(e) = done {
-                    tracing::debug!(error = %e, "batch stream connection ended");
-                }
-                *connection = None;
             }
         }
     }
@@ -271,11 +232,11 @@ fn checked_len(buf: &[u8]) -> Result<usize, strata_storage::batch::BatchError> {
 }
 
 /// An error response: `application/problem+json` with the server's stable `code`.
-fn problem(status: hyper::StatusCode, body: &[u8]) -> ClientError {
+fn problem(status: u16, body: &[u8]) -> ClientError {
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let code = doc["code"].as_str().unwrap_or("http_error");
     let detail = doc["detail"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
-    let grpc = match status.as_u16() {
+    let grpc = match status {
         400 | 413 | 415 | 422 => tonic::Code::InvalidArgument,
         404 => tonic::Code::NotFound,
         409 | 412 => tonic::Code::FailedPrecondition,

@@ -15,6 +15,7 @@ mod admin;
 mod batches;
 mod error;
 pub mod group;
+mod http1;
 mod murmur;
 mod producer;
 mod sql;
