@@ -16,20 +16,30 @@ use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::codegen::http::uri::InvalidUri;
 
+use tokio::sync::mpsc;
+
 use crate::http1::{self, Body};
 use crate::{ClientError, Start};
 
 /// The batch door's media type.
 const CONTENT_TYPE: &str = "application/vnd.strata.batches";
 
+/// Body pieces (up to a server chunk, 2 MiB, each) read ahead of the caller.
+const PIECES_AHEAD: usize = 2;
+
+/// What the receiving task hands over: a piece, the end of the body, or the connection's error.
+type Piece = std::io::Result<Option<Bytes>>;
+
 /// Stored batches of one partition as they arrive ([`crate::Client::read_batches`]).
 ///
-/// The reader owns its connection and reads it on the task that calls it (see [`crate::http1`]
-/// for why not hyper): no chunk crosses threads on its way in, a batch is sliced out of the
-/// buffer its bytes were read into, and dropping the reader closes the connection at once.
+/// A task of its own reads the connection (see [`crate::http1`] for why not hyper) a few pieces
+/// ahead, so receiving overlaps with the caller checking and decoding batches; a batch is sliced
+/// out of the buffer its bytes were read into. Dropping the reader stops that task and closes the
+/// connection at once.
 #[derive(Debug)]
 pub struct BatchReader {
-    body: Body<TcpStream>,
+    pieces: mpsc::Receiver<Piece>,
+    receiving: tokio::task::JoinHandle<()>,
     splitter: Splitter,
     offset: u64,
     next_offset: u64,
@@ -87,8 +97,11 @@ impl BatchReader {
         let offset = header("strata-offset")?;
         let high_watermark = header("strata-high-watermark")?;
         let log_start_offset = header("strata-log-start-offset")?;
+        let (tx, pieces) = mpsc::channel(PIECES_AHEAD);
+        let receiving = tokio::spawn(receive(body, tx));
         Ok(Self {
-            body,
+            pieces,
+            receiving,
             splitter: Splitter::default(),
             offset,
             next_offset: offset,
@@ -147,7 +160,10 @@ impl BatchReader {
             if self.done {
                 return Ok(None);
             }
-            match self.body.next_piece().await {
+            let piece = self.pieces.recv().await.unwrap_or_else(|| {
+                Err(std::io::Error::other("the task receiving the stream stopped before the body ended"))
+            });
+            match piece {
                 Ok(Some(piece)) => self.splitter.push(piece),
                 Err(e) => {
                     self.done = true;
@@ -167,6 +183,24 @@ impl BatchReader {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for BatchReader {
+    fn drop(&mut self) {
+        self.receiving.abort();
+    }
+}
+
+/// Reads the body's pieces into `tx` until its end (sent as `Ok(None)`) or an error, or until the
+/// reader is dropped.
+async fn receive(mut body: Body<TcpStream>, tx: mpsc::Sender<Piece>) {
+    loop {
+        let piece = body.next_piece().await;
+        let last = !matches!(piece, Ok(Some(_)));
+        if tx.send(piece).await.is_err() || last {
+            return;
         }
     }
 }
@@ -315,6 +349,61 @@ mod tests {
             let error = error.expect("the damaged batch was accepted").to_string();
             assert!(error.contains("checksum mismatch"), "{error}");
         }
+    }
+
+    /// Serves one hand-written response: the head, then `body` as one chunk (cut after `cut`
+    /// bytes when set); then waits for the client to close the connection, and returns whether it
+    /// did.
+    async fn serve_once(body: Bytes, cut: Option<usize>) -> (String, tokio::task::JoinHandle<bool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nstrata-offset: 0\r\n\
+                strata-high-watermark: 15\r\nstrata-log-start-offset: 0\r\n\r\n";
+            let mut out = format!("{head}{:x}\r\n", body.len()).into_bytes();
+            out.extend_from_slice(&body[..cut.unwrap_or(body.len())]);
+            if cut.is_none() {
+                out.extend_from_slice(b"\r\n0\r\n\r\n");
+            }
+            socket.write_all(&out).await.unwrap();
+            if cut.is_some() {
+                return true; // closing here cuts the body
+            }
+            // The client closing its end is what ends this read.
+            let closed = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut request)).await;
+            matches!(closed, Ok(Ok(0)))
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_reader_reads_a_whole_stream_and_reports_a_cut_one() {
+        let (all, each) = stream();
+        let (url, server) = serve_once(all.clone(), None).await;
+        let mut reader = BatchReader::open(&url, "t", 0, Start::Earliest, 1 << 20, Duration::ZERO).await.unwrap();
+        assert_eq!(reader.high_watermark(), 15);
+        let mut got = Vec::new();
+        while let Some(b) = reader.next_batch().await.unwrap() {
+            got.push(b.bytes().clone());
+        }
+        assert_eq!((got, reader.next_offset()), (each.clone(), 15));
+        drop(reader);
+        assert!(server.await.unwrap(), "dropping the reader did not close its connection");
+
+        // Cut inside the third batch: the first two arrive, then the break is reported.
+        let cut = each[0].len() + each[1].len() + 5;
+        let (url, server) = serve_once(all, Some(cut)).await;
+        let mut reader = BatchReader::open(&url, "t", 0, Start::Earliest, 1 << 20, Duration::ZERO).await.unwrap();
+        assert_eq!(reader.next_batch().await.unwrap().unwrap().bytes(), &each[0]);
+        assert_eq!(reader.next_batch().await.unwrap().unwrap().bytes(), &each[1]);
+        let error = reader.next_batch().await.unwrap_err();
+        assert!(matches!(&error, ClientError::Server { code: tonic::Code::Unavailable, .. }), "{error}");
+        assert!(error.to_string().contains("broke off at offset 3"), "{error}");
+        assert!(server.await.unwrap());
     }
 
     #[test]

@@ -61,6 +61,8 @@ enum Framing {
     /// Neither: the body runs until the server closes the connection.
     UntilClose,
     Done,
+    /// The connection closed inside the body, after the bytes before that were handed out.
+    Cut,
 }
 
 /// A response body being read; the connection is closed when it is dropped.
@@ -146,6 +148,8 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
 impl<S: AsyncRead + Unpin> Body<S> {
     /// The next piece of the body: a chunk's data whole when it is at most [`MAX_PIECE`] long
     /// (the reads are sized to it), else the next `MAX_PIECE` bytes of it. `None` at the end.
+    /// When the connection closes inside the body, the bytes that did arrive come out as a last
+    /// piece before the error.
     ///
     /// # Errors
     /// The connection's I/O error; `UnexpectedEof` when it closes before the body ends;
@@ -157,6 +161,7 @@ impl<S: AsyncRead + Unpin> Body<S> {
         loop {
             match self.framing {
                 Framing::Done => return Ok(None),
+                Framing::Cut => return Err(cut()),
                 Framing::Chunked { left: 0, first } => {
                     if let Some(next) = self.size_line(first)? {
                         self.framing = next;
@@ -180,7 +185,14 @@ impl<S: AsyncRead + Unpin> Body<S> {
                         return Ok(Some(piece));
                     }
                     let slack = if matches!(self.framing, Framing::Chunked { .. }) { SLACK } else { 0 };
-                    self.fill(want - self.buf.len() + slack).await?;
+                    if let Err(e) = self.fill(want - self.buf.len() + slack).await {
+                        // What arrived before a cut is handed out first; the error comes next.
+                        if e.kind() == io::ErrorKind::UnexpectedEof && !self.buf.is_empty() {
+                            self.framing = Framing::Cut;
+                            return Ok(Some(self.buf.split().freeze()));
+                        }
+                        return Err(e);
+                    }
                 }
                 Framing::UntilClose => {
                     // No length to size the reads by: pieces of up to 1 MiB, read 64 KiB at a time.
@@ -248,10 +260,14 @@ impl<S: AsyncRead + Unpin> Body<S> {
     async fn fill(&mut self, limit: usize) -> io::Result<()> {
         self.buf.reserve(limit);
         if (&mut self.stream).take(limit as u64).read_buf(&mut self.buf).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed inside the response body"));
+            return Err(cut());
         }
         Ok(())
     }
+}
+
+fn cut() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the connection closed inside the response body")
 }
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
