@@ -16,7 +16,7 @@
 //!     markdown on stdout and in benches/RESULTS.md, benches/results/latency-throughput.svg
 //! ```
 
-mod limits;
+pub(crate) mod limits;
 pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
