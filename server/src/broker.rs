@@ -526,7 +526,7 @@ impl Broker {
         if let Some(cold) = self.read_cold(topic, partition, start, max_records, max_bytes).await? {
             return Ok(cold);
         }
-        let (mut offset, mut read) = match self.read_waiting(topic, partition, start, max_bytes, wait).await {
+        let (mut offset, mut read) = match self.read_waiting(topic, partition, start, max_bytes, 0, wait).await {
             Ok(read) => read,
             // Local retention deleted the segment (it is tiered) between the choice of tier and
             // the read: the cold tier has it now.
@@ -544,7 +544,7 @@ impl Broker {
                 return Ok(result);
             }
             offset = result.next_offset;
-            read = self.read_waiting(topic, partition, Start::Offset(offset), max_bytes, Duration::ZERO).await?.1;
+            read = self.read_waiting(topic, partition, Start::Offset(offset), max_bytes, 0, Duration::ZERO).await?.1;
         }
     }
 
@@ -559,7 +559,7 @@ impl Broker {
 
     /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start
     /// before the requested offset): no per-record work, for consumers that decode batches.
-    /// Also returns the offset `start` resolved to.
+    /// Also returns the offset `start` resolved to. `overshoot`: as in [`Log::read_crossing`].
     ///
     /// # Errors
     /// As [`Broker::fetch`].
@@ -569,12 +569,13 @@ impl Broker {
         partition: u32,
         start: Start,
         max_bytes: usize,
+        overshoot: usize,
         wait: Duration,
     ) -> Result<(u64, strata_storage::ReadResult), ApiError> {
         if let Some(cold) = self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
             return raw_batches(cold);
         }
-        match self.read_waiting(topic, partition, start, max_bytes, wait).await {
+        match self.read_waiting(topic, partition, start, max_bytes, overshoot, wait).await {
             Ok(read) => Ok(read),
             // As in `fetch`: local retention may have just handed the range to the cold tier.
             Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
@@ -647,14 +648,16 @@ impl Broker {
         Ok(Some(FetchResult { records, next_offset, high_watermark, log_start_offset: first.meta.base_offset }))
     }
 
-    /// Resolves `start`, then reads; while there is nothing to read, waits for an append or the
-    /// end of `wait`. Returns the resolved offset and what was read.
+    /// Resolves `start`, then reads up to `max_bytes` (plus `overshoot` to finish the batch that
+    /// crosses it: [`Log::read_crossing`]); while there is nothing to read, waits for an append or
+    /// the end of `wait`. Returns the resolved offset and what was read.
     async fn read_waiting(
         &self,
         topic: &str,
         partition: u32,
         start: Start,
         max_bytes: usize,
+        overshoot: usize,
         wait: Duration,
     ) -> Result<(u64, strata_storage::ReadResult), ApiError> {
         let part = self.partition(topic, partition)?;
@@ -675,7 +678,7 @@ impl Broker {
         loop {
             rx.borrow_and_update();
             let l = log.clone();
-            let read = tokio::task::spawn_blocking(move || l.read(offset, max_bytes)).await??;
+            let read = tokio::task::spawn_blocking(move || l.read_crossing(offset, max_bytes, overshoot)).await??;
             if !read.batches.is_empty() || wait.is_zero() {
                 return Ok((offset, read));
             }

@@ -242,7 +242,8 @@ impl pb::consumer_server::Consumer for Services {
         let max_bytes = if req.max_bytes == 0 { 1 << 20 } else { req.max_bytes.min(64 << 20) } as usize;
         let wait = Duration::from_millis(u64::from(req.wait_ms).min(self.state.max_wait_ms));
         if req.raw_batches {
-            let (offset, read) = self.state.broker.fetch_raw(&req.topic, req.partition, start, max_bytes, wait).await?;
+            let (offset, read) =
+                self.state.broker.fetch_raw(&req.topic, req.partition, start, max_bytes, 0, wait).await?;
             let records = strata_storage::batch::count_records(&read.batches, offset) as usize;
             self.state.metrics.records_out(&req.topic, records);
             return Ok(Response::new(pb::FetchResponse {

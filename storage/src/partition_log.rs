@@ -696,6 +696,16 @@ impl Log {
     /// [`Error::OffsetOutOfRange`] outside `[log_start_offset, high_watermark]`;
     /// [`Error::Corrupt`] naming the file and byte when stored data fails its checksum.
     pub fn read(&self, offset: u64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_crossing(offset, max_bytes, 0)
+    }
+
+    /// As [`Log::read`], but the batch that crosses `max_bytes` comes too when it ends within
+    /// `max_bytes + overshoot`: for readers that go through the log in consecutive reads, which
+    /// would otherwise read that batch twice (see [`segment::read_batches`]).
+    ///
+    /// # Errors
+    /// As [`Log::read`].
+    pub fn read_crossing(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<ReadResult> {
         let mut offset = offset;
         let mut stale_retries = 0;
         loop {
@@ -726,7 +736,7 @@ impl Log {
                 Err(e) => return Err(Error::io(&target.path, e)),
             };
             let start = target.start_for_offset(self, offset);
-            match segment::read_batches(&file, start, target.bound, offset, max_bytes) {
+            match segment::read_batches(&file, start, target.bound, offset, max_bytes, overshoot) {
                 Ok(Some(r)) => {
                     return Ok(ReadResult {
                         batches: r.bytes,
@@ -833,7 +843,7 @@ impl Log {
         let file = self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable).at(&target.path)?;
         let mut pos = target.start;
         loop {
-            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20) {
+            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20, 1 << 19) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(None),
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),

@@ -45,6 +45,36 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
 }
 
 #[test]
+fn a_read_may_finish_the_batch_crossing_its_limit_when_given_overshoot() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default()).unwrap();
+    let one = batch(0, 10, 1).len();
+    for tag in 0..20u64 {
+        log.append(batch(tag, 10, 1)).unwrap().wait().unwrap();
+    }
+    let batches_in = |r: &strata_storage::ReadResult| r.batches.len() / one;
+    // 2.5 batches' worth: two whole ones; the third crosses the limit.
+    let max = one * 5 / 2;
+    let plain = log.read(0, max).unwrap();
+    assert_eq!((batches_in(&plain), plain.next_offset), (2, 20));
+    assert_eq!(log.read_crossing(0, max, 0).unwrap().batches, plain.batches);
+    // Overshoot short of the third batch's end: still two. Enough of it: three, never four.
+    let needed = 3 * one - max;
+    assert_eq!(batches_in(&log.read_crossing(0, max, needed - 1).unwrap()), 2);
+    let crossing = log.read_crossing(0, max, needed).unwrap();
+    assert_eq!((batches_in(&crossing), crossing.next_offset), (3, 30));
+    assert_eq!(batches_in(&log.read_crossing(0, max, 10 * one).unwrap()), 3);
+    // Consecutive reads with overshoot see every record once, in order.
+    let (mut offset, mut seen) = (0u64, Vec::new());
+    while offset < log.high_watermark() {
+        let r = log.read_crossing(offset, max, one).unwrap();
+        seen.extend(r.records_from(offset).unwrap().into_iter().map(|r| r.offset));
+        offset = r.next_offset;
+    }
+    assert_eq!(seen, (0..200).collect::<Vec<u64>>());
+}
+
+#[test]
 fn compressed_batches_round_trip_through_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogConfig::default()).unwrap();

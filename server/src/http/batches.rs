@@ -40,6 +40,10 @@ const MAX_MAX_BYTES: u64 = 1 << 30;
 /// Bytes of batches read from the log at a time, and how many such reads may wait for the socket.
 const READ_BYTES: usize = 2 << 20;
 const READ_AHEAD: usize = 2;
+/// How far a read may go past `READ_BYTES` to finish the batch crossing it: otherwise, over
+/// batches of about 1 MiB (a producer's full batch), every read would keep one batch and read the
+/// next one twice.
+const OVERSHOOT: usize = READ_BYTES / 2;
 
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/batches",
     params(("topic" = String, Path), ("partition" = u32, Path),
@@ -65,7 +69,7 @@ pub async fn batches(
     let wait = Duration::from_millis(query_u64(&query, "wait_ms")?.unwrap_or(0).min(state.max_wait_ms));
     // The first read answers with an error status if it fails; later ones can only cut the body.
     let first_read = (READ_BYTES as u64).min(max_bytes) as usize;
-    let (offset, first) = state.broker.fetch_raw(&topic, partition, start, first_read, wait).await?;
+    let (offset, first) = state.broker.fetch_raw(&topic, partition, start, first_read, OVERSHOOT, wait).await?;
     let headers = [
         ("strata-offset", offset),
         ("strata-high-watermark", first.high_watermark),
@@ -86,15 +90,18 @@ pub async fn batches(
         tokio::spawn(async move {
             while sent < max_bytes {
                 let want = (READ_BYTES as u64).min(max_bytes - sent) as usize;
-                let read =
-                    match state.broker.fetch_raw(&topic, partition, Start::Offset(next), want, Duration::ZERO).await {
-                        Ok((_, read)) => read,
-                        Err(e) => {
-                            tracing::warn!(topic, partition, offset = next, error = %e, "batch stream cut short");
-                            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-                            return;
-                        }
-                    };
+                let read = match state
+                    .broker
+                    .fetch_raw(&topic, partition, Start::Offset(next), want, OVERSHOOT, Duration::ZERO)
+                    .await
+                {
+                    Ok((_, read)) => read,
+                    Err(e) => {
+                        tracing::warn!(topic, partition, offset = next, error = %e, "batch stream cut short");
+                        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                        return;
+                    }
+                };
                 // Caught up with the high watermark, or a compacted range that ends the log.
                 if read.batches.is_empty() || read.next_offset <= next {
                     return;
