@@ -2,7 +2,7 @@
 //! no Raft — one directory of files per partition.
 //!
 //! ```text
-//!  BatchBuilder ──encode──► Log::append ──pwrite──► active segment  <base>.log  (preallocated)
+//!  BatchBuilder ──encode──► Log::append ──pwrite──► active segment  <base>.log  (grows; see segment)
 //!                              │                        │ roll (size / age)
 //!                              │                        ▼
 //!                              │                  sealed segments  <base>.log + <base>.index
