@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -115,8 +114,10 @@ impl<'a> Window<'a> {
         }
         if pos < self.start || end > self.start + self.buf.len() as u64 {
             let want = (len.max(self.size) as u64).min(self.bound - pos) as usize;
-            self.buf.resize(want, 0);
-            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.buf.clear();
+            fill(self.file, &mut self.buf, want, pos)?;
+            // A reused buffer's spare capacity may have taken in more than was asked for.
+            self.buf.truncate(want);
             self.start = pos;
         }
         let from = (pos - self.start) as usize;
