@@ -50,9 +50,10 @@ pub use error::{Error, Result};
 pub use flusher::{Fsync, OsFsync};
 pub use manager::{LogManager, StorageOptions};
 pub use partition_log::{
-    AppendInfo, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo, SegmentSpan,
+    AppendInfo, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo, SegmentSpan,
 };
 pub use retention::RetentionOutcome;
+pub use segment::BatchSpan;
 pub use tier::{
     TierError, TierObjectMeta, parquet_offset_for_timestamp, read_parquet, segment_to_parquet, verify_parquet,
 };

@@ -220,6 +220,18 @@ impl PendingAppend {
     }
 }
 
+/// Whole batches located in a segment file rather than read ([`Log::locate`]).
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The segment file and where in it the batches lie; `None` when nothing is readable at or
+    /// after the offset (it is the high watermark, or a compaction gap runs to it).
+    pub span: Option<(Arc<File>, segment::BatchSpan)>,
+    /// Offset to read next.
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
 /// Whole batches read from the log.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -706,6 +718,38 @@ impl Log {
     /// # Errors
     /// As [`Log::read`].
     pub fn read_crossing(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<ReadResult> {
+        let (found, high_watermark, log_start_offset) = self.in_segment(offset, |file, start, bound, offset| {
+            segment::read_batches(file, start, bound, offset, max_bytes, overshoot)
+        })?;
+        let (batches, next_offset) = found.map_or((Bytes::new(), high_watermark), |(_, r)| (r.bytes, r.next_offset));
+        Ok(ReadResult { batches, next_offset: next_offset.min(high_watermark), high_watermark, log_start_offset })
+    }
+
+    /// Where the batches [`Log::read_crossing`] would return lie, without reading them: a segment
+    /// file and a span of it, for a sender that hands the bytes from the page cache to a socket
+    /// (`sendfile`). The file stays readable while the `Arc` lives, even if retention or
+    /// compaction removes it from the log meanwhile. Checksums are not checked (the bytes are not
+    /// read here); the receiver must check them.
+    ///
+    /// # Errors
+    /// As [`Log::read`], except that only headers are checked.
+    pub fn locate(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<Located> {
+        let (found, high_watermark, log_start_offset) = self.in_segment(offset, |file, start, bound, offset| {
+            segment::locate_batches(file, start, bound, offset, max_bytes, overshoot)
+        })?;
+        let next_offset = found.as_ref().map_or(high_watermark, |(_, span)| span.next_offset.min(high_watermark));
+        Ok(Located { span: found, next_offset, high_watermark, log_start_offset })
+    }
+
+    /// Runs `read(file, start, bound, offset)` on the segment holding `offset`, from the index
+    /// position at or before it, up to the segment's readable bound; across a compaction gap, on
+    /// the next segment. `None` when nothing is readable at or after `offset`. Also returns the
+    /// high watermark and log start seen.
+    fn in_segment<T>(
+        &self,
+        offset: u64,
+        read: impl Fn(&File, u64, u64, u64) -> std::result::Result<Option<T>, ReadFailure>,
+    ) -> Result<(Option<(Arc<File>, T)>, u64, u64)> {
         let mut offset = offset;
         let mut stale_retries = 0;
         loop {
@@ -716,12 +760,7 @@ impl Log {
                     return Err(Error::OffsetOutOfRange { requested: offset, log_start, high_watermark: hw });
                 }
                 if offset == hw {
-                    return Ok(ReadResult {
-                        batches: Bytes::new(),
-                        next_offset: hw,
-                        high_watermark: hw,
-                        log_start_offset: log_start,
-                    });
+                    return Ok((None, hw, log_start));
                 }
                 (self.read_target(&st, offset), hw, log_start)
             };
@@ -736,26 +775,12 @@ impl Log {
                 Err(e) => return Err(Error::io(&target.path, e)),
             };
             let start = target.start_for_offset(self, offset);
-            match segment::read_batches(&file, start, target.bound, offset, max_bytes, overshoot) {
-                Ok(Some(r)) => {
-                    return Ok(ReadResult {
-                        batches: r.bytes,
-                        next_offset: r.next_offset.min(hw),
-                        high_watermark: hw,
-                        log_start_offset: log_start,
-                    });
-                }
+            match read(&file, start, target.bound, offset) {
+                Ok(Some(found)) => return Ok((Some((file, found)), hw, log_start)),
                 Ok(None) => match target.next_base {
                     // Compaction left nothing at or after `offset` in this segment.
                     Some(next) if next > offset => offset = next,
-                    _ => {
-                        return Ok(ReadResult {
-                            batches: Bytes::new(),
-                            next_offset: hw,
-                            high_watermark: hw,
-                            log_start_offset: log_start,
-                        });
-                    }
+                    _ => return Ok((None, hw, log_start)),
                 },
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {

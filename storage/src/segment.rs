@@ -160,10 +160,7 @@ pub fn scan(file: &File, base_offset: u64, from: u64, bound: u64, interval: u32,
         let in_sequence =
             if strict { header.base_offset == index.next_offset } else { header.base_offset >= index.next_offset };
         if !in_sequence {
-            break ScanEnd::Invalid {
-                position: pos,
-                error: BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" },
-            };
+            break ScanEnd::Invalid { position: pos, error: out_of_sequence() };
         }
         let indexed = IndexedBatch {
             base_offset: header.base_offset,
@@ -208,6 +205,32 @@ impl From<io::Error> for ReadFailure {
     }
 }
 
+/// Finds the batch holding `offset` (or the first after it) by walking headers from `start`: its
+/// position and header. `Ok(None)`: no such batch before `bound`.
+fn find_first(
+    window: &mut Window<'_>,
+    start: u64,
+    bound: u64,
+    offset: u64,
+) -> Result<Option<(u64, BatchHeader)>, ReadFailure> {
+    let mut pos = start;
+    loop {
+        let head = window.get(pos, HEADER_LEN)?;
+        if head.is_empty() || head.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        let header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt { position: pos, error })?;
+        if pos + header.total_len() as u64 > bound {
+            let error = BatchError::Truncated { needed: header.total_len(), available: (bound - pos) as usize };
+            return Err(ReadFailure::Corrupt { position: pos, error });
+        }
+        if header.last_offset() >= offset {
+            return Ok(Some((pos, header)));
+        }
+        pos += header.total_len() as u64;
+    }
+}
+
 /// Reads whole batches, starting with the one holding `offset` (or the first after it), up to
 /// `max_bytes` (at least one batch) and never past `bound`. `Ok(None)`: no such batch here.
 ///
@@ -223,27 +246,11 @@ pub fn read_batches(
     max_bytes: usize,
     overshoot: usize,
 ) -> Result<Option<SegmentRead>, ReadFailure> {
-    // Find the batch holding `offset` by walking headers from the index position (sparse: a few
-    // KiB before it at most). A small window: a whole scan window here would read and zero 1 MiB
-    // per read only to look at the header the read then starts with.
+    // The index is sparse (a few KiB between entries): a small window finds the first batch. A
+    // whole scan window here would read 1 MiB per read only to look at the header it starts with.
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
-    let mut pos = start;
-    let first_len = loop {
-        let head = window.get(pos, HEADER_LEN)?;
-        if head.is_empty() || head.iter().all(|&b| b == 0) {
-            return Ok(None);
-        }
-        let header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt { position: pos, error })?;
-        if pos + header.total_len() as u64 > bound {
-            let error = BatchError::Truncated { needed: header.total_len(), available: (bound - pos) as usize };
-            return Err(ReadFailure::Corrupt { position: pos, error });
-        }
-        if header.last_offset() >= offset {
-            break header.total_len();
-        }
-        pos += header.total_len() as u64;
-    };
-    let len = (max_bytes.max(first_len) as u64).min(bound - pos) as usize;
+    let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
+    let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos) as usize;
     // Batches start before `len` and end by `room`.
     let room = (len.saturating_add(overshoot) as u64).min(bound - pos) as usize;
     // Exactly `len`: reads fill the whole spare capacity, and a read past `len` would be wasted
@@ -278,8 +285,7 @@ pub fn read_batches(
             return Err(ReadFailure::Corrupt { position, error: BatchError::BadCrc { stored: header.crc, computed } });
         }
         if header.base_offset < next_offset {
-            let error = BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" };
-            return Err(ReadFailure::Corrupt { position, error });
+            return Err(ReadFailure::Corrupt { position, error: out_of_sequence() });
         }
         first_offset.get_or_insert(header.base_offset);
         next_offset = header.next_offset();
@@ -287,6 +293,68 @@ pub fn read_batches(
     }
     buf.truncate(at);
     Ok(first_offset.map(|first_offset| SegmentRead { bytes: Bytes::from(buf), first_offset, next_offset }))
+}
+
+/// Where in a segment file a run of whole batches lies ([`locate_batches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpan {
+    /// Byte position of the first batch in the file.
+    pub position: u64,
+    /// Bytes of the batches, back to back.
+    pub len: u64,
+    pub first_offset: u64,
+    /// One past the last offset of the last batch.
+    pub next_offset: u64,
+    /// Records at or after the requested offset, as the batch headers count them.
+    pub records: u64,
+}
+
+/// The batches [`read_batches`] would return, located instead of read: only their headers are
+/// read, so the bytes can go from the page cache to a socket without passing through this
+/// process (`sendfile`). Headers are checked (framing, offsets in sequence); checksums are not,
+/// since the bytes are not read — the receiver checks them.
+pub fn locate_batches(
+    file: &File,
+    start: u64,
+    bound: u64,
+    offset: u64,
+    max_bytes: usize,
+    overshoot: usize,
+) -> Result<Option<BatchSpan>, ReadFailure> {
+    let mut window = Window::with_size(file, bound, HEADER_WINDOW);
+    let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
+    let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos);
+    let room = len.saturating_add(overshoot as u64).min(bound - pos);
+    let (mut at, mut header) = (pos, first);
+    let (mut next_offset, mut records) = (0, 0);
+    loop {
+        if header.base_offset < next_offset {
+            return Err(ReadFailure::Corrupt { position: at, error: out_of_sequence() });
+        }
+        let count = u64::from(header.record_count);
+        records +=
+            if header.base_offset >= offset { count } else { header.next_offset().saturating_sub(offset).min(count) };
+        next_offset = header.next_offset();
+        at += header.total_len() as u64;
+        if at - pos >= len || at + HEADER_LEN as u64 > pos + room {
+            break;
+        }
+        // Past a batch larger than the window, the window would hold little but this header.
+        window.size = if header.total_len() > HEADER_WINDOW { HEADER_LEN } else { HEADER_WINDOW };
+        let head = window.get(at, HEADER_LEN)?;
+        if head.len() < HEADER_LEN || head.iter().all(|&b| b == 0) {
+            break;
+        }
+        header = BatchHeader::decode(head).map_err(|error| ReadFailure::Corrupt { position: at, error })?;
+        if at + header.total_len() as u64 > pos + room {
+            break;
+        }
+    }
+    Ok(Some(BatchSpan { position: pos, len: at - pos, first_offset: first.base_offset, next_offset, records }))
+}
+
+fn out_of_sequence() -> BatchError {
+    BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" }
 }
 
 /// Reads `file` from `pos + buf.len()` on until `buf` holds `to` bytes, into its spare capacity:
