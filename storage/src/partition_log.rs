@@ -232,6 +232,13 @@ pub struct Located {
     pub log_start_offset: u64,
 }
 
+/// What [`Log::in_segment`] found, and the bounds it saw.
+struct InSegment<T> {
+    found: Option<(Arc<File>, T)>,
+    high_watermark: u64,
+    log_start_offset: u64,
+}
+
 /// Whole batches read from the log.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
@@ -718,9 +725,10 @@ impl Log {
     /// # Errors
     /// As [`Log::read`].
     pub fn read_crossing(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<ReadResult> {
-        let (found, high_watermark, log_start_offset) = self.in_segment(offset, |file, start, bound, offset| {
-            segment::read_batches(file, start, bound, offset, max_bytes, overshoot)
-        })?;
+        let InSegment { found, high_watermark, log_start_offset } = self
+            .in_segment(offset, |file, start, bound, offset| {
+                segment::read_batches(file, start, bound, offset, max_bytes, overshoot)
+            })?;
         let (batches, next_offset) = found.map_or((Bytes::new(), high_watermark), |(_, r)| (r.bytes, r.next_offset));
         Ok(ReadResult { batches, next_offset: next_offset.min(high_watermark), high_watermark, log_start_offset })
     }
@@ -734,22 +742,22 @@ impl Log {
     /// # Errors
     /// As [`Log::read`], except that only headers are checked.
     pub fn locate(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<Located> {
-        let (found, high_watermark, log_start_offset) = self.in_segment(offset, |file, start, bound, offset| {
-            segment::locate_batches(file, start, bound, offset, max_bytes, overshoot)
-        })?;
+        let InSegment { found, high_watermark, log_start_offset } = self
+            .in_segment(offset, |file, start, bound, offset| {
+                segment::locate_batches(file, start, bound, offset, max_bytes, overshoot)
+            })?;
         let next_offset = found.as_ref().map_or(high_watermark, |(_, span)| span.next_offset.min(high_watermark));
         Ok(Located { span: found, next_offset, high_watermark, log_start_offset })
     }
 
     /// Runs `read(file, start, bound, offset)` on the segment holding `offset`, from the index
     /// position at or before it, up to the segment's readable bound; across a compaction gap, on
-    /// the next segment. `None` when nothing is readable at or after `offset`. Also returns the
-    /// high watermark and log start seen.
+    /// the next segment. Finds nothing when nothing is readable at or after `offset`.
     fn in_segment<T>(
         &self,
         offset: u64,
         read: impl Fn(&File, u64, u64, u64) -> std::result::Result<Option<T>, ReadFailure>,
-    ) -> Result<(Option<(Arc<File>, T)>, u64, u64)> {
+    ) -> Result<InSegment<T>> {
         let mut offset = offset;
         let mut stale_retries = 0;
         loop {
@@ -760,7 +768,7 @@ impl Log {
                     return Err(Error::OffsetOutOfRange { requested: offset, log_start, high_watermark: hw });
                 }
                 if offset == hw {
-                    return Ok((None, hw, log_start));
+                    return Ok(InSegment { found: None, high_watermark: hw, log_start_offset: log_start });
                 }
                 (self.read_target(&st, offset), hw, log_start)
             };
@@ -776,11 +784,17 @@ impl Log {
             };
             let start = target.start_for_offset(self, offset);
             match read(&file, start, target.bound, offset) {
-                Ok(Some(found)) => return Ok((Some((file, found)), hw, log_start)),
+                Ok(Some(found)) => {
+                    return Ok(InSegment {
+                        found: Some((file, found)),
+                        high_watermark: hw,
+                        log_start_offset: log_start,
+                    });
+                }
                 Ok(None) => match target.next_base {
                     // Compaction left nothing at or after `offset` in this segment.
                     Some(next) if next > offset => offset = next,
-                    _ => return Ok((None, hw, log_start)),
+                    _ => return Ok(InSegment { found: None, high_watermark: hw, log_start_offset: log_start }),
                 },
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {
