@@ -6,7 +6,11 @@
 //! puts whole batches in each chunk and the reader reads each chunk into one buffer, so a batch is
 //! sliced out without copying; a batch that straddles pieces anyway (a chunk longer than a piece,
 //! or another server) is assembled by copying. Every batch's CRC32C is checked here: the bytes
-//! crossed a network.
+//! crossed a network, and on the zero-copy path the server does not read them at all.
+//!
+//! The reader asks to upgrade the connection (`Upgrade: strata-batches`); a server that agrees
+//! answers `101` and sends the same chunked body from its page cache with `sendfile`, without
+//! copying it through its own memory. A server that declines answers `200` as before.
 
 use std::time::Duration;
 
@@ -23,6 +27,8 @@ use crate::{ClientError, Start};
 
 /// The batch door's media type.
 const CONTENT_TYPE: &str = "application/vnd.strata.batches";
+/// The protocol the connection is upgraded to for the server's zero-copy stream.
+const UPGRADE: &str = "strata-batches";
 
 /// Body pieces (up to a server chunk, 2 MiB, each) read ahead of the caller.
 const PIECES_AHEAD: usize = 2;
@@ -45,6 +51,7 @@ pub struct BatchReader {
     next_offset: u64,
     high_watermark: u64,
     log_start_offset: u64,
+    zero_copy: bool,
     done: bool,
 }
 
@@ -82,10 +89,11 @@ impl BatchReader {
             uri.path().trim_end_matches('/'),
             wait.as_millis()
         );
-        let (head, mut body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE)
+        let (head, mut body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE, Some(UPGRADE))
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        if !(200..300).contains(&head.status) {
+        let zero_copy = head.status == 101;
+        if !zero_copy && !(200..300).contains(&head.status) {
             let body = body.collect_small().await.unwrap_or_default();
             return Err(problem(head.status, &body));
         }
@@ -107,6 +115,7 @@ impl BatchReader {
             next_offset: offset,
             high_watermark,
             log_start_offset,
+            zero_copy,
             done: false,
         })
     }
@@ -130,6 +139,13 @@ impl BatchReader {
 
     pub fn log_start_offset(&self) -> u64 {
         self.log_start_offset
+    }
+
+    /// Whether the server sends the batches from its page cache without copying them
+    /// (`sendfile`, after upgrading the connection); otherwise it reads and copies them, as it
+    /// does for ranges that only the cold tier holds.
+    pub fn is_zero_copy(&self) -> bool {
+        self.zero_copy
     }
 
     /// The next batch, checksum verified; `None` once the response is complete (it reached the

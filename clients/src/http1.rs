@@ -74,18 +74,27 @@ pub(crate) struct Body<S> {
     framing: Framing,
 }
 
-/// Sends `GET path` on `stream` (asking the server to close the connection after it) and reads
-/// the response head; 1xx responses are skipped.
+/// Sends `GET path` on `stream` and reads the response head; 1xx responses are skipped. The
+/// server is asked to close the connection after the response, or, with `upgrade`, to switch
+/// the connection to that protocol: a `101` agreeing to it is returned as the head, and what
+/// follows it is read as a chunked body (the one protocol upgraded to here, the server's
+/// zero-copy batch stream, is that).
 ///
 /// # Errors
-/// The I/O error, or `InvalidData` for a response that is not HTTP/1.1.
+/// The I/O error, or `InvalidData` for a response that is not HTTP/1.1 or a `101` to a protocol
+/// not asked for.
 pub(crate) async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     host: &str,
     path: &str,
     accept: &str,
+    upgrade: Option<&str>,
 ) -> io::Result<(Head, Body<S>)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
+    let connection = match upgrade {
+        Some(protocol) => format!("Connection: upgrade\r\nUpgrade: {protocol}"),
+        None => "Connection: close".to_string(),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n{connection}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(8 << 10);
@@ -106,6 +115,13 @@ pub(crate) async fn get<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         buf.advance(len);
+        if head.status == 101 {
+            let agreed = upgrade.zip(head.header("upgrade")).is_some_and(|(a, b)| a.eq_ignore_ascii_case(b.trim()));
+            if !agreed {
+                return Err(invalid(format!("the server switched to {:?}, not asked for", head.header("upgrade"))));
+            }
+            return Ok((head, Body { stream, buf, framing: Framing::Chunked { left: 0, first: true } }));
+        }
         if (100..200).contains(&head.status) {
             continue;
         }
@@ -289,6 +305,11 @@ mod tests {
     /// Serves `response` to one request on an in-memory pipe, `step` bytes per write, and reads
     /// the body back in pieces.
     async fn read(response: &[u8], step: usize) -> io::Result<(Head, Vec<Bytes>)> {
+        read_upgrading(response, step, None).await
+    }
+
+    /// As [`read`], asking to upgrade to `upgrade`.
+    async fn read_upgrading(response: &[u8], step: usize, upgrade: Option<&str>) -> io::Result<(Head, Vec<Bytes>)> {
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let response = response.to_vec();
         let serve = tokio::spawn(async move {
@@ -301,7 +322,7 @@ mod tests {
                 }
             }
         });
-        let (head, mut body) = get(client, "h", "/p", "*/*").await?;
+        let (head, mut body) = get(client, "h", "/p", "*/*", upgrade).await?;
         let mut pieces = Vec::new();
         let outcome = loop {
             match body.next_piece().await {
@@ -350,6 +371,26 @@ mod tests {
         for (response, kind) in cases {
             let error = read(response, 5).await.unwrap_err();
             assert_eq!(error.kind(), kind, "{}: {error}", String::from_utf8_lossy(response));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agreed_upgrade_is_followed_by_a_chunked_body() {
+        let switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: Strata-Batches\r\n\
+            Strata-Offset: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for step in [1, 4, switched.len()] {
+            let (head, pieces) = read_upgrading(switched, step, Some("strata-batches")).await.unwrap();
+            assert_eq!((head.status, head.header("strata-offset")), (101, Some("3")));
+            assert_eq!(pieces, [&b"hello"[..]], "step {step}");
+        }
+        // A server that declines answers as usual; one that switches unasked, or to something
+        // else, is refused.
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (head, pieces) = read_upgrading(plain, 3, Some("strata-batches")).await.unwrap();
+        assert_eq!((head.status, pieces.concat()), (200, b"ok".to_vec()));
+        for upgrade in [None, Some("websocket")] {
+            let error = read_upgrading(switched, 8, upgrade).await.unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{upgrade:?}: {error}");
         }
     }
 

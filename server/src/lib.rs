@@ -66,6 +66,8 @@ pub struct AppState {
     /// Cancelled when shutdown starts: long-lived streams (Subscribe, SSE) end so that the
     /// graceful shutdown does not wait for them forever.
     pub closing: CancellationToken,
+    /// When the raw batch door may use `sendfile`.
+    pub zero_copy: config::ZeroCopy,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -148,6 +150,7 @@ pub async fn run(
         max_wait_ms: config.max_wait_ms,
         ready: AtomicBool::new(false),
         closing: CancellationToken::new(),
+        zero_copy: config.zero_copy,
         sql: sql::Sql::new(Arc::clone(&broker), config.sql_memory_bytes, Duration::from_millis(config.sql_timeout_ms))
             .map_err(ServerError::Serve)?,
     });
@@ -176,16 +179,13 @@ pub async fn run(
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(%addr, "serving HTTP and gRPC");
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+    let listener = http::zero_copy::NoDelayListener(listener);
     let closing = state.closing.clone();
     let shutdown = async move {
         shutdown.await;
         closing.cancel();
     };
+    let app = app.into_make_service_with_connect_info::<http::zero_copy::Conn>();
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
 
     tracing::info!("shutting down: flushing logs");

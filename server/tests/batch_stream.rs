@@ -12,6 +12,9 @@ use bytes::Bytes;
 use common::Server;
 use strata_client::{Client, ClientError, Start, proto};
 
+/// The server sends batches with `sendfile` to every client that asks (over loopback too).
+const ALWAYS: [(&str, &str); 1] = [("STRATA_ZERO_COPY", "always")];
+
 /// Produces `batches` batches of `per_batch` records of ~1 KiB to partition 0 of `topic` over
 /// gRPC, the value of offset `o` being `value(o)`.
 async fn fill(url: &str, topic: &str, batches: u64, per_batch: u64) {
@@ -64,8 +67,15 @@ async fn read_to_end(client: &Client, topic: &str, first: u64, max_bytes: u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_streams_as_its_stored_batches() {
+    // Over loopback the default (`remote`) copies; `always` sends from the page cache.
+    for zero_copy in [false, true] {
+        streams_as_stored_batches(zero_copy).await;
+    }
+}
+
+async fn streams_as_stored_batches(zero_copy: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    let s = if zero_copy { Server::start_with_env(dir.path(), &ALWAYS) } else { Server::start(dir.path()) };
     let client = Client::connect(&s.url).await.unwrap();
     // Small segments: a response crosses many segment files.
     let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
@@ -77,6 +87,7 @@ async fn a_partition_streams_as_its_stored_batches() {
     // One response holds everything (the default max_bytes is 64 MiB).
     let mut reader = client.read_batches("history", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
     assert_eq!((reader.offset(), reader.high_watermark(), reader.log_start_offset()), (0, 6000, 0));
+    assert_eq!(reader.is_zero_copy(), zero_copy);
     let mut batches = 0;
     while reader.next_batch().await.unwrap().is_some() {
         batches += 1;
@@ -169,4 +180,50 @@ async fn bad_reads_get_problems_and_the_client_names_them() {
     assert!(matches!(&err, ClientError::Server { code: tonic::Code::NotFound, .. }), "{err}");
     let err = client.read_batches("no/such", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap_err();
     assert!(matches!(&err, ClientError::Invalid(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_batch_is_reported_on_the_zero_copy_path_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_env(dir.path(), &ALWAYS);
+    let client = Client::connect(&s.url).await.unwrap();
+    let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
+    client.admin().create_topic("damaged", 1, config).await.unwrap();
+    fill(&s.url, "damaged", 30, 10).await; // ~300 KB: several segments of 64 KiB
+
+    // Flip a byte inside the records of the second segment's first batch (the server keeps
+    // running: the change reaches its page cache).
+    let mut logs: Vec<_> = std::fs::read_dir(s.data_dir.join("logs").join("damaged-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    assert!(logs.len() >= 3, "{logs:?}");
+    let second_base: u64 = logs[1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = std::fs::read(&logs[1]).unwrap();
+    bytes[32 + 200] ^= 0x40;
+    std::fs::write(&logs[1], &bytes).unwrap();
+
+    // The zero-copy stream hands out the first segment's batches, then the client's checksum
+    // check stops it at the damaged one.
+    let mut reader = client.read_batches("damaged", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
+    assert!(reader.is_zero_copy());
+    let error = loop {
+        match reader.next_batch().await {
+            Ok(Some(batch)) => assert!(batch.header().base_offset < second_base, "a damaged batch came through"),
+            Ok(None) => panic!("the stream ended without reporting the damaged batch"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(&error, ClientError::Invalid(m) if m.contains("checksum mismatch")), "{error}");
+    assert_eq!(reader.next_offset(), second_base);
+
+    // Starting at the damaged batch, the server's own first read finds it: an error status.
+    let error =
+        client.read_batches("damaged", 0, Start::Offset(second_base), 1 << 20, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(&error, ClientError::Server { .. }), "{error}");
+    // The server is still up and serves the undamaged range.
+    let mut reader = client.read_batches("damaged", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap();
+    assert_eq!(reader.next_batch().await.unwrap().unwrap().header().base_offset, 0);
 }

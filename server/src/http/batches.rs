@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::records::parse_start;
+use super::zero_copy::{Stream, Upgrade};
 use super::{Query, parse_partition, query_u64};
 use crate::AppState;
 use crate::broker::Start;
@@ -57,11 +58,15 @@ const OVERSHOOT: usize = READ_BYTES / 2;
                 the first may begin before the start offset. Headers: `Strata-Offset` (where `offset`/`timestamp` resolved to), \
                 `Strata-High-Watermark` and `Strata-Log-Start-Offset` (at the first read). An empty body: nothing at or after the start yet. \
                 A body cut short (the connection closes before the chunked body ends) means the server failed mid-stream."),
+        (status = 101, description = "Asked for with `Connection: upgrade` and `Upgrade: strata-batches`: the same headers, \
+                then the same chunked body on the upgraded connection, sent from the page cache without copies (sendfile). \
+                The server does not check checksums on this path; the client must."),
         (status = 416, body = crate::error::Problem), (status = "4XX", body = crate::error::Problem)))]
 pub async fn batches(
     State(state): State<Arc<AppState>>,
     Path((topic, partition)): Path<(String, String)>,
     query: Query,
+    mut request: Request,
 ) -> Result<Response, ApiError> {
     let partition = parse_partition(&partition)?;
     let start = parse_start(&query)?;
@@ -75,13 +80,29 @@ pub async fn batches(
         ("strata-high-watermark", first.high_watermark),
         ("strata-log-start-offset", first.log_start_offset),
     ];
+    if !first.batches.is_empty() {
+        state.metrics.records_out(&topic, count_records(&first.batches, offset) as usize);
+    }
+    if let Some(upgrade) = Upgrade::requested(&mut request, state.zero_copy) {
+        let stream = Stream {
+            state,
+            topic,
+            partition,
+            next: first.next_offset,
+            first: first.batches,
+            max_bytes,
+            read_bytes: READ_BYTES,
+            overshoot: OVERSHOOT,
+        };
+        tokio::spawn(upgrade.serve(stream));
+        return Ok(Upgrade::response(&headers));
+    }
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
     let mut sent = first.batches.len() as u64;
     let mut next = first.next_offset;
     let more = !first.batches.is_empty() && sent < max_bytes;
     if !first.batches.is_empty() {
-        state.metrics.records_out(&topic, count_records(&first.batches, offset) as usize);
         // Capacity READ_AHEAD ≥ 1 and nothing else has sent yet: this cannot be full.
         let _ = tx.try_send(Ok(first.batches));
     }

@@ -7,6 +7,7 @@ mod ops;
 mod records;
 mod sql;
 mod topics;
+pub(crate) mod zero_copy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
