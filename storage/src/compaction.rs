@@ -106,7 +106,7 @@ impl Log {
         let mut pos = SEGMENT_HEADER_LEN;
         let mut out = Vec::new();
         loop {
-            match segment::read_batches(&file, pos, seg.size, 0, 1 << 20, 1 << 19) {
+            match segment::read_batches(&file, pos, seg.size, 0, 1 << 20, 1 << 19, true) {
                 Ok(None) => return Ok(out),
                 Ok(Some(chunk)) => {
                     for b in batch::split_batches(&chunk.bytes) {

@@ -725,9 +725,24 @@ impl Log {
     /// # Errors
     /// As [`Log::read`].
     pub fn read_crossing(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<ReadResult> {
-        let InSegment { found, high_watermark, log_start_offset } = self
-            .in_segment(offset, |file, start, bound, offset| {
-                segment::read_batches(file, start, bound, offset, max_bytes, overshoot)
+        self.read_batches(offset, max_bytes, overshoot, true)
+    }
+
+    /// As [`Log::read_crossing`], without checking checksums (headers are checked, so batches
+    /// are cut right): for a sender whose receiver checks every batch anyway, as the raw batch
+    /// readers of the server do (Kafka's brokers do not check them on fetch either). Decoding
+    /// records from what it returns is safe only after checking them.
+    ///
+    /// # Errors
+    /// As [`Log::read`], except for damage only a checksum shows.
+    pub fn read_unverified(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<ReadResult> {
+        self.read_batches(offset, max_bytes, overshoot, false)
+    }
+
+    fn read_batches(&self, offset: u64, max_bytes: usize, overshoot: usize, verify: bool) -> Result<ReadResult> {
+        let InSegment { found, high_watermark, log_start_offset } =
+            self.in_segment(offset, |file, start, bound, offset| {
+                segment::read_batches(file, start, bound, offset, max_bytes, overshoot, verify)
             })?;
         let (batches, next_offset) = found.map_or((Bytes::new(), high_watermark), |(_, r)| (r.bytes, r.next_offset));
         Ok(ReadResult { batches, next_offset: next_offset.min(high_watermark), high_watermark, log_start_offset })
@@ -882,7 +897,7 @@ impl Log {
         let file = self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable).at(&target.path)?;
         let mut pos = target.start;
         loop {
-            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20, 1 << 19) {
+            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20, 1 << 19, true) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(None),
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),

@@ -235,9 +235,13 @@ fn find_first(
 /// `max_bytes` (at least one batch) and never past `bound`. `Ok(None)`: no such batch here.
 ///
 /// `overshoot` lets the batch that crosses `max_bytes` come too when it ends within `max_bytes +
-/// overshoot`. A reader going through a log in consecutive reads passes some: without it, a read
-/// of 2 MiB over 1 MiB batches keeps one and reads the second again next time, so the disk and
-/// the page cache copy every byte twice. 0 stops before the crossing batch, as Kafka's fetch does.
+/// overshoot` and batches are large next to `max_bytes` (the first is over a quarter of it). A
+/// reader going through a log in consecutive reads passes some: without it, a read of 2 MiB over
+/// 1 MiB batches keeps one and reads the second again next time, so the disk and the page cache
+/// copy every byte twice. 0 stops before the crossing batch, as Kafka's fetch does.
+///
+/// `verify`: check every batch's checksum. A sender whose receiver checks them anyway passes
+/// `false` (headers are still checked, so the batches are cut right).
 pub fn read_batches(
     file: &File,
     start: u64,
@@ -245,19 +249,23 @@ pub fn read_batches(
     offset: u64,
     max_bytes: usize,
     overshoot: usize,
+    verify: bool,
 ) -> Result<Option<SegmentRead>, ReadFailure> {
     // The index is sparse (a few KiB between entries): a small window finds the first batch. A
     // whole scan window here would read 1 MiB per read only to look at the header it starts with.
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
     let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
     let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos) as usize;
-    // Batches start before `len` and end by `room`.
-    let room = (len.saturating_add(overshoot) as u64).min(bound - pos) as usize;
-    // Exactly `len`: reads fill the whole spare capacity, and a read past `len` would be wasted
-    // whenever the crossing batch does not fit. Completing one grows the buffer instead.
-    let mut buf = Vec::with_capacity(len);
+    // Batches start before `len` and end by `room`. The buffer holds `room` from the start and
+    // the read fills it (a read fills the whole capacity), so finishing the crossing batch never
+    // grows the buffer: growing copied it (a 2 MiB `memmove` per read of the batch door). What
+    // lies past the last whole batch is read again next time, which is why `overshoot` counts
+    // only for batches large next to the read: a small batch crossing `len` is cheaper to leave
+    // for the next read than reading `overshoot` more every time.
+    let room = room(first.total_len(), len as u64, overshoot, bound - pos) as usize;
+    let mut buf = Vec::with_capacity(room);
     fill(file, &mut buf, len, pos)?;
-    // Keep whole, verified batches only.
+    // Keep whole (and, with `verify`, verified) batches only.
     let mut at = 0usize;
     let mut first_offset = None;
     let mut next_offset = 0;
@@ -280,9 +288,12 @@ pub fn read_batches(
         if end > buf.len() {
             fill(file, &mut buf, end, pos)?;
         }
-        let computed = crc32c::crc32c(&buf[at + 17..end]);
-        if computed != header.crc {
-            return Err(ReadFailure::Corrupt { position, error: BatchError::BadCrc { stored: header.crc, computed } });
+        if verify {
+            let computed = crc32c::crc32c(&buf[at + 17..end]);
+            if computed != header.crc {
+                let error = BatchError::BadCrc { stored: header.crc, computed };
+                return Err(ReadFailure::Corrupt { position, error });
+            }
         }
         if header.base_offset < next_offset {
             return Err(ReadFailure::Corrupt { position, error: out_of_sequence() });
@@ -324,7 +335,7 @@ pub fn locate_batches(
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
     let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
     let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos);
-    let room = len.saturating_add(overshoot as u64).min(bound - pos);
+    let room = room(first.total_len(), len, overshoot, bound - pos);
     let (mut at, mut header) = (pos, first);
     let (mut next_offset, mut records) = (0, 0);
     loop {
@@ -351,6 +362,14 @@ pub fn locate_batches(
         }
     }
     Ok(Some(BatchSpan { position: pos, len: at - pos, first_offset: first.base_offset, next_offset, records }))
+}
+
+/// Where the batches of a read of `len` bytes must end, the first being `first_len` long and
+/// `available` bytes readable: `len`, or up to `overshoot` more for large batches
+/// ([`read_batches`]).
+fn room(first_len: usize, len: u64, overshoot: usize, available: u64) -> u64 {
+    let large = first_len as u64 * 4 > len;
+    if large { len.saturating_add(overshoot as u64).min(available) } else { len }
 }
 
 fn out_of_sequence() -> BatchError {

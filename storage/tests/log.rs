@@ -74,10 +74,13 @@ fn a_read_may_finish_the_batch_crossing_its_limit_when_given_overshoot() {
     assert_eq!(seen, (0..200).collect::<Vec<u64>>());
 }
 
-/// `Log::locate` finds exactly the bytes `Log::read_crossing` returns, and counts their records.
+/// `Log::locate` finds exactly the bytes `Log::read_crossing` returns, and counts their records;
+/// `Log::read_unverified` returns them too.
 fn assert_locate_matches_read(log: &Log, offset: u64, max_bytes: usize, overshoot: usize) {
     use std::os::unix::fs::FileExt;
     let read = log.read_crossing(offset, max_bytes, overshoot).unwrap();
+    let unverified = log.read_unverified(offset, max_bytes, overshoot).unwrap();
+    assert_eq!((&unverified.batches, unverified.next_offset), (&read.batches, read.next_offset));
     let located = log.locate(offset, max_bytes, overshoot).unwrap();
     let at = format!("offset {offset}, max {max_bytes}, overshoot {overshoot}");
     assert_eq!(
@@ -115,6 +118,20 @@ fn locating_batches_finds_the_bytes_a_read_returns() {
         }
     }
     assert!(matches!(log.locate(hw + 1, 1, 0), Err(Error::OffsetOutOfRange { .. })));
+
+    // Damage only a checksum shows: the checked read refuses the batch, the unverified read and
+    // `locate` hand it on (their receivers check it).
+    drop(log);
+    let first = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[32 + 75] ^= 0x01; // in the first batch's record (it is 81 bytes long)
+    std::fs::write(&first, &bytes).unwrap();
+    let log = Log::open(dir.path(), LogConfig { segment_bytes: 64 << 10, ..LogConfig::default() }).unwrap();
+    let checked = log.read_crossing(0, 1, 0);
+    assert!(matches!(checked, Err(Error::Corrupt { .. })), "{checked:?} {:?}", log.segments());
+    let unverified = log.read_unverified(0, 1, 0).unwrap();
+    assert_eq!(unverified.batches[..], bytes[32..32 + unverified.batches.len()]);
+    assert!(log.locate(0, 1, 0).unwrap().span.is_some());
 }
 
 #[test]
