@@ -526,15 +526,16 @@ impl Broker {
         if let Some(cold) = self.read_cold(topic, partition, start, max_records, max_bytes).await? {
             return Ok(cold);
         }
-        let (mut offset, mut read) = match self.read_waiting(topic, partition, start, max_bytes, 0, wait).await {
-            Ok(read) => read,
-            // Local retention deleted the segment (it is tiered) between the choice of tier and
-            // the read: the cold tier has it now.
-            Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
-                return self.read_cold(topic, partition, start, max_records, max_bytes).await?.ok_or(e);
-            }
-            Err(e) => return Err(e),
-        };
+        let (mut offset, mut read) =
+            match self.read_waiting(topic, partition, start, max_bytes, ReadMode::Checked, wait).await {
+                Ok(read) => read,
+                // Local retention deleted the segment (it is tiered) between the choice of tier and
+                // the read: the cold tier has it now.
+                Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
+                    return self.read_cold(topic, partition, start, max_records, max_bytes).await?.ok_or(e);
+                }
+                Err(e) => return Err(e),
+            };
         loop {
             let result = decode(partition, offset, read, max_records)?;
             // Compaction keeps a batch's offset span, so a read can return only records below the
@@ -544,7 +545,10 @@ impl Broker {
                 return Ok(result);
             }
             offset = result.next_offset;
-            read = self.read_waiting(topic, partition, Start::Offset(offset), max_bytes, 0, Duration::ZERO).await?.1;
+            read = self
+                .read_waiting(topic, partition, Start::Offset(offset), max_bytes, ReadMode::Checked, Duration::ZERO)
+                .await?
+                .1;
         }
     }
 
@@ -560,6 +564,8 @@ impl Broker {
     /// Like [`Broker::fetch`], but returns the stored batches untouched (the first may start
     /// before the requested offset): no per-record work, for consumers that decode batches.
     /// Also returns the offset `start` resolved to. `overshoot`: as in [`Log::read_crossing`].
+    /// Checksums are not checked ([`Log::read_unverified`]): the receiver checks every batch, as
+    /// `strata-client` does.
     ///
     /// # Errors
     /// As [`Broker::fetch`].
@@ -575,7 +581,7 @@ impl Broker {
         if let Some(cold) = self.read_cold(topic, partition, start, usize::MAX, max_bytes).await? {
             return raw_batches(cold);
         }
-        match self.read_waiting(topic, partition, start, max_bytes, overshoot, wait).await {
+        match self.read_waiting(topic, partition, start, max_bytes, ReadMode::Raw { overshoot }, wait).await {
             Ok(read) => Ok(read),
             // As in `fetch`: local retention may have just handed the range to the cold tier.
             Err(e) if e.code == ErrorCode::OffsetOutOfRange => {
@@ -677,16 +683,16 @@ impl Broker {
         Ok(Some(FetchResult { records, next_offset, high_watermark, log_start_offset: first.meta.base_offset }))
     }
 
-    /// Resolves `start`, then reads up to `max_bytes` (plus `overshoot` to finish the batch that
-    /// crosses it: [`Log::read_crossing`]); while there is nothing to read, waits for an append or
-    /// the end of `wait`. Returns the resolved offset and what was read.
+    /// Resolves `start`, then reads up to `max_bytes` as `mode` says; while there is nothing to
+    /// read, waits for an append or the end of `wait`. Returns the resolved offset and what was
+    /// read.
     async fn read_waiting(
         &self,
         topic: &str,
         partition: u32,
         start: Start,
         max_bytes: usize,
-        overshoot: usize,
+        mode: ReadMode,
         wait: Duration,
     ) -> Result<(u64, strata_storage::ReadResult), ApiError> {
         let part = self.partition(topic, partition)?;
@@ -707,7 +713,11 @@ impl Broker {
         loop {
             rx.borrow_and_update();
             let l = log.clone();
-            let read = tokio::task::spawn_blocking(move || l.read_crossing(offset, max_bytes, overshoot)).await??;
+            let read = tokio::task::spawn_blocking(move || match mode {
+                ReadMode::Checked => l.read(offset, max_bytes),
+                ReadMode::Raw { overshoot } => l.read_unverified(offset, max_bytes, overshoot),
+            })
+            .await??;
             if !read.batches.is_empty() || wait.is_zero() {
                 return Ok((offset, read));
             }
@@ -718,6 +728,18 @@ impl Broker {
             }
         }
     }
+}
+
+/// How [`Broker::read_waiting`] reads.
+#[derive(Debug, Clone, Copy)]
+enum ReadMode {
+    /// Checksums checked, and no batch past `max_bytes` (as Kafka's fetch): records are decoded
+    /// from what is read.
+    Checked,
+    /// For raw readers, which check every batch themselves ([`Log::read_unverified`]); the
+    /// batch crossing `max_bytes` comes too when it ends within `overshoot`
+    /// ([`Log::read_crossing`]).
+    Raw { overshoot: usize },
 }
 
 /// Cold records as stored batches (re-encoded as one batch: tiered topics are never compacted,

@@ -183,9 +183,17 @@ async fn bad_reads_get_problems_and_the_client_names_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_batch_is_reported_on_the_zero_copy_path_too() {
+async fn a_damaged_batch_is_reported_by_the_client_on_either_path() {
+    for zero_copy in [false, true] {
+        damaged_batch_is_reported(zero_copy).await;
+    }
+}
+
+/// The raw door does not check checksums on the server (Kafka's brokers do not either): the
+/// client checks every batch.
+async fn damaged_batch_is_reported(zero_copy: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_with_env(dir.path(), &ALWAYS);
+    let s = if zero_copy { Server::start_with_env(dir.path(), &ALWAYS) } else { Server::start(dir.path()) };
     let client = Client::connect(&s.url).await.unwrap();
     let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
     client.admin().create_topic("damaged", 1, config).await.unwrap();
@@ -205,24 +213,26 @@ async fn a_damaged_batch_is_reported_on_the_zero_copy_path_too() {
     bytes[32 + 200] ^= 0x40;
     std::fs::write(&logs[1], &bytes).unwrap();
 
-    // The zero-copy stream hands out the first segment's batches, then the client's checksum
-    // check stops it at the damaged one.
-    let mut reader = client.read_batches("damaged", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
-    assert!(reader.is_zero_copy());
-    let error = loop {
-        match reader.next_batch().await {
-            Ok(Some(batch)) => assert!(batch.header().base_offset < second_base, "a damaged batch came through"),
-            Ok(None) => panic!("the stream ended without reporting the damaged batch"),
-            Err(e) => break e,
-        }
-    };
-    assert!(matches!(&error, ClientError::Invalid(m) if m.contains("checksum mismatch")), "{error}");
-    assert_eq!(reader.next_offset(), second_base);
-
-    // Starting at the damaged batch, the server's own first read finds it: an error status.
-    let error =
-        client.read_batches("damaged", 0, Start::Offset(second_base), 1 << 20, Duration::ZERO).await.unwrap_err();
-    assert!(matches!(&error, ClientError::Server { .. }), "{error}");
+    // The stream hands out the batches before the damaged one, then the client's checksum
+    // check stops it there; from the damaged batch on, it stops at once.
+    for (start, first) in [(0, 0), (second_base, second_base)] {
+        let mut reader =
+            client.read_batches("damaged", 0, Start::Offset(start), 64 << 20, Duration::ZERO).await.unwrap();
+        assert_eq!(reader.is_zero_copy(), zero_copy);
+        let mut next = first;
+        let error = loop {
+            match reader.next_batch().await {
+                Ok(Some(batch)) => next = batch.header().next_offset(),
+                Ok(None) => panic!("the stream ended without reporting the damaged batch"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(&error, ClientError::Invalid(m) if m.contains("checksum mismatch")), "{error}");
+        assert_eq!((next, reader.next_offset()), (second_base, second_base));
+    }
+    // Fetches that decode records on the server check it there: `data_corrupt`.
+    let r = common::get(&format!("{}/v1/topics/damaged/partitions/0/records?offset={second_base}", s.url));
+    assert_eq!((r.status, r.json()["code"].as_str().unwrap()), (500, "data_corrupt"));
     // The server is still up and serves the undamaged range.
     let mut reader = client.read_batches("damaged", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap();
     assert_eq!(reader.next_batch().await.unwrap().unwrap().header().base_offset, 0);
