@@ -71,6 +71,7 @@ async fn serve(config_file: Option<PathBuf>, flags: FlagOverrides) -> anyhow::Re
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    raise_open_files_limit(config.max_open_files);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -78,6 +79,42 @@ async fn serve(config_file: Option<PathBuf>, flags: FlagOverrides) -> anyhow::Re
     println!("listening on {}", listener.local_addr()?);
     strata_server::run(config, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Descriptors the server needs besides its cache of segment files: client connections, index
+/// and metadata files, the Raft log.
+const OTHER_FILES: u64 = 1024;
+
+/// Raises the soft limit on open files to the hard one, as servers that hold many files and
+/// sockets do (Go's runtime does it for every program). The usual soft default, 1024, is no more
+/// than `max_open_files` alone takes by default, so a busy server would fail with "too many open
+/// files" long before the hard limit.
+fn raise_open_files_limit(max_open_files: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The kernel refuses a soft limit above `fs.nr_open` (1,048,576 by default), even when the
+    // hard limit is unlimited.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+    let limit = getrlimit(Resource::Nofile);
+    let ceiling = [limit.maximum, nr_open].into_iter().flatten().min().unwrap_or(1 << 20);
+    let mut soft = limit.current.unwrap_or(u64::MAX);
+    if soft < ceiling {
+        match setrlimit(Resource::Nofile, Rlimit { current: Some(ceiling), maximum: limit.maximum }) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = ceiling, "raised the open files limit");
+                soft = ceiling;
+            }
+            Err(e) => tracing::warn!(error = %e, limit = soft, "cannot raise the open files limit"),
+        }
+    }
+    let needed = max_open_files as u64 + OTHER_FILES;
+    if soft < needed {
+        tracing::warn!(
+            limit = soft,
+            needed,
+            "the open files limit is below max_open_files + {OTHER_FILES}: lower max_open_files or raise the hard limit \
+             (ulimit -Hn, LimitNOFILE= in a systemd unit)"
+        );
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -294,3 +294,31 @@ fn operations_endpoints_answer() {
         assert!(openapi["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");
     }
 }
+
+#[test]
+fn the_server_raises_its_open_files_limit_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // A shell lowers the soft limit first, as a login shell with the usual default of 1024 would.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" serve --listen 127.0.0.1:0 --data-dir \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .arg(dir.path())
+        .env("STRATA_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening on "), "{line:?}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let fields: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap().trim().parse().unwrap();
+    let ceiling = if hard == "unlimited" { nr_open } else { hard.parse::<u64>().unwrap().min(nr_open) };
+    assert_eq!(soft.parse::<u64>().unwrap(), ceiling, "{limits}");
+}
