@@ -134,10 +134,13 @@ pub struct BatchBuilder {
     producer: ProducerInfo,
     transactional: bool,
     control: bool,
+    /// [`HEADER_LEN`] bytes kept for the header, then the encoded records: an uncompressed batch
+    /// is built in place, without copying its records again.
     records: Vec<u8>,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
+    min_timestamp: i64,
     last_offset_delta: u32,
     next_offset_delta: u32,
 }
@@ -149,10 +152,11 @@ impl BatchBuilder {
             producer: ProducerInfo::NONE,
             transactional: false,
             control: false,
-            records: Vec::new(),
+            records: vec![0; HEADER_LEN],
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
+            min_timestamp: i64::MAX,
             last_offset_delta: 0,
             next_offset_delta: 0,
         }
@@ -184,7 +188,7 @@ impl BatchBuilder {
 
     /// Uncompressed size of the records pushed so far.
     pub fn records_len(&self) -> usize {
-        self.records.len()
+        self.records.len() - HEADER_LEN
     }
 
     /// Appends a record at the next dense offset delta.
@@ -208,21 +212,45 @@ impl BatchBuilder {
             self.first_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let mut body = Vec::with_capacity(16 + key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len));
-        body.push(0u8); // record attributes, reserved
-        put_var(&mut body, timestamp.wrapping_sub(self.first_timestamp));
-        put_var(&mut body, offset_delta);
-        put_nullable(&mut body, key);
-        put_nullable(&mut body, value);
-        put_var(&mut body, headers.len() as u32);
+        self.min_timestamp = self.min_timestamp.min(timestamp);
+        // The record is written straight into the batch, its length first: computed, not
+        // measured on a copy.
+        let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
+        let nullable_len =
+            |b: Option<&[u8]>| b.map_or((-1i32).required_space(), |b| (b.len() as i32).required_space() + b.len());
+        let headers_len: usize = headers
+            .iter()
+            .map(|h| {
+                (h.name.len() as u32).required_space()
+                    + h.name.len()
+                    + (h.value.len() as u32).required_space()
+                    + h.value.len()
+            })
+            .sum();
+        let len = 1
+            + timestamp_delta.required_space()
+            + offset_delta.required_space()
+            + nullable_len(key)
+            + nullable_len(value)
+            + (headers.len() as u32).required_space()
+            + headers_len;
+        let records = &mut self.records;
+        records.reserve(len + 5);
+        put_var(records, len as u32);
+        let start = records.len();
+        records.push(0u8); // record attributes, reserved
+        put_var(records, timestamp_delta);
+        put_var(records, offset_delta);
+        put_nullable(records, key);
+        put_nullable(records, value);
+        put_var(records, headers.len() as u32);
         for header in headers {
-            put_var(&mut body, header.name.len() as u32);
-            body.extend_from_slice(header.name.as_bytes());
-            put_var(&mut body, header.value.len() as u32);
-            body.extend_from_slice(&header.value);
+            put_var(records, header.name.len() as u32);
+            records.extend_from_slice(header.name.as_bytes());
+            put_var(records, header.value.len() as u32);
+            records.extend_from_slice(&header.value);
         }
-        put_var(&mut self.records, body.len() as u32);
-        self.records.extend_from_slice(&body);
+        debug_assert_eq!(records.len() - start, len);
         self.count += 1;
         self.last_offset_delta = offset_delta;
         self.next_offset_delta = offset_delta + 1;
@@ -239,19 +267,36 @@ impl BatchBuilder {
     /// # Errors
     /// [`BatchError::Empty`] when no record was pushed; a batch always holds one.
     pub fn build(self) -> Result<Vec<u8>, BatchError> {
+        self.build_valid().map(ValidBatch::into_bytes)
+    }
+
+    /// As [`BatchBuilder::build`], with what [`check`] would find in the batch, known without
+    /// checking it: for appending what was just built ([`crate::Log::append_valid`]).
+    ///
+    /// # Errors
+    /// As [`BatchBuilder::build`].
+    pub fn build_valid(self) -> Result<ValidBatch, BatchError> {
         if self.count == 0 {
             return Err(BatchError::Empty);
         }
+        let records_len = self.records.len() - HEADER_LEN;
+        let mut out = match self.compression {
+            Compression::None => self.records,
+            codec => {
+                let section = &self.records[HEADER_LEN..];
+                let compressed = match codec {
+                    Compression::Lz4 => lz4_flex::block::compress(section),
+                    _ => zstd::bulk::compress(section, 1).map_err(|e| BatchError::Decompress(e.to_string()))?,
+                };
+                let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
+                out.resize(HEADER_LEN, 0);
+                out.extend_from_slice(&compressed);
+                out
+            }
+        };
         let uncompressed_len = match self.compression {
             Compression::None => 0,
-            _ => self.records.len() as u32,
-        };
-        let section = match self.compression {
-            Compression::None => self.records,
-            Compression::Lz4 => lz4_flex::block::compress(&self.records),
-            Compression::Zstd => {
-                zstd::bulk::compress(&self.records, 1).map_err(|e| BatchError::Decompress(e.to_string()))?
-            }
+            _ => records_len as u32,
         };
         let mut attributes = self.compression.code();
         if self.transactional {
@@ -260,26 +305,74 @@ impl BatchBuilder {
         if self.control {
             attributes |= ATTR_CONTROL;
         }
-        let total = HEADER_LEN + section.len();
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&0u64.to_le_bytes());
-        out.extend_from_slice(&((total - LOG_OVERHEAD) as u32).to_le_bytes());
-        out.push(BATCH_MAGIC);
-        out.extend_from_slice(&0u32.to_le_bytes()); // crc, filled below
-        out.extend_from_slice(&attributes.to_le_bytes());
-        out.extend_from_slice(&self.last_offset_delta.to_le_bytes());
-        out.extend_from_slice(&self.count.to_le_bytes());
-        out.extend_from_slice(&self.first_timestamp.to_le_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_le_bytes());
-        out.extend_from_slice(&self.producer.id.to_le_bytes());
-        out.extend_from_slice(&self.producer.epoch.to_le_bytes());
-        out.extend_from_slice(&self.producer.base_sequence.to_le_bytes());
-        out.extend_from_slice(&uncompressed_len.to_le_bytes());
-        debug_assert_eq!(out.len(), HEADER_LEN);
-        out.extend_from_slice(&section);
+        let total = out.len();
+        let mut header = [0u8; HEADER_LEN];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            header[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&0u64.to_le_bytes());
+        put(&((total - LOG_OVERHEAD) as u32).to_le_bytes());
+        put(&[BATCH_MAGIC]);
+        put(&0u32.to_le_bytes()); // crc, filled below
+        put(&attributes.to_le_bytes());
+        put(&self.last_offset_delta.to_le_bytes());
+        put(&self.count.to_le_bytes());
+        put(&self.first_timestamp.to_le_bytes());
+        put(&self.max_timestamp.to_le_bytes());
+        put(&self.producer.id.to_le_bytes());
+        put(&self.producer.epoch.to_le_bytes());
+        put(&self.producer.base_sequence.to_le_bytes());
+        put(&uncompressed_len.to_le_bytes());
+        debug_assert_eq!(at, HEADER_LEN);
+        out[..HEADER_LEN].copy_from_slice(&header);
         let crc = crc32c::crc32c(&out[OFF_ATTRIBUTES..]);
         out[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
-        Ok(out)
+        let header = BatchHeader::decode(&out)?;
+        Ok(ValidBatch { bytes: out, header, min_timestamp: self.min_timestamp })
+    }
+}
+
+/// An encoded batch known to be valid — checked by [`ValidBatch::check`], or just built by a
+/// [`BatchBuilder`] — with its header and smallest record timestamp.
+#[derive(Debug, Clone)]
+pub struct ValidBatch {
+    bytes: Vec<u8>,
+    header: BatchHeader,
+    min_timestamp: i64,
+}
+
+impl ValidBatch {
+    /// Checks `bytes` completely ([`check`]).
+    ///
+    /// # Errors
+    /// What is wrong with the batch.
+    pub fn check(bytes: Vec<u8>) -> Result<Self, BatchError> {
+        let (header, min_timestamp) = check(&bytes)?;
+        Ok(Self { bytes, header, min_timestamp })
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The smallest record timestamp (`i64::MAX` for a batch without records).
+    pub fn min_timestamp(&self) -> i64 {
+        self.min_timestamp
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Splits the batch into its bytes and what is known of them (for the log's append).
+    pub(crate) fn into_parts(self) -> (Vec<u8>, BatchHeader, i64) {
+        (self.bytes, self.header, self.min_timestamp)
     }
 }
 
@@ -722,7 +815,12 @@ mod tests {
                 let headers: Vec<Header> = h.iter().map(|(n, v)| Header { name: n.clone(), value: Bytes::from(v.clone()) }).collect();
                 builder.push(*ts, k.as_deref(), v.as_deref(), &headers);
             }
-            let mut encoded = builder.build().unwrap();
+            // What the builder knows of its batch is what checking the bytes finds.
+            let built = builder.build_valid().unwrap();
+            let (checked, min_timestamp) = check(built.bytes()).unwrap();
+            prop_assert_eq!(built.header(), &checked);
+            prop_assert_eq!(built.min_timestamp(), min_timestamp);
+            let mut encoded = built.into_bytes();
             set_base_offset(&mut encoded, base);
             let (checked, min_timestamp) = check(&encoded).unwrap();
             let batch = Batch::parse(Bytes::from(encoded)).unwrap();

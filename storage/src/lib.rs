@@ -42,7 +42,7 @@ mod retention;
 pub mod segment;
 pub mod tier;
 
-pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record};
+pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record, ValidBatch};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Durability, LogConfig};

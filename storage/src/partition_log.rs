@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::batch::{self, Batch, BatchHeader};
+use crate::batch::{self, Batch, BatchHeader, ValidBatch};
 use crate::clock::Clock;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, IoContext, Result};
@@ -475,7 +475,26 @@ impl Log {
     /// # Errors
     /// As [`Log::append`], and [`Error::OffsetMismatch`] when another append came first.
     pub fn append_expecting(&self, batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
-        self.append_queued(batch, expected_offset, None)
+        // Size first: an oversized batch is refused without checking it.
+        self.check_size(batch.len())?;
+        self.append_queued(validate_batch(batch)?, expected_offset, None)
+    }
+
+    fn check_size(&self, size: usize) -> Result<()> {
+        let max = self.lock().config.max_batch_bytes as usize;
+        if size > max {
+            return Err(Error::BatchTooLarge { size, max });
+        }
+        Ok(())
+    }
+
+    /// As [`Log::append`], for a batch already known to be valid (one a [`crate::BatchBuilder`]
+    /// just built): not checked again.
+    ///
+    /// # Errors
+    /// As [`Log::append`], but never [`Error::InvalidBatch`].
+    pub fn append_valid(&self, batch: ValidBatch) -> Result<PendingAppend> {
+        self.append_queued(batch, None, None)
     }
 
     /// Appends one batch to each log (every one with `expected_offset`, when given), stopping at
@@ -486,7 +505,7 @@ impl Log {
     /// # Errors
     /// As [`Log::append_expecting`], for the first append that failed (the ones before it stand).
     pub fn append_all(
-        appends: impl IntoIterator<Item = (Log, Vec<u8>)>,
+        appends: impl IntoIterator<Item = (Log, ValidBatch)>,
         expected_offset: Option<u64>,
     ) -> Result<Vec<PendingAppend>> {
         let mut queued = Vec::new();
@@ -513,15 +532,12 @@ impl Log {
     /// Appends; a flush this needs is queued now, or pushed to `deferred` for the caller to queue.
     fn append_queued(
         &self,
-        mut batch: Vec<u8>,
+        batch: ValidBatch,
         expected_offset: Option<u64>,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
     ) -> Result<PendingAppend> {
-        let max = self.lock().config.max_batch_bytes as usize;
-        if batch.len() > max {
-            return Err(Error::BatchTooLarge { size: batch.len(), max });
-        }
-        let (header, min_timestamp) = validate_batch(&batch)?;
+        let (mut batch, header, min_timestamp) = batch.into_parts();
+        self.check_size(batch.len())?;
         let mut st = self.lock();
         if st.deleted {
             return Err(Error::LogDeleted { dir: self.inner.dir.clone() });
@@ -1116,9 +1132,9 @@ impl Flushable for LogInner {
     }
 }
 
-/// Checks a batch completely; its header and smallest record timestamp.
-fn validate_batch(batch: &[u8]) -> Result<(BatchHeader, i64)> {
-    crate::batch::check(batch).map_err(|source| Error::InvalidBatch { source })
+/// Checks a batch completely.
+fn validate_batch(batch: Vec<u8>) -> Result<ValidBatch> {
+    ValidBatch::check(batch).map_err(|source| Error::InvalidBatch { source })
 }
 
 /// Creates `<base>.log` with its header, durably.
