@@ -199,9 +199,9 @@ impl Guard {
         let value = serde_json::to_vec(&stored).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let mut b = BatchBuilder::new(Compression::None);
         b.push(at_ms, Some(format!("{}\0{}", self.id.0, self.id.1).as_bytes()), Some(&value), &[]);
-        let batch = b.build().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let batch = b.build_valid().map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
         let log = self.store.log.clone();
-        let pending = tokio::task::spawn_blocking(move || log.append(batch)).await??;
+        let pending = tokio::task::spawn_blocking(move || log.append_valid(batch)).await??;
         let durable = pending.durable().await;
         {
             let mut entries = self.store.entries.lock().unwrap_or_else(PoisonError::into_inner);
