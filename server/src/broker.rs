@@ -419,7 +419,9 @@ impl Broker {
             if meta.config.tiering {
                 self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
             }
-            let mut builder = BatchBuilder::new(Compression::None);
+            // Sized up front: growing a buffer of a MiB by doubling copies it once more.
+            let size = indexes.iter().map(|&i| records[i].size() + 16 + 8 * records[i].headers.len()).sum();
+            let mut builder = BatchBuilder::with_capacity(Compression::None, size);
             if let Some(session) = producer {
                 builder = builder.producer(session.info());
             }

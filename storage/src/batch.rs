@@ -147,12 +147,20 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 0)
+    }
+
+    /// A builder with room for `records_bytes` of encoded records, so pushing them does not
+    /// grow (and copy) its buffer: about the keys, values and headers plus 16 bytes a record.
+    pub fn with_capacity(compression: Compression, records_bytes: usize) -> Self {
+        let mut records = Vec::with_capacity(HEADER_LEN + records_bytes);
+        records.resize(HEADER_LEN, 0);
         Self {
             compression,
             producer: ProducerInfo::NONE,
             transactional: false,
             control: false,
-            records: vec![0; HEADER_LEN],
+            records,
             count: 0,
             first_timestamp: 0,
             max_timestamp: i64::MIN,
