@@ -251,18 +251,12 @@ pub fn read_batches(
     overshoot: usize,
     verify: bool,
 ) -> Result<Option<SegmentRead>, ReadFailure> {
-    // The index is sparse (a few KiB between entries): a small window finds the first batch. A
-    // whole scan window here would read 1 MiB per read only to look at the header it starts with.
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
-    let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
-    let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos) as usize;
+    let Some(extent) = extent(&mut window, start, bound, offset, max_bytes, overshoot)? else { return Ok(None) };
+    let (pos, len, room) = (extent.position, extent.len as usize, extent.room as usize);
     // Batches start before `len` and end by `room`. The buffer holds `room` from the start and
     // the read fills it (a read fills the whole capacity), so finishing the crossing batch never
-    // grows the buffer: growing copied it (a 2 MiB `memmove` per read of the batch door). What
-    // lies past the last whole batch is read again next time, which is why `overshoot` counts
-    // only for batches large next to the read: a small batch crossing `len` is cheaper to leave
-    // for the next read than reading `overshoot` more every time.
-    let room = room(first.total_len(), len as u64, overshoot, bound - pos) as usize;
+    // grows the buffer: growing copied it (a 2 MiB `memmove` per read of the batch door).
     let mut buf = Vec::with_capacity(room);
     fill(file, &mut buf, len, pos)?;
     // Keep whole (and, with `verify`, verified) batches only.
@@ -333,9 +327,8 @@ pub fn locate_batches(
     overshoot: usize,
 ) -> Result<Option<BatchSpan>, ReadFailure> {
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
-    let Some((pos, first)) = find_first(&mut window, start, bound, offset)? else { return Ok(None) };
-    let len = (max_bytes.max(first.total_len()) as u64).min(bound - pos);
-    let room = room(first.total_len(), len, overshoot, bound - pos);
+    let Some(extent) = extent(&mut window, start, bound, offset, max_bytes, overshoot)? else { return Ok(None) };
+    let (pos, first, len, room) = (extent.position, extent.first, extent.len, extent.room);
     let (mut at, mut header) = (pos, first);
     let (mut next_offset, mut records) = (0, 0);
     loop {
@@ -364,12 +357,36 @@ pub fn locate_batches(
     Ok(Some(BatchSpan { position: pos, len: at - pos, first_offset: first.base_offset, next_offset, records }))
 }
 
-/// Where the batches of a read of `len` bytes must end, the first being `first_len` long and
-/// `available` bytes readable: `len`, or up to `overshoot` more for large batches
-/// ([`read_batches`]).
-fn room(first_len: usize, len: u64, overshoot: usize, available: u64) -> u64 {
-    let large = first_len as u64 * 4 > len;
-    if large { len.saturating_add(overshoot as u64).min(available) } else { len }
+/// Where a read from `offset` starts and how far it goes ([`read_batches`]).
+struct Extent {
+    /// The batch holding `offset` (or the first after it), and its position.
+    first: BatchHeader,
+    position: u64,
+    /// Batches that start within `len` bytes of `position` are read,
+    len: u64,
+    /// when they end within `room`.
+    room: u64,
+}
+
+fn extent(
+    window: &mut Window<'_>,
+    start: u64,
+    bound: u64,
+    offset: u64,
+    max_bytes: usize,
+    overshoot: usize,
+) -> Result<Option<Extent>, ReadFailure> {
+    // The index is sparse (a few KiB between entries): a small window finds the first batch. A
+    // whole scan window here would read 1 MiB per read only to look at the header it starts with.
+    let Some((position, first)) = find_first(window, start, bound, offset)? else { return Ok(None) };
+    let available = bound - position;
+    let len = (max_bytes.max(first.total_len()) as u64).min(available);
+    // What lies past the last whole batch is read again next time, so `overshoot` counts only
+    // for batches large next to the read: a small batch crossing `len` is cheaper to leave for
+    // the next read than reading `overshoot` more every time.
+    let large = first.total_len() as u64 * 4 > len;
+    let room = if large { len.saturating_add(overshoot as u64).min(available) } else { len };
+    Ok(Some(Extent { first, position, len, room }))
 }
 
 fn out_of_sequence() -> BatchError {
