@@ -237,3 +237,35 @@ async fn damaged_batch_is_reported(zero_copy: bool) {
     let mut reader = client.read_batches("damaged", 0, Start::Earliest, 1, Duration::ZERO).await.unwrap();
     assert_eq!(reader.next_batch().await.unwrap().unwrap().header().base_offset, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_zero_copy_stream_whose_client_stopped_reading() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_env(dir.path(), &ALWAYS);
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("big", 1, HashMap::new()).await.unwrap();
+    fill(&s.url, "big", 200, 100).await; // ~20 MB: more than the sockets' buffers hold
+
+    // A client that asks for the stream, reads the 101 and then nothing: the server's writing
+    // thread blocks on the full socket (for up to the 30 s write timeout).
+    let mut socket = std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+    socket
+        .write_all(
+            b"GET /v1/topics/big/partitions/0/batches HTTP/1.1\r\nHost: strata\r\n\
+              Connection: upgrade\r\nUpgrade: strata-batches\r\n\r\n",
+        )
+        .unwrap();
+    let mut status = [0u8; 12];
+    socket.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 101");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // SIGTERM: the stream is cut at once, not after the write timeout.
+    let exit = tokio::time::timeout(Duration::from_secs(20), tokio::task::spawn_blocking(move || s.terminate()))
+        .await
+        .expect("shutdown waited for the stalled stream")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    drop(socket);
+}

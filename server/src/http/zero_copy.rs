@@ -151,13 +151,28 @@ impl Upgrade {
         };
         let runtime = tokio::runtime::Handle::current();
         let (topic, partition) = (stream.topic.clone(), stream.partition);
+        let closing = stream.state.closing.clone();
+        // A handle to shut the socket down with: a write blocked on a client that stopped reading
+        // then fails at once, rather than holding shutdown for the write timeout.
+        let stopper = self.socket.try_clone();
         let socket = self.socket;
-        match tokio::task::spawn_blocking(move || stream.write(socket, &runtime)).await {
+        let mut writing = tokio::task::spawn_blocking(move || stream.write(socket, &runtime));
+        let written = tokio::select! {
+            written = &mut writing => written,
+            () = closing.cancelled() => {
+                if let Ok(stopper) = &stopper {
+                    let _ = stopper.shutdown(std::net::Shutdown::Both);
+                }
+                writing.await
+            }
+        };
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(topic, partition, error = %e, "batch stream cut short"),
             Err(e) => tracing::error!(topic, partition, error = %e, "batch stream task failed"),
         }
-        // Only now: the duplicate written to above is closed, so the socket closes with this.
+        // Only now: the duplicates written to above are closed, so the socket closes with this.
+        drop(stopper);
         drop(upgraded);
     }
 }
