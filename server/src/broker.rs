@@ -420,7 +420,16 @@ impl Broker {
                 self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
             }
             // Sized up front: growing a buffer of a MiB by doubling copies it once more.
-            let size = indexes.iter().map(|&i| records[i].size() + 16 + 8 * records[i].headers.len()).sum();
+            let size = indexes
+                .iter()
+                .map(|&i| {
+                    BatchBuilder::record_capacity(
+                        records[i].key.as_deref(),
+                        records[i].value.as_deref(),
+                        &records[i].headers,
+                    )
+                })
+                .sum();
             let mut builder = BatchBuilder::with_capacity(Compression::None, size);
             if let Some(session) = producer {
                 builder = builder.producer(session.info());

@@ -150,8 +150,8 @@ impl BatchBuilder {
         Self::with_capacity(compression, 0)
     }
 
-    /// A builder with room for `records_bytes` of encoded records, so pushing them does not
-    /// grow (and copy) its buffer: about the keys, values and headers plus 16 bytes a record.
+    /// A builder with room for `records_bytes` of encoded records (see
+    /// [`BatchBuilder::record_capacity`]), so pushing them does not grow (and copy) its buffer.
     pub fn with_capacity(compression: Compression, records_bytes: usize) -> Self {
         let mut records = Vec::with_capacity(HEADER_LEN + records_bytes);
         records.resize(HEADER_LEN, 0);
@@ -183,6 +183,13 @@ impl BatchBuilder {
     pub fn control(mut self, yes: bool) -> Self {
         self.control = yes;
         self
+    }
+
+    /// The most bytes a record with these fields takes in a batch: what to reserve for it with
+    /// [`BatchBuilder::with_capacity`].
+    pub fn record_capacity(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) -> usize {
+        // Length prefix, attributes, timestamp delta and offset delta at their longest.
+        5 + 1 + 10 + 5 + fields_len(key, value, headers)
     }
 
     /// Number of records pushed so far.
@@ -224,24 +231,8 @@ impl BatchBuilder {
         // The record is written straight into the batch, its length first: computed, not
         // measured on a copy.
         let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
-        let nullable_len =
-            |b: Option<&[u8]>| b.map_or((-1i32).required_space(), |b| (b.len() as i32).required_space() + b.len());
-        let headers_len: usize = headers
-            .iter()
-            .map(|h| {
-                (h.name.len() as u32).required_space()
-                    + h.name.len()
-                    + (h.value.len() as u32).required_space()
-                    + h.value.len()
-            })
-            .sum();
-        let len = 1
-            + timestamp_delta.required_space()
-            + offset_delta.required_space()
-            + nullable_len(key)
-            + nullable_len(value)
-            + (headers.len() as u32).required_space()
-            + headers_len;
+        let len =
+            1 + timestamp_delta.required_space() + offset_delta.required_space() + fields_len(key, value, headers);
         let records = &mut self.records;
         records.reserve(len + 5);
         put_var(records, len as u32);
@@ -384,6 +375,19 @@ impl ValidBatch {
     }
 }
 
+/// Encoded bytes of a record's key, value and headers.
+fn fields_len(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) -> usize {
+    let nullable =
+        |b: Option<&[u8]>| b.map_or((-1i32).required_space(), |b| (b.len() as i32).required_space() + b.len());
+    let header = |h: &Header| {
+        (h.name.len() as u32).required_space() + h.name.len() + (h.value.len() as u32).required_space() + h.value.len()
+    };
+    nullable(key)
+        + nullable(value)
+        + (headers.len() as u32).required_space()
+        + headers.iter().map(header).sum::<usize>()
+}
+
 fn put_var<V: VarInt>(out: &mut Vec<u8>, v: V) {
     let mut buf = [0u8; 10];
     let n = v.encode_var(&mut buf);
@@ -480,6 +484,13 @@ impl BatchHeader {
     /// The offset the next batch in the log starts at.
     pub fn next_offset(&self) -> u64 {
         self.last_offset() + 1
+    }
+
+    /// Records of this batch at or after offset `from` (for a batch that begins before it, the
+    /// offsets it spans from there, at most its record count: compaction may have left gaps).
+    pub fn records_from(&self, from: u64) -> u64 {
+        let count = u64::from(self.record_count);
+        if self.base_offset >= from { count } else { self.next_offset().saturating_sub(from).min(count) }
     }
 }
 
@@ -756,8 +767,7 @@ fn split(buf: &Bytes, verify: bool) -> impl Iterator<Item = Result<Batch, BatchE
 pub fn count_records(buf: &[u8], from: u64) -> u64 {
     let (mut pos, mut records) = (0usize, 0u64);
     while let Some(h) = buf.get(pos..).and_then(|rest| BatchHeader::decode(rest).ok()) {
-        let count = u64::from(h.record_count);
-        records += if h.base_offset >= from { count } else { h.next_offset().saturating_sub(from).min(count) };
+        records += h.records_from(from);
         pos += h.total_len();
     }
     records
@@ -819,10 +829,13 @@ mod tests {
                        pid in any::<i64>(), epoch in any::<i16>(), seq in any::<i32>(), txn in any::<bool>()) {
             let producer = ProducerInfo { id: pid, epoch, base_sequence: seq };
             let mut builder = BatchBuilder::new(codec).producer(producer).transactional(txn);
+            let mut capacity = 0;
             for (ts, k, v, h) in &records {
                 let headers: Vec<Header> = h.iter().map(|(n, v)| Header { name: n.clone(), value: Bytes::from(v.clone()) }).collect();
+                capacity += BatchBuilder::record_capacity(k.as_deref(), v.as_deref(), &headers);
                 builder.push(*ts, k.as_deref(), v.as_deref(), &headers);
             }
+            prop_assert!(builder.records_len() <= capacity, "record_capacity must bound the encoded records");
             // What the builder knows of its batch is what checking the bytes finds.
             let built = builder.build_valid().unwrap();
             let (checked, min_timestamp) = check(built.bytes()).unwrap();

@@ -335,9 +335,7 @@ pub fn locate_batches(
         if header.base_offset < next_offset {
             return Err(ReadFailure::Corrupt { position: at, error: out_of_sequence() });
         }
-        let count = u64::from(header.record_count);
-        records +=
-            if header.base_offset >= offset { count } else { header.next_offset().saturating_sub(offset).min(count) };
+        records += header.records_from(offset);
         next_offset = header.next_offset();
         at += header.total_len() as u64;
         if at - pos >= len || at + HEADER_LEN as u64 > pos + room {
