@@ -15,6 +15,16 @@ use strata_client::{Client, ClientError, Start, proto};
 /// The server sends batches with `sendfile` to every client that asks (over loopback too).
 const ALWAYS: [(&str, &str); 1] = [("STRATA_ZERO_COPY", "always")];
 
+/// Starts a server (sending with `sendfile` to every client when `zero_copy`) with `topic` of
+/// `partitions` partitions in small segments (64 KiB), so a response crosses many segment files.
+async fn start_with_topic(dir: &std::path::Path, zero_copy: bool, topic: &str, partitions: u32) -> (Server, Client) {
+    let s = if zero_copy { Server::start_with_env(dir, &ALWAYS) } else { Server::start(dir) };
+    let client = Client::connect(&s.url).await.unwrap();
+    let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
+    client.admin().create_topic(topic, partitions, config).await.unwrap();
+    (s, client)
+}
+
 /// Produces `batches` batches of `per_batch` records of ~1 KiB to partition 0 of `topic` over
 /// gRPC, the value of offset `o` being `value(o)`.
 async fn fill(url: &str, topic: &str, batches: u64, per_batch: u64) {
@@ -75,11 +85,7 @@ async fn a_partition_streams_as_its_stored_batches() {
 
 async fn streams_as_stored_batches(zero_copy: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let s = if zero_copy { Server::start_with_env(dir.path(), &ALWAYS) } else { Server::start(dir.path()) };
-    let client = Client::connect(&s.url).await.unwrap();
-    // Small segments: a response crosses many segment files.
-    let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
-    client.admin().create_topic("history", 2, config).await.unwrap();
+    let (s, client) = start_with_topic(dir.path(), zero_copy, "history", 2).await;
     // 6,000 records of ~1 KiB in batches of 100: about 6 MB, so one response spans several of
     // the server's 2 MiB reads, and the read-ahead task runs.
     fill(&s.url, "history", 60, 100).await;
@@ -193,10 +199,7 @@ async fn a_damaged_batch_is_reported_by_the_client_on_either_path() {
 /// client checks every batch.
 async fn damaged_batch_is_reported(zero_copy: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let s = if zero_copy { Server::start_with_env(dir.path(), &ALWAYS) } else { Server::start(dir.path()) };
-    let client = Client::connect(&s.url).await.unwrap();
-    let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
-    client.admin().create_topic("damaged", 1, config).await.unwrap();
+    let (s, client) = start_with_topic(dir.path(), zero_copy, "damaged", 1).await;
     fill(&s.url, "damaged", 30, 10).await; // ~300 KB: several segments of 64 KiB
 
     // Flip a byte inside the records of the second segment's first batch (the server keeps
