@@ -61,6 +61,10 @@ pub struct ServerConfig {
     /// When the raw batch door sends batches from the page cache with `sendfile` (to clients
     /// that ask for it): `remote` peers only, `always` or `never`.
     pub zero_copy: ZeroCopy,
+    /// Small appends to `flush = always` topics are made durable through one shared
+    /// write-ahead journal (one write and one `fdatasync` per group of requests, whatever the
+    /// partitions) rather than a sync of every partition's segment.
+    pub journal: bool,
 }
 
 /// When the raw batch door sends batches without copying them ([`ServerConfig::zero_copy`]).
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
             sql_memory_bytes: 512 * 1024 * 1024,
             sql_timeout_ms: 60_000,
             zero_copy: ZeroCopy::Remote,
+            journal: true,
         }
     }
 }
@@ -121,7 +126,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 26] = [
+const ENV_KEYS: [&str; 27] = [
     "listen",
     "data_dir",
     "node_id",
@@ -148,6 +153,7 @@ const ENV_KEYS: [&str; 26] = [
     "sql_memory_bytes",
     "sql_timeout_ms",
     "zero_copy",
+    "journal",
 ];
 
 /// Values given as command-line flags (they win over everything else).

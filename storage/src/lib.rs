@@ -34,6 +34,7 @@ mod error;
 pub mod file_cache;
 mod flusher;
 pub mod index;
+mod journal;
 mod manager;
 mod partition_log;
 pub mod producer_state;

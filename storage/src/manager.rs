@@ -10,6 +10,7 @@ use crate::config::LogConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::FileCache;
 use crate::flusher::{Flusher, Fsync, OsFsync};
+use crate::journal::{self, Journal};
 use crate::partition_log::{Log, Shared};
 
 /// Options shared by every log of a manager.
@@ -24,6 +25,11 @@ pub struct StorageOptions {
     /// How long an idle idempotent producer's sequence state is kept (see
     /// [`crate::producer_state`]); a retry after that is appended again.
     pub producer_expiry: std::time::Duration,
+    /// Small appends to logs with durability `always` are made durable through one shared
+    /// write-ahead journal (see [`crate::journal`]) instead of a sync of each segment.
+    pub journal: bool,
+    /// Size of each journal file (zero-filled when created; at most four exist).
+    pub journal_file_bytes: u64,
 }
 
 impl Default for StorageOptions {
@@ -34,6 +40,8 @@ impl Default for StorageOptions {
             clock: Arc::new(SystemClock),
             fsync: Arc::new(OsFsync),
             producer_expiry: crate::producer_state::DEFAULT_EXPIRY,
+            journal: true,
+            journal_file_bytes: 32 << 20,
         }
     }
 }
@@ -48,12 +56,25 @@ pub struct LogManager {
 }
 
 impl LogManager {
+    /// Opens the logs' root directory, first replaying the journal a crash may have left
+    /// (see [`crate::journal`]).
+    ///
     /// # Errors
-    /// [`Error::Io`] if the root cannot be created or a flusher thread cannot start.
+    /// [`Error::Io`] if the root cannot be created or a flusher thread cannot start; a log the
+    /// replay cannot open or append to.
     pub fn new(root: impl Into<PathBuf>, options: StorageOptions) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).at(&root)?;
-        Ok(Self { shared: new_shared(options, &root)?, root, logs: Mutex::new(HashMap::new()) })
+        let journal = if options.journal {
+            // Replayed through logs of their own (the manager's own come later, with their
+            // configs): no journal, and closed again when done.
+            let epoch = journal::replay(&root, &new_shared(options.clone(), &root, None)?)?;
+            let journal = Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), epoch);
+            Some(journal.at(&root)?)
+        } else {
+            None
+        };
+        Ok(Self { shared: new_shared(options, &root, journal)?, root, logs: Mutex::new(HashMap::new()) })
     }
 
     pub fn root(&self) -> &Path {
@@ -65,7 +86,7 @@ impl LogManager {
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad name or config; recovery's errors.
     pub fn open_log(&self, name: &str, config: LogConfig) -> Result<Log> {
-        if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+        if name.is_empty() || name.contains(['/', '\\', '\0']) || [".", "..", journal::DIR_NAME].contains(&name) {
             return Err(Error::InvalidConfig {
                 key: "name",
                 reason: format!("{name:?} is not a valid log directory name"),
@@ -103,13 +124,18 @@ impl LogManager {
         self.shared.files.len()
     }
 
-    /// fsyncs every open log.
+    /// fsyncs every open log, and their segments behind the journal (so that a restart has
+    /// nothing to replay).
     ///
     /// # Errors
     /// The first log that fails.
     pub fn flush_all(&self) -> Result<()> {
         let logs: Vec<Log> = self.lock().values().cloned().collect();
-        logs.iter().try_for_each(Log::flush)
+        logs.iter().try_for_each(Log::flush)?;
+        match &self.shared.journal {
+            Some(journal) => journal.checkpoint().at(&self.root),
+            None => Ok(()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Log>> {
@@ -117,13 +143,22 @@ impl LogManager {
     }
 }
 
-fn new_shared(options: StorageOptions, root: &Path) -> Result<Arc<Shared>> {
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        if let Some(journal) = &self.shared.journal {
+            journal.stop();
+        }
+    }
+}
+
+fn new_shared(options: StorageOptions, root: &Path, journal: Option<Journal>) -> Result<Arc<Shared>> {
     Ok(Arc::new(Shared {
         files: FileCache::new(options.max_open_files),
         clock: options.clock,
         flusher: Flusher::start(options.flush_threads, Arc::clone(&options.fsync)).at(root)?,
         fsync: options.fsync,
         producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
+        journal,
     }))
 }
 
@@ -146,7 +181,7 @@ impl Log {
     /// As [`Log::open`].
     pub fn open_with_options(dir: impl AsRef<Path>, config: LogConfig, options: StorageOptions) -> Result<Log> {
         let dir = dir.as_ref();
-        Log::open_with(dir, config, new_shared(options, dir)?)
+        Log::open_with(dir, config, new_shared(options, dir, None)?)
     }
 
     /// Removes the log's files. Waiting appends fail; later calls get [`Error::LogDeleted`].
@@ -165,6 +200,7 @@ impl Log {
         }
         self.inner.shared.files.evict(st.active.id);
         drop(st);
+        self.forget_journaled()?;
         std::fs::remove_dir_all(self.dir()).at(self.dir())?;
         if let Some(parent) = self.dir().parent() {
             crate::segment::sync_dir(parent).at(parent)?;

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{FileCache, FileId};
 use crate::flusher::{FlushTicket, Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
+use crate::journal::{self, Completion, Journal};
 use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
 
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) fsync: Arc<dyn Fsync>,
     pub(crate) flusher: Flusher,
     pub(crate) producer_expiry_ms: i64,
+    /// The manager's write-ahead journal for small durable appends (none for a standalone log).
+    pub(crate) journal: Option<Journal>,
 }
 
 /// A sealed, immutable segment. Its index is loaded (or rebuilt) on first use.
@@ -61,6 +64,15 @@ pub(crate) struct ActiveSegment {
     pub(crate) index: SegmentIndex,
     /// Wall-clock time the segment's age is measured from.
     pub(crate) created_ms: i64,
+}
+
+/// Where an append comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Client,
+    /// A replay of the journal: appended as first appended, without checks of the producer's
+    /// sequence (the first append passed them).
+    Journal,
 }
 
 pub(crate) struct Waiter {
@@ -147,6 +159,10 @@ pub(crate) struct LogInner {
     flush_queued: AtomicBool,
     /// The filesystem the log's files live on (flushes of one filesystem can be grouped).
     device: u64,
+    /// The log's directory name: what its journal entries are filed under.
+    name: String,
+    /// Sequence number of the log's last journal entry (0: none).
+    journaled: AtomicU64,
 }
 
 /// One partition's log. Cheap to clone; all clones are the same log.
@@ -341,7 +357,10 @@ impl Log {
         use std::os::unix::fs::MetadataExt;
         // Unknown (the directory cannot be examined): a device of its own, never grouped.
         let device = std::fs::metadata(&dir).map_or(u64::MAX, |m| m.dev());
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let inner = LogInner {
+            name,
+            journaled: AtomicU64::new(0),
             dir,
             shared,
             state: Mutex::new(state),
@@ -477,7 +496,7 @@ impl Log {
     pub fn append_expecting(&self, batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
         // Size first: an oversized batch is refused without checking it.
         self.check_size(batch.len())?;
-        self.append_queued(validate_batch(batch)?, expected_offset, None)
+        self.append_queued(validate_batch(batch)?, expected_offset, Origin::Client, None)
     }
 
     fn check_size(&self, size: usize) -> Result<()> {
@@ -494,7 +513,14 @@ impl Log {
     /// # Errors
     /// As [`Log::append`], but never [`Error::InvalidBatch`].
     pub fn append_valid(&self, batch: ValidBatch) -> Result<PendingAppend> {
-        self.append_queued(batch, None, None)
+        self.append_queued(batch, None, Origin::Client, None)
+    }
+
+    /// Appends a batch replayed from the journal at the log's end, as it was first appended
+    /// (its producer's sequence is recorded, not checked again: the first append checked it).
+    pub(crate) fn replay_append(&self, batch: ValidBatch) -> Result<()> {
+        let expected = batch.header().base_offset;
+        self.append_queued(batch, Some(expected), Origin::Journal, None).map(drop)
     }
 
     /// Appends one batch to each log (every one with `expected_offset`, when given), stopping at
@@ -512,7 +538,7 @@ impl Log {
         let mut done = Vec::new();
         let mut result = Ok(());
         for (log, batch) in appends {
-            match log.append_queued(batch, expected_offset, Some(&mut queued)) {
+            match log.append_queued(batch, expected_offset, Origin::Client, Some(&mut queued)) {
                 Ok(pending) => done.push(pending),
                 Err(e) => {
                     result = Err(e);
@@ -534,6 +560,7 @@ impl Log {
         &self,
         batch: ValidBatch,
         expected_offset: Option<u64>,
+        origin: Origin,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
     ) -> Result<PendingAppend> {
         let (mut batch, header, min_timestamp) = batch.into_parts();
@@ -547,6 +574,7 @@ impl Log {
         }
         let sequenced = header.producer.id >= 0;
         if sequenced
+            && origin == Origin::Client
             && let SequenceCheck::Duplicate(first) = st.producers.check(header.producer, header.record_count)?
         {
             return Ok(self.duplicate_of(st, first, deferred));
@@ -604,8 +632,10 @@ impl Log {
                 let (tx, rx) = oneshot::channel();
                 let next_offset = st.next_offset;
                 st.waiters.push(Waiter { next_offset, tx });
-                drop(st);
-                self.queue_flush(deferred);
+                if !self.journal(&st, &batch) {
+                    drop(st);
+                    self.queue_flush(deferred);
+                }
                 Some(rx)
             }
             Durability::Interval(every) => {
@@ -618,6 +648,38 @@ impl Log {
             Durability::Never => None,
         };
         Ok(PendingAppend { info, rx, dir: self.inner.dir.clone(), duplicate: false })
+    }
+
+    /// Queues the batch just written (small enough) in the journal, which then marks the log
+    /// durable past it; `false` when it is left to a sync of the segment. Under the log's lock.
+    fn journal(&self, st: &LogState, batch: &[u8]) -> bool {
+        let Some(journal) = &self.inner.shared.journal else { return false };
+        if batch.len() > journal::MAX_BATCH {
+            return false;
+        }
+        let done = Completion {
+            log: Arc::clone(&self.inner),
+            next_offset: st.next_offset,
+            position: (st.active.base, st.active.size),
+        };
+        match journal.push(&self.inner.name, batch, done) {
+            Some(seq) => {
+                self.inner.journaled.store(seq, Ordering::Release);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes sure the journal holds no entry of this log (before it is deleted, so that a log
+    /// created again under its name is never given them by a replay).
+    pub(crate) fn forget_journaled(&self) -> Result<()> {
+        if let Some(journal) = &self.inner.shared.journal
+            && journal.holds(self.inner.journaled.load(Ordering::Acquire))
+        {
+            journal.checkpoint().at(&self.inner.dir)?;
+        }
+        Ok(())
     }
 
     /// The answer to a retried batch: the first append's offsets, once they are as durable as
@@ -1056,8 +1118,22 @@ fn verify_segment(file: &File, base: u64, bound: u64, next_base: Option<u64>, da
 }
 
 impl LogInner {
-    fn lock(&self) -> MutexGuard<'_, LogState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Syncs the active segment whether or not its appends count as durable (they may be
+    /// durable through the journal only). Earlier segments were synced when they were sealed.
+    pub(crate) fn sync_active(&self) -> Result<()> {
+        let (file, path) = {
+            let st = self.lock();
+            if st.deleted {
+                return Ok(());
+            }
+            let a = &st.active;
+            (self.shared.files.get(a.id, &a.path, a.ino, true).at(&a.path)?, a.path.clone())
+        };
+        self.shared.fsync.sync_data(&file).at(&path)
     }
 
     /// One fsync of the active segment, covering every append written before it starts.
@@ -1104,7 +1180,7 @@ impl LogInner {
 }
 
 impl LogInner {
-    fn poison(&self, path: &Path, e: &io::Error) {
+    pub(crate) fn poison(&self, path: &Path, e: &io::Error) {
         tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
         let mut st = self.lock();
         st.poisoned = true;

@@ -48,7 +48,8 @@ const LOGS: usize = 400;
 
 fn open_logs(disk: &Arc<SlowDisk>) -> (tempfile::TempDir, LogManager, Vec<Log>) {
     let dir = tempfile::tempdir().unwrap();
-    let options = StorageOptions { fsync: disk.clone(), ..Default::default() };
+    // Without the journal, which would take these small appends off the flusher.
+    let options = StorageOptions { fsync: disk.clone(), journal: false, ..Default::default() };
     let manager = LogManager::new(dir.path(), options).unwrap();
     let logs = (0..LOGS).map(|i| manager.open_log(&format!("p-{i}"), LogConfig::default()).unwrap()).collect();
     disk.slow.store(true, Ordering::SeqCst);

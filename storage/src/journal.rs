@@ -1,0 +1,650 @@
+//! The journal: one write-ahead file per [`crate::LogManager`] that makes small durable appends
+//! durable with one sequential write and one `fdatasync` for all partitions at once.
+//!
+//! ```text
+//!  append (log lock held) ── pwrite ──► segment, page cache only (written back later)
+//!        └── entry (name, batch) ──► journal buffer ──► writer thread: pwrite + fdatasync of
+//!                                                         the current journal file, then marks
+//!                                                         every log in the write durable
+//!  full journal file ──► checkpointer: syncfs (or fdatasync of each log it holds) ──► spare
+//! ```
+//!
+//! **Why.** A keyed request over a wide topic appends a batch of a record or two to hundreds of
+//! partitions. Made durable partition by partition, each of those appends costs a segment file
+//! growing by a fraction of a page, its inode dirtied and its partly filled last page written
+//! again at every sync (measured here: the disk wrote ~300 MB/s for ~85 MB/s produced, and the
+//! kernel's writeback took a quarter of the machine). Through the journal the same request is
+//! one append to a preallocated, zero-filled file (an `fdatasync` there changes no metadata:
+//! ~0.1 ms), and the segments' pages go to disk whole, once per checkpoint.
+//!
+//! **What is journaled.** Batches of at most [`MAX_BATCH`] bytes appended to a log whose
+//! durability is `always`. Larger batches carry enough bytes per `fdatasync` on their own and
+//! are synced in their segment as before (journaling them would write them twice for nothing).
+//!
+//! **Order and acknowledgement.** An entry is queued under its log's lock, right after the batch
+//! is written into the segment, so one log's entries are in offset order and a checkpoint that
+//! syncs the segments covers every entry written before it. A log is marked durable up to an
+//! entry's end once the write holding the entry is synced; a later entry never completes before
+//! an earlier one (writes complete in order).
+//!
+//! **Files.** `_journal/<epoch>.wal`, [`StorageOptions::journal_file_bytes`] each, zero-filled
+//! when created and reused after a checkpoint (renamed to `spare-<n>`, then to the next epoch).
+//! Each entry: `len u32 | crc32c u32 | epoch u64 | name_len u16 | name | batch` (little endian;
+//! the CRC covers everything after itself). A scan stops at the first entry that does not check
+//! or carries another epoch (a reused file's old contents, or a write torn by a crash).
+//!
+//! **Recovery.** [`replay`] runs before a manager opens any log: every entry of every `.wal`
+//! file is appended to its log if the log (recovered from its segments) ends where the entry
+//! begins, skipped if the log has it already, and the logs are synced; then the files become
+//! spares. Entries of logs whose directory is gone (deleted) are dropped. Deleting a log
+//! checkpoints the journal first when it may still hold the log's entries, so a log created
+//! again under the same name never receives the old one's records.
+//!
+//! [`StorageOptions::journal_file_bytes`]: crate::StorageOptions::journal_file_bytes
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use crate::batch::BatchHeader;
+use crate::config::{Durability, LogConfig};
+use crate::error::{IoContext, Result};
+use crate::flusher::Fsync;
+use crate::partition_log::{Log, LogInner, Shared};
+use crate::segment::sync_dir;
+
+/// The journal's directory under a manager's root (no log may take this name).
+pub(crate) const DIR_NAME: &str = "_journal";
+
+/// Largest batch that is journaled (see the module docs).
+pub(crate) const MAX_BATCH: usize = 64 << 10;
+
+/// Journal files kept at most: the current one, full ones waiting for their checkpoint, spares.
+const MAX_FILES: usize = 4;
+
+/// `len`, `crc`, `epoch`, `name_len`.
+const ENTRY_HEADER: usize = 4 + 4 + 8 + 2;
+
+/// Where a log's durability stands once the write holding its entry is synced.
+pub(crate) struct Completion {
+    pub(crate) log: Arc<LogInner>,
+    pub(crate) next_offset: u64,
+    pub(crate) position: (u64, u64),
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Entries not yet written; their `epoch` and `crc` are filled in by the writer.
+    buf: Vec<u8>,
+    done: Vec<Completion>,
+    /// Sequence number of the last entry queued.
+    queued: u64,
+    /// A checkpoint of everything queued so far was asked for.
+    rotate: bool,
+    shutdown: bool,
+}
+
+/// A full journal file, waiting for the segments it covers to be synced.
+struct Closed {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Logs with entries in it (synced one by one when `syncfs` cannot be trusted).
+    logs: Vec<Arc<LogInner>>,
+    /// Sequence number of its last entry.
+    last: u64,
+}
+
+#[derive(Default)]
+struct Files {
+    closed: VecDeque<Closed>,
+    spares: Vec<PathBuf>,
+    /// Every file: current, closed and spare.
+    count: usize,
+    /// Every entry up to this sequence number is in a synced segment (or was dropped).
+    retired: u64,
+    /// A checkpoint failed: the journal takes no more entries (logs sync their segments).
+    failed: bool,
+}
+
+struct Inner {
+    dir: PathBuf,
+    file_bytes: u64,
+    fsync: Arc<dyn Fsync>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer.
+    queued: Condvar,
+    files: Mutex<Files>,
+    /// Wakes the checkpointer, and whoever waits for a checkpoint or a spare.
+    files_changed: Condvar,
+    /// The journal takes no more entries (a write or a checkpoint failed).
+    failed: AtomicBool,
+    next_spare: AtomicU64,
+}
+
+impl Inner {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn files(&self) -> MutexGuard<'_, Files> {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_files<'a>(&self, guard: MutexGuard<'a, Files>) -> MutexGuard<'a, Files> {
+        self.files_changed.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Handle to the journal's two threads; [`Journal::stop`] (or dropping it) writes what is
+/// queued and stops them.
+pub(crate) struct Journal {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Starts the journal in `<root>/_journal`, after [`replay`] has emptied it.
+    pub(crate) fn start(root: &Path, file_bytes: u64, fsync: Arc<dyn Fsync>, epoch: u64) -> io::Result<Self> {
+        let dir = root.join(DIR_NAME);
+        let spares = spare_files(&dir)?;
+        let next_spare = spares.len() as u64;
+        let inner = Arc::new(Inner {
+            file_bytes: file_bytes.max(4096),
+            fsync,
+            queue: Mutex::default(),
+            queued: Condvar::new(),
+            files: Mutex::new(Files { count: spares.len(), spares, ..Files::default() }),
+            files_changed: Condvar::new(),
+            failed: AtomicBool::new(false),
+            next_spare: AtomicU64::new(next_spare),
+            dir,
+        });
+        let journal = Self { inner, threads: Mutex::new(Vec::with_capacity(2)) };
+        let writer = Arc::clone(&journal.inner);
+        let checkpointer = Arc::clone(&journal.inner);
+        let mut threads = journal.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        // On failure, dropping `journal` stops the thread already started.
+        threads
+            .push(std::thread::Builder::new().name("strata-journal".into()).spawn(move || write_loop(&writer, epoch))?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("strata-checkpoint".into())
+                .spawn(move || checkpoint_loop(&checkpointer))?,
+        );
+        drop(threads);
+        Ok(journal)
+    }
+
+    /// Queues `batch` (already written to `name`'s segment) and returns the entry's sequence
+    /// number, or `None` when the journal takes no more entries (the caller syncs the segment
+    /// instead). Called under the log's lock.
+    pub(crate) fn push(&self, name: &str, batch: &[u8], done: Completion) -> Option<u64> {
+        if self.inner.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        let len = ENTRY_HEADER + name.len() + batch.len();
+        let mut q = self.inner.queue();
+        if q.shutdown {
+            return None;
+        }
+        q.buf.reserve(len);
+        q.buf.extend_from_slice(&(len as u32).to_le_bytes());
+        q.buf.extend_from_slice(&[0; 12]); // crc and epoch: the writer's
+        q.buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        q.buf.extend_from_slice(name);
+        q.buf.extend_from_slice(batch);
+        q.done.push(done);
+        q.queued += 1;
+        let seq = q.queued;
+        drop(q);
+        self.inner.queued.notify_one();
+        Some(seq)
+    }
+
+    /// Whether entries up to `seq` may still be needed by a replay.
+    pub(crate) fn holds(&self, seq: u64) -> bool {
+        seq > self.inner.files().retired
+    }
+
+    /// Makes the segments behind every entry queued so far durable and retires the journal
+    /// files holding them: afterwards a replay finds none of them.
+    ///
+    /// # Errors
+    /// The failed write or sync (the journal then takes no more entries).
+    pub(crate) fn checkpoint(&self) -> io::Result<()> {
+        let target = {
+            let mut q = self.inner.queue();
+            q.rotate = true;
+            q.queued
+        };
+        self.inner.queued.notify_one();
+        let mut files = self.inner.files();
+        loop {
+            if files.retired >= target {
+                return Ok(());
+            }
+            if files.failed || self.inner.failed.load(Ordering::Acquire) {
+                return Err(io::Error::other("the journal failed earlier; see the log for the error"));
+            }
+            files = self.inner.wait_files(files);
+        }
+    }
+}
+
+impl Journal {
+    /// Writes what is queued and stops both threads; entries pushed later are refused (their
+    /// logs sync their segments). Full files not yet checkpointed stay for the next replay.
+    ///
+    /// The threads hold the logs with entries in the current file, which hold the manager's
+    /// shared state, which holds the journal: the manager stops it when dropped, or none of it
+    /// would ever be dropped.
+    pub(crate) fn stop(&self) {
+        self.inner.queue().shutdown = true;
+        self.inner.queued.notify_all();
+        self.inner.files().closed.clear();
+        self.inner.files_changed.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            // As with the flusher: the last reference may go from one of these threads.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The file being written.
+struct Current {
+    file: Arc<File>,
+    path: PathBuf,
+    epoch: u64,
+    pos: u64,
+    logs: HashMap<usize, Arc<LogInner>>,
+    last: u64,
+}
+
+fn write_loop(inner: &Inner, first_epoch: u64) {
+    let mut epoch = first_epoch;
+    let mut current: Option<Current> = None;
+    let mut spare_buf = Vec::new();
+    let mut spare_done = Vec::new();
+    loop {
+        let (mut buf, mut done, last, rotate) = {
+            let mut q = inner.queue();
+            while q.buf.is_empty() && !q.rotate && !q.shutdown {
+                q = inner.queued.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+            if q.buf.is_empty() && q.shutdown {
+                return;
+            }
+            let buf = std::mem::replace(&mut q.buf, std::mem::take(&mut spare_buf));
+            let done = std::mem::replace(&mut q.done, std::mem::take(&mut spare_done));
+            (buf, done, q.queued, std::mem::take(&mut q.rotate))
+        };
+        // One completion per entry, in order: entry `i` has sequence number `first + i`.
+        let mut written = Written { first: last + 1 - done.len() as u64, entries: 0 };
+        let mut result = Ok(());
+        let mut pos = 0;
+        while pos < buf.len() && result.is_ok() {
+            result = write_some(inner, &mut current, &mut epoch, &mut buf, &mut pos, &done, &mut written);
+        }
+        match result {
+            Ok(()) => {
+                for c in &done {
+                    c.log.lock().mark_durable(c.next_offset, c.position);
+                }
+            }
+            Err(e) => {
+                tracing::error!(dir = %inner.dir.display(), error = %e, "journal write failed; logs sync their segments from now on");
+                inner.failed.store(true, Ordering::Release);
+                for c in &done {
+                    c.log.poison(&inner.dir, &e);
+                }
+                inner.files_changed.notify_all();
+            }
+        }
+        if rotate {
+            match current.take() {
+                Some(cur) => close(inner, cur),
+                None => {
+                    // No file open: every entry written is in a closed file, and the last one
+                    // to retire brings `retired` to `last`; with none left, it is there already.
+                    let mut files = inner.files();
+                    if files.closed.is_empty() {
+                        files.retired = files.retired.max(last);
+                    }
+                    drop(files);
+                    inner.files_changed.notify_all();
+                }
+            }
+        }
+        buf.clear();
+        done.clear();
+        spare_buf = buf;
+        spare_done = done;
+    }
+}
+
+/// Entries of one batch of work written so far.
+struct Written {
+    first: u64,
+    entries: u64,
+}
+
+/// Writes and syncs whole entries from `buf[*pos..]` into the current file (opening the next
+/// one when it is full), filling in their epoch and checksum.
+fn write_some(
+    inner: &Inner,
+    current: &mut Option<Current>,
+    epoch: &mut u64,
+    buf: &mut [u8],
+    pos: &mut usize,
+    done: &[Completion],
+    written: &mut Written,
+) -> io::Result<()> {
+    let entry_len =
+        |buf: &[u8], at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+    if current.as_ref().is_some_and(|c| c.pos + entry_len(buf, *pos) as u64 > inner.file_bytes)
+        && let Some(cur) = current.take()
+    {
+        close(inner, cur);
+    }
+    let cur = match current {
+        Some(cur) => cur,
+        None => {
+            let (file, path) = open_next(inner, *epoch)?;
+            *epoch += 1;
+            current.insert(Current { file, path, epoch: *epoch - 1, pos: 0, logs: HashMap::new(), last: 0 })
+        }
+    };
+    let room = (inner.file_bytes - cur.pos) as usize;
+    let start = *pos;
+    let mut end = start;
+    let mut entries = 0;
+    while end < buf.len() && end - start + entry_len(buf, end) <= room {
+        let len = entry_len(buf, end);
+        buf[end + 8..end + 16].copy_from_slice(&cur.epoch.to_le_bytes());
+        let crc = crc32c::crc32c(&buf[end + 8..end + len]);
+        buf[end + 4..end + 8].copy_from_slice(&crc.to_le_bytes());
+        end += len;
+        entries += 1;
+    }
+    if end == start {
+        // Entries are at most a batch of `MAX_BATCH` bytes and a name: never over a file.
+        return Err(io::Error::other(format!(
+            "journal entry of {} bytes exceeds a journal file",
+            entry_len(buf, start)
+        )));
+    }
+    cur.file.write_all_at(&buf[start..end], cur.pos)?;
+    inner.fsync.sync_data(&cur.file)?;
+    cur.pos += (end - start) as u64;
+    for c in &done[written.entries as usize..(written.entries + entries) as usize] {
+        cur.logs.entry(Arc::as_ptr(&c.log) as usize).or_insert_with(|| Arc::clone(&c.log));
+    }
+    written.entries += entries;
+    cur.last = written.first + written.entries - 1;
+    *pos = end;
+    Ok(())
+}
+
+/// Hands a full (or checkpointed) file to the checkpointer.
+fn close(inner: &Inner, cur: Current) {
+    let mut files = inner.files();
+    files.closed.push_back(Closed {
+        file: cur.file,
+        path: cur.path,
+        logs: cur.logs.into_values().collect(),
+        last: cur.last,
+    });
+    drop(files);
+    inner.files_changed.notify_all();
+}
+
+/// The file for `epoch`: a spare renamed, or a new zero-filled one while fewer than
+/// [`MAX_FILES`] exist, else the first spare the checkpointer frees.
+fn open_next(inner: &Inner, epoch: u64) -> io::Result<(Arc<File>, PathBuf)> {
+    let path = inner.dir.join(format!("{epoch:020}.wal"));
+    let mut files = inner.files();
+    loop {
+        if let Some(spare) = files.spares.pop() {
+            drop(files);
+            std::fs::rename(&spare, &path)?;
+            sync_dir(&inner.dir)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            return Ok((Arc::new(file), path));
+        }
+        if files.count < MAX_FILES {
+            files.count += 1;
+            drop(files);
+            return create_file(inner, &path).map(|f| (Arc::new(f), path));
+        }
+        if files.failed || inner.queue().shutdown {
+            return Err(io::Error::other("no journal file is free: a checkpoint failed, or the journal is stopping"));
+        }
+        files = inner.wait_files(files);
+    }
+}
+
+/// A new journal file, zero-filled to its full length and durable, so that syncing data
+/// written into it later changes no metadata.
+fn create_file(inner: &Inner, path: &Path) -> io::Result<File> {
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < inner.file_bytes {
+        let n = (inner.file_bytes - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    inner.fsync.sync_data(&file)?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(&inner.dir)?;
+    Ok(file)
+}
+
+fn checkpoint_loop(inner: &Inner) {
+    loop {
+        let closed = {
+            let mut files = inner.files();
+            loop {
+                // Left in the queue while it is retired: `closed` empty means nothing pending.
+                if let Some(closed) = files.closed.front() {
+                    break Closed {
+                        file: Arc::clone(&closed.file),
+                        path: closed.path.clone(),
+                        logs: closed.logs.clone(),
+                        last: closed.last,
+                    };
+                }
+                if inner.queue().shutdown {
+                    return;
+                }
+                files = inner.wait_files(files);
+            }
+        };
+        match retire(inner, &closed) {
+            Ok(spare) => {
+                let mut files = inner.files();
+                files.closed.pop_front();
+                files.spares.push(spare);
+                files.retired = files.retired.max(closed.last);
+            }
+            Err(e) => {
+                tracing::error!(file = %closed.path.display(), error = %e, "journal checkpoint failed; the file is kept for the next start's replay, and logs sync their segments from now on");
+                inner.failed.store(true, Ordering::Release);
+                let mut files = inner.files();
+                files.failed = true;
+                files.closed.pop_front();
+            }
+        }
+        inner.files_changed.notify_all();
+    }
+}
+
+/// Syncs what `closed` covers into the segments, then renames it to a spare.
+fn retire(inner: &Inner, closed: &Closed) -> io::Result<PathBuf> {
+    if inner.fsync.can_sync_filesystem() {
+        inner.fsync.sync_filesystem(&closed.file)?;
+    } else {
+        for log in &closed.logs {
+            log.sync_active().map_err(|e| io::Error::other(e.to_string()))?;
+        }
+    }
+    let n = inner.next_spare.fetch_add(1, Ordering::Relaxed);
+    let spare = inner.dir.join(format!("spare-{n}"));
+    std::fs::rename(&closed.path, &spare)?;
+    sync_dir(&inner.dir)?;
+    Ok(spare)
+}
+
+/// The spare files of a journal directory (renumbered `spare-0`, `spare-1`, ...).
+fn spare_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut spares = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with("spare-")) {
+            spares.push(entry.path());
+        }
+    }
+    spares.sort();
+    let mut renamed = Vec::with_capacity(spares.len());
+    for (i, path) in spares.into_iter().enumerate() {
+        let to = dir.join(format!("spare-{i}"));
+        if path != to {
+            std::fs::rename(&path, &to)?;
+        }
+        renamed.push(to);
+    }
+    sync_dir(dir)?;
+    Ok(renamed)
+}
+
+/// One entry found by a scan.
+struct Entry {
+    name: String,
+    batch: Vec<u8>,
+}
+
+/// The valid entries at the start of a journal file of `epoch`.
+fn scan(bytes: &[u8], epoch: u64) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at + ENTRY_HEADER <= bytes.len() {
+        let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if len < ENTRY_HEADER || at + len > bytes.len() {
+            break;
+        }
+        let entry = &bytes[at..at + len];
+        let crc = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let mut epoch_bytes = [0u8; 8];
+        epoch_bytes.copy_from_slice(&entry[8..16]);
+        if crc != crc32c::crc32c(&entry[8..]) || u64::from_le_bytes(epoch_bytes) != epoch {
+            break;
+        }
+        let name_len = u16::from_le_bytes([entry[16], entry[17]]) as usize;
+        let Some(name) = entry.get(ENTRY_HEADER..ENTRY_HEADER + name_len) else { break };
+        let Ok(name) = std::str::from_utf8(name) else { break };
+        entries.push(Entry { name: name.to_string(), batch: entry[ENTRY_HEADER + name_len..].to_vec() });
+        at += len;
+    }
+    entries
+}
+
+/// Appends every journaled batch its log lacks (see the module docs), syncs those logs, and
+/// retires the journal files. Returns the epoch the journal starts at.
+///
+/// # Errors
+/// What stops a log from opening or being appended to; the journal is left as it was.
+pub(crate) fn replay(root: &Path, shared: &Arc<Shared>) -> Result<u64> {
+    let dir = root.join(DIR_NAME);
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    let mut wal = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).at(&dir)? {
+        let entry = entry.at(&dir)?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        if let Some(epoch) = name.strip_suffix(".wal").and_then(|e| e.parse::<u64>().ok()) {
+            wal.insert(epoch, path);
+        } else if name.ends_with(".tmp") {
+            std::fs::remove_file(&path).at(&path)?;
+        }
+    }
+    let next_epoch = wal.keys().next_back().map_or(0, |e| e + 1);
+    let mut by_log: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for (&epoch, path) in &wal {
+        let bytes = std::fs::read(path).at(path)?;
+        for e in scan(&bytes, epoch) {
+            by_log.entry(e.name).or_default().push(e.batch);
+        }
+    }
+    for (name, batches) in by_log {
+        replay_log(&root.join(&name), batches, shared)?;
+    }
+    for path in wal.values() {
+        let spare = dir.join(format!("spare-w{}", path.file_stem().and_then(|s| s.to_str()).unwrap_or_default()));
+        std::fs::rename(path, &spare).at(path)?;
+    }
+    sync_dir(&dir).at(&dir)?;
+    Ok(next_epoch)
+}
+
+/// Appends to the log in `dir` the batches it lacks, in offset order, and syncs it.
+fn replay_log(dir: &Path, mut batches: Vec<Vec<u8>>, shared: &Arc<Shared>) -> Result<()> {
+    if !dir.is_dir() {
+        tracing::info!(log = %dir.display(), batches = batches.len(), "journal entries of a deleted log dropped");
+        return Ok(());
+    }
+    let base = |b: &Vec<u8>| BatchHeader::decode(b).map_or(u64::MAX, |h| h.base_offset);
+    batches.sort_by_key(base);
+    // Opened as it stands on disk, with nothing that could roll a segment or sync on its own.
+    let config = LogConfig {
+        segment_bytes: crate::config::MAX_SEGMENT_BYTES,
+        segment_ms: None,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let log = Log::open_with(dir, config, Arc::clone(shared))?;
+    let mut appended = 0usize;
+    for batch in batches {
+        let next = log.log_end_offset();
+        match crate::batch::ValidBatch::check(batch) {
+            Ok(batch) if batch.header().base_offset == next => {
+                log.replay_append(batch)?;
+                appended += 1;
+            }
+            Ok(batch) if batch.header().base_offset < next => {}
+            Ok(batch) => {
+                tracing::error!(log = %dir.display(), base_offset = batch.header().base_offset, log_end = next, "journal entry beyond the log's end; the records between are lost");
+                break;
+            }
+            Err(e) => {
+                tracing::error!(log = %dir.display(), error = %e, "journal entry holds a damaged batch; skipped");
+            }
+        }
+    }
+    log.flush()?;
+    if appended > 0 {
+        tracing::info!(log = %dir.display(), batches = appended, "replayed from the journal");
+    }
+    Ok(())
+}
