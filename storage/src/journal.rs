@@ -123,6 +123,8 @@ struct Inner {
     files_changed: Condvar,
     /// The journal takes no more entries (a write or a checkpoint failed).
     failed: AtomicBool,
+    /// [`Journal::stop`] was called.
+    stopped: AtomicBool,
     next_spare: AtomicU64,
 }
 
@@ -167,6 +169,7 @@ impl Journal {
             files: Mutex::new(Files { count: spares.len(), spares, ..Files::default() }),
             files_changed: Condvar::new(),
             failed: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             next_spare: AtomicU64::new(next_spare),
             dir,
         });
@@ -213,6 +216,11 @@ impl Journal {
         Some(seq)
     }
 
+    /// Whether the journal takes entries (it stops after a failure, or when stopped).
+    pub(crate) fn is_open(&self) -> bool {
+        !self.inner.failed.load(Ordering::Acquire) && !self.inner.stopped.load(Ordering::Acquire)
+    }
+
     /// Whether entries up to `seq` may still be needed by a replay.
     pub(crate) fn holds(&self, seq: u64) -> bool {
         seq > self.inner.files().retired
@@ -251,6 +259,7 @@ impl Journal {
     /// shared state, which holds the journal: the manager stops it when dropped, or none of it
     /// would ever be dropped.
     pub(crate) fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         self.inner.queue().shutdown = true;
         self.inner.queued.notify_all();
         self.inner.files().closed.clear();
@@ -504,6 +513,9 @@ fn checkpoint_loop(inner: &Inner) {
 /// Syncs what `closed` covers into the segments, then renames it to a spare.
 fn retire(inner: &Inner, closed: &Closed) -> io::Result<PathBuf> {
     if inner.fsync.can_sync_filesystem() {
+        for log in &closed.logs {
+            log.write_behind().map_err(|e| io::Error::other(e.to_string()))?;
+        }
         inner.fsync.sync_filesystem(&closed.file)?;
     } else {
         for log in &closed.logs {

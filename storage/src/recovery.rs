@@ -213,6 +213,8 @@ fn recover_active(
         ino: meta.ino(),
         path,
         size: scan.valid_end,
+        written: scan.valid_end,
+        pending: Vec::new(),
         allocated,
         index: scan.index,
         created_ms,

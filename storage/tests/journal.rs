@@ -144,3 +144,31 @@ fn a_torn_journal_write_ends_the_replay_before_it() {
     let after = reopened(root.path(), &["t-0"]);
     assert_eq!(after[0][..], expected[0][..expected[0].len() - 1]);
 }
+
+#[test]
+fn journaled_appends_wait_in_memory_until_a_read_or_a_sync_needs_them() {
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    for i in 0..10 {
+        log.append(batch(i, 2, 0)).unwrap().wait().unwrap();
+    }
+    let active = segments(&root.path().join("t-0")).pop().unwrap();
+    let on_disk = || std::fs::metadata(&active).unwrap().len();
+    assert_eq!(on_disk(), SEGMENT_HEADER_LEN, "acknowledged through the journal, not yet written");
+    assert_eq!(read_all(&log, 0).len(), 20, "a read writes them first");
+    assert_eq!(on_disk(), log.size_bytes());
+    log.append(batch(10, 2, 0)).unwrap().wait().unwrap();
+    log.flush().unwrap();
+    assert_eq!(on_disk(), log.size_bytes(), "a flush writes them too");
+    // Never written at all: a crash (here, dropping without the final checkpoint) leaves them
+    // to the journal's replay.
+    log.append(batch(11, 2, 0)).unwrap().wait().unwrap();
+    let expected = read_all(&log, 0);
+    log.append(batch(12, 2, 0)).unwrap().wait().unwrap();
+    let mut expected_after = expected.clone();
+    expected_after.extend(read_all(&log, expected.len() as u64));
+    drop(log);
+    drop(manager);
+    assert_eq!(reopened(root.path(), &["t-0"])[0], expected_after);
+}
