@@ -28,7 +28,9 @@
 //! an earlier one (writes complete in order).
 //!
 //! **Files.** `_journal/<epoch>.wal`, [`StorageOptions::journal_file_bytes`] each, zero-filled
-//! when created and reused after a checkpoint (renamed to `spare-<n>`, then to the next epoch).
+//! when created and reused after a checkpoint (renamed to `<epoch>.spare`, then to the next
+//! epoch's `.wal`). Epochs only grow, across restarts too (the next is one past the largest
+//! found in either name), so a reused file's old entries never pass for current ones.
 //! Each entry: `len u32 | crc32c u32 | epoch u64 | name_len u16 | name | batch` (little endian;
 //! the CRC covers everything after itself). A scan stops at the first entry that does not check
 //! or carries another epoch (a reused file's old contents, or a write torn by a crash).
@@ -47,7 +49,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -93,6 +95,7 @@ struct Queue {
 struct Closed {
     file: Arc<File>,
     path: PathBuf,
+    epoch: u64,
     /// Logs with entries in it (synced one by one when `syncfs` cannot be trusted).
     logs: Vec<Arc<LogInner>>,
     /// Sequence number of its last entry.
@@ -125,7 +128,6 @@ struct Inner {
     failed: AtomicBool,
     /// [`Journal::stop`] was called.
     stopped: AtomicBool,
-    next_spare: AtomicU64,
 }
 
 impl Inner {
@@ -156,11 +158,10 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Starts the journal in `<root>/_journal`, after [`replay`] has emptied it.
+    /// Starts the journal in `<root>/_journal` at `epoch`, after [`replay`] has emptied it.
     pub(crate) fn start(root: &Path, file_bytes: u64, fsync: Arc<dyn Fsync>, epoch: u64) -> io::Result<Self> {
         let dir = root.join(DIR_NAME);
         let spares = spare_files(&dir)?;
-        let next_spare = spares.len() as u64;
         let inner = Arc::new(Inner {
             file_bytes: file_bytes.max(4096),
             fsync,
@@ -170,7 +171,7 @@ impl Journal {
             files_changed: Condvar::new(),
             failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            next_spare: AtomicU64::new(next_spare),
+
             dir,
         });
         let journal = Self { inner, threads: Mutex::new(Vec::with_capacity(2)) };
@@ -245,6 +246,9 @@ impl Journal {
             }
             if files.failed || self.inner.failed.load(Ordering::Acquire) {
                 return Err(io::Error::other("the journal failed earlier; see the log for the error"));
+            }
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return Err(io::Error::other("the journal is stopped"));
             }
             files = self.inner.wait_files(files);
         }
@@ -406,6 +410,7 @@ fn write_some(
     cur.file.write_all_at(&buf[start..end], cur.pos)?;
     inner.fsync.sync_data(&cur.file)?;
     cur.pos += (end - start) as u64;
+
     for c in &done[written.entries as usize..(written.entries + entries) as usize] {
         cur.logs.entry(Arc::as_ptr(&c.log) as usize).or_insert_with(|| Arc::clone(&c.log));
     }
@@ -421,6 +426,7 @@ fn close(inner: &Inner, cur: Current) {
     files.closed.push_back(Closed {
         file: cur.file,
         path: cur.path,
+        epoch: cur.epoch,
         logs: cur.logs.into_values().collect(),
         last: cur.last,
     });
@@ -431,7 +437,7 @@ fn close(inner: &Inner, cur: Current) {
 /// The file for `epoch`: a spare renamed, or a new zero-filled one while fewer than
 /// [`MAX_FILES`] exist, else the first spare the checkpointer frees.
 fn open_next(inner: &Inner, epoch: u64) -> io::Result<(Arc<File>, PathBuf)> {
-    let path = inner.dir.join(format!("{epoch:020}.wal"));
+    let path = wal_path(&inner.dir, epoch);
     let mut files = inner.files();
     loop {
         if let Some(spare) = files.spares.pop() {
@@ -481,6 +487,7 @@ fn checkpoint_loop(inner: &Inner) {
                     break Closed {
                         file: Arc::clone(&closed.file),
                         path: closed.path.clone(),
+                        epoch: closed.epoch,
                         logs: closed.logs.clone(),
                         last: closed.last,
                     };
@@ -522,33 +529,37 @@ fn retire(inner: &Inner, closed: &Closed) -> io::Result<PathBuf> {
             log.sync_active().map_err(|e| io::Error::other(e.to_string()))?;
         }
     }
-    let n = inner.next_spare.fetch_add(1, Ordering::Relaxed);
-    let spare = inner.dir.join(format!("spare-{n}"));
+    let spare = spare_path(&inner.dir, closed.epoch);
     std::fs::rename(&closed.path, &spare)?;
     sync_dir(&inner.dir)?;
     Ok(spare)
 }
 
-/// The spare files of a journal directory (renumbered `spare-0`, `spare-1`, ...).
+fn wal_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("{epoch:020}.wal"))
+}
+
+fn spare_path(dir: &Path, epoch: u64) -> PathBuf {
+    dir.join(format!("{epoch:020}.spare"))
+}
+
+/// The epoch in a journal file's name, if it is one (`kind`: `wal` or `spare`).
+fn epoch_of(name: &str, kind: &str) -> Option<u64> {
+    let stem = name.strip_suffix(kind)?.strip_suffix('.')?;
+    (stem.len() == 20).then(|| stem.parse().ok()).flatten()
+}
+
+/// The spare files of a journal directory.
 fn spare_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut spares = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_str().is_some_and(|n| n.starts_with("spare-")) {
+        if entry.file_name().to_str().and_then(|n| epoch_of(n, "spare")).is_some() {
             spares.push(entry.path());
         }
     }
     spares.sort();
-    let mut renamed = Vec::with_capacity(spares.len());
-    for (i, path) in spares.into_iter().enumerate() {
-        let to = dir.join(format!("spare-{i}"));
-        if path != to {
-            std::fs::rename(&path, &to)?;
-        }
-        renamed.push(to);
-    }
-    sync_dir(dir)?;
-    Ok(renamed)
+    Ok(spares)
 }
 
 /// One entry found by a scan.
@@ -591,17 +602,20 @@ pub(crate) fn replay(root: &Path, shared: &Arc<Shared>) -> Result<u64> {
     let dir = root.join(DIR_NAME);
     std::fs::create_dir_all(&dir).at(&dir)?;
     let mut wal = BTreeMap::new();
+    let mut last_epoch = None;
     for entry in std::fs::read_dir(&dir).at(&dir)? {
         let entry = entry.at(&dir)?;
         let path = entry.path();
         let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-        if let Some(epoch) = name.strip_suffix(".wal").and_then(|e| e.parse::<u64>().ok()) {
+        if let Some(epoch) = epoch_of(&name, "wal") {
             wal.insert(epoch, path);
+        } else if let Some(epoch) = epoch_of(&name, "spare") {
+            last_epoch = last_epoch.max(Some(epoch));
         } else if name.ends_with(".tmp") {
             std::fs::remove_file(&path).at(&path)?;
         }
     }
-    let next_epoch = wal.keys().next_back().map_or(0, |e| e + 1);
+    let last_epoch = last_epoch.max(wal.keys().next_back().copied());
     let mut by_log: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
     for (&epoch, path) in &wal {
         let bytes = std::fs::read(path).at(path)?;
@@ -612,12 +626,11 @@ pub(crate) fn replay(root: &Path, shared: &Arc<Shared>) -> Result<u64> {
     for (name, batches) in by_log {
         replay_log(&root.join(&name), batches, shared)?;
     }
-    for path in wal.values() {
-        let spare = dir.join(format!("spare-w{}", path.file_stem().and_then(|s| s.to_str()).unwrap_or_default()));
-        std::fs::rename(path, &spare).at(path)?;
+    for (&epoch, path) in &wal {
+        std::fs::rename(path, spare_path(&dir, epoch)).at(path)?;
     }
     sync_dir(&dir).at(&dir)?;
-    Ok(next_epoch)
+    Ok(last_epoch.map_or(0, |e| e + 1))
 }
 
 /// Appends to the log in `dir` the batches it lacks, in offset order, and syncs it.

@@ -115,9 +115,9 @@ fn full_journal_files_are_checkpointed_and_reused() {
     // 16 KiB files: a few dozen batches each, so hundreds of files' worth rotate through four.
     let manager = LogManager::new(root.path(), options(16 << 10)).unwrap();
     let expected = fill(&manager, &names, 300);
-    let files = journal_files(root.path(), ".wal") + journal_files(root.path(), "spare-");
+    let files = journal_files(root.path(), ".wal") + journal_files(root.path(), ".spare");
     assert!((1..=4).contains(&files), "{files} journal files");
-    assert!(journal_files(root.path(), "spare-") > 0, "checkpointed files wait as spares");
+    assert!(journal_files(root.path(), ".spare") > 0, "checkpointed files wait as spares");
     drop(manager);
     assert_eq!(reopened(root.path(), &names), expected);
 }
@@ -171,4 +171,30 @@ fn journaled_appends_wait_in_memory_until_a_read_or_a_sync_needs_them() {
     drop(log);
     drop(manager);
     assert_eq!(reopened(root.path(), &["t-0"])[0], expected_after);
+}
+
+#[test]
+fn a_reused_journal_file_never_replays_entries_of_an_earlier_run() {
+    let root = tempfile::tempdir().unwrap();
+    // Run 1 fills the first journal file, and a clean shutdown makes it a spare.
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    for i in 0..5 {
+        log.append(batch(10 + i, 1, 0)).unwrap().wait().unwrap();
+    }
+    manager.flush_all().unwrap();
+    drop((log, manager));
+    // Run 2 reuses that file: its one entry (of the same size as each old one) covers only the
+    // first old entry, then it crashes.
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    manager.open_log("t-0", LogConfig::default()).unwrap();
+    manager.delete_log("t-0").unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    log.append(batch(20, 1, 0)).unwrap().wait().unwrap();
+    let expected = read_all(&log, 0);
+    drop((log, manager));
+    let active = segments(&root.path().join("t-0")).pop().unwrap();
+    OpenOptions::new().write(true).open(&active).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+    // The old entries after it would pass their checksums: only their epoch tells them apart.
+    assert_eq!(reopened(root.path(), &["t-0"])[0], expected);
 }
