@@ -42,6 +42,16 @@
 //! checkpoints the journal first when it may still hold the log's entries, so a log created
 //! again under the same name never receives the old one's records.
 //!
+//! **Known cost: checkpoint bursts.** The segments' pages written behind the journal stay dirty
+//! until a checkpoint's `syncfs`, which then writes a whole journal file's worth (32 MiB) at once;
+//! the journal's own `fdatasync`s queue behind that burst. At low rates with few partitions (W3
+//! at 10 % of the peak) that raised the p99 from ~5 to ~20 ms. A periodic `syncfs` every 2 MiB of
+//! journal cut it to ~11 ms but took a third off W6's rate (each `syncfs` is a journal commit and
+//! a device cache flush). The right tool is `sync_file_range(SYNC_FILE_RANGE_WRITE)` on each
+//! range written behind (start the writeback, no flush, no metadata), as RocksDB's
+//! `bytes_per_sync` does; neither rustix 1.1 nor nix 0.32 wraps it, and calling libc needs the
+//! `unsafe` this workspace forbids, so it waits for a small audited wrapper.
+//!
 //! [`StorageOptions::journal_file_bytes`]: crate::StorageOptions::journal_file_bytes
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
