@@ -42,15 +42,17 @@
 //! checkpoints the journal first when it may still hold the log's entries, so a log created
 //! again under the same name never receives the old one's records.
 //!
-//! **Known cost: checkpoint bursts.** The segments' pages written behind the journal stay dirty
-//! until a checkpoint's `syncfs`, which then writes a whole journal file's worth (32 MiB) at once;
-//! the journal's own `fdatasync`s queue behind that burst. At low rates with few partitions (W3
-//! at 10 % of the peak) that raised the p99 from ~5 to ~20 ms. A periodic `syncfs` every 2 MiB of
-//! journal cut it to ~11 ms but took a third off W6's rate (each `syncfs` is a journal commit and
-//! a device cache flush). The right tool is `sync_file_range(SYNC_FILE_RANGE_WRITE)` on each
-//! range written behind (start the writeback, no flush, no metadata), as RocksDB's
-//! `bytes_per_sync` does; neither rustix 1.1 nor nix 0.32 wraps it, and calling libc needs the
-//! `unsafe` this workspace forbids, so it waits for a small audited wrapper.
+//! **Known cost: W3's tail at low load.** With the journal, W3's p99 at 10 % of the peak rate is
+//! ~20-26 ms (~5 ms without it), while at 50 % and 80 % it is far better than without. The cause
+//! is not established. Suspects: the checkpoint's `syncfs` writes a whole journal file's worth
+//! of segment pages (32 MiB) at once and the journal's `fdatasync`s queue behind it, and the
+//! first rotations of a fresh journal zero-fill new files inline. Tried, one run each against
+//! the same build without the change (runs on this machine swing widely), and not kept:
+//! a periodic `syncfs` every 2 MiB of journal (10 % p99 11 ms, but W6 lost a third of its rate);
+//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on each range written behind, through a small
+//! `unsafe` FFI crate (p99 19 ms, W6 lost a third); zero-filling spare files ahead of need in the
+//! checkpointer (p99 0.5 s); `fallocate` instead of zero-filling (p99 0.6 s: every first write
+//! into an unwritten block makes its `fdatasync` commit metadata).
 //!
 //! [`StorageOptions::journal_file_bytes`]: crate::StorageOptions::journal_file_bytes
 
