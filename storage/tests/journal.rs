@@ -30,6 +30,13 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Cuts a log's active segment back to its header: what a power loss leaves of pages never
+/// synced.
+fn lose_segment_data(root: &Path, log: &str) {
+    let active = segments(&root.join(log)).pop().unwrap();
+    OpenOptions::new().write(true).open(&active).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+}
+
 fn journal_files(root: &Path, suffix: &str) -> usize {
     std::fs::read_dir(root.join("_journal"))
         .unwrap()
@@ -67,8 +74,7 @@ fn a_restart_puts_back_acknowledged_appends_the_segments_lost() {
     drop(manager);
     assert!(journal_files(root.path(), ".wal") > 0, "the crash leaves the journal as it was");
     // Nothing of a-0 reached its segment, a-1 kept a torn half of its data, b-0 all of it.
-    let a0 = segments(&root.path().join("a-0")).pop().unwrap();
-    OpenOptions::new().write(true).open(&a0).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+    lose_segment_data(root.path(), "a-0");
     let a1 = segments(&root.path().join("a-1")).pop().unwrap();
     let len = std::fs::metadata(&a1).unwrap().len();
     OpenOptions::new().write(true).open(&a1).unwrap().set_len(len / 2).unwrap();
@@ -101,8 +107,7 @@ fn a_log_deleted_and_created_again_never_gets_the_old_ones_records() {
     let expected = read_all(&log, 0);
     drop(log);
     drop(manager);
-    let active = segments(&root.path().join("t-0")).pop().unwrap();
-    OpenOptions::new().write(true).open(&active).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+    lose_segment_data(root.path(), "t-0");
     let after = reopened(root.path(), &["t-0"]);
     assert_eq!(after[0], expected, "only the new log's batch comes back");
     assert_eq!(after[0].len(), 1);
@@ -137,8 +142,7 @@ fn a_torn_journal_write_ends_the_replay_before_it() {
     let bytes = std::fs::read(&wal).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap();
     OpenOptions::new().write(true).open(&wal).unwrap().write_all_at(&[bytes[end] ^ 0xff], end as u64).unwrap();
-    let active = segments(&root.path().join("t-0")).pop().unwrap();
-    OpenOptions::new().write(true).open(&active).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+    lose_segment_data(root.path(), "t-0");
 
     // The last append was a batch of one record (`fill`: 1 + 9 % 3): all but it come back.
     let after = reopened(root.path(), &["t-0"]);
@@ -193,8 +197,7 @@ fn a_reused_journal_file_never_replays_entries_of_an_earlier_run() {
     log.append(batch(20, 1, 0)).unwrap().wait().unwrap();
     let expected = read_all(&log, 0);
     drop((log, manager));
-    let active = segments(&root.path().join("t-0")).pop().unwrap();
-    OpenOptions::new().write(true).open(&active).unwrap().set_len(SEGMENT_HEADER_LEN).unwrap();
+    lose_segment_data(root.path(), "t-0");
     // The old entries after it would pass their checksums: only their epoch tells them apart.
     assert_eq!(reopened(root.path(), &["t-0"])[0], expected);
 }
