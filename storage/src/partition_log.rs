@@ -1186,7 +1186,7 @@ impl LogInner {
     }
 
     /// Writes the active segment's pending bytes (journaled appends) into its file. A failure
-    /// poisons the log.
+    /// poisons the log and fails the appends waiting on it.
     pub(crate) fn write_pending(&self, st: &mut LogState) -> Result<()> {
         if st.deleted {
             st.active.pending = Vec::new();
@@ -1202,7 +1202,13 @@ impl LogInner {
             .and_then(|file| file.write_all_at(&a.pending, a.written))
             .at(&a.path);
         if let Err(e) = written {
+            // As after a failed fsync: refuse writes, and fail every append still waiting (a
+            // flush that fails here never reaches the step that would).
+            tracing::error!(path = %a.path.display(), error = %e, "writing appended batches failed; log refuses writes until reopened");
             st.poisoned = true;
+            for w in st.take_waiters() {
+                let _ = w.send(Err(Error::Poisoned { dir: self.dir.clone() }));
+            }
             return Err(e);
         }
         a.written += a.pending.len() as u64;
