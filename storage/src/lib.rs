@@ -7,9 +7,9 @@
 //!                              │                        ▼
 //!                              │                  sealed segments  <base>.log + <base>.index
 //!                              ▼                        │
-//!                flusher threads: fdatasync,            ├── retention: delete oldest whole segments
-//!                 group commit, wake appenders          ├── compaction: latest record per key,
-//!                                                       │   rewritten via <base>.log.cleaned + rename
+//!   flusher threads: fdatasync, group commit,           ├── retention: delete oldest whole segments
+//!   or for small batches the journal (one shared        ├── compaction: latest record per key,
+//!   write-ahead file); wake appenders                   │   rewritten via <base>.log.cleaned + rename
 //!                                                       └── tier: segment → Parquet bytes (+ meta)
 //!  Log::read(offset) ◄── index lookup ◄── whole stored batches, checksums verified, no re-encoding
 //! ```
@@ -25,6 +25,9 @@
 //! - [`tier`]: a sealed segment to one Parquet object and back (bytes only; uploading is the
 //!   server's job).
 //! - [`LogManager`]: many logs sharing a bounded [`file_cache::FileCache`] and one flusher.
+//! - `journal`: one write-ahead file per manager that makes small `always` appends durable with
+//!   one write and one `fdatasync` whatever the partitions; their segment writes wait in memory
+//!   (write-behind) and reach disk at checkpoints; replayed before any log opens.
 
 pub mod batch;
 mod clock;
