@@ -26,7 +26,7 @@ pub struct StorageOptions {
     /// [`crate::producer_state`]); a retry after that is appended again.
     pub producer_expiry: std::time::Duration,
     /// Small appends to logs with durability `always` are made durable through one shared
-    /// write-ahead journal (see [`crate::journal`]) instead of a sync of each segment.
+    /// write-ahead journal (see `storage/src/journal.rs`) instead of a sync of each segment.
     pub journal: bool,
     /// Size of each journal file (zero-filled when created; at most four exist).
     pub journal_file_bytes: u64,
@@ -57,7 +57,7 @@ pub struct LogManager {
 
 impl LogManager {
     /// Opens the logs' root directory, first replaying the journal a crash may have left
-    /// (see [`crate::journal`]).
+    /// (see `storage/src/journal.rs`).
     ///
     /// # Errors
     /// [`Error::Io`] if the root cannot be created or a flusher thread cannot start; a log the
