@@ -43,16 +43,19 @@
 //! again under the same name never receives the old one's records.
 //!
 //! **Known cost: W3's tail at low load.** With the journal, W3's p99 at 10 % of the peak rate is
-//! ~20-26 ms (~5 ms without it), while at 50 % and 80 % it is far better than without. The cause
-//! is not established. Suspects: the checkpoint's `syncfs` writes a whole journal file's worth
-//! of segment pages (32 MiB) at once and the journal's `fdatasync`s queue behind it, and the
-//! first rotations of a fresh journal zero-fill new files inline. Tried, one run each against
-//! the same build without the change (runs on this machine swing widely), and not kept:
-//! a periodic `syncfs` every 2 MiB of journal (10 % p99 11 ms, but W6 lost a third of its rate);
-//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` on each range written behind, through a small
-//! `unsafe` FFI crate (p99 19 ms, W6 lost a third); zero-filling spare files ahead of need in the
-//! checkpointer (p99 0.5 s); `fallocate` instead of zero-filling (p99 0.6 s: every first write
-//! into an unwritten block makes its `fdatasync` commit metadata).
+//! ~20 ms (~5 ms without it), while at 50 % and 80 % it is far better than without. At that
+//! rate one stall of the writer of 20-40 ms in a 6 s run is the p99 by itself. Traced (strace
+//! on the server, W3 at 10 %): the journal's `fdatasync` is ≤ 3 ms except once at 42 ms, the
+//! `fdatasync` of a new zero-filled file, and a directory `fsync` at rotation took 27 ms. Those
+//! steps now happen ahead of need in the checkpointer ([`Ready`]): p99 19.7 and 23.0 ms against
+//! 26.5 and 28.7 ms for the build before, runs alternated. What is left is most likely the
+//! checkpoint: its `syncfs` writes a whole journal file's worth of segment pages (32 MiB), commits
+//! the filesystem journal and flushes the device cache, and a journal `fdatasync` in between
+//! waits. Tried against that, one run each, and not kept: a periodic `syncfs` every 2 MiB of
+//! journal (10 % p99 11 ms, but W6 lost a third of its rate); `sync_file_range(WRITE)` on each
+//! range written behind, through a small `unsafe` FFI crate (p99 19 ms, W6 lost a third);
+//! `fallocate` instead of zero-filling (p99 0.6 s: every first write into an unwritten block
+//! makes its `fdatasync` commit metadata).
 //!
 //! [`StorageOptions::journal_file_bytes`]: crate::StorageOptions::journal_file_bytes
 
@@ -114,8 +117,24 @@ struct Closed {
     last: u64,
 }
 
+/// The journal file the writer goes on with when the current one is full, made ready (created
+/// or taken from the spares, renamed to its epoch, directory synced) by the checkpointer ahead
+/// of need: done by the writer at the moment of rotation, those steps stalled every append
+/// waiting on it (a zero-filled file's `fdatasync` took 42 ms, a directory `fsync` 27 ms, traced
+/// in W3 at 10 % load).
+struct Ready {
+    file: Arc<File>,
+    path: PathBuf,
+    epoch: u64,
+}
+
 #[derive(Default)]
 struct Files {
+    ready: Option<Ready>,
+    /// The checkpointer is making a file ready.
+    preparing: bool,
+    /// The epoch the next file made ready gets.
+    next_epoch: u64,
     closed: VecDeque<Closed>,
     spares: Vec<PathBuf>,
     /// Every file: current, closed and spare.
@@ -179,7 +198,7 @@ impl Journal {
             fsync,
             queue: Mutex::default(),
             queued: Condvar::new(),
-            files: Mutex::new(Files { count: spares.len(), spares, ..Files::default() }),
+            files: Mutex::new(Files { count: spares.len(), spares, next_epoch: epoch, ..Files::default() }),
             files_changed: Condvar::new(),
             failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -191,8 +210,7 @@ impl Journal {
         let checkpointer = Arc::clone(&journal.inner);
         let mut threads = journal.threads.lock().unwrap_or_else(PoisonError::into_inner);
         // On failure, dropping `journal` stops the thread already started.
-        threads
-            .push(std::thread::Builder::new().name("strata-journal".into()).spawn(move || write_loop(&writer, epoch))?);
+        threads.push(std::thread::Builder::new().name("strata-journal".into()).spawn(move || write_loop(&writer))?);
         threads.push(
             std::thread::Builder::new()
                 .name("strata-checkpoint".into())
@@ -306,8 +324,7 @@ struct Current {
     last: u64,
 }
 
-fn write_loop(inner: &Inner, first_epoch: u64) {
-    let mut epoch = first_epoch;
+fn write_loop(inner: &Inner) {
     let mut current: Option<Current> = None;
     let mut spare_buf = Vec::new();
     let mut spare_done = Vec::new();
@@ -329,7 +346,7 @@ fn write_loop(inner: &Inner, first_epoch: u64) {
         let mut result = Ok(());
         let mut pos = 0;
         while pos < buf.len() && result.is_ok() {
-            result = write_some(inner, &mut current, &mut epoch, &mut buf, &mut pos, &done, &mut written);
+            result = write_some(inner, &mut current, &mut buf, &mut pos, &done, &mut written);
         }
         match result {
             Ok(()) => {
@@ -379,7 +396,6 @@ struct Written {
 fn write_some(
     inner: &Inner,
     current: &mut Option<Current>,
-    epoch: &mut u64,
     buf: &mut [u8],
     pos: &mut usize,
     done: &[Completion],
@@ -395,9 +411,8 @@ fn write_some(
     let cur = match current {
         Some(cur) => cur,
         None => {
-            let (file, path) = open_next(inner, *epoch)?;
-            *epoch += 1;
-            current.insert(Current { file, path, epoch: *epoch - 1, pos: 0, logs: HashMap::new(), last: 0 })
+            let Ready { file, path, epoch } = next_file(inner)?;
+            current.insert(Current { file, path, epoch, pos: 0, logs: HashMap::new(), last: 0 })
         }
     };
     let room = (inner.file_bytes - cur.pos) as usize;
@@ -446,29 +461,56 @@ fn close(inner: &Inner, cur: Current) {
     inner.files_changed.notify_all();
 }
 
-/// The file for `epoch`: a spare renamed, or a new zero-filled one while fewer than
-/// [`MAX_FILES`] exist, else the first spare the checkpointer frees.
-fn open_next(inner: &Inner, epoch: u64) -> io::Result<(Arc<File>, PathBuf)> {
-    let path = wal_path(&inner.dir, epoch);
+/// The next file to write: the one made ready ahead, else one made now.
+fn next_file(inner: &Inner) -> io::Result<Ready> {
     let mut files = inner.files();
     loop {
-        if let Some(spare) = files.spares.pop() {
+        if let Some(ready) = files.ready.take() {
             drop(files);
-            std::fs::rename(&spare, &path)?;
-            sync_dir(&inner.dir)?;
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            return Ok((Arc::new(file), path));
+            inner.files_changed.notify_all(); // the checkpointer readies the one after
+            return Ok(ready);
         }
-        if files.count < MAX_FILES {
-            files.count += 1;
-            drop(files);
-            return create_file(inner, &path).map(|f| (Arc::new(f), path));
+        if !files.preparing {
+            if let Some(made) = prepare(inner, files) {
+                return made;
+            }
+            files = inner.files();
         }
         if files.failed || inner.queue().shutdown {
             return Err(io::Error::other("no journal file is free: a checkpoint failed, or the journal is stopping"));
         }
         files = inner.wait_files(files);
     }
+}
+
+/// Makes a file ready for the next epoch: a spare renamed, or a new zero-filled one while fewer
+/// than [`MAX_FILES`] exist; `None` when neither is possible now (all files are in use).
+fn prepare(inner: &Inner, mut files: MutexGuard<'_, Files>) -> Option<io::Result<Ready>> {
+    let spare = files.spares.pop();
+    if spare.is_none() && files.count >= MAX_FILES {
+        return None;
+    }
+    if spare.is_none() {
+        files.count += 1;
+    }
+    let epoch = files.next_epoch;
+    files.next_epoch += 1;
+    drop(files);
+    let path = wal_path(&inner.dir, epoch);
+    let made = match spare {
+        Some(spare) => std::fs::rename(&spare, &path)
+            .and_then(|()| sync_dir(&inner.dir))
+            .and_then(|()| OpenOptions::new().read(true).write(true).open(&path)),
+        None => create_file(inner, &path),
+    };
+    Some(match made {
+        Ok(file) => Ok(Ready { file: Arc::new(file), path, epoch }),
+        Err(e) => {
+            // The file is out of use (it stays on disk, and the next start sorts it out).
+            inner.files().count -= 1;
+            Err(e)
+        }
+    })
 }
 
 /// A new journal file, zero-filled to its full length and durable, so that syncing data
@@ -506,6 +548,29 @@ fn checkpoint_loop(inner: &Inner) {
                 }
                 if inner.queue().shutdown {
                     return;
+                }
+                let can_prepare = !files.spares.is_empty() || files.count < MAX_FILES;
+                if files.ready.is_none() && !files.preparing && !files.failed && can_prepare {
+                    files.preparing = true;
+                    let made = prepare(inner, files);
+                    files = inner.files();
+                    files.preparing = false;
+                    inner.files_changed.notify_all();
+                    match made {
+                        Some(Ok(ready)) => files.ready = Some(ready),
+                        Some(Err(e)) => {
+                            tracing::warn!(dir = %inner.dir.display(), error = %e, "could not make the next journal file ready");
+                            // Not again at once (the writer makes its own if it must).
+                            files = inner
+                                .files_changed
+                                .wait_timeout(files, std::time::Duration::from_secs(1))
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
+                        }
+                        None => {}
+                    }
+                    // The lock was let go meanwhile: look at everything again (a stop, too).
+                    continue;
                 }
                 files = inner.wait_files(files);
             }

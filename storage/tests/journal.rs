@@ -80,9 +80,11 @@ fn a_restart_puts_back_acknowledged_appends_the_segments_lost() {
     OpenOptions::new().write(true).open(&a1).unwrap().set_len(len / 2).unwrap();
 
     assert_eq!(reopened(root.path(), &names), expected);
-    assert_eq!(journal_files(root.path(), ".wal"), 0, "replayed files become spares");
     // Replayed once: a second restart finds nothing to add.
     assert_eq!(reopened(root.path(), &names), expected);
+    // And the replayed entries are gone from the journal: losing the segment now loses them.
+    lose_segment_data(root.path(), "a-0");
+    assert!(reopened(root.path(), &["a-0"])[0].is_empty());
 }
 
 #[test]
@@ -91,9 +93,12 @@ fn a_clean_shutdown_leaves_nothing_to_replay() {
     let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
     let expected = fill(&manager, &["t-0"], 20);
     manager.flush_all().unwrap();
-    assert_eq!(journal_files(root.path(), ".wal"), 0, "checkpointed: no file holds entries");
     drop(manager);
     assert_eq!(reopened(root.path(), &["t-0"]), expected);
+    // Checkpointed: no journal file holds the entries any more (so a restart has nothing to
+    // replay), which shows if the segment loses what it was synced with.
+    lose_segment_data(root.path(), "t-0");
+    assert!(reopened(root.path(), &["t-0"])[0].is_empty());
 }
 
 #[test]
