@@ -675,7 +675,7 @@ fn scan(bytes: &[u8], epoch: u64) -> Vec<Entry> {
 ///
 /// # Errors
 /// What stops a log from opening or being appended to; the journal is left as it was.
-pub(crate) fn replay(root: &Path, shared: &Arc<Shared>) -> Result<u64> {
+pub(crate) fn replay(root: &Path, shared: impl FnOnce() -> Result<Arc<Shared>>) -> Result<u64> {
     let dir = root.join(DIR_NAME);
     std::fs::create_dir_all(&dir).at(&dir)?;
     let mut wal = BTreeMap::new();
@@ -700,8 +700,12 @@ pub(crate) fn replay(root: &Path, shared: &Arc<Shared>) -> Result<u64> {
             by_log.entry(e.name).or_default().push(e.batch);
         }
     }
-    for (name, batches) in by_log {
-        replay_log(&root.join(&name), batches, shared)?;
+    if !by_log.is_empty() {
+        // Logs of their own (no journal), made only when there is something to replay.
+        let shared = shared()?;
+        for (name, batches) in by_log {
+            replay_log(&root.join(&name), batches, &shared)?;
+        }
     }
     for (&epoch, path) in &wal {
         std::fs::rename(path, spare_path(&dir, epoch)).at(path)?;

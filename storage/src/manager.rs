@@ -67,8 +67,9 @@ impl LogManager {
         std::fs::create_dir_all(&root).at(&root)?;
         let journal = if options.journal {
             // Replayed through logs of their own (the manager's own come later, with their
-            // configs): no journal, and closed again when done.
-            let epoch = journal::replay(&root, &new_shared(options.clone(), &root, None)?)?;
+            // configs): no journal, one flusher thread, closed again when done.
+            let replay_options = StorageOptions { flush_threads: 1, ..options.clone() };
+            let epoch = journal::replay(&root, || new_shared(replay_options, &root, None))?;
             let journal = Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), epoch);
             Some(journal.at(&root)?)
         } else {
