@@ -9,8 +9,9 @@
 //! crossed a network, and on the zero-copy path the server does not read them at all.
 //!
 //! The reader asks to upgrade the connection (`Upgrade: strata-batches`); a server that agrees
-//! answers `101` and sends the same chunked body from its page cache with `sendfile`, without
-//! copying it through its own memory. A server that declines answers `200` as before.
+//! answers `101` and sends the same chunked body from a thread of its own, with `sendfile` from
+//! its page cache (to a client on another host) or through one reused buffer (to a client on the
+//! same host, where that is faster). A server that declines answers `200` as before.
 
 use std::time::Duration;
 
@@ -29,6 +30,17 @@ use crate::{ClientError, Start};
 const CONTENT_TYPE: &str = "application/vnd.strata.batches";
 /// The protocol the connection is upgraded to for the server's zero-copy stream.
 const UPGRADE: &str = "strata-batches";
+
+/// How the server sends a batch stream ([`BatchReader::transfer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// An ordinary `200` response from the server's HTTP stack (the server declined the upgrade).
+    Response,
+    /// On the upgraded connection, read from the segment files and written through one buffer.
+    Copy,
+    /// On the upgraded connection, from the page cache to the socket with `sendfile`.
+    Sendfile,
+}
 
 /// Body pieces (up to a server chunk, 2 MiB, each) read ahead of the caller.
 const PIECES_AHEAD: usize = 2;
@@ -51,7 +63,7 @@ pub struct BatchReader {
     next_offset: u64,
     high_watermark: u64,
     log_start_offset: u64,
-    zero_copy: bool,
+    transfer: Transfer,
     done: bool,
 }
 
@@ -92,8 +104,8 @@ impl BatchReader {
         let (head, mut body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE, Some(UPGRADE))
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        let zero_copy = head.status == 101;
-        if !zero_copy && !(200..300).contains(&head.status) {
+        let upgraded = head.status == 101;
+        if !upgraded && !(200..300).contains(&head.status) {
             let body = body.collect_small().await.unwrap_or_default();
             return Err(problem(head.status, &body));
         }
@@ -105,6 +117,12 @@ impl BatchReader {
         let offset = header("strata-offset")?;
         let high_watermark = header("strata-high-watermark")?;
         let log_start_offset = header("strata-log-start-offset")?;
+        let transfer = match (upgraded, head.header("strata-transfer").map(str::trim)) {
+            (false, _) => Transfer::Response,
+            (true, Some("copy")) => Transfer::Copy,
+            // Servers from before the header sent every upgraded stream with `sendfile`.
+            (true, _) => Transfer::Sendfile,
+        };
         let (tx, pieces) = mpsc::channel(PIECES_AHEAD);
         let receiving = tokio::spawn(receive(body, tx));
         Ok(Self {
@@ -115,7 +133,7 @@ impl BatchReader {
             next_offset: offset,
             high_watermark,
             log_start_offset,
-            zero_copy,
+            transfer,
             done: false,
         })
     }
@@ -145,7 +163,12 @@ impl BatchReader {
     /// (`sendfile`, after upgrading the connection); otherwise it reads and copies them, as it
     /// does for ranges that only the cold tier holds.
     pub fn is_zero_copy(&self) -> bool {
-        self.zero_copy
+        self.transfer == Transfer::Sendfile
+    }
+
+    /// How the server sends this stream.
+    pub fn transfer(&self) -> Transfer {
+        self.transfer
     }
 
     /// The next batch, checksum verified; `None` once the response is complete (it reached the

@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use admin::Admin;
 /// The Arrow crate [`SqlRows`] decodes into (the server's version).
 pub use arrow;
-pub use batches::BatchReader;
+pub use batches::{BatchReader, Transfer};
 pub use error::ClientError;
 pub use group::{
     GroupConfig, GroupConsumer, GroupRecord, NoopListener, OffsetReset, RebalanceListener, TopicPartition,

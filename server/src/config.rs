@@ -71,11 +71,14 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroCopy {
-    /// To peers that are not on this host. Over loopback, copying measured faster here (2.3
-    /// against 3.3 GB/s for the same file): the receiving side then copies from buffers the
-    /// sender just wrote (cache-hot) instead of from page-cache pages.
+    /// `sendfile` to peers that are not on this host. A peer on this host that asks for the
+    /// upgraded stream gets it copied through one buffer instead, which measured faster over
+    /// loopback here (3.4 against 2.9 GB/s for the same catch-up): the receiving side then copies
+    /// from buffers the sender just wrote (cache-hot) instead of from page-cache pages.
     Remote,
+    /// `sendfile` to every peer that asks.
     Always,
+    /// No upgraded stream: every client gets the ordinary `200`.
     Never,
 }
 

@@ -10,15 +10,26 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Server;
-use strata_client::{Client, ClientError, Start, proto};
+use strata_client::{Client, ClientError, Start, Transfer, proto};
 
 /// The server sends batches with `sendfile` to every client that asks (over loopback too).
 const ALWAYS: [(&str, &str); 1] = [("STRATA_ZERO_COPY", "always")];
 
-/// Starts a server (sending with `sendfile` to every client when `zero_copy`) with `topic` of
-/// `partitions` partitions in small segments (64 KiB), so a response crosses many segment files.
-async fn start_with_topic(dir: &std::path::Path, zero_copy: bool, topic: &str, partitions: u32) -> (Server, Client) {
-    let s = if zero_copy { Server::start_with_env(dir, &ALWAYS) } else { Server::start(dir) };
+/// Each way the door can send a stream to a client on this host, with the server settings that
+/// choose it: the ordinary `200` (no upgrades), the default (upgraded, copied through a buffer
+/// over loopback) and `sendfile` for everyone.
+const TRANSFERS: [(Transfer, &[(&str, &str)]); 3] =
+    [(Transfer::Response, &[("STRATA_ZERO_COPY", "never")]), (Transfer::Copy, &[]), (Transfer::Sendfile, &ALWAYS)];
+
+/// Starts a server (with `env`) with `topic` of `partitions` partitions in small segments
+/// (64 KiB), so a response crosses many segment files.
+async fn start_with_topic(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    topic: &str,
+    partitions: u32,
+) -> (Server, Client) {
+    let s = Server::start_with_env(dir, env);
     let client = Client::connect(&s.url).await.unwrap();
     let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
     client.admin().create_topic(topic, partitions, config).await.unwrap();
@@ -77,15 +88,14 @@ async fn read_to_end(client: &Client, topic: &str, first: u64, max_bytes: u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_streams_as_its_stored_batches() {
-    // Over loopback the default (`remote`) copies; `always` sends from the page cache.
-    for zero_copy in [false, true] {
-        streams_as_stored_batches(zero_copy).await;
+    for (transfer, env) in TRANSFERS {
+        streams_as_stored_batches(transfer, env).await;
     }
 }
 
-async fn streams_as_stored_batches(zero_copy: bool) {
+async fn streams_as_stored_batches(transfer: Transfer, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let (s, client) = start_with_topic(dir.path(), zero_copy, "history", 2).await;
+    let (s, client) = start_with_topic(dir.path(), env, "history", 2).await;
     // 6,000 records of ~1 KiB in batches of 100: about 6 MB, so one response spans several of
     // the server's 2 MiB reads, and the read-ahead task runs.
     fill(&s.url, "history", 60, 100).await;
@@ -93,7 +103,8 @@ async fn streams_as_stored_batches(zero_copy: bool) {
     // One response holds everything (the default max_bytes is 64 MiB).
     let mut reader = client.read_batches("history", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
     assert_eq!((reader.offset(), reader.high_watermark(), reader.log_start_offset()), (0, 6000, 0));
-    assert_eq!(reader.is_zero_copy(), zero_copy);
+    assert_eq!(reader.transfer(), transfer);
+    assert_eq!(reader.is_zero_copy(), transfer == Transfer::Sendfile);
     let mut batches = 0;
     while reader.next_batch().await.unwrap().is_some() {
         batches += 1;
@@ -146,6 +157,12 @@ async fn streams_as_stored_batches(zero_copy: bool) {
         metrics.lines().filter(|l| l.contains("records_fetched")).collect::<Vec<_>>().join("\n")
     );
 
+    // One segment file of ~3 MB (the default segment size): each 2 MiB read of it is more than
+    // one copy buffer (1 MiB) on the copying path.
+    client.admin().create_topic("whole", 1, HashMap::new()).await.unwrap();
+    fill(&s.url, "whole", 30, 100).await;
+    assert_eq!(read_to_end(&client, "whole", 0, 64 << 20).await, (3000, 2));
+
     // The same bytes as plain HTTP: the body is whole stored batches, whose checksums hold.
     let r = common::get(&format!("{}/v1/topics/history/partitions/0/batches?offset=100&max_bytes=1", s.url));
     assert_eq!(r.status, 200);
@@ -190,16 +207,16 @@ async fn bad_reads_get_problems_and_the_client_names_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_batch_is_reported_by_the_client_on_either_path() {
-    for zero_copy in [false, true] {
-        damaged_batch_is_reported(zero_copy).await;
+    for (transfer, env) in TRANSFERS {
+        damaged_batch_is_reported(transfer, env).await;
     }
 }
 
 /// The raw door does not check checksums on the server (Kafka's brokers do not either): the
 /// client checks every batch.
-async fn damaged_batch_is_reported(zero_copy: bool) {
+async fn damaged_batch_is_reported(transfer: Transfer, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let (s, client) = start_with_topic(dir.path(), zero_copy, "damaged", 1).await;
+    let (s, client) = start_with_topic(dir.path(), env, "damaged", 1).await;
     fill(&s.url, "damaged", 30, 10).await; // ~300 KB: several segments of 64 KiB
 
     // Flip a byte inside the records of the second segment's first batch (the server keeps
@@ -221,7 +238,7 @@ async fn damaged_batch_is_reported(zero_copy: bool) {
     for (start, first) in [(0, 0), (second_base, second_base)] {
         let mut reader =
             client.read_batches("damaged", 0, Start::Offset(start), 64 << 20, Duration::ZERO).await.unwrap();
-        assert_eq!(reader.is_zero_copy(), zero_copy);
+        assert_eq!(reader.transfer(), transfer);
         let mut next = first;
         let error = loop {
             match reader.next_batch().await {

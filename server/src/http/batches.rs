@@ -59,8 +59,9 @@ const OVERSHOOT: usize = READ_BYTES / 2;
                 `Strata-High-Watermark` and `Strata-Log-Start-Offset` (at the first read). An empty body: nothing at or after the start yet. \
                 A body cut short (the connection closes before the chunked body ends) means the server failed mid-stream."),
         (status = 101, description = "Asked for with `Connection: upgrade` and `Upgrade: strata-batches`: the same headers, \
-                then the same chunked body on the upgraded connection, sent from the page cache without copies (sendfile). \
-                The server does not check checksums on this path; the client must."),
+                then the same chunked body on the upgraded connection, written by a server thread of its own: from the page cache \
+                without copies (`sendfile`) to peers on other hosts, through one reused buffer to peers on this one; \
+                `Strata-Transfer` says which (`sendfile` or `copy`). The server does not check checksums on this path; the client must."),
         (status = 416, body = crate::error::Problem), (status = "4XX", body = crate::error::Problem)))]
 pub async fn batches(
     State(state): State<Arc<AppState>>,
@@ -94,8 +95,9 @@ pub async fn batches(
             read_bytes: READ_BYTES,
             overshoot: OVERSHOOT,
         };
+        let response = upgrade.response(&headers);
         tokio::spawn(upgrade.serve(stream));
-        return Ok(Upgrade::response(&headers));
+        return Ok(response);
     }
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
