@@ -10,7 +10,8 @@ pub enum Durability {
     /// An append completes only after its bytes are fdatasync'ed; concurrent appends share one
     /// fdatasync (group commit).
     Always,
-    /// fdatasync at least this often while there are unsynced bytes.
+    /// fdatasync at least this often while there are unsynced bytes, and as soon as 8 MiB are
+    /// unsynced (smaller syncs keep a fast writer's appends from stalling behind a huge one).
     Interval(Duration),
     /// Only on segment roll and explicit flush; the page cache decides the rest.
     Never,

@@ -47,6 +47,13 @@ pub(crate) struct Shared {
 /// call: block reservation, inode and mtime updates), more than all the rest of the append.
 pub(crate) const WRITE_BEHIND_BYTES: usize = 32 << 10;
 
+/// Unsynced bytes after which an `interval` log syncs without waiting for its timer. A second's
+/// worth of fast appends synced at once (hundreds of MiB) stalled appends behind the sync's
+/// writeback and ext4 journal commit: W2 relaxed (1 KiB records over gRPC, 1 MiB batches, 4
+/// partitions) moved 620–870 MB/s with p99 21–95 ms that way, and 950–1010 MB/s with p99
+/// 13–20 ms syncing every 4–8 MiB (runs alternated). The interval stays the upper bound.
+pub(crate) const INTERVAL_SYNC_BYTES: u64 = 8 << 20;
+
 /// A sealed, immutable segment. Its index is loaded (or rebuilt) on first use.
 #[derive(Debug)]
 pub(crate) struct SealedSegment {
@@ -655,8 +662,14 @@ impl Log {
                 Some(rx)
             }
             Durability::Interval(every) => {
-                if !std::mem::replace(&mut st.flush_scheduled, true) {
-                    drop(st);
+                let synced_to = if st.durable_pos.0 == st.active.base { st.durable_pos.1 } else { 0 };
+                let early = st.active.size.saturating_sub(synced_to) >= INTERVAL_SYNC_BYTES;
+                let timer = !std::mem::replace(&mut st.flush_scheduled, true);
+                drop(st);
+                if early {
+                    self.queue_flush(deferred);
+                }
+                if timer {
                     self.inner.shared.flusher.flush_after(self.inner.clone(), every);
                 }
                 None

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{batch, read_all};
-use strata_storage::{Error, Fsync, Log, LogConfig, LogManager, OsFsync, StorageOptions};
+use strata_storage::{Durability, Error, Fsync, Log, LogConfig, LogManager, OsFsync, StorageOptions};
 
 /// The real syncs, counted; `fdatasync` made slow (a busy disk) so appends queue up behind it.
 #[derive(Debug, Default)]
@@ -112,4 +112,41 @@ fn a_failed_group_sync_poisons_its_logs_and_stops_grouping() {
     let manager = LogManager::new(dir.path(), StorageOptions::default()).unwrap();
     let log = manager.open_log("p-0", LogConfig::default()).unwrap();
     assert!(log.append(batch(4, 1, 0)).unwrap().wait().is_ok());
+}
+
+/// A batch of about 1 MiB.
+fn mebibyte(tag: u64) -> Vec<u8> {
+    let mut b = strata_storage::BatchBuilder::new(strata_storage::batch::Compression::None);
+    let value = vec![b'v'; 16 << 10];
+    for i in 0..64 {
+        b.push(0, Some(format!("k{tag}-{i}").as_bytes()), Some(&value), &[]);
+    }
+    b.build().unwrap()
+}
+
+/// An `interval` log syncs as soon as 8 MiB wait unsynced, without waiting for its timer (here an
+/// hour away): a fast writer's data is synced in pieces, not a second's worth at once.
+#[test]
+fn an_interval_log_syncs_early_once_megabytes_wait_unsynced() {
+    let disk = Arc::new(SlowDisk::default());
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions { fsync: disk.clone(), journal: false, ..Default::default() };
+    let manager = LogManager::new(dir.path(), options).unwrap();
+    let config = LogConfig { durability: Durability::Interval(Duration::from_secs(3600)), ..LogConfig::default() };
+    let log = manager.open_log("fast", config).unwrap();
+    disk.slow.store(true, Ordering::SeqCst); // counts the syncs from here on
+
+    for tag in 0..4 {
+        let _visible_now = log.append(mebibyte(tag)).unwrap();
+    }
+    assert_eq!(disk.data_syncs.load(Ordering::SeqCst), 0, "4 MiB unsynced: the timer's to sync");
+    for tag in 4..10 {
+        let _visible_now = log.append(mebibyte(tag)).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while disk.data_syncs.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "10 MiB unsynced and no sync began");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(read_all(&log, 0).len(), 640, "every record reads back");
 }
