@@ -28,9 +28,10 @@
 //! CPU's cache). A catch-up of 1 GiB through the door, alternated run by run (medians of nine):
 //! copying through one 1 MiB buffer on this thread 3.4 GB/s, the ordinary `200` (reads on
 //! blocking threads, handed to hyper through a channel) 3.0 GB/s, `sendfile` 2.9 GB/s; a 256 KiB
-//! buffer 3.1 GB/s. A second series (fifteen each): 3.0 against 2.75 GB/s for the `200`. The buffer fits the core's L2 cache, so `write` copies from cache what `pread`
-//! has just put there, on the same core. Over a network card the sender copies nothing at all
-//! with `sendfile`, which is why peers elsewhere get it (`zero_copy = "remote"`, the default).
+//! buffer 3.1 GB/s. A second series (fifteen each): 3.0 against 2.75 GB/s for the `200`. The
+//! buffer fits the core's L2 cache, so `write` copies from cache what `pread` has just put
+//! there, on the same core. Over a network card the sender copies nothing at all with
+//! `sendfile`, which is why peers elsewhere get it (`zero_copy = "remote"`, the default).
 
 use std::fs::File;
 use std::io::{self, Write};
