@@ -58,8 +58,9 @@ pub struct ServerConfig {
     pub sql_memory_bytes: u64,
     /// A SQL query still running after this long is cancelled.
     pub sql_timeout_ms: u64,
-    /// When the raw batch door sends batches from the page cache with `sendfile` (to clients
-    /// that ask for it): `remote` peers only, `always` or `never`.
+    /// How the raw batch door's upgraded stream (for clients that ask for it) sends batches:
+    /// `remote` (`sendfile` to peers on other hosts, copied through one buffer to this host's),
+    /// `always` (`sendfile` to all) or `never` (no upgraded stream; every client gets the `200`).
     pub zero_copy: ZeroCopy,
     /// Small appends to `flush = always` topics are made durable through one shared
     /// write-ahead journal (one write and one `fdatasync` per group of requests, whatever the
