@@ -51,6 +51,32 @@ impl Mode {
     }
 }
 
+/// Distinct batches of keys a producer cycles through in a keyed workload.
+pub const KEY_PATTERNS: u64 = 1000;
+
+/// Where the records of one batch went.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// All of them to this partition.
+    One(u32),
+    /// Record `r` to partition `[r]` (keyed).
+    Each(Vec<u32>),
+}
+
+impl Placement {
+    /// Adds the batch's `records` to the counts per partition.
+    pub fn count(&self, records: usize, per_partition: &mut std::collections::BTreeMap<u32, u64>) {
+        match self {
+            Placement::One(p) => *per_partition.entry(*p).or_default() += records as u64,
+            Placement::Each(ps) => {
+                for p in ps {
+                    *per_partition.entry(*p).or_default() += 1;
+                }
+            }
+        }
+    }
+}
+
 /// What one produce or consume run does.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -77,6 +103,36 @@ impl Workload {
     /// The partitions producer (or consumer) `i` of `n` owns: `i, i + n, i + 2n, ...`.
     pub fn owned(&self, i: usize, n: usize) -> Vec<u32> {
         (0..self.partitions).filter(|p| *p as usize % n.max(1) == i).collect()
+    }
+
+    /// Many partitions (W6): records are keyed, and each goes to the partition its key hashes to
+    /// (Kafka's murmur2, as Strata's server and a Kafka client pick it), so one batch spreads
+    /// over hundreds of partitions, for every system alike.
+    pub fn keyed(&self) -> bool {
+        self.partitions > 64
+    }
+
+    /// The key of record `r` of producer `i`'s batch `n` in a keyed workload. Keys repeat every
+    /// [`KEY_PATTERNS`] batches, so that batches can be built ahead.
+    pub fn key(&self, i: usize, n: u64, r: usize) -> String {
+        format!("k{i}-{}-{r}", n % KEY_PATTERNS)
+    }
+
+    /// The partition of each record of producer `i`'s batch `n` in a keyed workload.
+    pub fn key_partitions(&self, i: usize, n: u64) -> Vec<u32> {
+        (0..self.batch_records)
+            .map(|r| strata_client::partition_for_key(self.key(i, n, r).as_bytes(), self.partitions))
+            .collect()
+    }
+
+    /// Where producer `i`'s batch `n` goes: one of its own partitions in turn, or (keyed) each
+    /// record to its key's partition.
+    pub fn placement(&self, i: usize, n: u64, owned: &[u32]) -> Placement {
+        if self.keyed() {
+            Placement::Each(self.key_partitions(i, n))
+        } else {
+            Placement::One(owned[n as usize % owned.len().max(1)])
+        }
     }
 
     /// Batches producer `i` sends at most.
@@ -126,7 +182,12 @@ impl Outcome {
         self.records += other.records;
         self.bytes += other.bytes;
         self.latency.add(other.latency)?;
-        self.per_partition.extend(other.per_partition);
+        // Keyed producers (W6) share partitions: their counts add up.
+        let mut counts: std::collections::BTreeMap<u32, u64> = self.per_partition.drain(..).collect();
+        for (p, n) in other.per_partition {
+            *counts.entry(p).or_default() += n;
+        }
+        self.per_partition = counts.into_iter().collect();
         self.seen.merge(other.seen);
         Ok(())
     }
@@ -381,4 +442,59 @@ pub fn version_of(binary: &Path) -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w6() -> Workload {
+        Workload {
+            name: "W6",
+            record_bytes: 1024,
+            records: 4000,
+            batch_records: 1000,
+            partitions: 1000,
+            producers: 4,
+            consumers: 4,
+            window: 4,
+            seconds: 1.0,
+            rate: None,
+            group: false,
+        }
+    }
+
+    #[test]
+    fn keyed_batches_spread_as_the_server_partitions_them() {
+        let w = w6();
+        let Placement::Each(ps) = w.placement(1, 7, &w.owned(1, 4)) else { panic!("W6 is keyed") };
+        assert_eq!(ps.len(), 1000);
+        assert_eq!(ps[3], strata_client::partition_for_key(b"k1-7-3", 1000));
+        let distinct: std::collections::BTreeSet<_> = ps.iter().collect();
+        assert!(distinct.len() > 500, "{} partitions", distinct.len());
+        // Keys repeat every KEY_PATTERNS batches, so batches can be built ahead.
+        assert_eq!(w.key(1, 7 + KEY_PATTERNS, 3), w.key(1, 7, 3));
+    }
+
+    #[test]
+    fn unkeyed_batches_take_the_producers_partitions_in_turn() {
+        let w = Workload { partitions: 4, ..w6() };
+        let owned = w.owned(1, 2);
+        assert_eq!(owned, vec![1, 3]);
+        assert!(matches!(w.placement(1, 0, &owned), Placement::One(1)));
+        assert!(matches!(w.placement(1, 1, &owned), Placement::One(3)));
+    }
+
+    #[test]
+    fn merged_outcomes_add_up_shared_partitions() -> anyhow::Result<()> {
+        let mut a = Outcome::new()?;
+        let mut b = Outcome::new()?;
+        let mut counts = std::collections::BTreeMap::new();
+        Placement::Each(vec![5, 2, 5]).count(3, &mut counts);
+        a.per_partition = counts.into_iter().collect();
+        b.per_partition = vec![(2, 10), (9, 1)];
+        a.merge(b)?;
+        assert_eq!(a.per_partition, vec![(2, 11), (5, 2), (9, 1)]);
+        Ok(())
+    }
 }

@@ -4,9 +4,9 @@
 //!
 //! One stream per partition (`P<n>` on subject `p<n>`, file storage). Produce: asynchronous
 //! publish, every message with a reply subject for its ack (`_INBOX.<producer>.<batch>`), up to
-//! `window` batches unacknowledged. Consume: a durable pull consumer per stream with
-//! `ack_policy: all`, `MSG.NEXT` requests of one batch (`no_wait`), the last message of each
-//! batch acknowledged.
+//! `window` batches unacknowledged; keyed (W6), each record is published to its key's stream.
+//! Consume: a durable pull consumer per stream with `ack_policy: all`, `MSG.NEXT` requests of
+//! one batch (`no_wait`), the last message of each batch acknowledged.
 //!
 //! A group (W4): one durable pull consumer `g` per stream, with explicit acks, shared by every
 //! member: each member pulls batches of 1,000 (`no_wait`) from one stream at a time, rotating,
@@ -26,7 +26,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::group::GroupProgress;
-use super::{Mode, Outcome, Proc, Workload};
+use super::{Mode, Outcome, Placement, Proc, Workload};
 
 /// How W4 reads from NATS, for the report.
 pub const GROUP_METHOD: &str = "a durable pull consumer per stream (`ack_policy: explicit`) shared by 4 \
@@ -213,7 +213,7 @@ impl Nats {
         let (mut reader, mut writer) = connect(self.port, &inbox).await?;
         let value = w.value();
         let window = Arc::new(tokio::sync::Semaphore::new(w.window.max(1)));
-        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant, u32)>();
+        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant, Placement)>();
         let batches = w.batches_for(i);
         let start = Instant::now();
         let feeder = {
@@ -230,13 +230,24 @@ impl Nats {
                         break;
                     }
                     window.acquire().await?.forget();
-                    let partition = partitions[n as usize % partitions.len()];
-                    let (subject, reply) = (format!("p{partition}"), format!("{inbox}.{n}"));
+                    let placement = w.placement(i, n, &partitions);
+                    let reply = format!("{inbox}.{n}");
                     buf.clear();
-                    for _ in 0..w.batch_records {
-                        publish(&mut buf, &subject, Some(&reply), &value);
+                    match &placement {
+                        Placement::One(p) => {
+                            let subject = format!("p{p}");
+                            for _ in 0..w.batch_records {
+                                publish(&mut buf, &subject, Some(&reply), &value);
+                            }
+                        }
+                        // Keyed: the key picks the record's stream (subject `p<n>`).
+                        Placement::Each(ps) => {
+                            for p in ps {
+                                publish(&mut buf, &format!("p{p}"), Some(&reply), &value);
+                            }
+                        }
                     }
-                    sent_tx.send((n, due.unwrap_or_else(Instant::now), partition))?;
+                    sent_tx.send((n, due.unwrap_or_else(Instant::now), placement))?;
                     writer.write_all(&buf).await?;
                     n_sent += 1;
                 }
@@ -246,7 +257,7 @@ impl Nats {
         let mut out = Outcome::new()?;
         let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
         // Acks of different streams may interleave: count them per batch.
-        let mut open: HashMap<u64, (Instant, u32, usize)> = HashMap::new();
+        let mut open: HashMap<u64, (Instant, Placement, usize)> = HashMap::new();
         let mut line = String::new();
         let mut acked = 0u64;
         let mut feeder_done = false;
@@ -284,13 +295,13 @@ impl Nats {
             }
             let entry = open.get_mut(&n).context("ack for a batch never sent")?;
             entry.2 += 1;
-            if entry.2 == w.batch_records {
-                let (t, p, _) = *entry;
-                open.remove(&n);
+            if entry.2 == w.batch_records
+                && let Some((t, placement, _)) = open.remove(&n)
+            {
                 out.record_latency(t)?;
                 out.records += w.batch_records as u64;
                 out.bytes += (w.batch_records * w.record_bytes) as u64;
-                *per_partition.entry(p).or_default() += w.batch_records as u64;
+                placement.count(w.batch_records, &mut per_partition);
                 acked += 1;
                 window.add_permits(1);
             }

@@ -2,7 +2,8 @@
 //! same tokio sockets with TCP_NODELAY as every other system).
 //!
 //! Produce: each batch is a pipeline of `XADD <partition key> * v <value>`, up to `window`
-//! pipelines in flight per connection. Consume: `XREADGROUP GROUP g c COUNT <batch> STREAMS ...`
+//! pipelines in flight per connection; keyed (W6), each record goes to its key's stream as
+//! `XADD <partition key> * k <key> v <value>`. Consume: `XREADGROUP GROUP g c COUNT <batch> STREAMS ...`
 //! with the previous read's `XACK` pipelined before it.
 //!
 //! A group (W4): one consumer group `g` on every stream key; each member is a consumer of it on
@@ -21,7 +22,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::group::GroupProgress;
-use super::{Mode, Outcome, Proc, Workload};
+use super::{Mode, Outcome, Placement, Proc, Workload};
 
 /// How W4 reads from Redis, for the report.
 pub const GROUP_METHOD: &str = "consumer group `g` on each of the 4 stream keys, 4 consumers, each \
@@ -163,27 +164,33 @@ impl Redis {
         anyhow::ensure!(!partitions.is_empty(), "producer {i} owns no partition");
         let value = w.value();
         // One pipeline per partition, built once (the IDs are assigned by the server: `*`).
-        let pipelines: Vec<Vec<u8>> = partitions
-            .iter()
-            .map(|p| {
-                let mut buf = Vec::with_capacity(w.batch_records * (w.record_bytes + 64));
-                let k = key(*p);
-                for _ in 0..w.batch_records {
-                    command(&mut buf, &[b"XADD", k.as_bytes(), b"*", b"v", &value]);
-                }
-                buf
-            })
-            .collect();
+        // Keyed: each batch's pipeline is built when sent, every record to its key's stream.
+        let pipelines: Vec<Vec<u8>> = if w.keyed() {
+            Vec::new()
+        } else {
+            partitions
+                .iter()
+                .map(|p| {
+                    let mut buf = Vec::with_capacity(w.batch_records * (w.record_bytes + 64));
+                    let k = key(*p);
+                    for _ in 0..w.batch_records {
+                        command(&mut buf, &[b"XADD", k.as_bytes(), b"*", b"v", &value]);
+                    }
+                    buf
+                })
+                .collect()
+        };
         let (mut reader, mut writer) = self.connect().await?;
         let window = Arc::new(tokio::sync::Semaphore::new(w.window.max(1)));
         // Batches in flight, in send order (replies come back in order on one connection).
-        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<(Instant, u32)>();
+        let (sent_tx, mut sent) = tokio::sync::mpsc::unbounded_channel::<(Instant, Placement)>();
         let batches = w.batches_for(i);
         let start = Instant::now();
         let feeder = {
             let (window, w, partitions) = (Arc::clone(&window), w.clone(), partitions.clone());
             tokio::spawn(async move {
                 let mut n_sent = 0u64;
+                let mut keyed = Vec::new();
                 for n in 0..batches {
                     let due = w.due(start, n);
                     if let Some(due) = due {
@@ -193,9 +200,20 @@ impl Redis {
                         break;
                     }
                     window.acquire().await?.forget();
-                    let slot = n as usize % partitions.len();
-                    sent_tx.send((due.unwrap_or_else(Instant::now), partitions[slot]))?;
-                    writer.write_all(&pipelines[slot]).await?;
+                    let placement = w.placement(i, n, &partitions);
+                    let pipeline = match &placement {
+                        Placement::One(_) => &pipelines[n as usize % partitions.len()],
+                        Placement::Each(ps) => {
+                            keyed.clear();
+                            for (r, p) in ps.iter().enumerate() {
+                                let (k, id) = (key(*p), w.key(i, n, r));
+                                command(&mut keyed, &[b"XADD", k.as_bytes(), b"*", b"k", id.as_bytes(), b"v", &value]);
+                            }
+                            &keyed
+                        }
+                    };
+                    sent_tx.send((due.unwrap_or_else(Instant::now), placement.clone()))?;
+                    writer.write_all(pipeline).await?;
                     n_sent += 1;
                 }
                 Ok::<_, anyhow::Error>((n_sent, writer))
@@ -205,7 +223,7 @@ impl Redis {
         let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
         let mut line = Vec::new();
         let mut acked = 0u64;
-        while let Some((t, partition)) = sent.recv().await {
+        while let Some((t, placement)) = sent.recv().await {
             for _ in 0..w.batch_records {
                 match read_value(&mut reader, &mut line).await? {
                     Value::Bulk(Some(_)) => {}
@@ -215,7 +233,7 @@ impl Redis {
             out.record_latency(t)?;
             out.records += w.batch_records as u64;
             out.bytes += (w.batch_records * w.record_bytes) as u64;
-            *per_partition.entry(partition).or_default() += w.batch_records as u64;
+            placement.count(w.batch_records, &mut per_partition);
             acked += 1;
             window.add_permits(1);
         }
@@ -276,9 +294,12 @@ impl Redis {
                     let (Some(Value::Array(Some(fields))), Some(Value::Bulk(Some(id)))) = (e.pop(), e.pop()) else {
                         anyhow::bail!("bad stream entry")
                     };
-                    if let Some(Value::Bulk(Some(v))) = fields.get(1) {
-                        out.bytes += v.len() as u64;
-                    }
+                    // Field `v` (keyed entries also carry `k`).
+                    let value = fields.chunks(2).find_map(|f| match f {
+                        [Value::Bulk(Some(name)), Value::Bulk(Some(v))] if &name[..] == b"v" => Some(v.len()),
+                        _ => None,
+                    });
+                    out.bytes += value.unwrap_or(0) as u64;
                     out.records += 1;
                     remaining = remaining.saturating_sub(1);
                     ids.push(id);

@@ -19,7 +19,7 @@ use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, 
 use tokio_stream::StreamExt;
 
 use super::group::GroupProgress;
-use super::{Mode, Outcome, Proc, Workload};
+use super::{KEY_PATTERNS, Mode, Outcome, Proc, Workload};
 use crate::harness::Server;
 
 const TOPIC: &str = "bench";
@@ -89,13 +89,13 @@ impl Strata {
         let partitions = w.owned(i, w.producers);
         anyhow::ensure!(!partitions.is_empty(), "producer {i} owns no partition");
         let value = w.value();
-        let keyed = w.partitions > 64;
+        let keyed = w.keyed();
         let batch_for = |n: u64| -> Vec<proto::Record> {
             let partition = partitions[n as usize % partitions.len()];
             (0..w.batch_records)
                 .map(|r| proto::Record {
                     // Many partitions: keyed records, the server's partitioner spreads them.
-                    key: keyed.then(|| format!("k{}-{n}-{r}", i).into_bytes().into()),
+                    key: keyed.then(|| w.key(i, n, r).into_bytes().into()),
                     value: Some(value.clone()),
                     partition: (!keyed).then_some(partition),
                     ..Default::default()
@@ -113,7 +113,7 @@ impl Strata {
             let (window, sent, w) = (Arc::clone(&window), Arc::clone(&sent), w.clone());
             let mut make = Vec::with_capacity(batches as usize);
             // Built ahead so the feeder's pace is not the encoder's.
-            for n in 0..batches.min(4 * partitions.len() as u64) {
+            for n in 0..batches.min(if keyed { KEY_PATTERNS } else { 4 * partitions.len() as u64 }) {
                 make.push(batch_for(n));
             }
             tokio::spawn(async move {
