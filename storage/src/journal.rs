@@ -237,6 +237,10 @@ impl Journal {
         if q.shutdown {
             return None;
         }
+        // The writer only waits for an empty queue: a push onto a non-empty one needs no wake-up
+        // (a `notify_one` is a `futex` call even with no one waiting, and a keyed request over a
+        // wide topic pushes hundreds of entries).
+        let wake = q.buf.is_empty();
         q.buf.reserve(len);
         q.buf.extend_from_slice(&(len as u32).to_le_bytes());
         q.buf.extend_from_slice(&[0; 12]); // crc and epoch: the writer's
@@ -247,7 +251,9 @@ impl Journal {
         q.queued += 1;
         let seq = q.queued;
         drop(q);
-        self.inner.queued.notify_one();
+        if wake {
+            self.inner.queued.notify_one();
+        }
         Some(seq)
     }
 
