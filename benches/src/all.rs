@@ -127,10 +127,15 @@ fn measure(o: &Outcome, secs: f64, cpu: Option<f64>, rss: Option<f64>) -> Measur
     }
 }
 
+/// W5's second consumption of Strata: through its Unix socket, from a client on its host.
+const LOCAL_CONSUME: &str = "consume, Unix socket";
+
 /// What one run measured.
 struct RunFigures {
     produce: Measure,
     consume: Option<Measure>,
+    /// W5, Strata: the same consumption again through the server's Unix socket.
+    local_consume: Option<Measure>,
     /// W4: what the exactly-once check of the group's consumption established.
     delivery: Option<Delivery>,
 }
@@ -166,6 +171,7 @@ async fn run_once(
     let produce = measure(&produced, produce_secs, Some(cpu1 - cpu0), instance.proc().peak_rss_mib().ok());
 
     let mut consume = None;
+    let mut local_consume = None;
     let mut delivery = None;
     if w.consumers > 0 && w.group {
         let (m, d) = group_consume(&instance, w, &produced, cpu1).await?;
@@ -196,6 +202,19 @@ async fn run_once(
         );
         let cpu2 = instance.proc().cpu_seconds()?;
         consume = Some(measure(&consumed, secs, Some(cpu2 - cpu1), instance.proc().peak_rss_mib().ok()));
+        if let (Instance::Strata(strata), "W5") = (&*instance, w.name) {
+            let start = Instant::now();
+            let local = strata.consume_local(&produced.per_partition).await?;
+            let secs = start.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                local.records == produced.records,
+                "consumed {} of {} records through the Unix socket",
+                local.records,
+                produced.records
+            );
+            let cpu3 = instance.proc().cpu_seconds()?;
+            local_consume = Some(measure(&local, secs, Some(cpu3 - cpu2), instance.proc().peak_rss_mib().ok()));
+        }
     }
     let Ok(mut instance) = Arc::try_unwrap(instance) else { anyhow::bail!("instance still shared") };
     match &mut instance {
@@ -209,7 +228,7 @@ async fn run_once(
             reads.push(limits::storage_read_mb_s(&dir.join("logs").join("bench-0"))?);
         }
     }
-    Ok(RunFigures { produce, consume, delivery })
+    Ok(RunFigures { produce, consume, local_consume, delivery })
 }
 
 /// W4's consume phase: `w.consumers` members of one group read everything `produced` holds,
@@ -416,6 +435,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                 let mut produce = Row::new(w.name, peer.name(), mode.name(), "produce");
                 let phase = if w.group { "group consume" } else { "consume" };
                 let mut consume = Row::new(w.name, peer.name(), mode.name(), phase);
+                let mut local = Row::new(w.name, peer.name(), mode.name(), LOCAL_CONSUME);
                 for r in 0..runs {
                     let dir = root.path().join(format!("{}-{}-{}-{r}", w.name, peer.name(), mode.name()));
                     let reads = (w.name == "W5" && peer == Peer::Strata).then_some(&mut storage_reads);
@@ -423,7 +443,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     let outcome = run_once(peer, &bins, &dir, &w, mode, reads).await;
                     let _ = std::fs::remove_dir_all(&dir);
                     match outcome {
-                        Ok(RunFigures { produce: p, consume: c, delivery }) => {
+                        Ok(RunFigures { produce: p, consume: c, local_consume, delivery }) => {
                             println!(
                                 "{} {} {} run {}: produce {:.0} msgs/s {:.0} MB/s p99 {:.2} ms; consume {:.0} msgs/s ({:.1} s)",
                                 w.name,
@@ -440,6 +460,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                             if let Some(c) = c {
                                 consume.ok.push(c);
                             }
+                            local.ok.extend(local_consume);
                             if delivery.is_some() {
                                 consume.delivery = delivery;
                             }
@@ -462,6 +483,10 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     consume.note = format!("1 group of {} members: {}", w.consumers, peer.group_method());
                 }
                 report.rows.extend([produce, consume]);
+                if !local.ok.is_empty() {
+                    local.note = "the server passes the segment files' descriptors; the client reads them".into();
+                    report.rows.push(local);
+                }
             }
         }
     }
@@ -743,7 +768,7 @@ fn ratios(report: &mut Report) {
             ("W2", "relaxed", "produce") => {
                 &["storage in-process append, W2 batches, 2 appender(s), relaxed", "loopback TCP"]
             }
-            ("W5", _, "consume") => &["storage sequential read"],
+            ("W5", _, "consume" | LOCAL_CONSUME) => &["storage sequential read"],
             ("W8", _, "consume") => &[W8_RAW_READ],
             _ => &[],
         };
@@ -828,6 +853,12 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the server's partitioner\n  \
            (keys sent, no partition). Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \
            1,000 streams, each record published to its key's subject. Consumers then read 250 partitions each.\n\
+         - W5 (catch-up, relaxed): one partition, 512 MiB by default (`--catchup-mib`), read from offset 0 by one\n  \
+           consumer over TCP as everywhere; Strata's log is then read a second time, by a client on the same host\n  \
+           through the server's Unix socket (row `consume, Unix socket`): the server passes the segment files'\n  \
+           descriptors and the client reads and checks the batches itself (no batch crosses a socket). Neither peer\n  \
+           has such a path (Redis's Unix socket still carries every byte; NATS has none), so that row has no peer\n  \
+           ratio, only the storage engine's own sequential read of the same log.\n\
          - W4 (group fan-out, relaxed): one producer stores 100 B records (1 M by default, `--records`) in 4\n  \
            partitions; then 4 members of one group read everything at once, up to 1,000 records per request, and\n  \
            acknowledge it. Strata: 4 `Consumer.Subscribe` streams (`strata-client`'s `GroupConsumer`, its fastest\n  \

@@ -4,6 +4,7 @@
 //! The server is the release `strata` binary started as its own process on 127.0.0.1 port 0 with
 //! a fresh data directory; the load generator runs in this process.
 
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -425,8 +426,14 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     // in-process read and loopback TCP alternate run by run, so a change in the shared machine's
     // speed during the measurement moves all three alike. The server is stopped while the storage
     // engine opens the log itself.
+    // The server also listens on a Unix socket, where the same reader gets the segment files'
+    // descriptors and reads them itself (a client on the server's host).
+    let socket = root.path().join("strata.sock");
+    let socket_env = [("STRATA_UNIX_SOCKET", socket.to_str().context("the socket path is not UTF-8")?)];
+    let unix_url = format!("unix:{}", socket.display());
     let (mut fetch, mut fetch_cold, mut direct_read, mut direct_cold, mut loopback) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut local, mut local_cold) = (vec![], vec![]);
     for cold in [false, true] {
         if cold {
             // This VM's disk is backed by the host's page cache: whichever side reads a block first
@@ -436,12 +443,21 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             storage_read(&log_dir)?;
         }
         for _ in 0..runs {
-            let server = Server::start(&strata, &data)?;
+            let server = Server::start_with_env(&strata, &data, &socket_env)?;
             if cold {
                 evict_page_cache(&log_dir)?;
             }
             let rate = fetch_all(&server.url, "catchup").await?;
+            if cold {
+                evict_page_cache(&log_dir)?;
+            }
+            let local_rate = fetch_all(&unix_url, "catchup").await?;
             server.stop()?;
+            if cold {
+                local_cold.push(local_rate);
+            } else {
+                local.push(local_rate);
+            }
             if cold {
                 fetch_cold.push(rate);
                 evict_page_cache(&log_dir)?;
@@ -461,6 +477,17 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             format!("{:.2}× storage", median(fetch.clone()) / median(direct.clone())),
         ]);
     }
+    for (cache, local, direct) in [("warm", &local, &direct_read), ("cold", &local_cold, &direct_cold)] {
+        rows.push([
+            format!(
+                "catch-up read of {catchup_mb} MiB on this host (Unix socket: the server passes the segment files' \
+                 descriptors, the client reads them), page cache {cache}"
+            ),
+            show(local, "MB/s"),
+            format!("storage reading + decoding the same log, cache {cache}: {}", show(direct, "MB/s")),
+            format!("{:.2}× storage", median(local.clone()) / median(direct.clone())),
+        ]);
+    }
     rows.push([
         format!("loopback TCP alone, one stream, {catchup_mb} MiB in 1 MiB writes (the network's ceiling)"),
         show(&loopback, "MB/s"),
@@ -472,7 +499,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         ),
     ]);
     json.push(format!(
-        "\"catchup_fetch\":{{\"mb_s\":{fetch:?},\"storage_mb_s\":{direct_read:?},\"cold_mb_s\":{fetch_cold:?},\"cold_storage_mb_s\":{direct_cold:?},\"loopback_tcp_mb_s\":{loopback:?}}}"
+        "\"catchup_fetch\":{{\"mb_s\":{fetch:?},\"storage_mb_s\":{direct_read:?},\"cold_mb_s\":{fetch_cold:?},\"cold_storage_mb_s\":{direct_cold:?},\"loopback_tcp_mb_s\":{loopback:?},\"unix_descriptors_mb_s\":{local:?},\"unix_descriptors_cold_mb_s\":{local_cold:?}}}"
     ));
 
     // 4. Idle RSS with 1,000 partitions.

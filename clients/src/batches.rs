@@ -11,12 +11,15 @@
 //! The reader asks to upgrade the connection (`Upgrade: strata-batches`); a server that agrees
 //! answers `101` and sends the same chunked body from a thread of its own, with `sendfile` from
 //! its page cache (to a client on another host) or through one reused buffer (to a client on the
-//! same host, where that is faster). A server that declines answers `200` as before.
+//! same host, where that is faster). A server that declines answers `200` as before. Through a
+//! `unix:` URL (the server's Unix socket) the reader asks for the segment files' descriptors
+//! instead and reads the batches itself ([`crate::local`]).
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use strata_storage::batch::{Batch, BatchHeader, HEADER_LEN, MAX_UNCOMPRESSED_LEN};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 use tonic::codegen::http::Uri;
 use tonic::codegen::http::uri::InvalidUri;
@@ -24,6 +27,7 @@ use tonic::codegen::http::uri::InvalidUri;
 use tokio::sync::mpsc;
 
 use crate::http1::{self, Body};
+use crate::local::FdStream;
 use crate::{ClientError, Start};
 
 /// The batch door's media type.
@@ -40,13 +44,16 @@ pub enum Transfer {
     Copy,
     /// On the upgraded connection, from the page cache to the socket with `sendfile`.
     Sendfile,
+    /// On the server's Unix socket: the server passes the segment files' descriptors and the
+    /// reader reads the batches from them itself (no bytes cross the socket).
+    Descriptors,
 }
 
 /// Body pieces (up to a server chunk, 2 MiB, each) read ahead of the caller.
 const PIECES_AHEAD: usize = 2;
 
 /// What the receiving task hands over: a piece, the end of the body, or the connection's error.
-type Piece = std::io::Result<Option<Bytes>>;
+pub(crate) type Piece = std::io::Result<Option<Bytes>>;
 
 /// Stored batches of one partition as they arrive ([`crate::Client::read_batches`]).
 ///
@@ -81,34 +88,47 @@ impl BatchReader {
             return Err(ClientError::Invalid(format!("{topic:?} is not a valid topic name")));
         }
         let connect_error = |reason: String| ClientError::Connect { url: url.to_string(), reason };
-        let uri: Uri = url.parse().map_err(|e: InvalidUri| connect_error(e.to_string()))?;
-        if uri.scheme_str().is_some_and(|s| s != "http") {
-            return Err(connect_error("only http:// URLs can be read from".into()));
-        }
-        let authority = uri.authority().ok_or_else(|| connect_error("the URL names no host".into()))?.clone();
-        let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-        let stream = TcpStream::connect(&address).await.map_err(|e| connect_error(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
-
         let start = match start {
             Start::Offset(o) => format!("offset={o}"),
             Start::Earliest => "offset=earliest".into(),
             Start::Latest => "offset=latest".into(),
             Start::Timestamp(ts) => format!("timestamp={ts}"),
         };
-        let path = format!(
-            "{}/v1/topics/{topic}/partitions/{partition}/batches?{start}&max_bytes={max_bytes}&wait_ms={}",
-            uri.path().trim_end_matches('/'),
-            wait.as_millis()
-        );
-        let (head, mut body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE, Some(UPGRADE))
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
+        let query = format!("{start}&max_bytes={max_bytes}&wait_ms={}", wait.as_millis());
+        let door = |prefix: &str| format!("{prefix}/v1/topics/{topic}/partitions/{partition}/batches?{query}");
+        let (tx, pieces) = mpsc::channel(PIECES_AHEAD);
+        let (head, receiving) = if let Some(socket) = crate::local::unix_path(url) {
+            // On this host: ask for the files' descriptors and read them here.
+            let stream = FdStream::connect(&socket).await.map_err(|e| connect_error(e.to_string()))?;
+            let extra = [("Strata-Transfer", "descriptors")];
+            let (head, body) = http1::get(stream, "localhost", &door(""), CONTENT_TYPE, Some(UPGRADE), &extra)
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            let receiving = match (head.status, head.header("strata-transfer").map(str::trim)) {
+                (101, Some("descriptors")) => {
+                    let (stream, buf) = body.into_parts();
+                    tokio::spawn(crate::local::receive(stream, buf, tx))
+                }
+                _ => spawn_receive(head.status, body, tx).await?,
+            };
+            (head, receiving)
+        } else {
+            let uri: Uri = url.parse().map_err(|e: InvalidUri| connect_error(e.to_string()))?;
+            if uri.scheme_str().is_some_and(|s| s != "http") {
+                return Err(connect_error("only http:// and unix: URLs can be read from".into()));
+            }
+            let authority = uri.authority().ok_or_else(|| connect_error("the URL names no host".into()))?.clone();
+            let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+            let stream = TcpStream::connect(&address).await.map_err(|e| connect_error(e.to_string()))?;
+            stream.set_nodelay(true).map_err(|e| connect_error(e.to_string()))?;
+            let path = door(uri.path().trim_end_matches('/'));
+            let (head, body) = http1::get(stream, authority.as_str(), &path, CONTENT_TYPE, Some(UPGRADE), &[])
+                .await
+                .map_err(|e| connect_error(e.to_string()))?;
+            let receiving = spawn_receive(head.status, body, tx).await?;
+            (head, receiving)
+        };
         let upgraded = head.status == 101;
-        if !upgraded && !(200..300).contains(&head.status) {
-            let body = body.collect_small().await.unwrap_or_default();
-            return Err(problem(head.status, &body));
-        }
         let header = |name: &str| -> Result<u64, ClientError> {
             head.header(name).and_then(|v| v.trim().parse().ok()).ok_or_else(|| {
                 ClientError::Invalid(format!("the batch stream's response has no valid `{name}` header"))
@@ -120,11 +140,10 @@ impl BatchReader {
         let transfer = match (upgraded, head.header("strata-transfer").map(str::trim)) {
             (false, _) => Transfer::Response,
             (true, Some("copy")) => Transfer::Copy,
+            (true, Some("descriptors")) => Transfer::Descriptors,
             // Servers from before the header sent every upgraded stream with `sendfile`.
             (true, _) => Transfer::Sendfile,
         };
-        let (tx, pieces) = mpsc::channel(PIECES_AHEAD);
-        let receiving = tokio::spawn(receive(body, tx));
         Ok(Self {
             pieces,
             receiving,
@@ -232,9 +251,26 @@ impl Drop for BatchReader {
     }
 }
 
+/// Starts receiving a chunked body (a `200`, or a stream upgraded to a chunked body), or turns
+/// an error status into the server's error.
+async fn spawn_receive<S>(
+    status: u16,
+    mut body: Body<S>,
+    tx: mpsc::Sender<Piece>,
+) -> Result<tokio::task::JoinHandle<()>, ClientError>
+where
+    S: AsyncRead + Unpin + Send + 'static,
+{
+    if status != 101 && !(200..300).contains(&status) {
+        let body = body.collect_small().await.unwrap_or_default();
+        return Err(problem(status, &body));
+    }
+    Ok(tokio::spawn(receive(body, tx)))
+}
+
 /// Reads the body's pieces into `tx` until its end (sent as `Ok(None)`) or an error, or until the
 /// reader is dropped.
-async fn receive(mut body: Body<TcpStream>, tx: mpsc::Sender<Piece>) {
+async fn receive<S: AsyncRead + Unpin>(mut body: Body<S>, tx: mpsc::Sender<Piece>) {
     loop {
         let piece = body.next_piece().await;
         let last = !matches!(piece, Ok(Some(_)));

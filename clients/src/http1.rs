@@ -89,12 +89,14 @@ pub(crate) async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     path: &str,
     accept: &str,
     upgrade: Option<&str>,
+    extra: &[(&str, &str)],
 ) -> io::Result<(Head, Body<S>)> {
     let connection = match upgrade {
         Some(protocol) => format!("Connection: upgrade\r\nUpgrade: {protocol}"),
         None => "Connection: close".to_string(),
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n{connection}\r\n\r\n");
+    let extra: String = extra.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n{extra}{connection}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     stream.flush().await?;
     let mut buf = BytesMut::with_capacity(8 << 10);
@@ -158,6 +160,14 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(invalid(format!("the response is not HTTP/1.1: {e}"))),
+    }
+}
+
+impl<S> Body<S> {
+    /// The connection and the bytes read from it past the head (an upgraded connection's
+    /// protocol is read by the caller).
+    pub(crate) fn into_parts(self) -> (S, BytesMut) {
+        (self.stream, self.buf)
     }
 }
 
@@ -322,7 +332,7 @@ mod tests {
                 }
             }
         });
-        let (head, mut body) = get(client, "h", "/p", "*/*", upgrade).await?;
+        let (head, mut body) = get(client, "h", "/p", "*/*", upgrade, &[]).await?;
         let mut pieces = Vec::new();
         let outcome = loop {
             match body.next_piece().await {

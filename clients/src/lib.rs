@@ -16,6 +16,7 @@ mod batches;
 mod error;
 pub mod group;
 mod http1;
+mod local;
 mod murmur;
 mod producer;
 mod sql;
@@ -54,22 +55,29 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:7070`).
+    /// Connects to `url`: `http://HOST:PORT` (e.g. `http://127.0.0.1:7070`), or `unix:PATH` for
+    /// the server's Unix socket on this host (`strata serve --unix-socket PATH`), where
+    /// [`Client::read_batches`] reads the segment files through descriptors the server passes.
     ///
     /// # Errors
     /// [`ClientError::Connect`] when the URL is invalid or nothing answers there.
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| ClientError::Connect { url: url.to_string(), reason: e.to_string() })?
+        let connect_error = |reason: String| ClientError::Connect { url: url.to_string(), reason };
+        let unix = local::unix_path(url);
+        // The URI's authority is only a name on the Unix socket.
+        let endpoint_url = if unix.is_some() { "http://localhost".to_string() } else { url.to_string() };
+        let endpoint = Endpoint::from_shared(endpoint_url)
+            .map_err(|e| connect_error(e.to_string()))?
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows cap a large fetch at a few hundred MB/s on loopback.
             .initial_stream_window_size(Some(16 << 20))
             .initial_connection_window_size(Some(32 << 20))
             .connect_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect { url: url.to_string(), reason: source_chain(&e) })?;
+        let channel = match unix {
+            Some(path) => endpoint.connect_with_connector(local::UnixConnector(std::sync::Arc::new(path))).await,
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| connect_error(source_chain(&e)))?;
         Ok(Self { channel, url: url.to_string() })
     }
 

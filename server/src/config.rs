@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub struct ServerConfig {
     /// One port for HTTP/1.1 (JSON) and gRPC (HTTP/2).
     pub listen: SocketAddr,
+    /// Also serve HTTP and gRPC on this Unix socket, for clients on this host (unset: no socket).
+    /// Its clients' batch streams may take the segment files' descriptors and read them
+    /// directly (see the raw batch door).
+    pub unix_socket: Option<PathBuf>,
     pub data_dir: PathBuf,
     pub node_id: u64,
     /// Largest request body accepted, in bytes.
@@ -87,6 +91,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            unix_socket: None,
             data_dir: PathBuf::from("./strata-data"),
             node_id: 1,
             max_request_bytes: 32 * 1024 * 1024,
@@ -130,8 +135,9 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 27] = [
+const ENV_KEYS: [&str; 28] = [
     "listen",
+    "unix_socket",
     "data_dir",
     "node_id",
     "max_request_bytes",
@@ -165,6 +171,8 @@ const ENV_KEYS: [&str; 27] = [
 pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_socket: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,6 +209,12 @@ impl ServerConfig {
     fn validate(&self) -> Result<(), String> {
         if self.max_request_bytes < 1024 {
             return Err("invalid config key `max_request_bytes`: must be at least 1024".into());
+        }
+        if let Some(path) = &self.unix_socket {
+            // sockaddr_un holds 108 bytes with the terminating NUL.
+            if path.as_os_str().is_empty() || path.as_os_str().len() > 107 {
+                return Err("invalid config key `unix_socket`: must be a path of 1 to 107 bytes".into());
+            }
         }
         if self.node_id == 0 {
             return Err("invalid config key `node_id`: must be positive".into());

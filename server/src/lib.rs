@@ -87,6 +87,8 @@ pub enum ServerError {
     Api(#[from] ApiError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    #[error("cannot listen on the Unix socket {path}: {reason}")]
+    UnixSocket { path: String, reason: String },
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -115,6 +117,7 @@ pub async fn run(
     lock.try_lock().map_err(|_| ServerError::DataDirInUse { path: data_dir.display().to_string() })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(?config, %addr, "starting strata");
+    let unix = config.unix_socket.as_deref().map(UnixSocket::bind).transpose()?;
 
     let store = tier::TierStore::open(&config).await.map_err(ServerError::ObjectStore)?;
     tracing::info!(store = %store.describe, "object store for tiered segments");
@@ -180,7 +183,14 @@ pub async fn run(
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(%addr, "serving HTTP and gRPC");
-    let listener = http::zero_copy::NoDelayListener(listener);
+    let (unix_listener, unix) = match unix {
+        Some((listener, socket)) => {
+            tracing::info!(path = %socket.path.display(), "serving HTTP and gRPC on the Unix socket");
+            (Some(listener), Some(socket))
+        }
+        None => (None, None),
+    };
+    let listener = http::zero_copy::Doors { tcp: listener, unix: unix_listener };
     let closing = state.closing.clone();
     let shutdown = async move {
         shutdown.await;
@@ -203,9 +213,49 @@ pub async fn run(
         Ok(result) => result?,
         Err(e) => return Err(ServerError::Api(e.into())),
     }
+    drop(unix);
     tracing::info!("stopped");
     drop(lock);
     Ok(())
+}
+
+/// The Unix socket's file while the server listens on it: removed when dropped, unless another
+/// process has replaced it meanwhile.
+struct UnixSocket {
+    path: std::path::PathBuf,
+    inode: u64,
+}
+
+impl UnixSocket {
+    /// Listens on `path`. A socket file left there by a server that is gone (nothing accepts
+    /// on it) is replaced; a live one, or a file that is not a socket, is an error.
+    fn bind(path: &std::path::Path) -> Result<(tokio::net::UnixListener, Self), ServerError> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let error = |reason: String| ServerError::UnixSocket { path: path.display().to_string(), reason };
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(error("a file that is not a socket is in the way".into()));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(error("another server is listening on it".into()));
+            }
+            std::fs::remove_file(path).map_err(|e| error(format!("cannot remove the stale socket: {e}")))?;
+        }
+        let listener = tokio::net::UnixListener::bind(path).map_err(|e| error(e.to_string()))?;
+        // Owner and group: a client that connects can read and write every topic.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| error(e.to_string()))?;
+        let inode = std::fs::symlink_metadata(path).map_err(|e| error(e.to_string()))?.ino();
+        Ok((listener, Self { path: path.to_path_buf(), inode }))
+    }
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Opens and deletes logs as the metadata changes (on this node, whoever made the change).

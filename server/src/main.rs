@@ -34,6 +34,9 @@ enum Command {
         /// Address for HTTP and gRPC (default 127.0.0.1:7070).
         #[arg(long)]
         listen: Option<String>,
+        /// Also serve HTTP and gRPC on this Unix socket, for clients on this host (`unix:PATH`).
+        #[arg(long)]
+        unix_socket: Option<PathBuf>,
         /// This node's id (default 1).
         #[arg(long)]
         node_id: Option<u64>,
@@ -52,8 +55,8 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config, data_dir, listen, node_id } => {
-            runtime.block_on(serve(config, FlagOverrides { listen, data_dir, node_id }))
+        Command::Serve { config, data_dir, listen, unix_socket, node_id } => {
+            runtime.block_on(serve(config, FlagOverrides { listen, unix_socket, data_dir, node_id }))
         }
         Command::Client(command) => runtime.block_on(cli::run(command)),
     };

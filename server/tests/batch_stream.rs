@@ -17,20 +17,32 @@ const ALWAYS: [(&str, &str); 1] = [("STRATA_ZERO_COPY", "always")];
 
 /// Each way the door can send a stream to a client on this host, with the server settings that
 /// choose it: the ordinary `200` (no upgrades), the default (upgraded, copied through a buffer
-/// over loopback) and `sendfile` for everyone.
-const TRANSFERS: [(Transfer, &[(&str, &str)]); 3] =
-    [(Transfer::Response, &[("STRATA_ZERO_COPY", "never")]), (Transfer::Copy, &[]), (Transfer::Sendfile, &ALWAYS)];
+/// over loopback), `sendfile` for everyone, and descriptors to a client on the Unix socket
+/// (the reader's client then connects there; `strata.sock` in the test's directory).
+const TRANSFERS: [(Transfer, &[(&str, &str)]); 4] = [
+    (Transfer::Response, &[("STRATA_ZERO_COPY", "never")]),
+    (Transfer::Copy, &[]),
+    (Transfer::Sendfile, &ALWAYS),
+    (Transfer::Descriptors, &[]),
+];
 
 /// Starts a server (with `env`) with `topic` of `partitions` partitions in small segments
-/// (64 KiB), so a response crosses many segment files.
+/// (64 KiB), so a response crosses many segment files. For `Transfer::Descriptors` the server
+/// also listens on a Unix socket and the client returned connects through it.
 async fn start_with_topic(
     dir: &std::path::Path,
+    transfer: Transfer,
     env: &[(&str, &str)],
     topic: &str,
     partitions: u32,
 ) -> (Server, Client) {
-    let s = Server::start_with_env(dir, env);
-    let client = Client::connect(&s.url).await.unwrap();
+    let socket = dir.join("strata.sock");
+    let socket_env = [("STRATA_UNIX_SOCKET", socket.to_str().unwrap())];
+    let env: Vec<_> =
+        env.iter().chain(if transfer == Transfer::Descriptors { &socket_env[..] } else { &[] }).copied().collect();
+    let s = Server::start_with_env(&dir.join("data"), &env);
+    let url = if transfer == Transfer::Descriptors { format!("unix:{}", socket.display()) } else { s.url.clone() };
+    let client = Client::connect(&url).await.unwrap();
     let config = HashMap::from([("segment_bytes".to_string(), "65536".to_string())]);
     client.admin().create_topic(topic, partitions, config).await.unwrap();
     (s, client)
@@ -95,7 +107,7 @@ async fn a_partition_streams_as_its_stored_batches() {
 
 async fn streams_as_stored_batches(transfer: Transfer, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let (s, client) = start_with_topic(dir.path(), env, "history", 2).await;
+    let (s, client) = start_with_topic(dir.path(), transfer, env, "history", 2).await;
     // 6,000 records of ~1 KiB in batches of 100: about 6 MB, so one response spans several of
     // the server's 2 MiB reads, and the read-ahead task runs.
     fill(&s.url, "history", 60, 100).await;
@@ -216,7 +228,7 @@ async fn a_damaged_batch_is_reported_by_the_client_on_either_path() {
 /// client checks every batch.
 async fn damaged_batch_is_reported(transfer: Transfer, env: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
-    let (s, client) = start_with_topic(dir.path(), env, "damaged", 1).await;
+    let (s, client) = start_with_topic(dir.path(), transfer, env, "damaged", 1).await;
     fill(&s.url, "damaged", 30, 10).await; // ~300 KB: several segments of 64 KiB
 
     // Flip a byte inside the records of the second segment's first batch (the server keeps

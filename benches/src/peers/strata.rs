@@ -10,6 +10,7 @@
 //! `Consumer.Subscribe` stream on which the server pushes up to 1,000 records per message, the
 //! fastest of Strata's group doors (the HTTP member fetch encodes JSON per record).
 
+use anyhow::Context as _;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -58,13 +59,17 @@ fn take(out: &mut Outcome, records: &[GroupRecord], progress: &GroupProgress) {
 pub struct Strata {
     pub server: Server,
     pub proc: Proc,
+    /// The server's Unix socket (`unix:PATH`), where batch streams pass descriptors.
+    pub local_url: String,
 }
 
 impl Strata {
     pub fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Strata> {
-        let server = Server::start(binary, data_dir)?;
+        let socket = data_dir.with_extension("sock");
+        let path = socket.to_str().context("the socket path is not UTF-8")?;
+        let server = Server::start_with_env(binary, data_dir, &[("STRATA_UNIX_SOCKET", path)])?;
         let proc = Proc { child: None, pid: server.pid() };
-        Ok(Strata { server, proc })
+        Ok(Strata { server, proc, local_url: format!("unix:{path}") })
     }
 
     pub async fn prepare(&self, w: &Workload, mode: Mode) -> anyhow::Result<()> {
@@ -179,7 +184,17 @@ impl Strata {
     /// Reads each of the consumer's partitions from offset 0 through the raw batch stream (the
     /// records are decoded and counted here); a latency sample per batch received.
     pub async fn consume(&self, _w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
-        let client = strata_client::Client::connect(&self.server.url).await?;
+        self.consume_from(&self.server.url, expected).await
+    }
+
+    /// [`Strata::consume`] through the Unix socket: the client reads the segment files through
+    /// the descriptors the server passes.
+    pub async fn consume_local(&self, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+        self.consume_from(&self.local_url, expected).await
+    }
+
+    async fn consume_from(&self, url: &str, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+        let client = strata_client::Client::connect(url).await?;
         let mut out = Outcome::new()?;
         for &(partition, end) in expected {
             let mut t = Instant::now();

@@ -61,7 +61,9 @@ const OVERSHOOT: usize = READ_BYTES / 2;
         (status = 101, description = "Asked for with `Connection: upgrade` and `Upgrade: strata-batches`: the same headers, \
                 then the same chunked body on the upgraded connection, written by a server thread of its own: from the page cache \
                 without copies (`sendfile`) to peers on other hosts, through one reused buffer to peers on this one; \
-                `Strata-Transfer` says which (`sendfile` or `copy`). The server does not check checksums on this path; the client must."),
+                `Strata-Transfer` says which (`sendfile` or `copy`). The server does not check checksums on this path; the client must. \
+                On the server's Unix socket, a request with `Strata-Transfer: descriptors` gets frames instead of the body: \
+                ranges of segment files whose descriptors come with `SCM_RIGHTS`, for the client to read itself (`Strata-Transfer: descriptors`)."),
         (status = 416, body = crate::error::Problem), (status = "4XX", body = crate::error::Problem)))]
 pub async fn batches(
     State(state): State<Arc<AppState>>,

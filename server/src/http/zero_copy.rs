@@ -6,6 +6,11 @@
 //! pass through this process, as Kafka's brokers serve fetches; to a peer on this host they are
 //! copied through one reused buffer (`pread` + `write`), which is faster over loopback (below).
 //!
+//! A client on the server's Unix socket may ask for the files themselves (`Strata-Transfer:
+//! descriptors`): it then gets [`Frames`] naming ranges of segment files, each file's descriptor
+//! passed once with `SCM_RIGHTS`, and reads the batches from the page cache on its own; nothing
+//! but the frames crosses the socket.
+//!
 //! ```text
 //!  handler ── first read (as for a 200) ──► 101 ──► hyper lets go of the connection
 //!  blocking thread: size line (write) · batches of one segment (sendfile, or pread + write) · CRLF · … · 0 CRLF CRLF
@@ -36,7 +41,8 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -48,8 +54,10 @@ use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use strata_storage::batch::count_records;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::either::Either;
 
 use crate::AppState;
 use crate::broker::Start;
@@ -68,58 +76,113 @@ const COPY_BYTES: usize = 1 << 20;
 pub struct Conn {
     /// The accepted socket's descriptor: the same socket while a request on it is served.
     fd: RawFd,
-    peer: SocketAddr,
+    peer: Peer,
 }
 
-impl Connected<IncomingStream<'_, NoDelayListener>> for Conn {
-    fn connect_info(stream: IncomingStream<'_, NoDelayListener>) -> Self {
-        Self { fd: stream.io().as_raw_fd(), peer: *stream.remote_addr() }
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    /// A client on this host, through the server's Unix socket.
+    Unix,
+}
+
+impl Connected<IncomingStream<'_, Doors>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, Doors>) -> Self {
+        let fd = match stream.io() {
+            Either::Left(tcp) => tcp.as_raw_fd(),
+            Either::Right(unix) => unix.as_raw_fd(),
+        };
+        Self { fd, peer: *stream.remote_addr() }
     }
 }
 
-/// The server's listener: TCP, with `TCP_NODELAY` on every accepted connection (replies are
-/// written whole; Nagle's delay would only add latency).
+/// The server's listeners: TCP, with `TCP_NODELAY` on every accepted connection (replies are
+/// written whole; Nagle's delay would only add latency), and the Unix socket when configured.
 #[derive(Debug)]
-pub struct NoDelayListener(pub TcpListener);
+pub struct Doors {
+    pub tcp: TcpListener,
+    pub unix: Option<UnixListener>,
+}
 
-impl Listener for NoDelayListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = SocketAddr;
+impl Listener for Doors {
+    type Io = Either<tokio::net::TcpStream, tokio::net::UnixStream>;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = Listener::accept(&mut self.0).await;
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        let Self { tcp, unix } = self;
+        let unix = async {
+            match unix {
+                Some(unix) => Listener::accept(unix).await.0,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            (tcp, addr) = Listener::accept(tcp) => {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                }
+                (Either::Left(tcp), Peer::Tcp(addr))
+            }
+            unix = unix => (Either::Right(unix), Peer::Unix),
         }
-        (tcp, addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
+        self.tcp.local_addr().map(Peer::Tcp)
+    }
+}
+
+/// How an upgraded stream moves the segment files' bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// `pread` into one buffer, `write` from it.
+    Copy,
+    /// `sendfile` from the page cache.
+    Sendfile,
+    /// The files' descriptors go to the client (over the Unix socket), which reads them itself.
+    Descriptors,
+}
+
+impl Transfer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Sendfile => "sendfile",
+            Self::Descriptors => "descriptors",
+        }
     }
 }
 
 /// A request that asked for the upgrade and can have it: the connection to take over once the
-/// `101` is out, a duplicate of its socket to write to, and whether to `sendfile` to it.
+/// `101` is out, a duplicate of its socket to write to, and how to send the files' bytes.
 #[derive(Debug)]
 pub struct Upgrade {
     on_upgrade: OnUpgrade,
-    socket: TcpStream,
-    sendfile: bool,
+    socket: Socket,
+    transfer: Transfer,
 }
 
 impl Upgrade {
     /// The upgrade `request` asks for, when it asks, `policy` allows it for this peer and the
-    /// socket can be duplicated (else the door answers as usual).
+    /// socket can be duplicated (else the door answers as usual). A client on the Unix socket
+    /// that asks for `Strata-Transfer: descriptors` gets the segment files' descriptors.
     pub fn requested(request: &mut Request, policy: ZeroCopy) -> Option<Self> {
         if request.version() != Version::HTTP_11 || !asks_for_upgrade(request.headers()) {
             return None;
         }
         let conn = request.extensions().get::<ConnectInfo<Conn>>()?.0;
-        let sendfile = match policy {
-            ZeroCopy::Always => true,
-            ZeroCopy::Remote => !conn.peer.ip().to_canonical().is_loopback(),
-            ZeroCopy::Never => return None,
+        let wants_descriptors = request
+            .headers()
+            .get_all("strata-transfer")
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("descriptors"))));
+        let transfer = match (policy, conn.peer) {
+            (ZeroCopy::Never, _) => return None,
+            (_, Peer::Unix) if wants_descriptors => Transfer::Descriptors,
+            (ZeroCopy::Always, _) => Transfer::Sendfile,
+            (ZeroCopy::Remote, Peer::Tcp(peer)) if !peer.ip().to_canonical().is_loopback() => Transfer::Sendfile,
+            (ZeroCopy::Remote, _) => Transfer::Copy,
         };
         let socket = match duplicate(conn) {
             Ok(socket) => socket,
@@ -129,7 +192,7 @@ impl Upgrade {
             }
         };
         let on_upgrade = request.extensions_mut().remove::<OnUpgrade>()?;
-        Some(Self { on_upgrade, socket, sendfile })
+        Some(Self { on_upgrade, socket, transfer })
     }
 
     /// The `101` to answer with, carrying `headers`.
@@ -140,7 +203,7 @@ impl Upgrade {
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(UPGRADE, HeaderValue::from_static(PROTOCOL));
         h.insert(CONTENT_TYPE, HeaderValue::from_static(super::batches::BATCHES_CONTENT_TYPE));
-        h.insert("strata-transfer", HeaderValue::from_static(if self.sendfile { "sendfile" } else { "copy" }));
+        h.insert("strata-transfer", HeaderValue::from_static(self.transfer.name()));
         for &(name, value) in headers {
             h.insert(name, HeaderValue::from(value));
         }
@@ -148,7 +211,8 @@ impl Upgrade {
     }
 
     /// Waits for hyper to give the connection up after the `101`, then writes `stream` on a
-    /// blocking thread. Errors end the stream without its last chunk, which the client reports.
+    /// blocking thread. Errors end the stream without its last chunk (or frame), which the
+    /// client reports.
     pub async fn serve(self, stream: Stream) {
         let upgraded = match self.on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -163,12 +227,18 @@ impl Upgrade {
         // A handle to shut the socket down with: a write blocked on a client that stopped reading
         // then fails at once, rather than holding shutdown for the write timeout.
         let stopper = self.socket.try_clone();
-        let out = Chunked {
-            socket: self.socket,
-            started: false,
-            copy: if self.sendfile { None } else { Some(vec![0; COPY_BYTES]) },
-        };
-        let mut writing = tokio::task::spawn_blocking(move || stream.write(out, &runtime));
+        let (socket, transfer) = (self.socket, self.transfer);
+        let mut writing = tokio::task::spawn_blocking(move || {
+            socket.set_nonblocking(false)?;
+            socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            match transfer {
+                Transfer::Descriptors => stream.write(Frames { socket, sent: None }, &runtime),
+                Transfer::Copy | Transfer::Sendfile => {
+                    let copy = (transfer == Transfer::Copy).then(|| vec![0; COPY_BYTES]);
+                    stream.write(Chunked { socket, started: false, copy }, &runtime)
+                }
+            }
+        });
         let written = tokio::select! {
             written = &mut writing => written,
             () = closing.cancelled() => {
@@ -200,18 +270,87 @@ fn asks_for_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// A descriptor of our own for the socket `conn` was accepted on.
-fn duplicate(conn: Conn) -> io::Result<TcpStream> {
+fn duplicate(conn: Conn) -> io::Result<Socket> {
     static THIS_PROCESS: LazyLock<rustix::io::Result<OwnedFd>> =
         LazyLock::new(|| rustix::process::pidfd_open(rustix::process::getpid(), rustix::process::PidfdFlags::empty()));
     let pidfd = THIS_PROCESS.as_ref().map_err(|e| io::Error::from(*e))?;
     let fd = rustix::process::pidfd_getfd(pidfd, conn.fd, rustix::process::PidfdGetfdFlags::empty())?;
-    let socket = TcpStream::from(fd);
     // The request is in flight on this connection, so its descriptor cannot have been reused;
     // checked anyway, since writing to another client's socket would be unforgivable.
-    if socket.peer_addr()? != conn.peer {
-        return Err(io::Error::other("the connection's descriptor now belongs to another peer"));
+    match conn.peer {
+        Peer::Tcp(peer) => {
+            let socket = TcpStream::from(fd);
+            if socket.peer_addr()? != peer {
+                return Err(io::Error::other("the connection's descriptor now belongs to another peer"));
+            }
+            Ok(Socket::Tcp(socket))
+        }
+        Peer::Unix => {
+            let socket = UnixStream::from(fd);
+            // Fails unless the descriptor is a Unix socket.
+            socket.local_addr()?;
+            Ok(Socket::Unix(socket))
+        }
     }
-    Ok(socket)
+}
+
+/// The duplicated socket an upgraded stream is written to.
+#[derive(Debug)]
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nonblocking(nonblocking),
+            Self::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(timeout),
+            Self::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.shutdown(how),
+            Self::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Self::Tcp(s) => s.as_fd(),
+            Self::Unix(s) => s.as_fd(),
+        }
+    }
 }
 
 /// The rest of a batch stream after its first read: what to send and how far.
@@ -233,9 +372,7 @@ pub struct Stream {
 impl Stream {
     /// Writes the stream to `out`'s socket (blocking): chunks of whole batches, then the last
     /// chunk.
-    fn write(mut self, mut out: Chunked, runtime: &tokio::runtime::Handle) -> io::Result<()> {
-        out.socket.set_nonblocking(false)?;
-        out.socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    fn write(mut self, mut out: impl Out, runtime: &tokio::runtime::Handle) -> io::Result<()> {
         let mut sent = self.first.len() as u64;
         if !self.first.is_empty() {
             out.bytes(&self.first)?;
@@ -281,11 +418,19 @@ impl Stream {
 
 /// A chunked HTTP/1.1 body written to a socket by hand.
 struct Chunked {
-    socket: TcpStream,
+    socket: Socket,
     /// Whether a chunk was written (its data then needs the CRLF that ends it).
     started: bool,
     /// The buffer file ranges are copied through; `None`: they are `sendfile`d.
     copy: Option<Vec<u8>>,
+}
+
+/// Where a batch stream's bytes go: bytes this process holds, or a range of a segment file.
+trait Out {
+    fn bytes(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn file(&mut self, file: &File, position: u64, len: u64) -> io::Result<()>;
+    /// The end of the stream.
+    fn finish(self) -> io::Result<()>;
 }
 
 impl Chunked {
@@ -294,7 +439,9 @@ impl Chunked {
         self.started = true;
         self.socket.write_all(format!("{end_of_last}{len:x}\r\n").as_bytes())
     }
+}
 
+impl Out for Chunked {
     fn bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.size_line(bytes.len() as u64)?;
         self.socket.write_all(bytes)
@@ -338,5 +485,107 @@ impl Chunked {
         let end_of_last = if self.started { "\r\n" } else { "" };
         self.socket.write_all(format!("{end_of_last}0\r\n\r\n").as_bytes())?;
         self.socket.flush()
+    }
+}
+
+/// A batch stream to a client on this host, as frames on the Unix socket: the client reads the
+/// files' ranges itself, through descriptors passed with `SCM_RIGHTS`. A frame is a kind byte
+/// and two little-endian `u64`s:
+///
+/// - `F position len`, with a descriptor attached: a range of a file not sent before (the
+///   descriptor is a read-only one of its own, and the client reads the range from it);
+/// - `S position len`: a range of the last file sent;
+/// - `B 0 len`, then `len` bytes: batches this process holds (the first read, the cold tier);
+/// - `E 0 0`: the end.
+///
+/// The client may read each range when it likes: a descriptor keeps its file readable after
+/// retention or compaction deletes it, and the ranges are whole batches below the high watermark,
+/// which nothing rewrites in place.
+struct Frames {
+    socket: Socket,
+    /// The file (device, inode) the last `F` frame passed.
+    sent: Option<(u64, u64)>,
+}
+
+/// The frame kinds.
+const FRAME_FILE: u8 = b'F';
+const FRAME_SAME_FILE: u8 = b'S';
+const FRAME_BYTES: u8 = b'B';
+const FRAME_END: u8 = b'E';
+const FRAME_LEN: usize = 17;
+
+fn frame(kind: u8, a: u64, b: u64) -> [u8; FRAME_LEN] {
+    let mut f = [0; FRAME_LEN];
+    f[0] = kind;
+    f[1..9].copy_from_slice(&a.to_le_bytes());
+    f[9..].copy_from_slice(&b.to_le_bytes());
+    f
+}
+
+impl Out for Frames {
+    fn bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.socket.write_all(&frame(FRAME_BYTES, 0, bytes.len() as u64))?;
+        self.socket.write_all(bytes)
+    }
+
+    fn file(&mut self, file: &File, position: u64, len: u64) -> io::Result<()> {
+        // The last file passed is still open (in the client, or in flight to it), so no other
+        // file can have its inode number meanwhile.
+        let stat = rustix::fs::fstat(file)?;
+        let id = (stat.st_dev, stat.st_ino);
+        if self.sent == Some(id) {
+            return self.socket.write_all(&frame(FRAME_SAME_FILE, position, len));
+        }
+        // A read-only descriptor of its own (the log's may be open for writing): opening the
+        // descriptor's /proc entry opens the same file, even when it has been unlinked.
+        let fd = match rustix::fs::open(
+            format!("/proc/self/fd/{}", file.as_raw_fd()),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // No /proc here (a sandbox): the bytes go inline instead.
+                tracing::debug!(error = %e, "cannot reopen a segment file to pass it: sending its bytes");
+                let mut bytes = vec![0; usize::try_from(len).map_err(io::Error::other)?];
+                let mut filled = 0;
+                while filled < bytes.len() {
+                    match rustix::io::pread(file, &mut bytes[filled..], position + filled as u64) {
+                        Ok(0) => {
+                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the segment file ended early"));
+                        }
+                        Ok(read) => filled += read,
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                return self.bytes(&bytes);
+            }
+        };
+        let header = frame(FRAME_FILE, position, len);
+        let fds = [fd.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for a descriptor in the control message"));
+        }
+        let sent = loop {
+            match rustix::net::sendmsg(&self.socket, &[io::IoSlice::new(&header)], &mut control, SendFlags::NOSIGNAL) {
+                Ok(sent) => break sent,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // The descriptor went with the first byte; the rest of a frame cut short follows plainly.
+        self.socket.write_all(&header[sent..])?;
+        self.sent = Some(id);
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        self.socket.write_all(&frame(FRAME_END, 0, 0))
     }
 }
