@@ -17,7 +17,7 @@ use strata_server::registry::cli::ValueDecoder;
 
 #[derive(Args, Debug)]
 pub struct ServerArg {
-    /// Server URL.
+    /// Server URL: `http://HOST:PORT`, or `unix:PATH` for the server's Unix socket on this host.
     #[arg(long, env = "STRATA_SERVER", default_value = "http://127.0.0.1:7070", global = true)]
     pub server: String,
 }
