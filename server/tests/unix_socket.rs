@@ -121,3 +121,31 @@ fn the_socket_file_is_replaced_only_when_stale() {
     assert!(stderr.contains("not a socket"), "{stderr}");
     assert_eq!(std::fs::read(&socket).unwrap(), b"precious");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_upgrade_the_unix_socket_streams_the_plain_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("strata.sock");
+    let socket_env = socket.to_str().unwrap();
+    let _s = Server::start_with_env(
+        &dir.path().join("data"),
+        &[("STRATA_UNIX_SOCKET", socket_env), ("STRATA_ZERO_COPY", "never")],
+    );
+    let client = Client::connect(&format!("unix:{}", socket.display())).await.unwrap();
+    client.admin().create_topic("plain", 1, HashMap::new()).await.unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    for i in 0..300u32 {
+        producer
+            .send("plain", Record { value: Some(format!("v{i}").into_bytes()), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    producer.flush().await.unwrap();
+    let mut reader = client.read_batches("plain", 0, Start::Earliest, 64 << 20, Duration::ZERO).await.unwrap();
+    assert_eq!(reader.transfer(), Transfer::Response);
+    let mut values = Vec::new();
+    while let Some(batch) = reader.next_batch().await.unwrap() {
+        values.extend(batch.records().unwrap().into_iter().map(|r| r.value.unwrap()));
+    }
+    assert_eq!(values, (0..300).map(|i| Bytes::from(format!("v{i}"))).collect::<Vec<_>>());
+}
