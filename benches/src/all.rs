@@ -193,27 +193,12 @@ async fn run_once(
         while let Some(r) = tasks.join_next().await {
             consumed.merge(r??)?;
         }
-        let secs = start.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            consumed.records == produced.records,
-            "consumed {} of {} records",
-            consumed.records,
-            produced.records
-        );
-        let cpu2 = instance.proc().cpu_seconds()?;
-        consume = Some(measure(&consumed, secs, Some(cpu2 - cpu1), instance.proc().peak_rss_mib().ok()));
+        let (m, cpu2) = complete(&instance, &consumed, &produced, start, cpu1, "")?;
+        consume = Some(m);
         if let (Instance::Strata(strata), "W5") = (&*instance, w.name) {
             let start = Instant::now();
             let local = strata.consume_local(&produced.per_partition).await?;
-            let secs = start.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                local.records == produced.records,
-                "consumed {} of {} records through the Unix socket",
-                local.records,
-                produced.records
-            );
-            let cpu3 = instance.proc().cpu_seconds()?;
-            local_consume = Some(measure(&local, secs, Some(cpu3 - cpu2), instance.proc().peak_rss_mib().ok()));
+            local_consume = Some(complete(&instance, &local, &produced, start, cpu2, " through the Unix socket")?.0);
         }
     }
     let Ok(mut instance) = Arc::try_unwrap(instance) else { anyhow::bail!("instance still shared") };
@@ -229,6 +214,27 @@ async fn run_once(
         }
     }
     Ok(RunFigures { produce, consume, local_consume, delivery })
+}
+
+/// The figures of a consumption that started at `start` (server CPU seconds `cpu_before`), once
+/// it is checked to hold every produced record; and the server's CPU seconds now.
+fn complete(
+    instance: &Instance,
+    consumed: &Outcome,
+    produced: &Outcome,
+    start: Instant,
+    cpu_before: f64,
+    door: &str,
+) -> anyhow::Result<(Measure, f64)> {
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        consumed.records == produced.records,
+        "consumed {} of {} records{door}",
+        consumed.records,
+        produced.records
+    );
+    let cpu = instance.proc().cpu_seconds()?;
+    Ok((measure(consumed, secs, Some(cpu - cpu_before), instance.proc().peak_rss_mib().ok()), cpu))
 }
 
 /// W4's consume phase: `w.consumers` members of one group read everything `produced` holds,

@@ -4,12 +4,12 @@
 //! The server is the release `strata` binary started as its own process on 127.0.0.1 port 0 with
 //! a fresh data directory; the load generator runs in this process.
 
-use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use strata_client::proto;
 

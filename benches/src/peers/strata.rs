@@ -10,12 +10,12 @@
 //! `Consumer.Subscribe` stream on which the server pushes up to 1,000 records per message, the
 //! fastest of Strata's group doors (the HTTP member fetch encodes JSON per record).
 
-use anyhow::Context as _;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, TopicPartition, proto};
 use tokio_stream::StreamExt;
 

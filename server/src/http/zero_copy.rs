@@ -42,6 +42,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -172,11 +173,7 @@ impl Upgrade {
             return None;
         }
         let conn = request.extensions().get::<ConnectInfo<Conn>>()?.0;
-        let wants_descriptors = request
-            .headers()
-            .get_all("strata-transfer")
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("descriptors"))));
+        let wants_descriptors = has_token(request.headers(), "strata-transfer", Transfer::Descriptors.name());
         let transfer = match (policy, conn.peer) {
             (ZeroCopy::Never, _) => return None,
             (_, Peer::Unix) if wants_descriptors => Transfer::Descriptors,
@@ -260,13 +257,15 @@ impl Upgrade {
 }
 
 fn asks_for_upgrade(headers: &HeaderMap) -> bool {
-    let has_token = |name, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
-    };
-    has_token(CONNECTION, "upgrade") && has_token(UPGRADE, PROTOCOL)
+    has_token(headers, CONNECTION, "upgrade") && has_token(headers, UPGRADE, PROTOCOL)
+}
+
+/// Whether a `name` header lists `token` (comma-separated, any case).
+fn has_token(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
 }
 
 /// A descriptor of our own for the socket `conn` was accepted on.
@@ -548,17 +547,7 @@ impl Out for Frames {
                 // No /proc here (a sandbox): the bytes go inline instead.
                 tracing::debug!(error = %e, "cannot reopen a segment file to pass it: sending its bytes");
                 let mut bytes = vec![0; usize::try_from(len).map_err(io::Error::other)?];
-                let mut filled = 0;
-                while filled < bytes.len() {
-                    match rustix::io::pread(file, &mut bytes[filled..], position + filled as u64) {
-                        Ok(0) => {
-                            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the segment file ended early"));
-                        }
-                        Ok(read) => filled += read,
-                        Err(rustix::io::Errno::INTR) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                file.read_exact_at(&mut bytes, position)?;
                 return self.bytes(&bytes);
             }
         };
