@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// write-ahead journal (one write and one `fdatasync` per group of requests, whatever the
     /// partitions) rather than a sync of every partition's segment.
     pub journal: bool,
+    /// Size of each journal file. A file is checkpointed when full (its logs' segments written
+    /// and synced), so larger files mean rarer, larger checkpoints and a longer replay after a
+    /// crash; at most four exist, zero-filled when created.
+    pub journal_file_bytes: u64,
 }
 
 /// When the raw batch door sends batches without copying them ([`ServerConfig::zero_copy`]).
@@ -118,6 +122,7 @@ impl Default for ServerConfig {
             sql_timeout_ms: 60_000,
             zero_copy: ZeroCopy::Remote,
             journal: true,
+            journal_file_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -135,7 +140,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 28] = [
+const ENV_KEYS: [&str; 29] = [
     "listen",
     "unix_socket",
     "data_dir",
@@ -164,6 +169,7 @@ const ENV_KEYS: [&str; 28] = [
     "sql_timeout_ms",
     "zero_copy",
     "journal",
+    "journal_file_bytes",
 ];
 
 /// Values given as command-line flags (they win over everything else).
@@ -233,6 +239,9 @@ impl ServerConfig {
             "s3" => {}
             other => return Err(format!("invalid config key `object_store`: {other:?} is not `file` or `s3`")),
         }
+        if !(1 << 20..=4 << 30).contains(&self.journal_file_bytes) {
+            return Err("invalid config key `journal_file_bytes`: must be from 1 MiB to 4 GiB".into());
+        }
         for (key, value) in
             [("tier_interval_ms", self.tier_interval_ms), ("object_store_timeout_ms", self.object_store_timeout_ms)]
         {
@@ -269,6 +278,11 @@ mod tests {
         std::fs::write(&file, "zero_copy = \"sometimes\"\n").unwrap();
         let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("zero_copy"), "{e}");
+        std::fs::write(&file, "journal_file_bytes = 8388608\n").unwrap();
+        assert_eq!(ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap().journal_file_bytes, 8 << 20);
+        std::fs::write(&file, "journal_file_bytes = 4096\n").unwrap();
+        let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("journal_file_bytes"), "{e}");
         let e = ServerConfig::load(Some(&dir.path().join("missing.toml")), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("does not exist"), "{e}");
     }

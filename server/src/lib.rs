@@ -124,8 +124,12 @@ pub async fn run(
     let metadata = Metadata::start(config.node_id, &data_dir.join("meta"), addr.to_string())
         .await
         .map_err(|e| ServerError::Metadata(e.to_string()))?;
-    let options =
-        StorageOptions { max_open_files: config.max_open_files, journal: config.journal, ..Default::default() };
+    let options = StorageOptions {
+        max_open_files: config.max_open_files,
+        journal: config.journal,
+        journal_file_bytes: config.journal_file_bytes,
+        ..Default::default()
+    };
     let storage = LogManager::new(data_dir.join("logs"), options)?;
     let cold = Arc::new(tier::ColdTier::new(store, config.tier_cache_bytes, config.tier_max_untiered_bytes));
     let broker = Arc::new(Broker::new(storage, metadata.clone(), Arc::clone(&cold)));

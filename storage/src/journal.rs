@@ -42,24 +42,22 @@
 //! checkpoints the journal first when it may still hold the log's entries, so a log created
 //! again under the same name never receives the old one's records.
 //!
-//! **Known cost: W3's tail at low load.** With the journal, W3's p99 at 10 % of the peak rate is
-//! ~20 ms (~5 ms without it), while at 50 % and 80 % it is far better than without. At that
-//! rate one stall of the writer of 20-40 ms in a 6 s run is the p99 by itself. Traced (strace
-//! on the server, W3 at 10 %): the journal's `fdatasync` is ≤ 3 ms except once at 42 ms, the
-//! `fdatasync` of a new zero-filled file, and a directory `fsync` at rotation took 27 ms. Those
-//! steps now happen ahead of need in the checkpointer ([`Ready`]): p99 19.7 and 23.0 ms against
-//! 26.5 and 28.7 ms for the build before, runs alternated. What is left is most likely the
-//! checkpoint: its `syncfs` writes a whole journal file's worth of segment pages (32 MiB), commits
-//! the filesystem journal and flushes the device cache, and a journal `fdatasync` in between
-//! waits. Tried against that, one run each, and not kept: a periodic `syncfs` every 2 MiB of
-//! journal (10 % p99 11 ms, but W6 lost a third of its rate); `sync_file_range(WRITE)` on each
-//! range written behind, through a small `unsafe` FFI crate (p99 19 ms, W6 lost a third);
-//! `fallocate` instead of zero-filling (p99 0.6 s: every first write into an unwritten block
-//! makes its `fdatasync` commit metadata); an `fdatasync` of a log's segment on a flusher thread
-//! each time 8 MiB more of it were written behind, so that the checkpoint finds little left to
-//! write (W6 untouched, its logs never gather 8 MiB per journal file): 10 % p99 15.0–19.5 ms,
-//! median 18.0, against 18.3–20.2 ms, median 18.9, without (six alternated pairs): within the
-//! noise, so not worth the extra syncs.
+//! **Checkpoint size: W3's tail at low load.** A checkpoint writes the segment pages its file
+//! covers and `syncfs`es; a journal `fdatasync` issued meanwhile waits behind those writes at
+//! the disk (a device flush persists everything written before it). Checkpointing whole 32 MiB
+//! files, W3's p99 at 10 % of the peak rate was 14–24 ms (p50 1.7 ms): one 30 ms stall every
+//! third of a second. So a file is closed for its checkpoint once it holds [`CHECKPOINT_PER_LOG`]
+//! bytes for each log with entries in it, at least [`CHECKPOINT_MIN`]: with W3's 4 partitions
+//! every 4 MiB (p99 5.0–6.1 ms; 2 MiB and 1 MiB were no better, 8 MiB 6.2–6.7 ms), while W6's
+//! 1,000 partitions still fill whole files (checkpointing W6 every 4 or 8 MiB cost it a third to
+//! two fifths of its rate: each checkpoint writes every log's partly filled last page again and
+//! touches a thousand inodes). Larger files were worse (256 MiB: p99 84–91 ms). Found earlier
+//! and kept: the steps of a rotation (zero-filling a new file, the directory `fsync`s) happen
+//! ahead of need in the checkpointer ([`Ready`]). Tried and not kept: `sync_file_range(WRITE)`
+//! on each range written behind (p99 19 ms, W6 lost a third); `fallocate` instead of
+//! zero-filling (p99 0.6 s: every first write into an unwritten block makes its `fdatasync`
+//! commit metadata); an `fdatasync` of a log's segment each time 8 MiB more of it were written
+//! behind (within the noise).
 //!
 //! [`StorageOptions::journal_file_bytes`]: crate::StorageOptions::journal_file_bytes
 
@@ -87,6 +85,13 @@ pub(crate) const MAX_BATCH: usize = 64 << 10;
 
 /// Journal files kept at most: the current one, full ones waiting for their checkpoint, spares.
 const MAX_FILES: usize = 4;
+
+/// Journal bytes after which a file holding entries of few logs is checkpointed (see
+/// [`Current::checkpoint_at`]).
+const CHECKPOINT_MIN: u64 = 4 << 20;
+
+/// Journal bytes per log with entries in a file before it is checkpointed (up to the file's size).
+const CHECKPOINT_PER_LOG: u64 = 64 << 10;
 
 /// `len`, `crc`, `epoch`, `name_len`.
 const ENTRY_HEADER: usize = 4 + 4 + 8 + 2;
@@ -334,6 +339,15 @@ struct Current {
     last: u64,
 }
 
+impl Current {
+    /// How full the file may get before it is closed and checkpointed: [`CHECKPOINT_PER_LOG`]
+    /// for each log with entries in it, from [`CHECKPOINT_MIN`] up to the whole file. Looked at
+    /// before each write; a write may go past it (up to the file's end).
+    fn checkpoint_at(&self, file_bytes: u64) -> u64 {
+        (self.logs.len() as u64 * CHECKPOINT_PER_LOG).clamp(CHECKPOINT_MIN.min(file_bytes), file_bytes)
+    }
+}
+
 fn write_loop(inner: &Inner) {
     let mut current: Option<Current> = None;
     let mut spare_buf = Vec::new();
@@ -413,7 +427,7 @@ fn write_some(
 ) -> io::Result<()> {
     let entry_len =
         |buf: &[u8], at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-    if current.as_ref().is_some_and(|c| c.pos + entry_len(buf, *pos) as u64 > inner.file_bytes)
+    if current.as_ref().is_some_and(|c| c.pos + entry_len(buf, *pos) as u64 > c.checkpoint_at(inner.file_bytes))
         && let Some(cur) = current.take()
     {
         close(inner, cur);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::{batch, read_all};
 use strata_storage::segment::SEGMENT_HEADER_LEN;
-use strata_storage::{LogConfig, LogManager, Record, StorageOptions};
+use strata_storage::{BatchBuilder, Compression, LogConfig, LogManager, Record, StorageOptions};
 
 fn options(file_bytes: u64) -> StorageOptions {
     StorageOptions { journal_file_bytes: file_bytes, ..Default::default() }
@@ -205,4 +205,76 @@ fn a_reused_journal_file_never_replays_entries_of_an_earlier_run() {
     lose_segment_data(root.path(), "t-0");
     // The old entries after it would pass their checksums: only their epoch tells them apart.
     assert_eq!(reopened(root.path(), &["t-0"])[0], expected);
+}
+
+/// Appends `batches` batches of 60 records of 1,000 bytes (~60 KiB, still journaled) to each
+/// log, round robin, and waits until all are durable.
+fn fill_large(manager: &LogManager, names: &[&str], batches: usize) {
+    let logs: Vec<_> = names.iter().map(|n| manager.open_log(n, LogConfig::default()).unwrap()).collect();
+    let value = vec![b'v'; 1000];
+    let mut pending = Vec::new();
+    for _ in 0..batches {
+        for log in &logs {
+            let mut b = BatchBuilder::new(Compression::None);
+            for _ in 0..60 {
+                b.push(0, None, Some(&value), &[]);
+            }
+            pending.push(log.append(b.build().unwrap()).unwrap());
+        }
+    }
+    for p in pending {
+        p.wait().unwrap();
+    }
+}
+
+/// The journal files now in use (`.wal`), oldest first.
+fn wal_files(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(root.join("_journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_journal_file_of_few_logs_is_checkpointed_long_before_it_is_full() {
+    // 32 MiB files, but one log: its file is checkpointed after a few MiB, so that each
+    // checkpoint writes and syncs little at a time (every append waiting meanwhile sees it).
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    fill_large(&manager, &["t-0"], 100); // ~6 MiB, perhaps in one write
+    let first = wal_files(root.path()).remove(0);
+    fill_large(&manager, &["t-0"], 1); // the next write finds the file past its mark
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while first.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!first.exists(), "the first file was checkpointed (and became a spare)");
+    drop(manager);
+    // Its entries are gone from the journal: losing the segment's data now loses them.
+    lose_segment_data(root.path(), "t-0");
+    assert!(reopened(root.path(), &["t-0"])[0].is_empty());
+}
+
+#[test]
+fn a_journal_file_of_many_logs_fills_further_before_its_checkpoint() {
+    // 200 logs: a file may take 64 KiB per log (12.5 MiB) before its checkpoint, so that every
+    // log gathers whole pages between two checkpoints.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let names: Vec<String> = (0..200).map(|i| format!("t-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let expected = {
+        fill_large(&manager, &names, 1); // 200 × ~60 KiB: under 64 KiB a log
+        fill_large(&manager, &names[..1], 1);
+        names.iter().map(|n| read_all(&manager.open_log(n, LogConfig::default()).unwrap(), 0)).collect::<Vec<_>>()
+    };
+    let first = wal_files(root.path()).remove(0);
+    drop(manager);
+    assert!(first.exists(), "not checkpointed");
+    // So a crash leaves every entry to the replay.
+    lose_segment_data(root.path(), "t-0");
+    assert_eq!(reopened(root.path(), &names), expected);
 }
