@@ -290,6 +290,7 @@ fn workloads(args: &Args) -> Vec<Workload> {
         seconds,
         rate: None,
         group: false,
+        warmup: 0.0,
     };
     vec![
         base.clone(),
@@ -521,19 +522,21 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                 };
                 let rate = peak * pct as f64 / 100.0;
                 let secs = if quick { 1.0 } else { 4.0 };
+                let warmup = if quick { 0.2 } else { 1.0 };
                 let batch = ((rate / 4.0 / 1000.0) as usize).clamp(1, 1000); // linger ≤ 1 ms
                 let w = Workload {
                     name: "W3",
                     record_bytes: 1024,
-                    records: (rate * secs) as u64,
+                    records: (rate * (warmup + secs)) as u64,
                     batch_records: batch,
                     partitions: 4,
                     producers: 4,
                     consumers: 0,
                     window: 4096,
-                    seconds: secs + 5.0,
+                    seconds: warmup + secs + 5.0,
                     rate: Some(rate),
                     group: false,
+                    warmup,
                 };
                 row.note = format!("offered {:.0} msgs/s in batches of {batch}", rate);
                 for r in 0..runs {
@@ -854,7 +857,8 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            the machine's cores (no `taskset`: with 2 cores, pinning would halve both sides).\n\
          - A run with any error is reported as failed with its reason and is not part of the median.\n\
          - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
-           whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's.\n\
+           whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's. Each run offers\n  \
+           the rate for 1 s of warm-up, then 4 s whose batches' latencies are recorded (all systems alike).\n\
          - W6 (1,000 partitions, durable): every record is keyed and goes to the partition Kafka's murmur2 picks\n  \
            for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the server's partitioner\n  \
            (keys sent, no partition). Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \

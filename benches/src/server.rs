@@ -213,12 +213,18 @@ fn direct_append(root: &Path, clients: usize, seconds: f64) -> anyhow::Result<f6
     Ok(batches_per_s * BATCH as f64)
 }
 
-/// Open-loop unary produces at `rate` requests/s; latency from each request's scheduled time.
+/// Load offered before latencies count in [`latency_at`].
+const WARMUP: Duration = Duration::from_secs(1);
+
+/// Open-loop unary produces at `rate` requests/s; latency from each request's scheduled time,
+/// recorded for `seconds` after a warm-up of [`WARMUP`] at the same rate (the server's start-up
+/// transients: first segment writes, first page faults, connections).
 async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
     let clients = 8usize;
     let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
-    let per_client = ((rate * seconds) as usize / clients).max(10);
+    let per_client = ((rate * (WARMUP.as_secs_f64() + seconds)) as usize / clients).max(10);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let measured_from = start + WARMUP;
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..clients {
         let (url, topic) = (url.to_string(), topic.to_string());
@@ -237,7 +243,9 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
                     producer: None,
                 };
                 client.produce(req).await?;
-                h.record(due.elapsed().as_micros() as u64)?;
+                if due >= measured_from {
+                    h.record(due.elapsed().as_micros() as u64)?;
+                }
             }
             Ok::<_, anyhow::Error>(h)
         });

@@ -97,6 +97,9 @@ pub struct Workload {
     /// The consumers are the members of one consumer group sharing every partition (W4), rather
     /// than readers of fixed partitions.
     pub group: bool,
+    /// Open loop: seconds of load at the offered rate before latencies count (the server's and
+    /// the machine's start-up transients: new files, first page faults, threads starting).
+    pub warmup: f64,
 }
 
 impl Workload {
@@ -148,6 +151,11 @@ impl Workload {
         Some(start + Duration::from_secs_f64(n as f64 / batches_per_s.max(1e-9)))
     }
 
+    /// When a producer that started at `start` begins recording latencies.
+    pub fn measured_from(&self, start: Instant) -> Instant {
+        start + Duration::from_secs_f64(self.warmup)
+    }
+
     /// The record value every system stores (the same bytes everywhere).
     pub fn value(&self) -> bytes::Bytes {
         bytes::Bytes::from((0..self.record_bytes).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())
@@ -165,6 +173,8 @@ pub struct Outcome {
     pub per_partition: Vec<(u32, u64)>,
     /// Which records a group member received (W4).
     pub seen: Seen,
+    /// Latencies of batches sent (or due) before this are not recorded (a warm-up).
+    pub measured_from: Option<Instant>,
 }
 
 impl Outcome {
@@ -175,6 +185,7 @@ impl Outcome {
             latency: Histogram::new(3)?,
             per_partition: Vec::new(),
             seen: Seen::default(),
+            measured_from: None,
         })
     }
 
@@ -193,6 +204,9 @@ impl Outcome {
     }
 
     pub fn record_latency(&mut self, since: Instant) -> anyhow::Result<()> {
+        if self.measured_from.is_some_and(|from| since < from) {
+            return Ok(());
+        }
         self.latency.record((since.elapsed().as_micros() as u64).max(1))?;
         Ok(())
     }
@@ -461,6 +475,7 @@ mod tests {
             seconds: 1.0,
             rate: None,
             group: false,
+            warmup: 0.0,
         }
     }
 

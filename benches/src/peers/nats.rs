@@ -255,6 +255,7 @@ impl Nats {
             })
         };
         let mut out = Outcome::new()?;
+        out.measured_from = Some(w.measured_from(start));
         let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
         // Acks of different streams may interleave: count them per batch.
         let mut open: HashMap<u64, (Instant, Placement, usize)> = HashMap::new();

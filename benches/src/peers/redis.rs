@@ -220,6 +220,7 @@ impl Redis {
             })
         };
         let mut out = Outcome::new()?;
+        out.measured_from = Some(w.measured_from(start));
         let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
         let mut line = Vec::new();
         let mut acked = 0u64;

@@ -151,6 +151,7 @@ impl Strata {
             })
         };
         let mut out = Outcome::new()?;
+        out.measured_from = Some(w.measured_from(start));
         let mut per_partition = std::collections::BTreeMap::<u32, u64>::new();
         let mut acks = client.produce_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         while let Some(ack) = acks.next().await {
