@@ -71,7 +71,8 @@ pub struct ServerConfig {
     /// partitions) rather than a sync of every partition's segment.
     pub journal: bool,
     /// Size of each journal file. A file is checkpointed when full (its logs' segments written
-    /// and synced), so larger files mean rarer, larger checkpoints and a longer replay after a
+    /// and synced; earlier when few partitions write into it, see `storage/src/journal.rs`), so
+    /// larger files mean rarer, larger checkpoints for wide topics and a longer replay after a
     /// crash; at most four exist, zero-filled when created.
     pub journal_file_bytes: u64,
 }
