@@ -20,14 +20,19 @@ fn options(file_bytes: u64) -> StorageOptions {
     StorageOptions { journal_file_bytes: file_bytes, ..Default::default() }
 }
 
-fn segments(dir: &Path) -> Vec<PathBuf> {
+/// The files in `dir` named `*.<extension>`, in name order.
+fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     files
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    files(dir, "log")
 }
 
 /// Cuts a log's active segment back to its header: what a power loss leaves of pages never
@@ -139,11 +144,8 @@ fn a_torn_journal_write_ends_the_replay_before_it() {
     let expected = fill(&manager, &["t-0"], 10);
     drop(manager);
     // The last entry's bytes damaged, as a write a crash interrupted would leave them.
-    let wal = std::fs::read_dir(root.path().join("_journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "wal"))
-        .unwrap();
+    // The oldest `.wal` holds the entries (a newer one is a file made ready ahead, still empty).
+    let wal = wal_files(root.path()).remove(0);
     let bytes = std::fs::read(&wal).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap();
     OpenOptions::new().write(true).open(&wal).unwrap().write_all_at(&[bytes[end] ^ 0xff], end as u64).unwrap();
@@ -229,13 +231,7 @@ fn fill_large(manager: &LogManager, names: &[&str], batches: usize) {
 
 /// The journal files now in use (`.wal`), oldest first.
 fn wal_files(root: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(root.join("_journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    files.sort();
-    files
+    files(&root.join("_journal"), "wal")
 }
 
 #[test]
