@@ -858,7 +858,10 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - A run with any error is reported as failed with its reason and is not part of the median.\n\
          - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
            whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's. Each run offers\n  \
-           the rate for 1 s of warm-up, then 4 s whose batches' latencies are recorded (all systems alike).\n\
+           the rate for 1 s of warm-up, then 4 s whose batches' latencies are recorded (all systems alike).\n  \
+           Batches are released on time by a pacer thread sleeping with the kernel's high-resolution timer\n  \
+           (`benches/src/pacer.rs`): tokio's millisecond timer had added 1.0 ms at p50 and 2.0 ms at p99 to every\n  \
+           system's latency before the batch was even sent.\n\
          - W6 (1,000 partitions, durable): every record is keyed and goes to the partition Kafka's murmur2 picks\n  \
            for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the server's partitioner\n  \
            (keys sent, no partition). Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \

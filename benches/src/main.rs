@@ -13,6 +13,7 @@
 mod all;
 mod groups;
 mod harness;
+mod pacer;
 mod peers;
 mod registry;
 mod server;

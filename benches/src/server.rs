@@ -216,9 +216,10 @@ fn direct_append(root: &Path, clients: usize, seconds: f64) -> anyhow::Result<f6
 /// Load offered before latencies count in [`latency_at`].
 const WARMUP: Duration = Duration::from_secs(1);
 
-/// Open-loop unary produces at `rate` requests/s; latency from each request's scheduled time,
-/// recorded for `seconds` after a warm-up of [`WARMUP`] at the same rate (the server's start-up
-/// transients: first segment writes, first page faults, connections).
+/// Open-loop unary produces at `rate` requests/s (released on time by a
+/// [`crate::pacer::Pacer`]); latency from each request's scheduled time, recorded for `seconds`
+/// after a warm-up of [`WARMUP`] at the same rate (the server's start-up transients: first
+/// segment writes, first page faults, connections).
 async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
     let clients = 8usize;
     let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
@@ -232,9 +233,11 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
             let mut client = proto::producer_client::ProducerClient::connect(url).await?;
             let mut h = Histogram::<u64>::new(3)?;
             let offset = interval.mul_f64(c as f64 / clients as f64);
+            let due = move |i: u64| start + offset + interval * i as u32;
+            let mut pacer = crate::pacer::Pacer::start(move |i| due(i).into_std())?;
             for i in 0..per_client {
-                let due = start + offset + interval * i as u32;
-                tokio::time::sleep_until(due).await;
+                let due = due(i as u64);
+                pacer.until(i as u64).await;
                 let req = proto::ProduceRequest {
                     topic: topic.clone(),
                     records: records(i as u64),

@@ -151,6 +151,15 @@ impl Workload {
         Some(start + Duration::from_secs_f64(n as f64 / batches_per_s.max(1e-9)))
     }
 
+    /// For open-loop runs: ticks at each batch's [`Workload::due`] time, finer than tokio's timer.
+    pub fn pacer(&self, start: Instant) -> anyhow::Result<Option<crate::pacer::Pacer>> {
+        if self.rate.is_none() {
+            return Ok(None);
+        }
+        let w = self.clone();
+        Ok(Some(crate::pacer::Pacer::start(move |n| w.due(start, n).unwrap_or(start))?))
+    }
+
     /// When a producer that started at `start` begins recording latencies.
     pub fn measured_from(&self, start: Instant) -> Instant {
         start + Duration::from_secs_f64(self.warmup)

@@ -221,10 +221,11 @@ impl Nats {
             tokio::spawn(async move {
                 let mut n_sent = 0u64;
                 let mut buf = Vec::with_capacity(w.batch_records * (w.record_bytes + 64));
+                let mut pacer = w.pacer(start)?;
                 for n in 0..batches {
                     let due = w.due(start, n);
-                    if let Some(due) = due {
-                        tokio::time::sleep_until(due.into()).await;
+                    if let Some(pacer) = pacer.as_mut() {
+                        pacer.until(n).await;
                     }
                     if Instant::now() >= deadline {
                         break;

@@ -122,10 +122,11 @@ impl Strata {
                 make.push(batch_for(n));
             }
             tokio::spawn(async move {
+                let mut pacer = w.pacer(start)?;
                 for n in 0..batches {
                     let due = w.due(start, n);
-                    if let Some(due) = due {
-                        tokio::time::sleep_until(due.into()).await;
+                    if let Some(pacer) = pacer.as_mut() {
+                        pacer.until(n).await;
                     }
                     if Instant::now() >= deadline {
                         break;
