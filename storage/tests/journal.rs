@@ -185,6 +185,34 @@ fn journaled_appends_wait_in_memory_until_a_read_or_a_sync_needs_them() {
 }
 
 #[test]
+fn a_batch_over_8_kib_is_synced_in_its_segment_not_journaled() {
+    // Such a batch carries enough bytes for its own fdatasync; journaled, it would be written
+    // twice, and every checkpoint's writeback would hold up the journal's syncs meanwhile.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    let active = segments(&root.path().join("t-0")).pop().unwrap();
+    let on_disk = || std::fs::metadata(&active).unwrap().len();
+    let records = |n: usize| {
+        let mut b = BatchBuilder::new(Compression::None);
+        for _ in 0..n {
+            b.push(0, None, Some(&[b'v'; 1000]), &[]);
+        }
+        b.build().unwrap()
+    };
+    log.append(records(7)).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), SEGMENT_HEADER_LEN, "~7 KiB: journaled, the segment not yet written");
+    log.append(records(9)).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), log.size_bytes(), "~9 KiB: written into the segment (the batch before it first)");
+    let expected = read_all(&log, 0);
+    assert_eq!(expected.len(), 16);
+    // Synced there: a crash now (the journal's checkpoint skipped) loses nothing.
+    drop(log);
+    drop(manager);
+    assert_eq!(reopened(root.path(), &["t-0"])[0], expected);
+}
+
+#[test]
 fn a_reused_journal_file_never_replays_entries_of_an_earlier_run() {
     let root = tempfile::tempdir().unwrap();
     // Run 1 fills the first journal file, and a clean shutdown makes it a spare.
@@ -209,8 +237,8 @@ fn a_reused_journal_file_never_replays_entries_of_an_earlier_run() {
     assert_eq!(reopened(root.path(), &["t-0"])[0], expected);
 }
 
-/// Appends `batches` batches of 60 records of 1,000 bytes (~60 KiB, still journaled) to each
-/// log, round robin, and waits until all are durable.
+/// Appends `batches` batches of 6 records of 1,000 bytes (~6 KiB, still journaled) to each log,
+/// round robin, and waits until all are durable.
 fn fill_large(manager: &LogManager, names: &[&str], batches: usize) {
     let logs: Vec<_> = names.iter().map(|n| manager.open_log(n, LogConfig::default()).unwrap()).collect();
     let value = vec![b'v'; 1000];
@@ -218,7 +246,7 @@ fn fill_large(manager: &LogManager, names: &[&str], batches: usize) {
     for _ in 0..batches {
         for log in &logs {
             let mut b = BatchBuilder::new(Compression::None);
-            for _ in 0..60 {
+            for _ in 0..6 {
                 b.push(0, None, Some(&value), &[]);
             }
             pending.push(log.append(b.build().unwrap()).unwrap());
@@ -240,7 +268,7 @@ fn a_journal_file_of_few_logs_is_checkpointed_long_before_it_is_full() {
     // checkpoint writes and syncs little at a time (every append waiting meanwhile sees it).
     let root = tempfile::tempdir().unwrap();
     let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
-    fill_large(&manager, &["t-0"], 100); // ~6 MiB, perhaps in one write
+    fill_large(&manager, &["t-0"], 1000); // ~6 MiB, perhaps in one write
     let first = wal_files(root.path()).remove(0);
     fill_large(&manager, &["t-0"], 1); // the next write finds the file past its mark
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -263,7 +291,7 @@ fn a_journal_file_of_many_logs_fills_further_before_its_checkpoint() {
     let names: Vec<String> = (0..200).map(|i| format!("t-{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let expected = {
-        fill_large(&manager, &names, 1); // 200 × ~60 KiB: under 64 KiB a log
+        fill_large(&manager, &names, 10); // 200 × ~60 KiB: under 64 KiB a log
         fill_large(&manager, &names[..1], 1);
         names.iter().map(|n| read_all(&manager.open_log(n, LogConfig::default()).unwrap(), 0)).collect::<Vec<_>>()
     };
