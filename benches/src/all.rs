@@ -54,6 +54,10 @@ pub struct Args {
     /// Data tiered to object storage before the W8 cold catch-up, MiB (default 256; 8 with --quick).
     #[arg(long)]
     cold_mib: Option<u64>,
+    /// W3 offers 10/50/80 % of this rate (msgs/s) to every system, in place of each one's own W2
+    /// durable peak: for comparing two builds at the same load.
+    #[arg(long)]
+    w3_peak: Option<f64>,
     /// Records in the W9 SQL dataset (default 10,000,000; 200,000 with --quick).
     #[arg(long)]
     sql_records: Option<u64>,
@@ -508,11 +512,15 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     // W3: latency at 10/50/80 % of each system's own W2 durable peak, open loop.
     if want("w3") {
         for &peer in &systems {
-            let peak = report
-                .rows
-                .iter()
-                .find(|r| r.workload == "W2" && r.system == peer.name() && r.mode == "durable" && r.phase == "produce")
-                .and_then(Row::clean_msgs_s);
+            let peak = args.w3_peak.or_else(|| {
+                report
+                    .rows
+                    .iter()
+                    .find(|r| {
+                        r.workload == "W2" && r.system == peer.name() && r.mode == "durable" && r.phase == "produce"
+                    })
+                    .and_then(Row::clean_msgs_s)
+            });
             for pct in [10u32, 50, 80] {
                 let mut row = Row::new("W3", peer.name(), "durable", &format!("latency@{pct}%"));
                 let Some(peak) = peak else {
@@ -539,6 +547,9 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     warmup,
                 };
                 row.note = format!("offered {:.0} msgs/s in batches of {batch}", rate);
+                if let Some(fixed) = args.w3_peak {
+                    row.note += &format!(" ({pct} % of --w3-peak {fixed:.0}, not of this system's W2 peak)");
+                }
                 for r in 0..runs {
                     let dir = root.path().join(format!("W3-{}-{pct}-{r}", peer.name()));
                     let outcome = run_once(peer, &bins, &dir, &w, Mode::Durable, None).await;
