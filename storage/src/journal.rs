@@ -52,8 +52,9 @@
 //! covers and `syncfs`es; a journal `fdatasync` issued meanwhile waits behind those writes at
 //! the disk (a device flush persists everything written before it). Checkpointing whole 32 MiB
 //! files, W3's p99 at 10 % of the peak rate was 14–24 ms (p50 1.7 ms; measured while its
-//! 17–25 KiB batches were still journaled): one 30 ms stall every third of a second. So a file is closed for its checkpoint once it holds [`CHECKPOINT_PER_LOG`]
-//! bytes for each log with entries in it, at least [`CHECKPOINT_MIN`]: with W3's 4 partitions
+//! 17–25 KiB batches were still journaled): one 30 ms stall every third of a second. So a file
+//! is closed for its checkpoint once it holds [`CHECKPOINT_PER_LOG`] bytes for each log with
+//! entries in it, at least [`CHECKPOINT_MIN`]: with W3's 4 partitions
 //! every 4 MiB (p99 5.0–6.1 ms; 2 MiB and 1 MiB were no better, 8 MiB 6.2–6.7 ms), while W6's
 //! 1,000 partitions still fill whole files (checkpointing W6 every 4 or 8 MiB cost it a third to
 //! two fifths of its rate: each checkpoint writes every log's partly filled last page again and
