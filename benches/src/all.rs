@@ -70,9 +70,26 @@ pub struct Args {
     /// `nats-server` (default: ~/.cache/strata-bench-venv/bin, then PATH).
     #[arg(long)]
     nats_server: Option<PathBuf>,
-    /// Markdown report to (re)write (default: benches/RESULTS.md, not written with --quick).
+    /// Markdown report to (re)write (default: benches/RESULTS.md, written only by a whole run:
+    /// every system and workload, no --quick, no --w3-peak).
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+impl Args {
+    /// Every system and every workload, W3 at each system's own W2 peak: a run fit to publish.
+    fn is_whole_run(&self) -> bool {
+        let set = |v: &[String]| {
+            let mut v: Vec<String> = v.iter().map(|s| s.to_ascii_lowercase()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let all_workloads: Vec<String> = (1..=9).map(|i| format!("w{i}")).collect();
+        set(&self.systems) == set(&["nats".into(), "redis".into(), "strata".into()])
+            && set(&self.workloads) == all_workloads
+            && self.w3_peak.is_none()
+    }
 }
 
 /// `strata-bench check-results FILE`: the file validates against the results schema and keeps
@@ -652,18 +669,27 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let markdown = report.markdown();
     println!("\n{markdown}");
     let doc = serde_json::to_string_pretty(&report.json())? + "\n";
-    let name = if quick { "all-quick" } else { "all" };
+    // Only a whole run (every system and workload, W3 at each system's own peak) replaces the
+    // published report: an experiment's partial run goes to files of its own unless told where.
+    let whole = args.is_whole_run();
+    let (name, svg_name) = match (quick, whole) {
+        (true, _) => ("all-quick", "latency-throughput-quick.svg"),
+        (false, true) => ("all", "latency-throughput.svg"),
+        (false, false) => ("all-partial", "latency-throughput-partial.svg"),
+    };
     let out = args.run.write_results(name, &doc)?;
     println!("results written to {}", out.display());
     // The plot goes beside the JSON (benches/results/ by default; elsewhere with --out).
     let results_dir = out.parent().map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
-    let svg_name = if quick { "latency-throughput-quick.svg" } else { "latency-throughput.svg" };
     std::fs::write(results_dir.join(svg_name), report.svg())?;
-    let md_path = match (&args.report, quick) {
+    let md_path = match (&args.report, quick || !whole) {
         (Some(p), _) => Some(p.clone()),
         (None, false) => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")),
         (None, true) => None,
     };
+    if md_path.is_none() && !quick {
+        println!("a partial run: benches/RESULTS.md left as it is (--report FILE writes one)");
+    }
     if let Some(md_path) = md_path {
         std::fs::write(&md_path, results_md(&report, &markdown, &out, svg_name))?;
         println!("report written to {}", md_path.display());
@@ -932,4 +958,31 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
         report.seconds_total,
         tables,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn whole(argv: &[&str]) -> bool {
+        Cli::try_parse_from(std::iter::once("all").chain(argv.iter().copied())).unwrap().args.is_whole_run()
+    }
+
+    #[test]
+    fn only_a_whole_run_replaces_the_published_report() {
+        assert!(whole(&[]));
+        assert!(whole(&["--workloads", "W9,w1,w2,w3,w4,w5,w6,w7,w8", "--systems", "nats,strata,redis"]));
+        assert!(whole(&["--runs", "5"]));
+        assert!(!whole(&["--systems", "strata"]));
+        assert!(!whole(&["--workloads", "w2,w3"]));
+        assert!(!whole(&["--w3-peak", "900000"]));
+    }
 }
