@@ -233,10 +233,10 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
             let mut client = proto::producer_client::ProducerClient::connect(url).await?;
             let mut h = Histogram::<u64>::new(3)?;
             let offset = interval.mul_f64(c as f64 / clients as f64);
-            let due = move |i: u64| start + offset + interval * i as u32;
-            let mut pacer = crate::pacer::Pacer::start(move |i| due(i).into_std())?;
+            let schedule = move |i: u64| start + offset + interval * i as u32;
+            let mut pacer = crate::pacer::Pacer::start(move |i| schedule(i).into_std())?;
             for i in 0..per_client {
-                let due = due(i as u64);
+                let due = schedule(i as u64);
                 pacer.until(i as u64).await;
                 let req = proto::ProduceRequest {
                     topic: topic.clone(),
