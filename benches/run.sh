@@ -14,9 +14,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 # Peers first (quick when already installed); a peer that cannot be installed is skipped by the
 # harness, which says so in its report.
-peers="$(./scripts/setup-bench-tools || true)"
+peers="$(./scripts/setup-bench-tools --tansu || true)"
 redis="$(sed -n 's/^redis-server=//p' <<<"$peers")"
 nats="$(sed -n 's/^nats-server=//p' <<<"$peers")"
+tansu="$(sed -n 's/^tansu=//p' <<<"$peers")"
 
 echo "==> cargo build --release (strata, strata-bench)" >&2
 # One invocation: both packages then share one feature set, so DataFusion (a dependency of both)
@@ -26,4 +27,5 @@ cargo build --release -p strata-server -p strata-bench --bin strata --bin strata
 args=(all --strata "$CARGO_TARGET_DIR/release/strata")
 [ -n "$redis" ] && args+=(--redis-server "$redis")
 [ -n "$nats" ] && args+=(--nats-server "$nats")
+[ -n "$tansu" ] && args+=(--tansu "$tansu")
 exec "$CARGO_TARGET_DIR/release/strata-bench" "${args[@]}" "$@"

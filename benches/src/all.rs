@@ -1,4 +1,4 @@
-//! `strata-bench all` (issue #8): Strata side by side with Redis Streams and NATS JetStream and
+//! `strata-bench all` (issue #8): Strata side by side with Redis Streams, NATS JetStream and Tansu, and
 //! with the machine's own limits, all measured in one run by one load-generator design
 //! ([`crate::peers`]).
 //!
@@ -27,7 +27,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::peers::group::{Delivery, GroupProgress};
-use crate::peers::{Instance, Mode, Outcome, Peer, PeerBinaries, Workload, nats, redis, strata::Strata};
+use crate::peers::{Instance, Mode, Outcome, Peer, PeerBinaries, Workload, nats, redis, strata::Strata, tansu};
 use report::{Limit, Measure, Ratio, Report, Row};
 
 const MB: f64 = 1e6;
@@ -36,8 +36,9 @@ const MB: f64 = 1e6;
 pub struct Args {
     #[command(flatten)]
     run: crate::harness::RunArgs,
-    /// Systems to run (strata, redis, nats); a peer that is not installed is skipped and reported.
-    #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats")]
+    /// Systems to run (strata, redis, nats, tansu); a peer that is not installed is skipped and
+    /// reported.
+    #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats,tansu")]
     systems: Vec<String>,
     /// Workloads to run (w1 ... w9; limits always run).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6,w7,w8,w9")]
@@ -70,6 +71,10 @@ pub struct Args {
     /// `nats-server` (default: ~/.cache/strata-bench-venv/bin, then PATH).
     #[arg(long)]
     nats_server: Option<PathBuf>,
+    /// `tansu` (default: ~/.cache/strata-bench-tansu/bin, then PATH; `scripts/setup-bench-tools
+    /// --tansu` builds it, about 20 minutes).
+    #[arg(long)]
+    tansu: Option<PathBuf>,
     /// Markdown report to (re)write (default: benches/RESULTS.md, written only by a whole run:
     /// every system and workload, no --quick, no --w3-peak).
     #[arg(long)]
@@ -86,7 +91,7 @@ impl Args {
             v
         };
         let all_workloads: Vec<String> = (1..=9).map(|i| format!("w{i}")).collect();
-        set(&self.systems) == set(&["nats".into(), "redis".into(), "strata".into()])
+        set(&self.systems) == set(&["nats".into(), "redis".into(), "strata".into(), "tansu".into()])
             && set(&self.workloads) == all_workloads
             && self.w3_peak.is_none()
     }
@@ -121,6 +126,11 @@ fn find_peers(args: &Args) -> anyhow::Result<PeerBinaries> {
             "redis-server",
         ),
         nats: crate::peers::find_binary(args.nats_server.as_deref(), &[venv.join("bin/nats-server")], "nats-server"),
+        tansu: crate::peers::find_binary(
+            args.tansu.as_deref(),
+            &[home.join(".cache/strata-bench-tansu/bin/tansu")],
+            "tansu",
+        ),
     })
 }
 
@@ -132,6 +142,7 @@ async fn start(peer: Peer, bins: &PeerBinaries, dir: &Path, mode: Mode) -> anyho
             Instance::Redis(redis::Redis::start(bins.redis.as_deref().ok_or_else(missing)?, dir, mode).await?)
         }
         Peer::Nats => Instance::Nats(nats::Nats::start(bins.nats.as_deref().ok_or_else(missing)?, dir, mode).await?),
+        Peer::Tansu => Instance::Tansu(tansu::Tansu::start(bins.tansu.as_deref().ok_or_else(missing)?, dir).await?),
     })
 }
 
@@ -227,6 +238,7 @@ async fn run_once(
         Instance::Strata(s) => s.proc.alive()?,
         Instance::Redis(r) => r.proc.stop()?,
         Instance::Nats(n) => n.proc.stop()?,
+        Instance::Tansu(t) => t.proc.stop()?,
     }
     if let Instance::Strata(s) = instance {
         s.server.stop()?;
@@ -368,6 +380,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             Peer::Strata => (bins.strata.clone(), bins.strata.as_deref().map(crate::peers::version_of)),
             Peer::Redis => (bins.redis.clone(), bins.redis.as_deref().map(redis::version)),
             Peer::Nats => (bins.nats.clone(), bins.nats.as_deref().map(nats::version)),
+            Peer::Tansu => (bins.tansu.clone(), bins.tansu.as_deref().map(tansu::version)),
         };
         match (binary, version) {
             (Some(_), Some(v)) => {
@@ -464,6 +477,12 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                 let phase = if w.group { "group consume" } else { "consume" };
                 let mut consume = Row::new(w.name, peer.name(), mode.name(), phase);
                 let mut local = Row::new(w.name, peer.name(), mode.name(), LOCAL_CONSUME);
+                if let Some(why) = peer.skips(w.group, mode) {
+                    produce.note = why.into();
+                    consume.note = why.into();
+                    report.rows.extend([produce, consume]);
+                    continue;
+                }
                 for r in 0..runs {
                     let dir = root.path().join(format!("{}-{}-{}-{r}", w.name, peer.name(), mode.name()));
                     let reads = (w.name == "W5" && peer == Peer::Strata).then_some(&mut storage_reads);
@@ -540,6 +559,11 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             });
             for pct in [10u32, 50, 80] {
                 let mut row = Row::new("W3", peer.name(), "durable", &format!("latency@{pct}%"));
+                if let Some(why) = peer.skips(false, Mode::Durable) {
+                    row.note = why.into();
+                    report.rows.push(row);
+                    continue;
+                }
                 let Some(peak) = peak else {
                     row.note = "not run: no clean W2 durable peak for this system".into();
                     report.rows.push(row);
@@ -869,7 +893,7 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
     let json_name = json_path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let versions: Vec<String> = report.peers.iter().map(|(n, s, v)| format!("{n} {v} ({s})")).collect();
     format!(
-        "# Strata side by side: Redis Streams, NATS JetStream and the machine's limits\n\n\
+        "# Strata side by side: Redis Streams, NATS JetStream, Tansu and the machine's limits\n\n\
          Generated by `strata-bench all` (issue #8) — do not edit by hand; rerun `benches/run.sh`.\n\n\
          - Date: {} (started {} UTC), load average at start: `{}`\n\
          - Machine: {}\n\
@@ -884,10 +908,16 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - Strata: gRPC `ProduceStream`; reads through the raw batch stream (`GET .../batches`, HTTP/1.1, decoded in the client). Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
            `XREADGROUP` + `XACK`. NATS JetStream: async publish with a reply subject per message (acks counted per\n  \
            batch), a pull consumer per stream (`ack_policy: all`). Clients for Redis and NATS are minimal protocol\n  \
-           implementations in the harness (RESP2; NATS text protocol + JetStream JSON API).\n\
+           implementations in the harness (RESP2; NATS text protocol + JetStream JSON API). Tansu (a Rust broker\n  \
+           speaking Kafka's protocol, SQLite storage engine): one Kafka `Produce` request per batch, pipelined on one\n  \
+           connection per producer, and `Fetch` of up to 1 MiB per partition, through the `rskafka` client.\n\
          - Durable: Strata `flush=always`, Redis `appendfsync always`, NATS `sync_interval: always` — acked after fsync.\n  \
-           Relaxed: Strata `flush=interval` (1 s), Redis `appendfsync everysec`, NATS default (fsync every 2 min).\n\
-         - Partitions: a Strata partition = a Redis stream key = a JetStream stream (subject `p<n>`).\n\
+           Relaxed: Strata `flush=interval` (1 s), Redis `appendfsync everysec`, NATS default (fsync every 2 min),\n  \
+           Tansu's SQLite engine as it comes: it syncs at WAL checkpoints, not per commit (11 fsyncs for 60 produce\n  \
+           requests, strace), and no setting makes it ack after an fsync, so Tansu has no durable rows (W3 and W6\n  \
+           are durable only); `rskafka` has no consumer groups, so Tansu has no W4 row.\n\
+         - Partitions: a Strata partition = a Redis stream key = a JetStream stream (subject `p<n>`) = a partition of\n  \
+           Tansu's topic `bench`.\n\
          - Each produce phase is bounded by `--seconds`: slow systems stop early and their rate\n  \
            is what they achieved in that time (default 6 s). Consumers then read everything that was acknowledged.\n\
          - Server CPU s/GB and peak RSS (VmHWM) from /proc of the server process. Load generator and servers share\n  \
@@ -942,9 +972,9 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            row groups. Produce (W7's gRPC-stream generator, 4 clients) alone, then while full scans run back to\n  \
            back. Every query's answer is checked; scans have no durability, their mode column says `relaxed`.\n\n\
          ## Peers tried and left out\n\n\
-         - Tansu 0.6.0 (crates.io, Kafka protocol): built — `cargo install tansu --version 0.6.0 --features libsql`\n  \
-           took 19.5 min at low priority beside other builds (the machine of later runs has no cached binary) — not run: the\n  \
-           harness has no Kafka client (e.g. `rskafka`, which has no consumer groups, so W4 would be skipped).\n\
+         - Tansu 0.6.0 (crates.io, Kafka protocol) runs in the relaxed rows only (see Method) and only where its binary\n  \
+           was built: `scripts/setup-bench-tools --tansu` (which `benches/run.sh` calls) runs\n  \
+           `cargo install tansu --version 0.6.0 --features libsql`, about 20 minutes once; CI does not build it.\n\
          - RabbitMQ Streams (Debian `rabbitmq-server`): not run yet (needs its stream-protocol client).\n\n\
          ## Latency vs throughput\n\n\
          ![p99 latency vs throughput](results/{svg_name})\n",
@@ -979,7 +1009,8 @@ mod tests {
     #[test]
     fn only_a_whole_run_replaces_the_published_report() {
         assert!(whole(&[]));
-        assert!(whole(&["--workloads", "W9,w1,w2,w3,w4,w5,w6,w7,w8", "--systems", "nats,strata,redis"]));
+        assert!(whole(&["--workloads", "W9,w1,w2,w3,w4,w5,w6,w7,w8", "--systems", "nats,strata,tansu,redis"]));
+        assert!(!whole(&["--systems", "strata,redis,nats"]));
         assert!(whole(&["--runs", "5"]));
         assert!(!whole(&["--systems", "strata"]));
         assert!(!whole(&["--workloads", "w2,w3"]));

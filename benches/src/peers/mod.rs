@@ -14,14 +14,17 @@
 //!
 //! Each system speaks its own protocol with its own best practice: Strata's gRPC
 //! `ProduceStream` / the raw batch stream, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
-//! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`. In a
+//! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`, Tansu's
+//! Kafka `Produce` requests pipelined on one connection / `Fetch` (through `rskafka`). In a
 //! group (W4): Strata's `Consumer.Subscribe` members (`strata-client`'s `GroupConsumer`), Redis's
-//! consumers of one consumer group, JetStream's durable pull consumer shared by every member.
+//! consumers of one consumer group, JetStream's durable pull consumer shared by every member
+//! (Tansu: not run, see [`Peer::skips`]).
 
 pub(crate) mod group;
 pub(crate) mod nats;
 pub(crate) mod redis;
 pub(crate) mod strata;
+pub(crate) mod tansu;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -227,6 +230,7 @@ pub enum Peer {
     Strata,
     Redis,
     Nats,
+    Tansu,
 }
 
 impl Peer {
@@ -235,6 +239,7 @@ impl Peer {
             Peer::Strata => "strata",
             Peer::Redis => "redis",
             Peer::Nats => "nats",
+            Peer::Tansu => "tansu",
         }
     }
 
@@ -244,6 +249,17 @@ impl Peer {
             Peer::Strata => strata::GROUP_METHOD,
             Peer::Redis => redis::GROUP_METHOD,
             Peer::Nats => nats::GROUP_METHOD,
+            Peer::Tansu => tansu::GROUP_METHOD,
+        }
+    }
+
+    /// Why this system has no row for a workload in `mode` (a group's, when `group`), if it has
+    /// none.
+    pub fn skips(self, group: bool, mode: Mode) -> Option<&'static str> {
+        match self {
+            Peer::Tansu if mode == Mode::Durable => Some(tansu::SKIPS_DURABLE),
+            Peer::Tansu if group => Some(tansu::SKIPS_GROUP),
+            _ => None,
         }
     }
 
@@ -252,7 +268,8 @@ impl Peer {
             "strata" => Peer::Strata,
             "redis" => Peer::Redis,
             "nats" => Peer::Nats,
-            other => anyhow::bail!("unknown system {other:?} (strata, redis, nats)"),
+            "tansu" => Peer::Tansu,
+            other => anyhow::bail!("unknown system {other:?} (strata, redis, nats, tansu)"),
         })
     }
 }
@@ -263,6 +280,7 @@ pub enum Instance {
     Strata(strata::Strata),
     Redis(redis::Redis),
     Nats(nats::Nats),
+    Tansu(tansu::Tansu),
 }
 
 impl Instance {
@@ -271,6 +289,7 @@ impl Instance {
             Instance::Strata(s) => &s.proc,
             Instance::Redis(r) => &r.proc,
             Instance::Nats(n) => &n.proc,
+            Instance::Tansu(t) => &t.proc,
         }
     }
 
@@ -280,6 +299,7 @@ impl Instance {
             Instance::Strata(s) => s.prepare(w, mode).await,
             Instance::Redis(r) => r.prepare(w).await,
             Instance::Nats(n) => n.prepare(w).await,
+            Instance::Tansu(t) => t.prepare(w).await,
         }
     }
 
@@ -289,6 +309,7 @@ impl Instance {
             Instance::Strata(s) => s.produce(w, i, deadline).await,
             Instance::Redis(r) => r.produce(w, i, deadline).await,
             Instance::Nats(n) => n.produce(w, i, deadline).await,
+            Instance::Tansu(t) => t.produce(w, i, deadline).await,
         }
     }
 
@@ -298,6 +319,7 @@ impl Instance {
             Instance::Strata(s) => s.consume(w, i, expected).await,
             Instance::Redis(r) => r.consume(w, i, expected).await,
             Instance::Nats(n) => n.consume(w, i, expected).await,
+            Instance::Tansu(t) => t.consume(w, i, expected).await,
         }
     }
 
@@ -308,6 +330,7 @@ impl Instance {
             Instance::Strata(_) => Ok(()),
             Instance::Redis(r) => r.prepare_group(w).await,
             Instance::Nats(n) => n.prepare_group(w).await,
+            Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
         }
     }
 
@@ -318,6 +341,7 @@ impl Instance {
             Instance::Strata(s) => s.group_member(w, i, progress).await,
             Instance::Redis(r) => r.group_member(w, i, progress).await,
             Instance::Nats(n) => n.group_member(w, i, progress).await,
+            Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
         }
     }
 
@@ -329,6 +353,7 @@ impl Instance {
             Instance::Strata(s) => s.verify_group(expected).await,
             Instance::Redis(r) => r.verify_group(expected).await,
             Instance::Nats(n) => n.verify_group(expected).await,
+            Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
         }
     }
 
@@ -341,7 +366,7 @@ impl Instance {
     /// What the exactly-once check calls this system's record ids.
     pub fn id_name(&self) -> &'static str {
         match self {
-            Instance::Strata(_) => "offsets",
+            Instance::Strata(_) | Instance::Tansu(_) => "offsets",
             Instance::Redis(_) => "stream entry ids",
             Instance::Nats(_) => "stream sequences (from 1, counted from 0)",
         }
@@ -417,6 +442,24 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Starts the server `command` runs (`binary`; its stderr to `log`) and waits until it listens on
+/// `port`.
+pub async fn spawn_server(
+    command: &mut std::process::Command,
+    binary: &Path,
+    log: std::process::Stdio,
+    port: u16,
+) -> anyhow::Result<Proc> {
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut proc = Proc::of(child);
+    wait_for_port(&mut proc, port, Duration::from_secs(10)).await?;
+    Ok(proc)
+}
+
 /// Waits until `port` accepts connections, or fails after `timeout` (with the server's exit
 /// status if it died).
 pub async fn wait_for_port(proc: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
@@ -444,6 +487,7 @@ pub struct PeerBinaries {
     pub strata: Option<PathBuf>,
     pub redis: Option<PathBuf>,
     pub nats: Option<PathBuf>,
+    pub tansu: Option<PathBuf>,
 }
 
 /// `given`, else the first of `candidates` that exists, else `name` on PATH.

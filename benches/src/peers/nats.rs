@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,15 +182,9 @@ impl Nats {
         let config_path = data_dir.join("nats.conf");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(data_dir.join("nats.log"))?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let mut proc = Proc::of(child);
-        super::wait_for_port(&mut proc, port, Duration::from_secs(10)).await?;
+        let mut command = Command::new(binary);
+        command.arg("-c").arg(&config_path);
+        let proc = super::spawn_server(&mut command, binary, log.into(), port).await?;
         Ok(Nats { proc, port })
     }
 
