@@ -11,8 +11,8 @@
 //!
 //! Storage: Tansu's SQLite engine (`--storage-engine sqlite://tansu.db` in the data directory).
 //! SQLite syncs at its write-ahead log's checkpoints, not at each commit, and Tansu has no setting
-//! that acknowledges only after an fsync, so it runs the relaxed rows only ([`SKIPS_DURABLE`]). `rskafka` has no consumer-group API, so W4's group is not run on Tansu
-//! ([`SKIPS_GROUP`]).
+//! that acknowledges only after an fsync, so it runs the relaxed rows only ([`SKIPS_DURABLE`]).
+//! `rskafka` has no consumer-group API, so W4's group is not run on Tansu ([`SKIPS_GROUP`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
