@@ -974,7 +974,7 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          ## Peers tried and left out\n\n\
          - Tansu 0.6.0 (crates.io, Kafka protocol) runs in the relaxed rows only (see Method) and only where its binary\n  \
            was built: `scripts/setup-bench-tools --tansu` (which `benches/run.sh` calls) runs\n  \
-           `cargo install tansu --version 0.6.0 --features libsql`, about 20 minutes once; CI does not build it.\n\
+           `cargo install --locked tansu --version 0.6.0 --features libsql`, about 20 minutes once; CI does not build it.\n\
          - RabbitMQ Streams (Debian `rabbitmq-server`): not run yet (needs its stream-protocol client).\n\n\
          ## Latency vs throughput\n\n\
          ![p99 latency vs throughput](results/{svg_name})\n",
