@@ -38,7 +38,7 @@ pub struct Args {
     run: crate::harness::RunArgs,
     /// Systems to run (strata, redis, nats, tansu); a peer that is not installed is skipped and
     /// reported.
-    #[arg(long, value_delimiter = ',', default_value = "strata,redis,nats,tansu")]
+    #[arg(long, value_delimiter = ',', default_value = ALL_SYSTEMS)]
     systems: Vec<String>,
     /// Workloads to run (w1 ... w9; limits always run).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6,w7,w8,w9")]
@@ -81,6 +81,9 @@ pub struct Args {
     report: Option<PathBuf>,
 }
 
+/// Every system the harness drives: the default of `--systems`, and what a whole run runs.
+const ALL_SYSTEMS: &str = "strata,redis,nats,tansu";
+
 impl Args {
     /// Every system and every workload, W3 at each system's own W2 peak: a run fit to publish.
     fn is_whole_run(&self) -> bool {
@@ -91,9 +94,8 @@ impl Args {
             v
         };
         let all_workloads: Vec<String> = (1..=9).map(|i| format!("w{i}")).collect();
-        set(&self.systems) == set(&["nats".into(), "redis".into(), "strata".into(), "tansu".into()])
-            && set(&self.workloads) == all_workloads
-            && self.w3_peak.is_none()
+        let all_systems: Vec<String> = ALL_SYSTEMS.split(',').map(str::to_string).collect();
+        set(&self.systems) == set(&all_systems) && set(&self.workloads) == all_workloads && self.w3_peak.is_none()
     }
 }
 
