@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::FileId;
-use crate::partition_log::{ActiveSegment, Log, LogState, SealedSegment, Shared, create_segment};
+use crate::partition_log::{ActiveSegment, Log, LogState, Pending, SealedSegment, Shared, create_segment};
 use crate::producer_state::{self, ProducerTable};
 use crate::segment::{self, SEGMENT_HEADER_LEN, ScanEnd};
 
@@ -214,7 +214,7 @@ fn recover_active(
         path,
         size: scan.valid_end,
         written: scan.valid_end,
-        pending: Vec::new(),
+        pending: Pending::default(),
         allocated,
         index: scan.index,
         created_ms,

@@ -185,6 +185,31 @@ fn journaled_appends_wait_in_memory_until_a_read_or_a_sync_needs_them() {
 }
 
 #[test]
+fn journaled_appends_reach_their_segment_in_order_as_they_gather() {
+    // Thousands of small batches: each time the waiting ones would pass the write-behind size
+    // they are written together (one vectored write), the last few still wait.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    let pending: Vec<_> = (0..3000).map(|i| log.append(batch(i, 1, 0)).unwrap()).collect();
+    for p in pending {
+        p.wait().unwrap();
+    }
+    let active = segments(&root.path().join("t-0")).pop().unwrap();
+    let on_disk = std::fs::metadata(&active).unwrap().len();
+    assert!(on_disk > 2 * (64 << 10), "written as they gathered: {on_disk} bytes");
+    assert!(on_disk < log.size_bytes(), "the last ones still wait in memory");
+    let records = read_all(&log, 0);
+    let keys: Vec<_> = records.iter().map(|r| (r.offset, r.key.clone().unwrap())).collect();
+    let expected: Vec<_> = (0..3000u64).map(|i| (i, bytes::Bytes::from(format!("k{i}-0")))).collect();
+    assert_eq!(keys, expected);
+    // A crash before any of it was synced in the segment: the journal puts back the same log.
+    drop(log);
+    drop(manager);
+    assert_eq!(reopened(root.path(), &["t-0"])[0], records);
+}
+
+#[test]
 fn a_batch_over_8_kib_is_synced_in_its_segment_not_journaled() {
     // Such a batch carries enough bytes for its own fdatasync; journaled, it would be written
     // twice, and every checkpoint's writeback would hold up the journal's syncs meanwhile.
