@@ -4,7 +4,7 @@
 //! topics and partitions, deleting logs of deleted topics) whenever it changes, so every change
 //! goes through Raft first and the local logs follow.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -124,14 +124,14 @@ impl PendingProduce {
         for (partition, pending) in self.appends {
             match self.acks {
                 Acks::Leader => {
-                    pending.durable().await?;
-                    partition.notify();
+                    let info = pending.durable().await?;
+                    partition.notify(info.last_offset + 1);
                 }
                 // Readers see the records once durable: wake them then, without waiting here.
                 Acks::None => {
                     tokio::spawn(async move {
-                        if pending.durable().await.is_ok() {
-                            partition.notify();
+                        if let Ok(info) = pending.durable().await {
+                            partition.notify(info.last_offset + 1);
                         }
                     });
                 }
@@ -142,9 +142,10 @@ impl PendingProduce {
 }
 
 impl Partition {
-    /// Wakes long-polling fetchers if the high watermark moved.
-    fn notify(&self) {
-        let hw = self.log.high_watermark();
+    /// Wakes long-polling fetchers if the high watermark moved: it is at least `hw`, the end of
+    /// an append now readable (taken from the append rather than the log, whose lock a wide
+    /// request would take once more for each of hundreds of partitions).
+    fn notify(&self, hw: u64) {
         self.hw.send_if_modified(|v| {
             let moved = hw > *v;
             *v = (*v).max(hw);
@@ -395,7 +396,10 @@ impl Broker {
             None => self.sticky.next_partition(meta.partitions),
         };
         let now = now_ms();
-        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        // (partition, record index), sorted below into one run per partition: a keyed request
+        // over a wide topic spreads over hundreds of partitions, and a map of a list per
+        // partition cost an allocation for each.
+        let mut targets: Vec<(u32, usize)> = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             if r.size() > max_record {
                 return Err(ApiError::new(
@@ -414,21 +418,25 @@ impl Broker {
                     format!("record {i}: topic {topic:?} has partitions 0..{}, not {p}", meta.partitions),
                 ));
             }
-            by_partition.entry(p).or_default().push(i);
+            targets.push((p, i));
         }
+        targets.sort_unstable();
+        let by_partition: Vec<&[(u32, usize)]> = targets.chunk_by(|a, b| a.0 == b.0).collect();
         if expected_offset.is_some() && (by_partition.len() != 1 || records.iter().any(|r| r.partition.is_none())) {
             return Err(ApiError::invalid("expected_offset needs every record to name the same explicit partition"));
         }
         let mut batches = Vec::with_capacity(by_partition.len());
-        let partitions = self.partitions_of(topic, by_partition.keys().copied())?;
-        for ((p, indexes), partition) in by_partition.iter().zip(partitions) {
+        let partitions = self.partitions_of(topic, by_partition.iter().map(|run| run[0].0))?;
+        for (run, partition) in by_partition.iter().zip(partitions) {
+            let p = run[0].0;
+            let indexes = run.iter().map(|&(_, i)| i);
             if meta.config.tiering {
-                self.cold.check_backlog(topic, *p, partition.log.size_bytes())?;
+                self.cold.check_backlog(topic, p, partition.log.size_bytes())?;
             }
             // Sized up front: growing a buffer of a MiB by doubling copies it once more.
             let size = indexes
-                .iter()
-                .map(|&i| {
+                .clone()
+                .map(|i| {
                     BatchBuilder::record_capacity(
                         records[i].key.as_deref(),
                         records[i].value.as_deref(),
@@ -440,7 +448,7 @@ impl Broker {
             if let Some(session) = producer {
                 builder = builder.producer(session.info());
             }
-            for &i in indexes {
+            for i in indexes {
                 let r = &records[i];
                 builder.push(r.timestamp.unwrap_or(now), r.key.as_deref(), r.value.as_deref(), &r.headers);
             }
@@ -449,7 +457,7 @@ impl Broker {
             if batch.bytes().len() > MAX_BATCH_BYTES as usize {
                 return Err(ApiError::new(ErrorCode::RequestTooLarge, "records for one partition exceed 64 MiB"));
             }
-            batches.push((*p, partition, batch));
+            batches.push((p, partition, batch));
         }
         // Appending pwrites each batch (tens of microseconds, occasionally a
         // segment roll with fsyncs): off the async workers. A request touching many partitions
@@ -487,9 +495,10 @@ impl Broker {
         }
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut appends = Vec::with_capacity(appended.len());
-        for (p, partition, pending) in appended {
+        // Appended in the order of `by_partition`, all of them (a failure above ended the request).
+        for ((p, partition, pending), run) in appended.into_iter().zip(&by_partition) {
             let base = pending.info().base_offset;
-            for (k, &i) in by_partition[&p].iter().enumerate() {
+            for (k, &(_, i)) in run.iter().enumerate() {
                 offsets[i] = (p, base + k as u64);
             }
             appends.push((partition, pending));
