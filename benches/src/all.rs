@@ -794,11 +794,14 @@ fn ratios(report: &mut Report) {
         report.rows.iter().find(|r| r.workload == w && r.system == s && r.mode == m && r.phase == ph)
     };
     let limit = |name: &str| report.limits.iter().find(|l| l.name.starts_with(name)).and_then(Limit::median);
+    // Every peer the harness knows: a peer missing here has rows but no ratios (Tansu's were
+    // missing from the first whole run with it).
+    let peers: Vec<&str> = ALL_SYSTEMS.split(',').filter(|s| *s != "strata").collect();
     let mut out = Vec::new();
     for row in report.rows.iter().filter(|r| r.system == "strata" && r.status() == "ok") {
         let Some(strata) = row.msgs_s() else { continue };
         if !row.phase.starts_with("latency") {
-            for peer in ["redis", "nats"] {
+            for &peer in &peers {
                 if let Some(other) = find(&row.workload, peer, &row.mode, &row.phase).and_then(Row::clean_msgs_s) {
                     out.push(Ratio {
                         workload: row.workload.clone(),
@@ -812,7 +815,7 @@ fn ratios(report: &mut Report) {
             }
         } else if let Some(s99) = row.p99() {
             // Latency: Strata's p99 over the peer's (below 1: Strata's tail is shorter).
-            for peer in ["redis", "nats"] {
+            for &peer in &peers {
                 if let Some(o) = find(&row.workload, peer, &row.mode, &row.phase).filter(|r| r.status() == "ok")
                     && let Some(p99) = o.p99()
                 {
@@ -996,7 +999,7 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
 mod tests {
     use clap::Parser;
 
-    use super::Args;
+    use super::{Args, Measure, Report, Row, ratios};
 
     #[derive(Parser)]
     struct Cli {
@@ -1006,6 +1009,26 @@ mod tests {
 
     fn whole(argv: &[&str]) -> bool {
         Cli::try_parse_from(std::iter::once("all").chain(argv.iter().copied())).unwrap().args.is_whole_run()
+    }
+
+    #[test]
+    fn every_peer_gets_its_ratios() {
+        let row = |system: &str, msgs_s: f64| {
+            let mut row = Row::new("W2", system, "relaxed", "produce");
+            row.ok.push(Measure { msgs_s, mb_s: msgs_s / 1000.0, ..Default::default() });
+            row
+        };
+        let mut report = Report {
+            rows: vec![row("strata", 900.0), row("redis", 300.0), row("nats", 450.0), row("tansu", 90.0)],
+            ..Default::default()
+        };
+        ratios(&mut report);
+        let mut versus: Vec<_> =
+            report.ratios.iter().filter(|r| r.metric == "produce msgs/s").map(|r| r.versus.as_str()).collect();
+        versus.sort_unstable();
+        assert_eq!(versus, ["nats", "redis", "tansu"]);
+        let tansu = report.ratios.iter().find(|r| r.versus == "tansu").unwrap();
+        assert_eq!((tansu.strata, tansu.other), (900.0, 90.0));
     }
 
     #[test]
