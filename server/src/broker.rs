@@ -124,14 +124,14 @@ impl PendingProduce {
         for (partition, pending) in self.appends {
             match self.acks {
                 Acks::Leader => {
-                    let info = pending.durable().await?;
-                    partition.notify(info.last_offset + 1);
+                    pending.durable().await?;
+                    partition.notify();
                 }
                 // Readers see the records once durable: wake them then, without waiting here.
                 Acks::None => {
                     tokio::spawn(async move {
-                        if let Ok(info) = pending.durable().await {
-                            partition.notify(info.last_offset + 1);
+                        if pending.durable().await.is_ok() {
+                            partition.notify();
                         }
                     });
                 }
@@ -142,10 +142,12 @@ impl PendingProduce {
 }
 
 impl Partition {
-    /// Wakes long-polling fetchers if the high watermark moved: it is at least `hw`, the end of
-    /// an append now readable (taken from the append rather than the log, whose lock a wide
-    /// request would take once more for each of hundreds of partitions).
-    fn notify(&self, hw: u64) {
+    /// Wakes long-polling fetchers if the high watermark moved. The log's own high watermark,
+    /// not the end of the append just acknowledged (which would save a lock per partition): with
+    /// it, the appends one sync made durable wake fetchers once, not once each, so a group commit
+    /// does not turn into a run of small fetches.
+    fn notify(&self) {
+        let hw = self.log.high_watermark();
         self.hw.send_if_modified(|v| {
             let moved = hw > *v;
             *v = (*v).max(hw);
