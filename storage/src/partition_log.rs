@@ -259,8 +259,8 @@ pub struct AppendInfo {
 pub struct PendingAppend {
     info: AppendInfo,
     rx: Option<oneshot::Receiver<Result<()>>>,
-    /// For the error, should the fsync fail (not the directory: a copy of its path for every
-    /// append of a wide request was measurable).
+    /// The log, for the error should its sync fail. Kept rather than a copy of its directory's
+    /// path, which cost an allocation per partition of a wide request (1.6 % of W6's server).
     log: Log,
     duplicate: bool,
 }
