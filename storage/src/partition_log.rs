@@ -304,7 +304,11 @@ impl PendingAppend {
         match self.rx {
             None => Ok(self.info),
             Some(rx) => {
-                rx.await.unwrap_or(Err(Error::Poisoned { dir: self.log.inner.dir.clone() })).map(|()| self.info)
+                // `unwrap_or_else`: the error (a copy of the log's path) is built only when the sender
+                // was dropped, not on every acknowledgement.
+                rx.await
+                    .unwrap_or_else(|_| Err(Error::Poisoned { dir: self.log.inner.dir.clone() }))
+                    .map(|()| self.info)
             }
         }
     }
