@@ -1,9 +1,9 @@
 //! `strata-server`: the `strata` binary's server side.
 //!
 //! ```text
-//!  one TCP port ──► axum router ──┬─ /v1/...            http/     (JSON, problem+json errors)
-//!  (HTTP/1.1 + h2c)               ├─ /strata.v1.*/...   grpc.rs   (tonic services)
-//!                                 └─ /healthz /readyz /metrics /openapi.json
+//!  one TCP port ──► serve.rs ──► axum router ──┬─ /v1/...            http/     (JSON, problem+json errors)
+//!  (HTTP/1.1 + h2c)  (hyper)                    ├─ /strata.v1.*/...   grpc.rs   (tonic services)
+//!                                               └─ /healthz /readyz /metrics /openapi.json
 //!                                          │
 //!          admin.rs ── Command ──► metadata/ (openraft: log + state machine) ──► broker reconciles
 //!          broker.rs: produce (partitioner, batches) / fetch (long-poll) ──► strata-storage logs
@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod partitioner;
 pub mod producer;
 pub mod registry;
+pub mod serve;
 pub mod sql;
 pub mod tier;
 pub mod topic;
@@ -200,8 +201,7 @@ pub async fn run(
         shutdown.await;
         closing.cancel();
     };
-    let app = app.into_make_service_with_connect_info::<http::zero_copy::Conn>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    serve::serve(listener, app, shutdown).await;
 
     tracing::info!("shutting down: flushing logs");
     state.ready.store(false, Ordering::Release);
@@ -212,7 +212,6 @@ pub async fn run(
     let b = Arc::clone(&broker);
     let flushed = tokio::task::spawn_blocking(move || b.storage().flush_all()).await;
     metadata.shutdown().await;
-    served.map_err(ServerError::Serve)?;
     match flushed {
         Ok(result) => result?,
         Err(e) => return Err(ServerError::Api(e.into())),

@@ -53,11 +53,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::http::header::{CONNECTION, CONTENT_TYPE, UPGRADE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::Response;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -93,13 +93,10 @@ pub enum Peer {
     Unix,
 }
 
-impl Connected<IncomingStream<'_, Doors>> for Conn {
-    fn connect_info(stream: IncomingStream<'_, Doors>) -> Self {
-        let fd = match stream.io() {
-            Either::Left(tcp) => tcp.as_raw_fd(),
-            Either::Right(unix) => unix.as_raw_fd(),
-        };
-        Self { fd, peer: *stream.remote_addr() }
+impl Conn {
+    /// The connection on the accepted socket `fd`, from `peer`.
+    pub fn new(fd: RawFd, peer: Peer) -> Self {
+        Self { fd, peer }
     }
 }
 
