@@ -4,7 +4,7 @@
 //!  one TCP port ──► serve.rs ──► axum router ──┬─ /v1/...            http/     (JSON, problem+json errors)
 //!  (HTTP/1.1 + h2c)  (hyper)                    ├─ /strata.v1.*/...   grpc.rs   (tonic services)
 //!                                               └─ /healthz /readyz /metrics /openapi.json
-//!                                          │
+//!                                 │
 //!          admin.rs ── Command ──► metadata/ (openraft: log + state machine) ──► broker reconciles
 //!          broker.rs: produce (partitioner, batches) / fetch (long-poll) ──► strata-storage logs
 //!          idempotency.rs: Idempotency-Key replay, kept in an internal log

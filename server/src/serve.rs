@@ -3,8 +3,9 @@
 //!
 //! `axum::serve` does the same with hyper's defaults, and those are sized for browsers: a 16 KiB
 //! frame and 1 MiB of flow-control window per stream and per connection. A producer pipelining
-//! 1 MiB requests on one `ProduceStream` then sends each request as 64 frames, read by as many
-//! `recv`s, and waits on the window between requests. See [`STREAM_WINDOW`].
+//! 1 MiB requests on one `ProduceStream` then sends each request as 64 frames and waits on the
+//! window between requests. See [`STREAM_WINDOW`] (and README's Benchmarks for what the larger
+//! windows gained and cost).
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
