@@ -34,6 +34,9 @@ pub struct Args {
     /// Run only the catch-up fetch measurement.
     #[arg(long)]
     only_catchup: bool,
+    /// Run only the latency measurement, at `--latency-rate` (no results file is written).
+    #[arg(long, requires = "latency_rate", conflicts_with = "only_catchup")]
+    only_latency: bool,
     /// The `strata` binary (default: next to this one).
     #[arg(long)]
     strata: Option<PathBuf>,
@@ -217,15 +220,25 @@ fn direct_append(root: &Path, clients: usize, seconds: f64) -> anyhow::Result<f6
     Ok(batches_per_s * BATCH as f64)
 }
 
+/// Connections [`latency_at`] spreads its requests over.
+const LATENCY_CONNECTIONS: usize = 8;
+
 /// Load offered before latencies count in [`latency_at`].
 const WARMUP: Duration = Duration::from_secs(1);
 
-/// Open-loop unary produces at `rate` requests/s (released on time by a
-/// [`crate::pacer::Pacer`]); latency from each request's scheduled time, recorded for `seconds`
+/// Open-loop unary produces at `rate` requests/s over [`LATENCY_CONNECTIONS`] connections:
+/// each request is sent at its scheduled time (released by a [`crate::pacer::Pacer`]) whether or
+/// not earlier ones were answered, and its latency counts from that time; recorded for `seconds`
 /// after a warm-up of [`WARMUP`] at the same rate (the server's start-up transients: first
 /// segment writes, first page faults, connections).
+///
+/// Requests are not sent one after another per connection: with a connection waiting for each
+/// answer, the load was only open up to 8 requests in flight, and a stall of the disk of a few
+/// milliseconds left every connection behind its schedule for the rest of the run (each request
+/// then had to be served within 8 / rate, 2.8 ms at 2,900 requests/s, to catch up), which showed
+/// as p50s of hundreds of milliseconds in some runs and not in others.
 async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
-    let clients = 8usize;
+    let clients = LATENCY_CONNECTIONS;
     let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
     let per_client = ((rate * (WARMUP.as_secs_f64() + seconds)) as usize / clients).max(10);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -234,14 +247,18 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
     for c in 0..clients {
         let (url, topic) = (url.to_string(), topic.to_string());
         tasks.spawn(async move {
-            let mut client = proto::producer_client::ProducerClient::connect(url).await?;
-            let mut h = Histogram::<u64>::new(3)?;
+            let client = proto::producer_client::ProducerClient::connect(url).await?;
             let offset = interval.mul_f64(c as f64 / clients as f64);
             let schedule = move |i: u64| start + offset + interval * i as u32;
             let mut pacer = crate::pacer::Pacer::start(move |i| schedule(i).into_std())?;
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut h = Histogram::<u64>::new(3)?;
             for i in 0..per_client {
                 let due = schedule(i as u64);
                 pacer.until(i as u64).await;
+                while let Some(done) = in_flight.try_join_next() {
+                    record(&mut h, done??)?;
+                }
                 let req = proto::ProduceRequest {
                     topic: topic.clone(),
                     records: records(i as u64),
@@ -249,10 +266,14 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
                     request_id: 0,
                     producer: None,
                 };
-                client.produce(req).await?;
-                if due >= measured_from {
-                    h.record(due.elapsed().as_micros() as u64)?;
-                }
+                let mut client = client.clone();
+                in_flight.spawn(async move {
+                    client.produce(req).await?;
+                    Ok::<_, anyhow::Error>((due >= measured_from).then(|| due.elapsed()))
+                });
+            }
+            while let Some(done) = in_flight.join_next().await {
+                record(&mut h, done??)?;
             }
             Ok::<_, anyhow::Error>(h)
         });
@@ -262,6 +283,14 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
         all.add(h??)?;
     }
     Ok(all)
+}
+
+/// Adds a request's latency to `h` (`None`: sent during the warm-up).
+fn record(h: &mut Histogram<u64>, latency: Option<Duration>) -> anyhow::Result<()> {
+    if let Some(latency) = latency {
+        h.record(latency.as_micros() as u64)?;
+    }
+    Ok(())
 }
 
 /// Reads a partition from offset 0 to its end through the raw batch stream, decoding the records
@@ -307,6 +336,15 @@ pub(crate) fn evict_page_cache(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_rows(rows: &[[String; 4]]) {
+    println!();
+    println!("| measurement | Strata | same-run comparison | ratio |");
+    println!("| --- | --- | --- | --- |");
+    for [a, b, c, d] in rows {
+        println!("| {a} | {b} | {c} | {d} |");
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
@@ -328,13 +366,14 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let mut json: Vec<String> = Vec::new();
 
     // 1. Produce through each door vs direct storage appends, acks=leader, flush=always.
+    let doors = !args.only_catchup && !args.only_latency;
     let mut direct = Vec::new();
-    for _ in 0..if args.only_catchup { 0 } else { runs } {
+    for _ in 0..if doors { runs } else { 0 } {
         direct.push(direct_append(root.path(), args.clients, seconds)?);
     }
-    let direct_median = if args.only_catchup { 1.0 } else { median(direct.clone()) };
+    let direct_median = if doors { median(direct.clone()) } else { 1.0 };
     let mut stream_peak = 0.0f64;
-    if !args.only_catchup {
+    if doors {
         rows.push([
             "direct in-process append (baseline), `always`".into(),
             show(&direct, "records/s"),
@@ -378,7 +417,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                 rps
             ));
         }
-
+    }
+    if !args.only_catchup {
         // 2. Latency at half the gRPC stream peak, flush=always, open loop (unary requests).
         let rate = args.latency_rate.unwrap_or(stream_peak / BATCH as f64 / 2.0);
         let at = if args.latency_rate.is_some() { "(--latency-rate)" } else { "(½ stream peak)" };
@@ -391,8 +431,17 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             let h = latency_at(&server.url, "lat", rate, seconds).await?;
             server.stop()?;
             std::fs::remove_dir_all(&data)?;
-            p50s.push(h.value_at_quantile(0.5) as f64 / 1000.0);
-            p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            println!(
+                "latency run {}: p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms",
+                r + 1,
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                h.max() as f64 / 1000.0
+            );
+            p50s.push(ms(0.5));
+            p99s.push(ms(0.99));
         }
         // The disk's own tail at the same byte rate: a plain writer, write + fdatasync per request.
         let mut plain_p99s = vec![];
@@ -412,6 +461,10 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         json.push(format!(
             "\"latency_half_peak\":{{\"rate_requests_s\":{rate:.0},\"p50_ms\":{p50s:?},\"p99_ms\":{p99s:?},\"plain_p99_ms\":{plain_p99s:?}}}"
         ));
+    }
+    if args.only_latency {
+        print_rows(&rows);
+        return Ok(());
     }
 
     // 3. Catch-up fetch of a large partition vs the storage engine reading the same log.
@@ -534,12 +587,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     ]);
     json.push(format!("\"idle_rss\":{{\"mib\":{idle:.1},\"empty_mib\":{before:.1}}}"));
 
-    println!();
-    println!("| measurement | Strata | same-run comparison | ratio |");
-    println!("| --- | --- | --- | --- |");
-    for [a, b, c, d] in &rows {
-        println!("| {a} | {b} | {c} | {d} |");
-    }
+    print_rows(&rows);
     let doc = format!(
         "{{\"quick\":{},\"runs\":{runs},\"clients\":{},\"loadavg\":\"{}\",{}}}\n",
         args.run.quick,
