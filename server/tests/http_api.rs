@@ -322,3 +322,52 @@ fn the_server_raises_its_open_files_limit_to_the_hard_limit() {
     let ceiling = if hard == "unlimited" { nr_open } else { hard.parse::<u64>().unwrap().min(nr_open) };
     assert_eq!(soft.parse::<u64>().unwrap(), ceiling, "{limits}");
 }
+
+/// The HTTP/2 settings the server announces (`server/src/serve.rs`), read off the wire as a
+/// client sees them: the windows and frame size that keep a pipelined producer from stalling on
+/// flow control, and extended CONNECT (RFC 8441).
+#[test]
+fn the_server_announces_its_http2_windows_and_frame_size() {
+    use std::io::{Read, Write};
+    use strata_server::serve::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let mut tcp = std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The client preface and an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+
+    let (mut settings, mut connection_increment) = (None::<Vec<(u16, u32)>>, None::<u32>);
+    while settings.is_none() || connection_increment.is_none() {
+        let mut header = [0u8; 9];
+        tcp.read_exact(&mut header).unwrap();
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let (kind, flags) = (header[3], header[4]);
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).unwrap();
+        match kind {
+            // SETTINGS, not the acknowledgement of ours.
+            0x4 if flags & 0x1 == 0 => {
+                let pairs = payload
+                    .chunks_exact(6)
+                    .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+                    .collect();
+                settings = Some(pairs);
+            }
+            // WINDOW_UPDATE of the connection (stream 0).
+            0x8 if stream == 0 => {
+                connection_increment = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()) & 0x7fff_ffff);
+            }
+            _ => {}
+        }
+    }
+    let settings = settings.unwrap();
+    let value = |id: u16| settings.iter().find(|(k, _)| *k == id).map(|(_, v)| *v);
+    assert_eq!(value(0x4), Some(STREAM_WINDOW), "SETTINGS_INITIAL_WINDOW_SIZE in {settings:?}");
+    assert_eq!(value(0x5), Some(MAX_FRAME), "SETTINGS_MAX_FRAME_SIZE in {settings:?}");
+    assert_eq!(value(0x8), Some(1), "SETTINGS_ENABLE_CONNECT_PROTOCOL in {settings:?}");
+    // The connection window starts at 65,535 bytes (RFC 9113) and is raised by this much.
+    assert_eq!(connection_increment, Some(CONNECTION_WINDOW - 65_535));
+}
