@@ -834,6 +834,12 @@ impl Log {
     }
 
     /// Seals the active segment and starts a new one at `next_offset`. Called under the lock.
+    ///
+    /// The sealed segment's index and the producer snapshot are written afterwards by a flusher
+    /// thread ([`LogInner::write_seal_files`]): both are rebuilt when missing, and writing them
+    /// here held every append to the log for their two `fsync`s, renames and the old snapshot's
+    /// `unlink`, which on a filesystem mounted with `discard` waits for the device (seen taking
+    /// hundreds of milliseconds while the disk was busy).
     fn roll(&self, st: &mut LogState, now: i64) -> Result<()> {
         let result = self.seal_and_create(st, now);
         if result.is_err() {
@@ -850,12 +856,18 @@ impl Log {
             file.set_len(st.active.size).at(&path)?;
         }
         self.inner.shared.fsync.sync_data(&file).at(&path)?;
-        let base = st.active.base;
-        write_index_file(&self.inner.dir, base, &st.active.index);
         let next = st.next_offset;
         st.producers.expire(now.saturating_sub(self.inner.shared.producer_expiry_ms));
-        self.write_producer_snapshot(next, &st.producers);
+        let seal = SealFiles {
+            base: st.active.base,
+            id: st.active.id,
+            index: st.active.index.encode(st.active.base),
+            next,
+            producers: st.producers.encode(),
+        };
         let new_active = create_segment(&self.inner.dir, next, &self.inner.shared, now)?;
+        let inner = Arc::clone(&self.inner);
+        self.inner.shared.flusher.spawn(Box::new(move || inner.write_seal_files(seal)));
         let old = std::mem::replace(&mut st.active, new_active);
         let sealed = SealedSegment {
             base: old.base,
@@ -871,13 +883,10 @@ impl Log {
         Ok(())
     }
 
-    /// Writes the producer table as the snapshot for `base`. Failure is logged, not fatal:
+    /// Writes the producer table as the snapshot for `base`, now. Failure is logged, not fatal:
     /// opening the log then replays from an older snapshot, which is slower but as correct.
     pub(crate) fn write_producer_snapshot(&self, base: u64, table: &ProducerTable) {
-        let fsync = &self.inner.shared.fsync;
-        if let Err(e) = producer_state::write_snapshot(&self.inner.dir, base, table, &|f| fsync.sync_data(f)) {
-            tracing::warn!(dir = %self.inner.dir.display(), base, error = %e, "could not write a producer snapshot");
-        }
+        self.inner.write_producer_snapshot(base, &table.encode());
     }
 
     fn queue_flush(&self, deferred: Option<&mut Vec<Arc<LogInner>>>) {
@@ -1241,9 +1250,54 @@ fn verify_segment(file: &File, base: u64, bound: u64, next_base: Option<u64>, da
     }
 }
 
+/// What a roll leaves to be written outside the log's lock (see [`Log::roll`]).
+struct SealFiles {
+    /// The sealed segment.
+    base: u64,
+    id: FileId,
+    /// Its index, encoded.
+    index: Vec<u8>,
+    /// The new active segment's base: the producer snapshot covers everything below it.
+    next: u64,
+    /// The producer table at `next`, encoded.
+    producers: Vec<u8>,
+}
+
 impl LogInner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// See [`Log::write_producer_snapshot`]; `encoded` by [`ProducerTable::encode`].
+    fn write_producer_snapshot(&self, base: u64, encoded: &[u8]) {
+        let fsync = &self.shared.fsync;
+        if let Err(e) = producer_state::write_snapshot(&self.dir, base, encoded, &|f| fsync.sync_data(f)) {
+            tracing::warn!(dir = %self.dir.display(), base, error = %e, "could not write a producer snapshot");
+        }
+    }
+
+    /// Writes a sealed segment's index file and the producer snapshot of a roll, and syncs the
+    /// directory; on a flusher thread. Under the maintenance lock, so that a deletion of the
+    /// log waits for it (and it then writes nothing), and the index is skipped when compaction
+    /// or retention has replaced or removed the segment meanwhile. Failures are logged, not
+    /// fatal: a missing index is rebuilt from the segment on first use, and a missing snapshot
+    /// makes opening the log replay from an older one, slower but as correct.
+    fn write_seal_files(&self, seal: SealFiles) {
+        let _maintenance = self.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
+        let (deleted, sealed) = {
+            let st = self.lock();
+            (st.deleted, st.sealed.get(&seal.base).is_some_and(|s| s.id == seal.id))
+        };
+        if deleted {
+            return;
+        }
+        if sealed {
+            write_index_bytes(&self.dir, seal.base, &seal.index);
+        }
+        self.write_producer_snapshot(seal.next, &seal.producers);
+        if let Err(e) = segment::sync_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not sync the log's directory");
+        }
     }
 
     /// Syncs the active segment whether or not its appends count as durable (they may be
@@ -1411,11 +1465,16 @@ pub(crate) fn create_segment(dir: &Path, base: u64, shared: &Shared, now: i64) -
 /// Writes an index file via a temporary name, so a reader never sees half of one. Failure is
 /// logged, not fatal: a missing index is rebuilt from the log on first use.
 pub(crate) fn write_index_file(dir: &Path, base: u64, index: &SegmentIndex) {
+    write_index_bytes(dir, base, &index.encode(base));
+}
+
+/// [`write_index_file`] of an index already encoded.
+fn write_index_bytes(dir: &Path, base: u64, encoded: &[u8]) {
     let path = segment::index_path(dir, base);
     let tmp = path.with_extension("index.tmp");
     let result = (|| -> io::Result<()> {
         let file = File::create(&tmp)?;
-        file.write_all_at(&index.encode(base), 0)?;
+        file.write_all_at(encoded, 0)?;
         file.sync_data()?;
         std::fs::rename(&tmp, &path)
     })();

@@ -156,7 +156,8 @@ impl ProducerTable {
         self.entries.len()
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The table as a snapshot file holds it.
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + self.entries.len() * 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -248,22 +249,22 @@ pub(crate) fn list_snapshots(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(bases)
 }
 
-/// Writes the table as the snapshot for `base` (everything below `base`), through a temporary
-/// file and a rename, and removes all but the newest [`KEPT_SNAPSHOTS`]. The caller syncs the
-/// directory (a roll creates a segment right after, which does).
+/// Writes a table (as [`ProducerTable::encode`] made it) as the snapshot for `base` (everything
+/// below `base`), through a temporary file and a rename, and removes all but the newest
+/// [`KEPT_SNAPSHOTS`]. The caller syncs the directory.
 ///
 /// # Errors
 /// The write, fsync or rename failed.
 pub(crate) fn write_snapshot(
     dir: &Path,
     base: u64,
-    table: &ProducerTable,
+    encoded: &[u8],
     sync: &dyn Fn(&File) -> io::Result<()>,
 ) -> io::Result<()> {
     let path = snapshot_path(dir, base);
     let tmp = path.with_extension(format!("{EXTENSION}.tmp"));
     let mut file = File::create(&tmp)?;
-    file.write_all(&table.encode())?;
+    file.write_all(encoded)?;
     sync(&file)?;
     std::fs::rename(&tmp, &path)?;
     let bases = list_snapshots(dir)?;

@@ -42,14 +42,13 @@ impl Log {
                 indexes.push(base);
             } else if name.ends_with(".cleaned") || name.ends_with(".tmp") {
                 tracing::info!(file = name, "removing leftover of interrupted work");
-                std::fs::remove_file(entry.path()).at(&entry.path())?;
+                remove_leftover(&entry.path())?;
             }
         }
         bases.sort_unstable();
         for base in indexes {
             if bases.binary_search(&base).is_err() {
-                let path = segment::index_path(dir, base);
-                std::fs::remove_file(&path).at(&path)?;
+                remove_leftover(&segment::index_path(dir, base))?;
             }
         }
         let Some((&active_base, sealed_bases)) = bases.split_last() else {
@@ -85,6 +84,15 @@ impl Log {
             log.write_producer_snapshot(active_base, &producers);
         }
         Ok(log)
+    }
+}
+
+/// Removes a file left by unfinished work; one already gone is fine (a log closed just before
+/// may still be finishing its last roll's files on a flusher thread: see `Log::roll`).
+fn remove_leftover(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::Error::io(path.to_path_buf(), e)),
+        _ => Ok(()),
     }
 }
 

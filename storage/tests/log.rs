@@ -390,3 +390,42 @@ fn conditional_append_checks_the_next_offset_atomically() {
     assert_eq!(log.append_expecting(batch(2, 1, 0), Some(2)).unwrap().wait().unwrap().base_offset, 2);
     assert_eq!(log.high_watermark(), 3);
 }
+
+/// A roll leaves the sealed segment's index and the producer snapshot to a flusher thread, off
+/// the appenders' path; they are there once the log is closed (its flusher finishes queued work
+/// before it stops), and a reopened log uses them.
+#[test]
+fn a_roll_writes_the_index_and_producer_snapshot_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    for tag in 0..40u64 {
+        log.append(batch(tag, 4, 1_000_000)).unwrap().wait().unwrap();
+    }
+    let segments = log.segments();
+    let (active, sealed) = segments.split_last().unwrap();
+    assert!(sealed.len() >= 3, "{segments:?}");
+    drop(log);
+    for s in sealed {
+        assert!(dir.path().join(format!("{:020}.index", s.base_offset)).is_file(), "index of {}", s.base_offset);
+    }
+    assert!(dir.path().join(format!("{:020}.producers", active.base_offset)).is_file());
+    let reopened = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(reopened.segments(), segments);
+    assert_eq!(read_all(&reopened, 0).len(), 160);
+}
+
+/// Deleting a log right after rolls (their files still queued for a flusher thread) leaves
+/// nothing behind: the queued work sees the deletion and writes nothing.
+#[test]
+fn deleting_a_log_right_after_it_rolled_leaves_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(dir.path(), StorageOptions::default()).unwrap();
+    let log = manager.open_log("t-0", small_segments()).unwrap();
+    for tag in 0..40u64 {
+        log.append(batch(tag, 4, 1_000_000)).unwrap().wait().unwrap();
+    }
+    assert!(log.segments().len() > 3);
+    manager.delete_log("t-0").unwrap();
+    drop((log, manager));
+    assert!(!dir.path().join("t-0").exists());
+}
