@@ -19,7 +19,9 @@
 //!
 //! **Jobs.** The same threads run [`Flusher::spawn`]'s jobs: file work that must not hold up an
 //! append but that nobody waits for, such as the index and producer snapshot a roll leaves
-//! behind. A queued flush goes before any job.
+//! behind. A queued flush goes before any job, and one job runs at a time: a job may wait for a
+//! log's maintenance lock (held for seconds by a compaction), and must not take every thread
+//! from the flushes meanwhile.
 //!
 //! **Grouped syncs.** When a thread finds [`GROUP_MIN`] or more logs queued (all threads were busy
 //! while a wide request queued hundreds of partitions), it takes them all and makes them durable
@@ -161,6 +163,8 @@ struct Queue {
     now: VecDeque<Arc<dyn Flushable>>,
     timers: BinaryHeap<Reverse<Timer>>,
     jobs: VecDeque<Job>,
+    /// A thread is running a job.
+    job_running: bool,
     seq: u64,
     shutdown: bool,
 }
@@ -285,10 +289,10 @@ fn run(state: &State) {
                     }
                     break Work::Flush(target);
                 }
-                if let Some(job) = q.jobs.pop_front() {
-                    if !q.jobs.is_empty() {
-                        state.wake.notify_one();
-                    }
+                if !q.job_running
+                    && let Some(job) = q.jobs.pop_front()
+                {
+                    q.job_running = true;
                     break Work::Job(job);
                 }
                 if q.shutdown {
@@ -310,7 +314,12 @@ fn run(state: &State) {
             }
         };
         match work {
-            Work::Job(job) => job(),
+            Work::Job(job) => {
+                job();
+                state.lock().job_running = false;
+                // The next job, if any, may go to any thread.
+                state.wake.notify_one();
+            }
             Work::Flush(target) if group.is_empty() => target.flush_from_queue(),
             Work::Flush(target) => {
                 group.push(target);
@@ -343,5 +352,71 @@ fn flush_group(state: &State, logs: Vec<Arc<dyn Flushable>>) {
             };
             log.complete(ticket, outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A flush target that says when it was flushed.
+    struct Probe(mpsc::Sender<()>);
+
+    impl Flushable for Probe {
+        fn flush_from_queue(&self) {
+            let _ = self.0.send(());
+        }
+
+        fn take_from_queue(&self) -> Option<FlushTicket> {
+            let _ = self.0.send(());
+            None
+        }
+
+        fn complete(&self, _: FlushTicket, _: io::Result<()>) {}
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// A job that waits (as one waiting for a log's maintenance lock does) holds one thread and
+    /// the jobs queued after it, never the flushes.
+    #[test]
+    fn a_waiting_job_holds_up_the_next_job_but_no_flush() {
+        let flusher = Flusher::start(2, Arc::new(OsFsync)).expect("threads start");
+        let (release, wait) = mpsc::channel::<()>();
+        let (ran, order) = mpsc::channel::<u32>();
+        let first = ran.clone();
+        flusher.spawn(Box::new(move || {
+            let _ = first.send(1);
+            let _ = wait.recv();
+        }));
+        flusher.spawn(Box::new(move || {
+            let _ = ran.send(2);
+        }));
+        assert_eq!(order.recv_timeout(LONG), Ok(1));
+
+        let (flushed, was_flushed) = mpsc::channel();
+        flusher.flush_now(Arc::new(Probe(flushed)));
+        assert_eq!(was_flushed.recv_timeout(LONG), Ok(()), "the other thread flushes meanwhile");
+        assert!(order.recv_timeout(Duration::from_millis(200)).is_err(), "the second job waited");
+
+        drop(release);
+        assert_eq!(order.recv_timeout(LONG), Ok(2));
+    }
+
+    /// Jobs still queued when the flusher stops run before it does.
+    #[test]
+    fn queued_jobs_run_before_the_flusher_stops() {
+        let flusher = Flusher::start(1, Arc::new(OsFsync)).expect("threads start");
+        let (ran, count) = mpsc::channel::<()>();
+        for _ in 0..10 {
+            let ran = ran.clone();
+            flusher.spawn(Box::new(move || {
+                let _ = ran.send(());
+            }));
+        }
+        drop((flusher, ran));
+        assert_eq!(count.iter().count(), 10);
     }
 }
