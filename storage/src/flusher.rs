@@ -12,7 +12,9 @@
 //! Several threads matter when many logs are queued at once — a keyed produce request touching a
 //! thousand partitions queues a thousand logs: flushed one after another, the request waits for
 //! a thousand journal commits; flushed side by side, the filesystem folds concurrent
-//! `fdatasync`s into shared journal commits and the device sees a deeper queue. Two threads never
+//! `fdatasync`s into shared journal commits and the device sees a deeper queue (on this
+//! project's VM ext4 has no journal: each such `fdatasync` writes its file's inode block
+//! synchronously before the device flush, and side by side those writes overlap). Two threads never
 //! flush the same log at once for the same append (a log is queued once until popped), and when
 //! they do flush one log concurrently, durability only moves forward (`mark_durable` keeps the
 //! maximum).
