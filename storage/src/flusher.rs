@@ -384,8 +384,8 @@ mod tests {
     /// A job that waits (as one waiting for a log's maintenance lock does) holds one thread and
     /// the jobs queued after it, never the flushes.
     #[test]
-    fn a_waiting_job_holds_up_the_next_job_but_no_flush() {
-        let flusher = Flusher::start(2, Arc::new(OsFsync)).expect("threads start");
+    fn a_waiting_job_holds_up_the_next_job_but_no_flush() -> io::Result<()> {
+        let flusher = Flusher::start(2, Arc::new(OsFsync))?;
         let (release, wait) = mpsc::channel::<()>();
         let (ran, order) = mpsc::channel::<u32>();
         let first = ran.clone();
@@ -405,12 +405,13 @@ mod tests {
 
         drop(release);
         assert_eq!(order.recv_timeout(LONG), Ok(2));
+        Ok(())
     }
 
     /// Jobs still queued when the flusher stops run before it does.
     #[test]
-    fn queued_jobs_run_before_the_flusher_stops() {
-        let flusher = Flusher::start(1, Arc::new(OsFsync)).expect("threads start");
+    fn queued_jobs_run_before_the_flusher_stops() -> io::Result<()> {
+        let flusher = Flusher::start(1, Arc::new(OsFsync))?;
         let (ran, count) = mpsc::channel::<()>();
         for _ in 0..10 {
             let ran = ran.clone();
@@ -420,5 +421,6 @@ mod tests {
         }
         drop((flusher, ran));
         assert_eq!(count.iter().count(), 10);
+        Ok(())
     }
 }

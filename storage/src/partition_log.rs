@@ -858,13 +858,7 @@ impl Log {
         self.inner.shared.fsync.sync_data(&file).at(&path)?;
         let next = st.next_offset;
         st.producers.expire(now.saturating_sub(self.inner.shared.producer_expiry_ms));
-        let seal = SealFiles {
-            base: st.active.base,
-            id: st.active.id,
-            index: st.active.index.encode(st.active.base),
-            next,
-            producers: st.producers.encode(),
-        };
+        let seal = SealFiles { base: st.active.base, id: st.active.id, next, producers: st.producers.encode() };
         let new_active = create_segment(&self.inner.dir, next, &self.inner.shared, now)?;
         let inner = Arc::clone(&self.inner);
         self.inner.shared.flusher.spawn(Box::new(move || inner.write_seal_files(seal)));
@@ -1252,11 +1246,9 @@ fn verify_segment(file: &File, base: u64, bound: u64, next_base: Option<u64>, da
 
 /// What a roll leaves to be written outside the log's lock (see [`Log::roll`]).
 struct SealFiles {
-    /// The sealed segment.
+    /// The sealed segment (its index is the one it keeps in memory).
     base: u64,
     id: FileId,
-    /// Its index, encoded.
-    index: Vec<u8>,
     /// The new active segment's base: the producer snapshot covers everything below it.
     next: u64,
     /// The producer table at `next`, encoded.
@@ -1284,15 +1276,15 @@ impl LogInner {
     /// makes opening the log replay from an older one, slower but as correct.
     fn write_seal_files(&self, seal: SealFiles) {
         let _maintenance = self.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
-        let (deleted, sealed) = {
+        let sealed = {
             let st = self.lock();
-            (st.deleted, st.sealed.get(&seal.base).is_some_and(|s| s.id == seal.id))
+            if st.deleted {
+                return;
+            }
+            st.sealed.get(&seal.base).filter(|s| s.id == seal.id).cloned()
         };
-        if deleted {
-            return;
-        }
-        if sealed {
-            write_index_bytes(&self.dir, seal.base, &seal.index);
+        if let Some(index) = sealed.as_ref().and_then(|s| s.index.get()) {
+            write_index_file(&self.dir, seal.base, index);
         }
         self.write_producer_snapshot(seal.next, &seal.producers);
         if let Err(e) = segment::sync_dir(&self.dir) {
@@ -1465,16 +1457,11 @@ pub(crate) fn create_segment(dir: &Path, base: u64, shared: &Shared, now: i64) -
 /// Writes an index file via a temporary name, so a reader never sees half of one. Failure is
 /// logged, not fatal: a missing index is rebuilt from the log on first use.
 pub(crate) fn write_index_file(dir: &Path, base: u64, index: &SegmentIndex) {
-    write_index_bytes(dir, base, &index.encode(base));
-}
-
-/// [`write_index_file`] of an index already encoded.
-fn write_index_bytes(dir: &Path, base: u64, encoded: &[u8]) {
     let path = segment::index_path(dir, base);
     let tmp = path.with_extension("index.tmp");
     let result = (|| -> io::Result<()> {
         let file = File::create(&tmp)?;
-        file.write_all_at(encoded, 0)?;
+        file.write_all_at(&index.encode(base), 0)?;
         file.sync_data()?;
         std::fs::rename(&tmp, &path)
     })();
