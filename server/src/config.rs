@@ -123,7 +123,7 @@ impl Default for ServerConfig {
             sql_timeout_ms: 60_000,
             zero_copy: ZeroCopy::Remote,
             journal: true,
-            journal_file_bytes: 32 * 1024 * 1024,
+            journal_file_bytes: strata_storage::DEFAULT_JOURNAL_FILE_BYTES,
         }
     }
 }

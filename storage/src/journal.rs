@@ -58,8 +58,10 @@
 //! every 4 MiB (p99 5.0–6.1 ms; 2 MiB and 1 MiB were no better, 8 MiB 6.2–6.7 ms), while W6's
 //! 1,000 partitions still fill whole files (checkpointing W6 every 4 or 8 MiB cost it a third to
 //! two fifths of its rate: each checkpoint writes every log's partly filled last page again and
-//! touches a thousand inodes). Larger files were worse (256 MiB: p99 84–91 ms). Found earlier
-//! and kept: the steps of a rotation (zero-filling a new file, the directory `fsync`s) happen
+//! touches a thousand inodes). Larger files were worse (256 MiB: p99 84–91 ms). Files are
+//! 64 MiB by default all the same ([`crate::DEFAULT_JOURNAL_FILE_BYTES`]): W6's checkpoints
+//! then write 64 KiB of each log, not 32, while W3's four logs are checkpointed every 4 MiB
+//! whatever the file size. Found earlier and kept: the steps of a rotation (zero-filling a new file, the directory `fsync`s) happen
 //! ahead of need in the checkpointer ([`Ready`]). Tried and not kept: `sync_file_range(WRITE)`
 //! on each range written behind (p99 19 ms, W6 lost a third); `fallocate` instead of
 //! zero-filling (p99 0.6 s: every first write into an unwritten block makes its `fdatasync`

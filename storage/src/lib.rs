@@ -52,7 +52,7 @@ pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Durability, LogConfig};
 pub use error::{Error, Result};
 pub use flusher::{Fsync, OsFsync};
-pub use manager::{LogManager, StorageOptions};
+pub use manager::{DEFAULT_JOURNAL_FILE_BYTES, LogManager, StorageOptions};
 pub use partition_log::{
     AppendInfo, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo, SegmentSpan,
 };
