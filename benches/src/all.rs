@@ -549,16 +549,17 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // W3: latency at 10/50/80 % of each system's own W2 durable peak, open loop.
     if want("w3") {
-        for &peer in &systems {
-            let peak = args.w3_peak.or_else(|| {
+        let w2_peak = |report: &Report, system: &str| {
+            args.w3_peak.or_else(|| {
                 report
                     .rows
                     .iter()
-                    .find(|r| {
-                        r.workload == "W2" && r.system == peer.name() && r.mode == "durable" && r.phase == "produce"
-                    })
+                    .find(|r| r.workload == "W2" && r.system == system && r.mode == "durable" && r.phase == "produce")
                     .and_then(Row::clean_msgs_s)
-            });
+            })
+        };
+        for &peer in &systems {
+            let peak = w2_peak(&report, peer.name());
             for pct in [10u32, 50, 80] {
                 let mut row = Row::new("W3", peer.name(), "durable", &format!("latency@{pct}%"));
                 if let Some(why) = peer.skips(false, Mode::Durable) {
@@ -571,46 +572,32 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     report.rows.push(row);
                     continue;
                 };
-                let rate = peak * pct as f64 / 100.0;
-                let secs = if quick { 1.0 } else { 4.0 };
-                let warmup = if quick { 0.2 } else { 1.0 };
-                let batch = ((rate / 4.0 / 1000.0) as usize).clamp(1, 1000); // linger ≤ 1 ms
-                let w = Workload {
-                    name: "W3",
-                    record_bytes: 1024,
-                    records: (rate * (warmup + secs)) as u64,
-                    batch_records: batch,
-                    partitions: 4,
-                    producers: 4,
-                    consumers: 0,
-                    window: 4096,
-                    seconds: warmup + secs + 5.0,
-                    rate: Some(rate),
-                    group: false,
-                    warmup,
-                };
-                row.note = format!("offered {:.0} msgs/s in batches of {batch}", rate);
+                w3_point(peer, &bins, root.path(), peak * pct as f64 / 100.0, runs, quick, &mut row).await;
                 if let Some(fixed) = args.w3_peak {
                     row.note += &format!(" ({pct} % of --w3-peak {fixed:.0}, not of this system's W2 peak)");
                 }
-                for r in 0..runs {
-                    let dir = root.path().join(format!("W3-{}-{pct}-{r}", peer.name()));
-                    let outcome = run_once(peer, &bins, &dir, &w, Mode::Durable, None).await;
-                    let _ = std::fs::remove_dir_all(&dir);
-                    match outcome {
-                        Ok(RunFigures { produce: p, .. }) => {
-                            println!(
-                                "W3 {} {pct}%: {:.0} msgs/s p50 {:.2} p99 {:.2} ms",
-                                peer.name(),
-                                p.msgs_s,
-                                p.p50_ms.unwrap_or(0.0),
-                                p.p99_ms.unwrap_or(0.0)
-                            );
-                            row.ok.push(p);
-                        }
-                        Err(e) => row.failed.push(format!("{e:#}")),
-                    }
-                }
+                report.rows.push(row);
+            }
+        }
+        // The same loads side by side: Strata offered the rate of the peer whose p99 was shortest
+        // at each percentage (its peak being far lower, so is the rate), so the tails also
+        // compare at one load. Not with --w3-peak, where every system has the same rates already.
+        if systems.contains(&Peer::Strata) && args.w3_peak.is_none() {
+            for pct in [10u32, 50, 80] {
+                let phase = format!("latency@{pct}%");
+                let best = report
+                    .rows
+                    .iter()
+                    .filter(|r| r.workload == "W3" && r.system != "strata" && r.phase == phase && r.status() == "ok")
+                    .filter_map(|r| Some((r.system.clone(), r.p99()?)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                let Some((peer, _)) = best else { continue };
+                let Some(peak) = w2_peak(&report, &peer) else { continue };
+                let mut row = Row::new("W3", "strata", "durable", &format!("{phase} {AT_RATE_OF}{peer}"));
+                w3_point(Peer::Strata, &bins, root.path(), peak * pct as f64 / 100.0, runs, quick, &mut row).await;
+                row.note += &format!(
+                    " ({peer}'s rate at {pct} % of its W2 durable peak: the peer with the shortest p99 there)"
+                );
                 report.rows.push(row);
             }
         }
@@ -788,6 +775,51 @@ async fn cold_catchup(strata: &Path, dir: &Path, mib: u64, runs: usize) -> (Row,
     (row, raw)
 }
 
+/// Phase suffix of the W3 rows where Strata is offered a peer's rate (`latency@10% at the rate of redis`).
+const AT_RATE_OF: &str = "at the rate of ";
+
+/// One W3 point: `runs` open-loop runs of `peer` at `rate` msgs/s (4 producers, 4 partitions,
+/// batches of what arrives in 1 ms), each run's figures or failure added to `row`.
+async fn w3_point(peer: Peer, bins: &PeerBinaries, root: &Path, rate: f64, runs: usize, quick: bool, row: &mut Row) {
+    let secs = if quick { 1.0 } else { 4.0 };
+    let warmup = if quick { 0.2 } else { 1.0 };
+    let batch = ((rate / 4.0 / 1000.0) as usize).clamp(1, 1000); // linger ≤ 1 ms
+    let w = Workload {
+        name: "W3",
+        record_bytes: 1024,
+        records: (rate * (warmup + secs)) as u64,
+        batch_records: batch,
+        partitions: 4,
+        producers: 4,
+        consumers: 0,
+        window: 4096,
+        seconds: warmup + secs + 5.0,
+        rate: Some(rate),
+        group: false,
+        warmup,
+    };
+    row.note = format!("offered {rate:.0} msgs/s in batches of {batch}");
+    for r in 0..runs {
+        let dir = root.join(format!("W3-{}-{}-{r}", peer.name(), row.phase.replace(['@', '%', ' '], "-")));
+        let outcome = run_once(peer, bins, &dir, &w, Mode::Durable, None).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        match outcome {
+            Ok(RunFigures { produce: p, .. }) => {
+                println!(
+                    "W3 {} {}: {:.0} msgs/s p50 {:.2} p99 {:.2} ms",
+                    peer.name(),
+                    row.phase,
+                    p.msgs_s,
+                    p.p50_ms.unwrap_or(0.0),
+                    p.p99_ms.unwrap_or(0.0)
+                );
+                row.ok.push(p);
+            }
+            Err(e) => row.failed.push(format!("{e:#}")),
+        }
+    }
+}
+
 /// Strata/peer (same workload, mode, phase) and Strata/limit ratios.
 fn ratios(report: &mut Report) {
     let find = |w: &str, s: &str, m: &str, ph: &str| {
@@ -814,9 +846,14 @@ fn ratios(report: &mut Report) {
                 }
             }
         } else if let Some(s99) = row.p99() {
-            // Latency: Strata's p99 over the peer's (below 1: Strata's tail is shorter).
-            for &peer in &peers {
-                if let Some(o) = find(&row.workload, peer, &row.mode, &row.phase).filter(|r| r.status() == "ok")
+            // Latency: Strata's p99 over the peer's (below 1: Strata's tail is shorter); a row at
+            // a peer's rate against that peer only.
+            let (phase, only) = match row.phase.split_once(&format!(" {AT_RATE_OF}")) {
+                Some((phase, peer)) => (phase, Some(peer)),
+                None => (row.phase.as_str(), None),
+            };
+            for &peer in peers.iter().filter(|p| only.is_none_or(|o| o == **p)) {
+                if let Some(o) = find(&row.workload, peer, &row.mode, phase).filter(|r| r.status() == "ok")
                     && let Some(p99) = o.p99()
                 {
                     out.push(Ratio {
@@ -933,7 +970,9 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            the rate for 1 s of warm-up, then 4 s whose batches' latencies are recorded (all systems alike).\n  \
            Batches are released on time by a pacer thread sleeping with the kernel's high-resolution timer\n  \
            (`benches/src/pacer.rs`): tokio's millisecond timer had added 1.0 ms at p50 and 2.0 ms at p99 to every\n  \
-           system's latency before the batch was even sent.\n\
+           system's latency before the batch was even sent. Then Strata runs once more at each percentage,\n  \
+           offered the rate of the peer with the shortest p99 there (rows `latency@N% at the rate of <peer>`),\n  \
+           so the tails also compare at one load; those rows have a ratio against that peer only.\n\
          - W6 (1,000 partitions, durable): every record is keyed and goes to the partition Kafka's murmur2 picks\n  \
            for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the server's partitioner\n  \
            (keys sent, no partition). Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \
