@@ -5,7 +5,7 @@
 # under the current one, stops them, writes benches/results/<date>-all.json, prints the markdown
 # tables and (without --quick) rewrites benches/RESULTS.md.
 #
-#   benches/run.sh                 # default sizes, 3 runs (~15 minutes once built)
+#   benches/run.sh                 # default sizes, 3 runs (~19 minutes once built)
 #   benches/run.sh --quick         # every workload briefly: checks the harness, not performance
 #   benches/run.sh --systems strata --workloads w1,w2
 set -euo pipefail

@@ -37,9 +37,9 @@ pub struct StorageOptions {
 /// (see `storage/src/journal.rs`), so this sets how much of each log a checkpoint writes to its
 /// segment at once: 64 KiB for each of a thousand partitions, where 32 MiB files left 32 KiB,
 /// each write ending in a partly filled page that the next checkpoint writes again. W6 (1,000
-/// partitions, durable), alternated run by run, six runs each: 32 MiB 318–380k msgs/s (median
-/// 350k), 64 MiB 324–421k (390k), 128 MiB 357–437k (392k), so 64 MiB: the gain of 128 at half
-/// the disk (at most four files exist). Topics with few partitions checkpoint every few MiB
+/// partitions, durable), alternated run by run: 32 MiB 318–381k msgs/s (median 358k, ten runs),
+/// 64 MiB 324–439k (399k, ten runs), 128 MiB 357–437k (392k, six runs), so 64 MiB: the gain of
+/// 128 at half the disk (at most four files exist). Topics with few partitions checkpoint every few MiB
 /// whatever the size.
 pub const DEFAULT_JOURNAL_FILE_BYTES: u64 = 64 << 20;
 
