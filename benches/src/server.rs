@@ -299,7 +299,7 @@ async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
     let client = strata_client::Client::connect(url).await?;
     let start = Instant::now();
     let mut bytes = 0usize;
-    crate::peers::strata::read_partition(&client, topic, 0, None, |records| {
+    crate::peers::strata::read_partition(&client, topic, 0, None, None, |records| {
         bytes += records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
         Ok(())
     })

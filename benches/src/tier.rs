@@ -662,7 +662,7 @@ impl ColdTopic {
         let start = Instant::now();
         let (mut at, mut value_bytes) = (0u64, 0u64);
         let mut t = Instant::now();
-        crate::peers::strata::read_partition(&client, COLD_TOPIC, 0, Some(self.end), |records| {
+        crate::peers::strata::read_partition(&client, COLD_TOPIC, 0, Some(self.end), None, |records| {
             latency.record((t.elapsed().as_micros() as u64).max(1))?;
             t = Instant::now();
             for r in records {

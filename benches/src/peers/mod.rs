@@ -313,13 +313,20 @@ impl Instance {
         }
     }
 
-    /// Consumer `i` reads `expected` records of each of its partitions from the start.
-    pub async fn consume(&self, w: &Workload, i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    /// Consumer `i` reads `expected` records of each of its partitions from the start, or fewer
+    /// when `deadline` passes first (each partition then read from its start without a gap).
+    pub async fn consume(
+        &self,
+        w: &Workload,
+        i: usize,
+        expected: &[(u32, u64)],
+        deadline: Instant,
+    ) -> anyhow::Result<Outcome> {
         match self {
-            Instance::Strata(s) => s.consume(w, i, expected).await,
-            Instance::Redis(r) => r.consume(w, i, expected).await,
-            Instance::Nats(n) => n.consume(w, i, expected).await,
-            Instance::Tansu(t) => t.consume(w, i, expected).await,
+            Instance::Strata(s) => s.consume(w, i, expected, deadline).await,
+            Instance::Redis(r) => r.consume(w, i, expected, deadline).await,
+            Instance::Nats(n) => n.consume(w, i, expected, deadline).await,
+            Instance::Tansu(t) => t.consume(w, i, expected, deadline).await,
         }
     }
 

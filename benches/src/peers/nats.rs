@@ -308,7 +308,13 @@ impl Nats {
         Ok(out)
     }
 
-    pub async fn consume(&self, w: &Workload, i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    pub async fn consume(
+        &self,
+        w: &Workload,
+        i: usize,
+        expected: &[(u32, u64)],
+        deadline: Instant,
+    ) -> anyhow::Result<Outcome> {
         let inbox = format!("_INBOX.c{i}");
         let (mut reader, mut writer) = connect(self.port, &inbox).await?;
         for (p, _) in expected {
@@ -324,7 +330,7 @@ impl Nats {
         let mut buf = Vec::new();
         let pull = serde_json::to_vec(&serde_json::json!({"batch": w.batch_records, "no_wait": true}))?;
         let mut positions: Vec<(u32, u64, u64)> = expected.iter().map(|(p, n)| (*p, 0, *n)).collect();
-        while positions.iter().any(|(_, at, end)| at < end) {
+        while positions.iter().any(|(_, at, end)| at < end) && Instant::now() < deadline {
             for (p, at, end) in positions.iter_mut().filter(|(_, at, end)| at < end) {
                 buf.clear();
                 publish(

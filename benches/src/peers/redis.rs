@@ -247,7 +247,13 @@ impl Redis {
 
     /// A consumer group `g` per stream key, created at `0`; reads `COUNT batch` from all of the
     /// consumer's keys at once and acknowledges each read with the next one.
-    pub async fn consume(&self, w: &Workload, i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    pub async fn consume(
+        &self,
+        w: &Workload,
+        i: usize,
+        expected: &[(u32, u64)],
+        deadline: Instant,
+    ) -> anyhow::Result<Outcome> {
         let (mut reader, mut writer) = self.connect().await?;
         let mut line = Vec::new();
         let mut buf = Vec::new();
@@ -263,7 +269,7 @@ impl Redis {
         let mut remaining: u64 = expected.iter().map(|(_, n)| n).sum();
         let mut out = Outcome::new()?;
         let mut acks: Vec<(String, Vec<bytes::Bytes>)> = Vec::new();
-        while remaining > 0 {
+        while remaining > 0 && Instant::now() < deadline {
             buf.clear();
             let pending_acks = acks.len();
             for (k, ids) in acks.drain(..) {

@@ -185,22 +185,28 @@ impl Strata {
 
     /// Reads each of the consumer's partitions from offset 0 through the raw batch stream (the
     /// records are decoded and counted here); a latency sample per batch received.
-    pub async fn consume(&self, _w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
-        self.consume_from(&self.server.url, expected).await
+    pub async fn consume(
+        &self,
+        _w: &Workload,
+        _i: usize,
+        expected: &[(u32, u64)],
+        deadline: Instant,
+    ) -> anyhow::Result<Outcome> {
+        self.consume_from(&self.server.url, expected, deadline).await
     }
 
     /// [`Strata::consume`] through the Unix socket: the client reads the segment files through
     /// the descriptors the server passes.
-    pub async fn consume_local(&self, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
-        self.consume_from(&self.local_url, expected).await
+    pub async fn consume_local(&self, expected: &[(u32, u64)], deadline: Instant) -> anyhow::Result<Outcome> {
+        self.consume_from(&self.local_url, expected, deadline).await
     }
 
-    async fn consume_from(&self, url: &str, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    async fn consume_from(&self, url: &str, expected: &[(u32, u64)], deadline: Instant) -> anyhow::Result<Outcome> {
         let client = strata_client::Client::connect(url).await?;
         let mut out = Outcome::new()?;
         for &(partition, end) in expected {
             let mut t = Instant::now();
-            read_partition(&client, TOPIC, partition, Some(end), |records| {
+            read_partition(&client, TOPIC, partition, Some(end), Some(deadline), |records| {
                 out.record_latency(t)?;
                 t = Instant::now();
                 out.records += records.len() as u64;
@@ -293,7 +299,8 @@ async fn final_commit(consumer: &mut GroupConsumer, out: &mut Outcome, progress:
 
 /// Reads `topic/partition` from offset 0 through the raw batch stream ([`Client::read_batches`]),
 /// one response after another, decoding every record: `each` gets each batch's records below
-/// `end` (in order, none twice). Without `end`, reads until a response comes back empty.
+/// `end` (in order, none twice). Without `end`, reads until a response comes back empty; with a
+/// `deadline`, stops at the first batch after it.
 ///
 /// [`Client::read_batches`]: strata_client::Client::read_batches
 pub(crate) async fn read_partition(
@@ -301,6 +308,7 @@ pub(crate) async fn read_partition(
     topic: &str,
     partition: u32,
     end: Option<u64>,
+    deadline: Option<Instant>,
     mut each: impl FnMut(&[strata_storage::Record]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut offset = 0u64;
@@ -314,6 +322,9 @@ pub(crate) async fn read_partition(
             let mut records = batch.records()?;
             records.retain(|r| r.offset >= offset && end.is_none_or(|end| r.offset < end));
             each(&records)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
         }
         let next = reader.next_offset();
         match (any, end) {

@@ -183,7 +183,13 @@ impl Tansu {
 
     /// Reads each of `expected`'s partitions from offset 0 until its count has arrived, the
     /// partitions side by side; every offset must come once and in order.
-    pub async fn consume(&self, _w: &Workload, _i: usize, expected: &[(u32, u64)]) -> anyhow::Result<Outcome> {
+    pub async fn consume(
+        &self,
+        _w: &Workload,
+        _i: usize,
+        expected: &[(u32, u64)],
+        deadline: Instant,
+    ) -> anyhow::Result<Outcome> {
         let client = self.client().await?;
         let partitions: Vec<u32> = expected.iter().map(|(p, _)| *p).collect();
         let clients = self.partitions(&client, &partitions).await?;
@@ -194,7 +200,7 @@ impl Tansu {
                 let mut out = Outcome::new()?;
                 let mut next = 0i64;
                 let end = i64::try_from(count)?;
-                while next < end {
+                while next < end && Instant::now() < deadline {
                     let t = Instant::now();
                     let (records, high_watermark) = client.fetch_records(next, 1..FETCH_BYTES, 0).await?;
                     anyhow::ensure!(
