@@ -27,7 +27,9 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::peers::group::{Delivery, GroupProgress};
-use crate::peers::{Instance, Mode, Outcome, Peer, PeerBinaries, Workload, nats, redis, strata::Strata, tansu};
+use crate::peers::{
+    Instance, Mode, Outcome, Peer, PeerBinaries, Reading, Workload, nats, redis, strata::Strata, tansu,
+};
 use report::{Limit, Measure, Ratio, Report, Row};
 
 const MB: f64 = 1e6;
@@ -231,7 +233,7 @@ async fn run_once(
                 continue;
             }
             let (instance, w) = (Arc::clone(&instance), w.clone());
-            tasks.spawn(async move { instance.consume(&w, i, &expected, deadline).await });
+            tasks.spawn(async move { instance.consume(&w, i, Reading { expected: &expected, deadline }).await });
         }
         let mut consumed = Outcome::new()?;
         while let Some(r) = tasks.join_next().await {
@@ -245,7 +247,7 @@ async fn run_once(
         if let (Instance::Strata(strata), "W5") = (&*instance, w.name) {
             let start = Instant::now();
             let deadline = start + CONSUME_BOUND;
-            let local = strata.consume_local(&produced.per_partition, deadline).await?;
+            let local = strata.consume_local(Reading { expected: &produced.per_partition, deadline }).await?;
             let door = " through the Unix socket";
             local_consume = Some(complete(&instance, &local, &produced, start, deadline, cpu2, door)?.0);
         }

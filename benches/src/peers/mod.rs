@@ -283,6 +283,14 @@ pub enum Instance {
     Tansu(tansu::Tansu),
 }
 
+/// What a consumer reads: `expected` records of each of its partitions from the start, or fewer
+/// when `deadline` passes first (each partition then read from its start without a gap).
+#[derive(Debug, Clone, Copy)]
+pub struct Reading<'a> {
+    pub expected: &'a [(u32, u64)],
+    pub deadline: Instant,
+}
+
 impl Instance {
     pub fn proc(&self) -> &Proc {
         match self {
@@ -313,20 +321,13 @@ impl Instance {
         }
     }
 
-    /// Consumer `i` reads `expected` records of each of its partitions from the start, or fewer
-    /// when `deadline` passes first (each partition then read from its start without a gap).
-    pub async fn consume(
-        &self,
-        w: &Workload,
-        i: usize,
-        expected: &[(u32, u64)],
-        deadline: Instant,
-    ) -> anyhow::Result<Outcome> {
+    /// Consumer `i` reads what `read` asks for.
+    pub async fn consume(&self, w: &Workload, i: usize, read: Reading<'_>) -> anyhow::Result<Outcome> {
         match self {
-            Instance::Strata(s) => s.consume(w, i, expected, deadline).await,
-            Instance::Redis(r) => r.consume(w, i, expected, deadline).await,
-            Instance::Nats(n) => n.consume(w, i, expected, deadline).await,
-            Instance::Tansu(t) => t.consume(w, i, expected, deadline).await,
+            Instance::Strata(s) => s.consume(w, i, read).await,
+            Instance::Redis(r) => r.consume(w, i, read).await,
+            Instance::Nats(n) => n.consume(w, i, read).await,
+            Instance::Tansu(t) => t.consume(w, i, read).await,
         }
     }
 

@@ -26,7 +26,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::group::GroupProgress;
-use super::{Mode, Outcome, Placement, Proc, Workload};
+use super::{Mode, Outcome, Placement, Proc, Reading, Workload};
 
 /// How W4 reads from NATS, for the report.
 pub const GROUP_METHOD: &str = "a durable pull consumer per stream (`ack_policy: explicit`) shared by 4 \
@@ -308,13 +308,8 @@ impl Nats {
         Ok(out)
     }
 
-    pub async fn consume(
-        &self,
-        w: &Workload,
-        i: usize,
-        expected: &[(u32, u64)],
-        deadline: Instant,
-    ) -> anyhow::Result<Outcome> {
+    pub async fn consume(&self, w: &Workload, i: usize, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        let Reading { expected, deadline } = read;
         let inbox = format!("_INBOX.c{i}");
         let (mut reader, mut writer) = connect(self.port, &inbox).await?;
         for (p, _) in expected {

@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::group::GroupProgress;
-use super::{Mode, Outcome, Placement, Proc, Workload};
+use super::{Mode, Outcome, Placement, Proc, Reading, Workload};
 
 /// How W4 reads from Redis, for the report.
 pub const GROUP_METHOD: &str = "consumer group `g` on each of the 4 stream keys, 4 consumers, each \
@@ -247,13 +247,8 @@ impl Redis {
 
     /// A consumer group `g` per stream key, created at `0`; reads `COUNT batch` from all of the
     /// consumer's keys at once and acknowledges each read with the next one.
-    pub async fn consume(
-        &self,
-        w: &Workload,
-        i: usize,
-        expected: &[(u32, u64)],
-        deadline: Instant,
-    ) -> anyhow::Result<Outcome> {
+    pub async fn consume(&self, w: &Workload, i: usize, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        let Reading { expected, deadline } = read;
         let (mut reader, mut writer) = self.connect().await?;
         let mut line = Vec::new();
         let mut buf = Vec::new();

@@ -20,7 +20,7 @@ use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, 
 use tokio_stream::StreamExt;
 
 use super::group::GroupProgress;
-use super::{KEY_PATTERNS, Mode, Outcome, Proc, Workload};
+use super::{KEY_PATTERNS, Mode, Outcome, Proc, Reading, Workload};
 use crate::harness::Server;
 
 const TOPIC: &str = "bench";
@@ -185,23 +185,18 @@ impl Strata {
 
     /// Reads each of the consumer's partitions from offset 0 through the raw batch stream (the
     /// records are decoded and counted here); a latency sample per batch received.
-    pub async fn consume(
-        &self,
-        _w: &Workload,
-        _i: usize,
-        expected: &[(u32, u64)],
-        deadline: Instant,
-    ) -> anyhow::Result<Outcome> {
-        self.consume_from(&self.server.url, expected, deadline).await
+    pub async fn consume(&self, _w: &Workload, _i: usize, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        self.consume_from(&self.server.url, read).await
     }
 
     /// [`Strata::consume`] through the Unix socket: the client reads the segment files through
     /// the descriptors the server passes.
-    pub async fn consume_local(&self, expected: &[(u32, u64)], deadline: Instant) -> anyhow::Result<Outcome> {
-        self.consume_from(&self.local_url, expected, deadline).await
+    pub async fn consume_local(&self, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        self.consume_from(&self.local_url, read).await
     }
 
-    async fn consume_from(&self, url: &str, expected: &[(u32, u64)], deadline: Instant) -> anyhow::Result<Outcome> {
+    async fn consume_from(&self, url: &str, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        let Reading { expected, deadline } = read;
         let client = strata_client::Client::connect(url).await?;
         let mut out = Outcome::new()?;
         for &(partition, end) in expected {

@@ -26,7 +26,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 use tokio::task::JoinSet;
 
-use super::{Outcome, Placement, Proc, Workload};
+use super::{Outcome, Placement, Proc, Reading, Workload};
 
 /// The topic every workload uses.
 const TOPIC: &str = "bench";
@@ -183,13 +183,8 @@ impl Tansu {
 
     /// Reads each of `expected`'s partitions from offset 0 until its count has arrived, the
     /// partitions side by side; every offset must come once and in order.
-    pub async fn consume(
-        &self,
-        _w: &Workload,
-        _i: usize,
-        expected: &[(u32, u64)],
-        deadline: Instant,
-    ) -> anyhow::Result<Outcome> {
+    pub async fn consume(&self, _w: &Workload, _i: usize, read: Reading<'_>) -> anyhow::Result<Outcome> {
+        let Reading { expected, deadline } = read;
         let client = self.client().await?;
         let partitions: Vec<u32> = expected.iter().map(|(p, _)| *p).collect();
         let clients = self.partitions(&client, &partitions).await?;
