@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_storage::{BatchBuilder, Compression, Header, Log, LogManager, PendingAppend};
+use strata_storage::{Attempt, BatchBuilder, Compression, Header, Log, LogManager, PendingAppend, ValidBatch};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, ErrorCode};
@@ -161,6 +161,57 @@ impl Partition {
             moved && listened
         });
     }
+}
+
+/// Appends one batch to each partition and returns them in the same order, with their pending
+/// durability. An error fails the whole request; appends already made stand.
+///
+/// Appending pwrites each batch (tens of microseconds, occasionally a segment roll with
+/// fsyncs), so it runs off the async workers, and a request touching many partitions (keyed
+/// records over a wide topic) appends from several threads at once, or its appends alone would
+/// take tens of milliseconds on one core. One small batch for the journal is the exception (a
+/// webhook's record, a light producer's): it is appended here when that touches no file
+/// ([`Log::append_in_memory`]), a copy into the journal's queue instead of the hop to a blocking
+/// thread and back, each thread woken on the way to an acknowledgement being one more chance of
+/// a scheduling delay in the latency tail.
+async fn append(
+    mut batches: Vec<(u32, Partition, ValidBatch)>,
+    expected_offset: Option<u64>,
+) -> Result<Vec<(u32, Partition, PendingAppend)>, ApiError> {
+    if batches.len() == 1
+        && expected_offset.is_none()
+        && let Some((p, partition, batch)) = batches.pop()
+    {
+        match partition.log.append_in_memory(batch)? {
+            Attempt::Appended(pending) => return Ok(vec![(p, partition, pending)]),
+            Attempt::NeedsIo(batch) => batches.push((p, partition, batch)),
+        }
+    }
+    let chunks = batches.len().div_ceil(PARTITIONS_PER_APPEND_TASK).clamp(1, append_threads());
+    let chunk_len = batches.len().div_ceil(chunks);
+    let mut tasks = Vec::with_capacity(chunks);
+    let mut batches = batches.into_iter();
+    loop {
+        let chunk: Vec<_> = batches.by_ref().take(chunk_len).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let (targets, logs): (Vec<_>, Vec<_>) =
+                chunk.into_iter().map(|(p, partition, batch)| ((p, partition.clone()), (partition.log, batch))).unzip();
+            let pending = Log::append_all(logs, expected_offset)?;
+            Ok::<_, strata_storage::Error>(
+                targets.into_iter().zip(pending).map(|((p, partition), pending)| (p, partition, pending)).collect(),
+            )
+        }));
+    }
+    let mut appended = Vec::new();
+    for task in tasks {
+        let done: Vec<_> =
+            task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
+        appended.extend(done);
+    }
+    Ok(appended)
 }
 
 /// Open partitions by topic and number. A keyed request over a wide topic looks up hundreds of
@@ -468,40 +519,7 @@ impl Broker {
             }
             batches.push((p, partition, batch));
         }
-        // Appending pwrites each batch (tens of microseconds, occasionally a
-        // segment roll with fsyncs): off the async workers. A request touching many partitions
-        // (keyed records over a wide topic) appends from several threads at once, or its appends
-        // alone would take tens of milliseconds on one core.
-        let chunks = batches.len().div_ceil(PARTITIONS_PER_APPEND_TASK).clamp(1, append_threads());
-        let chunk_len = batches.len().div_ceil(chunks);
-        let mut tasks = Vec::with_capacity(chunks);
-        let mut batches = batches.into_iter();
-        loop {
-            let chunk: Vec<_> = batches.by_ref().take(chunk_len).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let (targets, logs): (Vec<_>, Vec<_>) = chunk
-                    .into_iter()
-                    .map(|(p, partition, batch)| ((p, partition.clone()), (partition.log, batch)))
-                    .unzip();
-                let pending = Log::append_all(logs, expected_offset)?;
-                Ok::<_, strata_storage::Error>(
-                    targets
-                        .into_iter()
-                        .zip(pending)
-                        .map(|((p, partition), pending)| (p, partition, pending))
-                        .collect::<Vec<_>>(),
-                )
-            }));
-        }
-        let mut appended = Vec::new();
-        for task in tasks {
-            let done =
-                task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
-            appended.extend(done);
-        }
+        let appended = append(batches, expected_offset).await?;
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut appends = Vec::with_capacity(appended.len());
         // Appended in the order of `by_partition`, all of them (a failure above ended the request).

@@ -54,7 +54,8 @@ pub use error::{Error, Result};
 pub use flusher::{Fsync, OsFsync};
 pub use manager::{DEFAULT_JOURNAL_FILE_BYTES, LogManager, StorageOptions};
 pub use partition_log::{
-    AppendInfo, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo, SegmentSpan,
+    AppendInfo, Attempt, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo,
+    SegmentSpan,
 };
 pub use retention::RetentionOutcome;
 pub use segment::BatchSpan;

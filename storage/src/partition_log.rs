@@ -133,6 +133,21 @@ pub(crate) struct ActiveSegment {
     pub(crate) created_ms: i64,
 }
 
+/// What [`Log::append_in_memory`] did.
+#[derive(Debug)]
+pub enum Attempt {
+    Appended(PendingAppend),
+    /// The append needs file I/O: the batch, not appended.
+    NeedsIo(ValidBatch),
+}
+
+/// Whether an append may do file I/O itself (see [`Log::append_in_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    Allowed,
+    Refused,
+}
+
 /// Where an append comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -641,8 +656,35 @@ impl Log {
         origin: Origin,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
     ) -> Result<PendingAppend> {
-        let (mut batch, header, min_timestamp) = batch.into_parts();
-        self.check_size(batch.len())?;
+        match self.attempt(batch, expected_offset, origin, deferred, Io::Allowed)? {
+            Attempt::Appended(pending) => Ok(pending),
+            Attempt::NeedsIo(_) => Err(Error::Internal("an append allowed file I/O was refused it")),
+        }
+    }
+
+    /// Appends like [`Log::append_valid`] if that touches no file: the batch goes to the journal
+    /// and waits in memory for its segment write (a small batch under `always` durability, with
+    /// room left in the log's write-behind bytes). Otherwise — the segment is due to roll, the
+    /// batch would be written to its segment now, or the bytes waiting before it would — the
+    /// batch comes back unappended, for a caller on an async worker to append from a blocking
+    /// thread. An append in memory costs a copy of the batch into the journal's queue and at
+    /// most one wake-up of the journal's writer, less than a hop to a blocking thread and back.
+    ///
+    /// # Errors
+    /// As [`Log::append_valid`].
+    pub fn append_in_memory(&self, batch: ValidBatch) -> Result<Attempt> {
+        self.attempt(batch, None, Origin::Client, None, Io::Refused)
+    }
+
+    fn attempt(
+        &self,
+        batch: ValidBatch,
+        expected_offset: Option<u64>,
+        origin: Origin,
+        deferred: Option<&mut Vec<Arc<LogInner>>>,
+        io: Io,
+    ) -> Result<Attempt> {
+        self.check_size(batch.bytes().len())?;
         let mut st = self.lock();
         if st.deleted {
             return Err(Error::LogDeleted { dir: self.inner.dir.clone() });
@@ -650,33 +692,41 @@ impl Log {
         if st.poisoned {
             return Err(Error::Poisoned { dir: self.inner.dir.clone() });
         }
-        let sequenced = header.producer.id >= 0;
+        let producer = batch.header().producer;
+        let sequenced = producer.id >= 0;
         if sequenced
             && origin == Origin::Client
-            && let SequenceCheck::Duplicate(first) = st.producers.check(header.producer, header.record_count)?
+            && let SequenceCheck::Duplicate(first) = st.producers.check(producer, batch.header().record_count)?
         {
-            return Ok(self.duplicate_of(st, first, deferred));
+            return Ok(Attempt::Appended(self.duplicate_of(st, first, deferred)));
         }
         if let Some(expected) = expected_offset
             && expected != st.next_offset
         {
             return Err(Error::OffsetMismatch { expected, actual: st.next_offset });
         }
-        let len = batch.len() as u64;
+        let len = batch.bytes().len() as u64;
         let now = self.inner.shared.clock.now_ms();
         let active = &st.active;
         let too_big = active.size + len > st.config.segment_bytes;
         let too_old = st.config.segment_ms.is_some_and(|ms| now.saturating_sub(active.created_ms) >= ms as i64);
-        let span_full = st.next_offset + u64::from(header.last_offset_delta) - active.base >= u64::from(u32::MAX);
-        if active.size > SEGMENT_HEADER_LEN && (too_big || too_old || span_full) {
-            self.roll(&mut st, now)?;
-        }
-        let base_offset = st.next_offset;
-        batch::set_base_offset(&mut batch, base_offset);
+        let span_full =
+            st.next_offset + u64::from(batch.header().last_offset_delta) - active.base >= u64::from(u32::MAX);
+        let roll = active.size > SEGMENT_HEADER_LEN && (too_big || too_old || span_full);
         // A journaled batch waits in memory to be written with the ones after it (see
         // `WRITE_BEHIND_BYTES`); the batches waiting before it are written now if it would take
         // them past that.
-        let write_behind = st.config.durability == Durability::Always && self.journal_takes(batch.len());
+        let write_behind = st.config.durability == Durability::Always && self.journal_takes(len as usize);
+        let write_pending = st.active.pending.len() + len as usize > WRITE_BEHIND_BYTES;
+        if io == Io::Refused && (roll || !write_behind || write_pending) {
+            return Ok(Attempt::NeedsIo(batch));
+        }
+        if roll {
+            self.roll(&mut st, now)?;
+        }
+        let (mut batch, header, min_timestamp) = batch.into_parts();
+        let base_offset = st.next_offset;
+        batch::set_base_offset(&mut batch, base_offset);
         let written = if !write_behind {
             self.write_batch(&mut st, &batch)
         } else if st.active.pending.len() + batch.len() > WRITE_BEHIND_BYTES {
@@ -749,7 +799,7 @@ impl Log {
             }
             Durability::Never => None,
         };
-        Ok(PendingAppend { info, rx, log: self.clone(), duplicate: false })
+        Ok(Attempt::Appended(PendingAppend { info, rx, log: self.clone(), duplicate: false }))
     }
 
     /// Queues the batch just written (small enough) in the journal, which then marks the log

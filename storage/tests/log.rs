@@ -10,7 +10,8 @@ use std::thread;
 
 use common::{batch, keyed, read_all, small_segments};
 use strata_storage::{
-    CleanupPolicy, Compression, Durability, Error, Log, LogConfig, LogManager, ManualClock, StorageOptions,
+    Attempt, CleanupPolicy, Compression, Durability, Error, Log, LogConfig, LogManager, ManualClock, StorageOptions,
+    ValidBatch,
 };
 
 #[test]
@@ -42,6 +43,46 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
         Err(Error::OffsetOutOfRange { requested: 251, log_start: 0, high_watermark: 250 })
     ));
     assert!(log.read(250, 10).unwrap().batches.is_empty());
+}
+
+#[test]
+fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StorageOptions { journal: true, ..StorageOptions::default() };
+    let manager = LogManager::new(dir.path(), opts).unwrap();
+    let always = LogConfig { segment_bytes: 4096, durability: Durability::Always, ..LogConfig::default() };
+    let log = manager.open_log("t-0", always).unwrap();
+    let valid = |tag| ValidBatch::check(batch(tag, 5, 1)).unwrap();
+    // Small batches under `always` go to the journal and wait in memory: appended in place,
+    // until the segment is due to roll.
+    let mut appended = 0;
+    let refused = loop {
+        match log.append_in_memory(valid(appended)).unwrap() {
+            Attempt::Appended(pending) => {
+                assert_eq!(pending.wait().unwrap().base_offset, appended * 5);
+                appended += 1;
+            }
+            Attempt::NeedsIo(batch) => break batch,
+        }
+        assert!(appended < 100, "a 4 KiB segment must come due");
+    };
+    assert!(appended > 1 && log.segments().len() == 1, "nothing rolled: {:?}", log.segments());
+    assert_eq!(log.high_watermark(), appended * 5, "the refused batch is not appended");
+    // The batch comes back whole: appended where I/O is allowed, it rolls and lands next.
+    assert_eq!(refused.bytes(), &batch(appended, 5, 1)[..]);
+    assert_eq!(log.append_valid(refused).unwrap().wait().unwrap().base_offset, appended * 5);
+    assert_eq!(log.segments().len(), 2);
+    assert_eq!(read_all(&log, 0).len() as u64, (appended + 1) * 5);
+
+    // A batch too large for the journal, or a log that is not `always`, writes its segment now.
+    let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
+    let big = ValidBatch::check(batch(1000, 1000, 1)).unwrap();
+    assert!(big.bytes().len() > 8 << 10);
+    assert!(matches!(wide.append_in_memory(big).unwrap(), Attempt::NeedsIo(_)));
+    assert!(matches!(wide.append_in_memory(valid(0)).unwrap(), Attempt::Appended(_)));
+    let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
+    assert!(matches!(relaxed.append_in_memory(valid(0)).unwrap(), Attempt::NeedsIo(_)));
+    assert_eq!(relaxed.high_watermark(), 0);
 }
 
 #[test]
