@@ -80,8 +80,10 @@ impl LogManager {
             // Replayed through logs of their own (the manager's own come later, with their
             // configs): no journal, one flusher thread, closed again when done.
             let replay_options = StorageOptions { flush_threads: 1, ..options.clone() };
-            let epoch = journal::replay(&root, || new_shared(replay_options, &root, None))?;
-            let journal = Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), epoch);
+            let fsync = options.fsync.as_ref();
+            let replayed =
+                journal::replay(&root, options.journal_file_bytes, fsync, || new_shared(replay_options, &root, None))?;
+            let journal = Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), replayed);
             Some(journal.at(&root)?)
         } else {
             None

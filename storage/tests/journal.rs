@@ -49,6 +49,32 @@ fn journal_files(root: &Path, suffix: &str) -> usize {
         .count()
 }
 
+/// The journal's files (`<n>.slot`), in name order.
+fn slots(root: &Path) -> Vec<PathBuf> {
+    files(&root.join("_journal"), "slot")
+}
+
+/// The epoch in a journal file's current header: of the two header blocks (at 0 and 512), the
+/// valid one with the larger epoch.
+fn header_epoch(path: &Path) -> Option<u64> {
+    let file = std::fs::File::open(path).unwrap();
+    [0u64, 512]
+        .iter()
+        .filter_map(|&at| {
+            let mut h = [0u8; 20];
+            file.read_exact_at(&mut h, at).unwrap();
+            let valid = h[..4] == *b"SJNL" && h[16..] == crc32c::crc32c(&h[..16]).to_le_bytes();
+            valid.then(|| u64::from_le_bytes(h[8..16].try_into().unwrap()))
+        })
+        .max()
+}
+
+/// The journal file holding the most entries: the one whose last byte that is not zero lies
+/// furthest from its start (the others hold a header only, or fewer entries).
+fn fullest_slot(root: &Path) -> PathBuf {
+    slots(root).into_iter().max_by_key(|p| std::fs::read(p).unwrap().iter().rposition(|&b| b != 0)).unwrap()
+}
+
 /// Appends `per_log` small batches to each log, round robin, and waits until all are durable.
 /// Returns every log's records.
 fn fill(manager: &LogManager, names: &[&str], per_log: u64) -> Vec<Vec<Record>> {
@@ -77,7 +103,7 @@ fn a_restart_puts_back_acknowledged_appends_the_segments_lost() {
     let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
     let expected = fill(&manager, &names, 40);
     drop(manager);
-    assert!(journal_files(root.path(), ".wal") > 0, "the crash leaves the journal as it was");
+    assert!(!slots(root.path()).is_empty(), "the crash leaves the journal as it was");
     // Nothing of a-0 reached its segment, a-1 kept a torn half of its data, b-0 all of it.
     lose_segment_data(root.path(), "a-0");
     let a1 = segments(&root.path().join("a-1")).pop().unwrap();
@@ -94,16 +120,21 @@ fn a_restart_puts_back_acknowledged_appends_the_segments_lost() {
 
 #[test]
 fn a_clean_shutdown_leaves_nothing_to_replay() {
-    let root = tempfile::tempdir().unwrap();
-    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
-    let expected = fill(&manager, &["t-0"], 20);
-    manager.flush_all().unwrap();
-    drop(manager);
-    assert_eq!(reopened(root.path(), &["t-0"]), expected);
-    // Checkpointed: no journal file holds the entries any more (so a restart has nothing to
-    // replay), which shows if the segment loses what it was synced with.
-    lose_segment_data(root.path(), "t-0");
-    assert!(reopened(root.path(), &["t-0"])[0].is_empty());
+    // One log (its checkpoint syncs each log's segment) and twenty (one `syncfs`).
+    for logs in [1, 20] {
+        let root = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..logs).map(|i| format!("t-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+        let expected = fill(&manager, &names, 20);
+        manager.flush_all().unwrap();
+        drop(manager);
+        assert_eq!(reopened(root.path(), &names), expected);
+        // Checkpointed: no journal file holds the entries any more (so a restart has nothing to
+        // replay), which shows if the segment loses what it was synced with.
+        lose_segment_data(root.path(), "t-0");
+        assert!(reopened(root.path(), &["t-0"])[0].is_empty(), "{logs} logs");
+    }
 }
 
 #[test]
@@ -130,17 +161,12 @@ fn full_journal_files_are_checkpointed_and_reused() {
     // 16 KiB files: a few dozen batches each, so hundreds of files' worth rotate through four.
     let manager = LogManager::new(root.path(), options(16 << 10)).unwrap();
     let expected = fill(&manager, &names, 300);
-    let files = journal_files(root.path(), ".wal") + journal_files(root.path(), ".spare");
-    assert!((1..=4).contains(&files), "{files} journal files");
-    // Each file written takes the next epoch (its name): more epochs than the four files there
-    // may be means files were checkpointed and reused. (~170 KB of entries fill about ten.
-    // Whether one waits as a spare at this moment depends on whether the checkpointer has
-    // already made it the next file, so that is not asked.)
-    let last_epoch = std::fs::read_dir(root.path().join("_journal"))
-        .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_string_lossy().split('.').next()?.parse::<u64>().ok())
-        .max()
-        .unwrap();
+    let files = slots(root.path());
+    assert!((1..=4).contains(&files.len()), "{} journal files", files.len());
+    assert_eq!(journal_files(root.path(), ""), files.len(), "nothing else in the directory");
+    // Each file made or retired takes the next epoch: more epochs than the four files there may
+    // be means files were checkpointed and reused (~170 KB of entries fill about ten).
+    let last_epoch = files.iter().filter_map(|p| header_epoch(p)).max().unwrap();
     assert!(last_epoch > 4, "epoch {last_epoch} after ~170 KB of entries in 16 KiB files");
     drop(manager);
     assert_eq!(reopened(root.path(), &names), expected);
@@ -153,8 +179,7 @@ fn a_torn_journal_write_ends_the_replay_before_it() {
     let expected = fill(&manager, &["t-0"], 10);
     drop(manager);
     // The last entry's bytes damaged, as a write a crash interrupted would leave them.
-    // The oldest `.wal` holds the entries (a newer one is a file made ready ahead, still empty).
-    let wal = wal_files(root.path()).remove(0);
+    let wal = fullest_slot(root.path());
     let bytes = std::fs::read(&wal).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).unwrap();
     OpenOptions::new().write(true).open(&wal).unwrap().write_all_at(&[bytes[end] ^ 0xff], end as u64).unwrap();
@@ -293,29 +318,25 @@ fn fill_large(manager: &LogManager, names: &[&str], batches: usize) {
     }
 }
 
-/// The journal files now in use (`.wal`), oldest first.
-fn wal_files(root: &Path) -> Vec<PathBuf> {
-    files(&root.join("_journal"), "wal")
-}
-
 #[test]
 fn a_journal_file_of_few_logs_is_checkpointed_long_before_it_is_full() {
     // 32 MiB files, but one log: its file is checkpointed after a few MiB, so that each
     // checkpoint writes and syncs little at a time (every append waiting meanwhile sees it).
     let root = tempfile::tempdir().unwrap();
     let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
-    // The file the first entry went to: the oldest `.wal` (a file made ready ahead of need has
-    // the next epoch). Taken after the 6 MiB, it could be the second file, when the writer had
-    // split them and the first was already checkpointed.
+    // The file the first entry went to (a file made ahead of need holds a header only). Taken
+    // after the 6 MiB, it could be the second file, when the writer had split them and the first
+    // was already checkpointed.
     fill_large(&manager, &["t-0"], 1);
-    let first = wal_files(root.path()).remove(0);
+    let first = fullest_slot(root.path());
+    let epoch = header_epoch(&first);
     fill_large(&manager, &["t-0"], 1000); // ~6 MiB: past the first file's mark
     fill_large(&manager, &["t-0"], 1); // the next write finds the file past its mark
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while first.exists() && std::time::Instant::now() < deadline {
+    while header_epoch(&first) == epoch && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(!first.exists(), "the first file was checkpointed (and became a spare)");
+    assert_ne!(header_epoch(&first), epoch, "the first file was checkpointed (and given a new epoch)");
     drop(manager);
     // Its entries are gone from the journal: losing the segment's data now loses them.
     lose_segment_data(root.path(), "t-0");
@@ -335,10 +356,88 @@ fn a_journal_file_of_many_logs_fills_further_before_its_checkpoint() {
         fill_large(&manager, &names[..1], 1);
         names.iter().map(|n| read_all(&manager.open_log(n, LogConfig::default()).unwrap(), 0)).collect::<Vec<_>>()
     };
-    let first = wal_files(root.path()).remove(0);
+    let first = fullest_slot(root.path());
+    let epoch = header_epoch(&first);
     drop(manager);
-    assert!(first.exists(), "not checkpointed");
+    assert_eq!(header_epoch(&first), epoch, "not checkpointed");
     // So a crash leaves every entry to the replay.
     lose_segment_data(root.path(), "t-0");
     assert_eq!(reopened(root.path(), &names), expected);
+}
+
+/// A journal entry as the journal writes it: `len | crc32c | epoch | name_len | name | batch`.
+fn entry(epoch: u64, name: &str, batch: &[u8]) -> Vec<u8> {
+    let len = 18 + name.len() + batch.len();
+    let mut e = Vec::with_capacity(len);
+    e.extend_from_slice(&(len as u32).to_le_bytes());
+    e.extend_from_slice(&[0; 4]);
+    e.extend_from_slice(&epoch.to_le_bytes());
+    e.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    e.extend_from_slice(name.as_bytes());
+    e.extend_from_slice(batch);
+    let crc = crc32c::crc32c(&e[8..]);
+    e[4..8].copy_from_slice(&crc.to_le_bytes());
+    e
+}
+
+#[test]
+fn journal_files_of_the_layout_before_headers_are_replayed_then_removed() {
+    // Until 2026-12-06 the journal named its files after their epoch, `<epoch>.wal` in use and
+    // `<epoch>.spare` retired, with entries from the file's start.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    for name in ["t-0", "t-1"] {
+        manager.open_log(name, LogConfig::default()).unwrap();
+    }
+    manager.flush_all().unwrap();
+    drop(manager);
+    let dir = root.path().join("_journal");
+    for slot in slots(root.path()) {
+        std::fs::remove_file(slot).unwrap();
+    }
+    // t-0's first batch reached only the journal; a retired file still holds one of t-1.
+    let mut wal = entry(7, "t-0", &batch(1, 3, 0));
+    wal.resize(64 << 10, 0);
+    std::fs::write(dir.join(format!("{:020}.wal", 7)), &wal).unwrap();
+    let mut spare = entry(9, "t-1", &batch(2, 2, 0));
+    spare.resize(64 << 10, 0);
+    std::fs::write(dir.join(format!("{:020}.spare", 9)), &spare).unwrap();
+
+    let after = reopened(root.path(), &["t-0", "t-1"]);
+    assert_eq!(after[0].len(), 3, "the `.wal` file's entry is replayed");
+    assert!(after[1].is_empty(), "a `.spare` file's entries were retired");
+    assert_eq!(journal_files(root.path(), ".wal") + journal_files(root.path(), ".spare"), 0);
+    // The journal's own files (one at least, once an entry is written) take epochs past both.
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    manager.open_log("t-1", LogConfig::default()).unwrap().append(batch(3, 1, 0)).unwrap().wait().unwrap();
+    let epochs: Vec<_> = slots(root.path()).iter().map(|p| header_epoch(p).unwrap()).collect();
+    assert!(!epochs.is_empty() && epochs.iter().all(|&e| e > 9), "{epochs:?}");
+    manager.flush_all().unwrap();
+    drop(manager);
+    // And once replayed, the entry is in its segment, not in the journal any more.
+    lose_segment_data(root.path(), "t-0");
+    assert!(reopened(root.path(), &["t-0"])[0].is_empty());
+}
+
+#[test]
+fn a_new_header_torn_by_a_crash_leaves_the_files_entries_to_the_replay() {
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    let expected = fill(&manager, &["t-0"], 10);
+    drop(manager);
+    // A checkpoint writes a file's new header into the block its current header is not in: a
+    // crash in that write leaves that block damaged, and the current header as it was.
+    let slot = fullest_slot(root.path());
+    let epoch = header_epoch(&slot).unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(&slot).unwrap();
+    for at in [0u64, 512] {
+        let mut h = [0u8; 20];
+        file.read_exact_at(&mut h, at).unwrap();
+        if h[..4] != *b"SJNL" || u64::from_le_bytes(h[8..16].try_into().unwrap()) != epoch {
+            file.write_all_at(b"SJNL\x01\x00\x00\x00torn-garbage", at).unwrap();
+        }
+    }
+    assert_eq!(header_epoch(&slot), Some(epoch));
+    lose_segment_data(root.path(), "t-0");
+    assert_eq!(reopened(root.path(), &["t-0"]), expected);
 }
