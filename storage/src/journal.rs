@@ -51,7 +51,8 @@
 //! filesystem's own journal, each with a device flush that the journal's `fdatasync`s queue
 //! behind; the header's write and `fdatasync` touch only preallocated blocks.
 //!
-//! **Recovery.** [`replay`] runs before a manager opens any log: every entry of every file is
+//! **Recovery.** [`replay`] runs before a manager opens any log (also when the journal was
+//! turned off after the files were written): every entry of every file is
 //! appended to its log if the log (recovered from its segments) ends where the entry begins,
 //! skipped if the log has it already, and the logs are synced; then every file gets a new
 //! epoch. Entries of logs whose directory is gone (deleted) are dropped. Deleting a log

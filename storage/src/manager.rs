@@ -76,17 +76,22 @@ impl LogManager {
     pub fn new(root: impl Into<PathBuf>, options: StorageOptions) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).at(&root)?;
-        let journal = if options.journal {
-            // Replayed through logs of their own (the manager's own come later, with their
-            // configs): no journal, one flusher thread, closed again when done.
+        // Replayed whenever a journal is there, also with the journal turned off since: it may
+        // hold acknowledged appends a crash took from the segments.
+        let replayed = if options.journal || root.join(journal::DIR_NAME).is_dir() {
+            // Through logs of their own (the manager's own come later, with their configs): no
+            // journal, one flusher thread, closed again when done.
             let replay_options = StorageOptions { flush_threads: 1, ..options.clone() };
             let fsync = options.fsync.as_ref();
-            let replayed =
-                journal::replay(&root, options.journal_file_bytes, fsync, || new_shared(replay_options, &root, None))?;
-            let journal = Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), replayed);
-            Some(journal.at(&root)?)
+            Some(journal::replay(&root, options.journal_file_bytes, fsync, || new_shared(replay_options, &root, None))?)
         } else {
             None
+        };
+        let journal = match replayed {
+            Some(replayed) if options.journal => Some(
+                Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), replayed).at(&root)?,
+            ),
+            _ => None,
         };
         Ok(Self { shared: new_shared(options, &root, journal)?, root, logs: Mutex::new(HashMap::new()) })
     }
