@@ -18,15 +18,22 @@
 //! one append to a preallocated, zero-filled file (an `fdatasync` there changes no metadata:
 //! ~0.1 ms), and the segments' pages go to disk whole, once per checkpoint.
 //!
-//! **What is journaled.** Batches of at most [`MAX_BATCH`] (8 KiB) appended to a log whose
-//! durability is `always`: the record or two a wide keyed request leaves in each partition.
-//! Larger batches carry enough bytes per `fdatasync` on their own and are synced in their
-//! segment (journaling them would write them twice, and each checkpoint's writeback stalls the
-//! journal's syncs meanwhile). Measured in W3 at 10 % of the peak (4 partitions, batches of
-//! 17–25 KiB, 4,000 a second): journaled up to 64 KiB, p99 3.5–3.8 ms, because every ~60 ms a
-//! checkpoint's `syncfs` took ~4 ms and the journal `fdatasync`s issued meanwhile 2–4 ms (seen
-//! with `perf trace`); synced in their segments, 1.0–2.0 ms. W6's batches (1–2 records of
-//! 1 KiB per partition) stay journaled.
+//! **What is journaled.** Batches of at most [`MAX_BATCH`] (32 KiB) appended to a log whose
+//! durability is `always`: the record or two a wide keyed request leaves in each partition, and
+//! the few dozen records a light producer sends a partition at a time. Larger batches carry
+//! enough bytes per `fdatasync` on their own and are synced in their segment (journaling them
+//! would write them twice, and each checkpoint's writeback stalls the journal's syncs
+//! meanwhile). The limit was 8 KiB while a checkpoint took one `syncfs` and two directory syncs:
+//! in W3 at 10 % of the peak (4 partitions, batches of 17–25 KiB, 4,000 a second) journaling up
+//! to 64 KiB gave p99 3.5–3.8 ms, because every ~60 ms a checkpoint's `syncfs` took ~4 ms and the
+//! journal `fdatasync`s issued meanwhile 2–4 ms (seen with `perf trace`), against 1.0–2.0 ms
+//! synced in their segments. With checkpoints as they are now (see "Checkpoint size" below), W3
+//! at 10 % of a 1.15M peak (batches of 28 KiB, ~4,100 a second; two A/Bs of five and six
+//! alternated runs, the order swapped): 32 KiB against 8 KiB, p99 2.5 and 2.2 ms against 3.0
+//! and 2.0 (no difference), p50 0.61 and 0.63 against 0.76 and 0.79 ms, server CPU 5.7 and 5.9
+//! against 8.0 and 7.2 s/GB (a journal sync of a preallocated file instead of a segment's that
+//! grows the file, ~4,000 a second), p999 3.4–4.9 against 4.2–9.1 ms in the second; 64 KiB was
+//! no better than 32. W6's batches (1–2 records of 1 KiB per partition) are journaled either way.
 //!
 //! **Order and acknowledgement.** An entry is queued under its log's lock, right after the batch
 //! is written into the segment, so one log's entries are in offset order and a checkpoint that
@@ -122,7 +129,7 @@ use crate::segment::sync_dir;
 pub(crate) const DIR_NAME: &str = "_journal";
 
 /// Largest batch that is journaled (see the module docs, "What is journaled").
-pub(crate) const MAX_BATCH: usize = 8 << 10;
+pub(crate) const MAX_BATCH: usize = 32 << 10;
 
 /// Journal files kept at most: the current one, full ones waiting for their checkpoint, spares.
 const MAX_FILES: usize = 4;

@@ -261,7 +261,7 @@ fn journaled_appends_reach_their_segment_in_order_as_they_gather() {
 }
 
 #[test]
-fn a_batch_over_8_kib_is_synced_in_its_segment_not_journaled() {
+fn a_batch_over_32_kib_is_synced_in_its_segment_not_journaled() {
     // Such a batch carries enough bytes for its own fdatasync; journaled, it would be written
     // twice, and every checkpoint's writeback would hold up the journal's syncs meanwhile.
     let root = tempfile::tempdir().unwrap();
@@ -276,18 +276,18 @@ fn a_batch_over_8_kib_is_synced_in_its_segment_not_journaled() {
         }
         b.build().unwrap()
     };
-    log.append(records(7)).unwrap().wait().unwrap();
-    assert_eq!(on_disk(), SEGMENT_HEADER_LEN, "~7 KiB: journaled, the segment not yet written");
-    log.append(records(9)).unwrap().wait().unwrap();
-    assert_eq!(on_disk(), log.size_bytes(), "~9 KiB: written into the segment (the batch before it first)");
+    log.append(records(31)).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), SEGMENT_HEADER_LEN, "~31 KiB: journaled, the segment not yet written");
+    log.append(records(33)).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), log.size_bytes(), "~33 KiB: written into the segment (the batch before it first)");
     let expected = read_all(&log, 0);
-    assert_eq!(expected.len(), 16);
+    assert_eq!(expected.len(), 64);
     // Nor is it in the journal: with the segment's bytes taken away after a crash, the replay
     // brings back the journaled batch only.
     drop(log);
     drop(manager);
     lose_segment_data(root.path(), "t-0");
-    assert_eq!(reopened(root.path(), &["t-0"])[0], expected[..7]);
+    assert_eq!(reopened(root.path(), &["t-0"])[0], expected[..31]);
 }
 
 #[test]

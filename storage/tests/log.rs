@@ -76,8 +76,8 @@ fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
 
     // A batch too large for the journal, or a log that is not `always`, writes its segment now.
     let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
-    let big = ValidBatch::check(batch(1000, 1000, 1)).unwrap();
-    assert!(big.bytes().len() > 8 << 10);
+    let big = ValidBatch::check(batch(1000, 2000, 1)).unwrap();
+    assert!(big.bytes().len() > 32 << 10);
     assert!(matches!(wide.append_in_memory(big).unwrap(), Attempt::NeedsIo(_)));
     assert!(matches!(wide.append_in_memory(valid(0)).unwrap(), Attempt::Appended(_)));
     let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
