@@ -346,6 +346,13 @@ impl Journal {
         Some(seq)
     }
 
+    /// The largest batch the journal takes: [`MAX_BATCH`], or less where files are so small
+    /// (tests) that two such entries would not fit in one.
+    pub(crate) fn max_batch(&self) -> usize {
+        let room = self.inner.file_bytes.saturating_sub(ENTRIES_AT) as usize;
+        MAX_BATCH.min(room / 2)
+    }
+
     /// Whether the journal takes entries (it stops after a failure, or when stopped).
     pub(crate) fn is_open(&self) -> bool {
         !self.inner.failed.load(Ordering::Acquire) && !self.inner.stopped.load(Ordering::Acquire)

@@ -23,7 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{FileCache, FileId};
 use crate::flusher::{FlushTicket, Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
-use crate::journal::{self, Completion, Journal};
+use crate::journal::{Completion, Journal};
 use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
 
@@ -826,7 +826,7 @@ impl Log {
     /// Whether a batch of `len` bytes would go to the journal (if the log's durability is
     /// `always`).
     fn journal_takes(&self, len: usize) -> bool {
-        len <= journal::MAX_BATCH && self.inner.shared.journal.as_ref().is_some_and(Journal::is_open)
+        self.inner.shared.journal.as_ref().is_some_and(|j| j.is_open() && len <= j.max_batch())
     }
 
     /// Makes sure the journal holds no entry of this log (before it is deleted, so that a log

@@ -458,3 +458,23 @@ fn a_new_header_torn_by_a_crash_leaves_the_files_entries_to_the_replay() {
     lose_segment_data(root.path(), "t-0");
     assert_eq!(reopened(root.path(), &["t-0"]), expected);
 }
+
+#[test]
+fn with_small_journal_files_a_batch_too_large_for_two_per_file_is_synced_in_its_segment() {
+    // 16 KiB files: room for 16 KiB of entries, so batches over 8 KiB go to their segments
+    // (journaled, one that does not fit in a file would stop the journal for every log).
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(16 << 10)).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    let active = segments(&root.path().join("t-0")).pop().unwrap();
+    let on_disk = || std::fs::metadata(&active).unwrap().len();
+    let mut b = BatchBuilder::new(Compression::None);
+    for _ in 0..10 {
+        b.push(0, None, Some(&[b'v'; 1000]), &[]);
+    }
+    log.append(b.build().unwrap()).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), log.size_bytes(), "~10 KiB: written into the segment");
+    let size = on_disk();
+    log.append(batch(1, 2, 0)).unwrap().wait().unwrap();
+    assert_eq!(on_disk(), size, "a small batch after it is still journaled");
+}
