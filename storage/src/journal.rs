@@ -577,7 +577,10 @@ fn next_file(inner: &Inner) -> io::Result<Slot> {
             return Ok(slot);
         }
         if !files.creating && files.count < MAX_FILES {
-            return create(inner, files);
+            let (files, made) = create(inner, files);
+            drop(files);
+            inner.files_changed.notify_all();
+            return made;
         }
         if files.failed || inner.queue().shutdown {
             return Err(io::Error::other("no journal file is free: a checkpoint failed, or the journal is stopping"));
@@ -587,8 +590,9 @@ fn next_file(inner: &Inner) -> io::Result<Slot> {
 }
 
 /// Makes one more file (the caller saw that it may: none is being made, and fewer than
-/// [`MAX_FILES`] exist).
-fn create(inner: &Inner, mut files: MutexGuard<'_, Files>) -> io::Result<Slot> {
+/// [`MAX_FILES`] exist). Returns with the lock held again, so that the caller places the file
+/// before anyone sees that none is being made (the writer would make one more meanwhile).
+fn create<'a>(inner: &'a Inner, mut files: MutexGuard<'a, Files>) -> (MutexGuard<'a, Files>, io::Result<Slot>) {
     files.creating = true;
     files.count += 1;
     let epoch = files.next_epoch;
@@ -600,9 +604,7 @@ fn create(inner: &Inner, mut files: MutexGuard<'_, Files>) -> io::Result<Slot> {
     if made.is_err() {
         files.count -= 1; // a half-made file stays as `.tmp`, and the next start removes it
     }
-    drop(files);
-    inner.files_changed.notify_all();
-    made
+    (files, made)
 }
 
 /// A new journal file, zero-filled to its full length and durable with its header, so that
@@ -645,23 +647,23 @@ fn checkpoint_loop(inner: &Inner) {
                     // The next file, made ahead of need: made by the writer at the moment it is
                     // needed, a zero-filled file's `fdatasync` (42 ms) and a directory `fsync`
                     // (27 ms) stalled every append waiting on it (traced in W3 at 10 % load).
-                    match create(inner, files) {
-                        Ok(slot) => inner.files().spares.push(slot),
+                    let made;
+                    (files, made) = create(inner, files);
+                    match made {
+                        Ok(slot) => files.spares.push(slot),
                         Err(e) => {
                             tracing::warn!(dir = %inner.dir.display(), error = %e, "could not make the next journal file");
+                            inner.files_changed.notify_all();
                             // Not again at once (the writer makes its own if it must).
-                            let files = inner.files();
-                            drop(
-                                inner
-                                    .files_changed
-                                    .wait_timeout(files, std::time::Duration::from_secs(1))
-                                    .unwrap_or_else(PoisonError::into_inner),
-                            );
+                            files = inner
+                                .files_changed
+                                .wait_timeout(files, std::time::Duration::from_secs(1))
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0;
                         }
                     }
                     inner.files_changed.notify_all();
                     // The lock was let go meanwhile: look at everything again (a stop, too).
-                    files = inner.files();
                     continue;
                 }
                 files = inner.wait_files(files);
