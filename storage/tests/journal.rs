@@ -461,8 +461,9 @@ fn a_new_header_torn_by_a_crash_leaves_the_files_entries_to_the_replay() {
 
 #[test]
 fn with_small_journal_files_a_batch_too_large_for_two_per_file_is_synced_in_its_segment() {
-    // 16 KiB files: room for 16 KiB of entries, so batches over 8 KiB go to their segments
-    // (journaled, one that does not fit in a file would stop the journal for every log).
+    // 16 KiB files: entries start at 4 KiB, so 12 KiB of room, and batches over half of that
+    // (6 KiB) go to their segments (journaled, one that does not fit in a file would stop the
+    // journal for every log).
     let root = tempfile::tempdir().unwrap();
     let manager = LogManager::new(root.path(), options(16 << 10)).unwrap();
     let log = manager.open_log("t-0", LogConfig::default()).unwrap();
