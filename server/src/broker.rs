@@ -9,7 +9,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use strata_storage::{Attempt, BatchBuilder, Compression, Header, Log, LogManager, PendingAppend, ValidBatch};
+use strata_storage::{
+    AppendGroup, AppendInfo, Attempt, BatchBuilder, Compression, Header, Log, LogManager, ValidBatch,
+};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, ErrorCode};
@@ -110,7 +112,9 @@ struct Partition {
 /// Appends made, waiting to become durable.
 #[derive(Debug)]
 pub struct PendingProduce {
-    appends: Vec<(Partition, PendingAppend)>,
+    /// The partitions appended to, in one group: awaited with one wake-up, however many.
+    partitions: Vec<Partition>,
+    durable: AppendGroup,
     offsets: Vec<(u32, u64)>,
     acks: Acks,
 }
@@ -121,23 +125,22 @@ impl PendingProduce {
     /// # Errors
     /// `unavailable` if an fsync failed (the partition then refuses writes until restart).
     pub async fn acknowledged(self) -> Result<Vec<(u32, u64)>, ApiError> {
-        for (partition, pending) in self.appends {
-            match self.acks {
-                Acks::Leader => {
-                    pending.durable().await?;
-                    partition.notify();
-                }
-                // Readers see the records once durable: wake them then, without waiting here.
-                Acks::None => {
-                    tokio::spawn(async move {
-                        if pending.durable().await.is_ok() {
-                            partition.notify();
-                        }
-                    });
-                }
+        let Self { partitions, durable, offsets, acks } = self;
+        match acks {
+            Acks::Leader => {
+                durable.durable().await?;
+                partitions.iter().for_each(Partition::notify);
+            }
+            // Readers see the records once durable: wake them then, without waiting here.
+            Acks::None => {
+                tokio::spawn(async move {
+                    if durable.durable().await.is_ok() {
+                        partitions.iter().for_each(Partition::notify);
+                    }
+                });
             }
         }
-        Ok(self.offsets)
+        Ok(offsets)
     }
 }
 
@@ -163,8 +166,9 @@ impl Partition {
     }
 }
 
-/// Appends one batch to each partition and returns them in the same order, with their pending
-/// durability. An error fails the whole request; appends already made stand.
+/// Appends one batch to each partition and returns where each landed, in the same order; their
+/// durability is `group`'s to await. An error fails the whole request; appends already made
+/// stand.
 ///
 /// Appending pwrites each batch (tens of microseconds, occasionally a segment roll with
 /// fsyncs), so it runs off the async workers, and a request touching many partitions (keyed
@@ -177,13 +181,14 @@ impl Partition {
 async fn append(
     mut batches: Vec<(u32, Partition, ValidBatch)>,
     expected_offset: Option<u64>,
-) -> Result<Vec<(u32, Partition, PendingAppend)>, ApiError> {
+    group: Arc<AppendGroup>,
+) -> Result<Vec<(u32, Partition, AppendInfo)>, ApiError> {
     if batches.len() == 1
         && expected_offset.is_none()
         && let Some((p, partition, batch)) = batches.pop()
     {
-        match partition.log.append_in_memory(batch)? {
-            Attempt::Appended(pending) => return Ok(vec![(p, partition, pending)]),
+        match partition.log.append_in_memory(batch, Some(&group))? {
+            Attempt::Appended(pending) => return Ok(vec![(p, partition, pending.info())]),
             Attempt::NeedsIo(batch) => batches.push((p, partition, batch)),
         }
     }
@@ -196,12 +201,17 @@ async fn append(
         if chunk.is_empty() {
             break;
         }
+        let group = Arc::clone(&group);
         tasks.push(tokio::task::spawn_blocking(move || {
             let (targets, logs): (Vec<_>, Vec<_>) =
                 chunk.into_iter().map(|(p, partition, batch)| ((p, partition.clone()), (partition.log, batch))).unzip();
-            let pending = Log::append_all(logs, expected_offset)?;
+            let pending = Log::append_all(logs, expected_offset, &group)?;
             Ok::<_, strata_storage::Error>(
-                targets.into_iter().zip(pending).map(|((p, partition), pending)| (p, partition, pending)).collect(),
+                targets
+                    .into_iter()
+                    .zip(pending)
+                    .map(|((p, partition), pending)| (p, partition, pending.info()))
+                    .collect(),
             )
         }));
     }
@@ -519,18 +529,21 @@ impl Broker {
             }
             batches.push((p, partition, batch));
         }
-        let appended = append(batches, expected_offset).await?;
+        let group = Arc::new(AppendGroup::new());
+        let appended = append(batches, expected_offset, Arc::clone(&group)).await?;
+        // The append tasks, which held the other references, have finished.
+        let durable = Arc::into_inner(group)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
         let mut offsets = vec![(0u32, 0u64); records.len()];
-        let mut appends = Vec::with_capacity(appended.len());
+        let mut partitions = Vec::with_capacity(appended.len());
         // Appended in the order of `by_partition`, all of them (a failure above ended the request).
-        for ((p, partition, pending), run) in appended.into_iter().zip(&by_partition) {
-            let base = pending.info().base_offset;
+        for ((p, partition, info), run) in appended.into_iter().zip(&by_partition) {
             for (k, &(_, i)) in run.iter().enumerate() {
-                offsets[i] = (p, base + k as u64);
+                offsets[i] = (p, info.base_offset + k as u64);
             }
-            appends.push((partition, pending));
+            partitions.push(partition);
         }
-        Ok(PendingProduce { appends, offsets, acks })
+        Ok(PendingProduce { partitions, durable, offsets, acks })
     }
 
     /// Validated produce: every value (tombstones aside) becomes a framed Avro value of `subject`,

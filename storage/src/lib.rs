@@ -28,7 +28,9 @@
 //! - `journal`: one write-ahead file per manager that makes small `always` appends durable with
 //!   one write and one `fdatasync` whatever the partitions; their segment writes wait in memory
 //!   (write-behind) and reach disk at checkpoints; replayed before any log opens.
+//! - [`AppendGroup`]: a request's appends to many logs awaited as one, with one wake-up.
 
+mod append_group;
 pub mod batch;
 mod clock;
 mod compaction;
@@ -46,6 +48,7 @@ mod retention;
 pub mod segment;
 pub mod tier;
 
+pub use append_group::AppendGroup;
 pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record, ValidBatch};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;

@@ -212,7 +212,7 @@ impl Log {
         let mut st = self.lock();
         st.deleted = true;
         for w in st.take_waiters() {
-            let _ = w.send(Err(Error::LogDeleted { dir: self.dir().to_path_buf() }));
+            w.send(Err(Error::LogDeleted { dir: self.dir().to_path_buf() }));
         }
         for seg in st.sealed.values() {
             self.inner.shared.files.evict(seg.id);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::append_group::{AppendGroup, Notifier};
 use crate::batch::{self, Batch, BatchHeader, ValidBatch};
 use crate::clock::Clock;
 use crate::config::{Durability, LogConfig};
@@ -159,7 +160,7 @@ enum Origin {
 
 pub(crate) struct Waiter {
     next_offset: u64,
-    tx: oneshot::Sender<Result<()>>,
+    notify: Notifier,
 }
 
 pub(crate) struct LogState {
@@ -210,13 +211,13 @@ impl LogState {
         // In place: the journal's writer calls this for every entry of a group (hundreds per
         // sync in a keyed request over a wide topic), so it allocates nothing.
         for w in self.waiters.extract_if(.., |w| w.next_offset <= durable) {
-            let _ = w.tx.send(Ok(()));
+            w.notify.send(Ok(()));
         }
     }
 
     /// Removes every waiting append's notifier (to fail them).
-    pub(crate) fn take_waiters(&mut self) -> Vec<oneshot::Sender<Result<()>>> {
-        self.waiters.drain(..).map(|w| w.tx).collect()
+    pub(crate) fn take_waiters(&mut self) -> Vec<Notifier> {
+        self.waiters.drain(..).map(|w| w.notify).collect()
     }
 
     fn size_bytes(&self) -> u64 {
@@ -274,6 +275,8 @@ pub struct AppendInfo {
 pub struct PendingAppend {
     info: AppendInfo,
     rx: Option<oneshot::Receiver<Result<()>>>,
+    /// Its durability is its [`AppendGroup`]'s to await, not its own.
+    grouped: bool,
     /// The log, for the error should its sync fail. Kept rather than a copy of its directory's
     /// path, which cost an allocation per partition of a wide request (1.6 % of W6's server).
     log: Log,
@@ -294,11 +297,13 @@ impl PendingAppend {
     /// Blocks until durable.
     ///
     /// # Errors
-    /// [`Error::Poisoned`] if the fsync covering this append failed.
+    /// [`Error::Poisoned`] if the fsync covering this append failed; [`Error::Internal`] for an
+    /// append made with an [`AppendGroup`] (await the group instead).
     ///
     /// # Panics
     /// If called from inside an async runtime's worker thread; use [`PendingAppend::durable`].
     pub fn wait(self) -> Result<AppendInfo> {
+        self.check_not_grouped()?;
         match self.rx {
             None => Ok(self.info),
             Some(rx) => rx
@@ -311,11 +316,12 @@ impl PendingAppend {
     /// Resolves once durable.
     ///
     /// # Errors
-    /// [`Error::Poisoned`] if the fsync covering this append failed.
+    /// As [`PendingAppend::wait`].
     ///
     /// # Cancel safety
     /// Dropping the future does not undo the append; it only stops waiting.
     pub async fn durable(self) -> Result<AppendInfo> {
+        self.check_not_grouped()?;
         match self.rx {
             None => Ok(self.info),
             Some(rx) => {
@@ -326,6 +332,16 @@ impl PendingAppend {
                     .map(|()| self.info)
             }
         }
+    }
+
+    /// An append made with an [`AppendGroup`] is awaited through the group: waiting on it alone
+    /// would be a bug (its own channel does not exist).
+    fn check_not_grouped(&self) -> Result<()> {
+        debug_assert!(!self.grouped, "a grouped append was awaited on its own");
+        if self.grouped {
+            return Err(Error::Internal("an append made with an AppendGroup is awaited through the group"));
+        }
+        Ok(())
     }
 }
 
@@ -589,7 +605,7 @@ impl Log {
     pub fn append_expecting(&self, batch: Vec<u8>, expected_offset: Option<u64>) -> Result<PendingAppend> {
         // Size first: an oversized batch is refused without checking it.
         self.check_size(batch.len())?;
-        self.append_queued(validate_batch(batch)?, expected_offset, Origin::Client, None)
+        self.append_queued(validate_batch(batch)?, expected_offset, Origin::Client, None, None)
     }
 
     fn check_size(&self, size: usize) -> Result<()> {
@@ -606,32 +622,34 @@ impl Log {
     /// # Errors
     /// As [`Log::append`], but never [`Error::InvalidBatch`].
     pub fn append_valid(&self, batch: ValidBatch) -> Result<PendingAppend> {
-        self.append_queued(batch, None, Origin::Client, None)
+        self.append_queued(batch, None, Origin::Client, None, None)
     }
 
     /// Appends a batch replayed from the journal at the log's end, as it was first appended
     /// (its producer's sequence is recorded, not checked again: the first append checked it).
     pub(crate) fn replay_append(&self, batch: ValidBatch) -> Result<()> {
         let expected = batch.header().base_offset;
-        self.append_queued(batch, Some(expected), Origin::Journal, None).map(drop)
+        self.append_queued(batch, Some(expected), Origin::Journal, None, None).map(drop)
     }
 
     /// Appends one batch to each log (every one with `expected_offset`, when given), stopping at
     /// the first failure, and then queues the flushes of all of them at once, so that the flusher
     /// can make them durable with one grouped sync (see [`crate::flusher`]) rather than waking a
-    /// thread per log. For a request that touches many partitions.
+    /// thread per log. For a request that touches many partitions: their durability is awaited
+    /// through `group` ([`AppendGroup::durable`]), not through the returned appends.
     ///
     /// # Errors
     /// As [`Log::append_expecting`], for the first append that failed (the ones before it stand).
     pub fn append_all(
         appends: impl IntoIterator<Item = (Log, ValidBatch)>,
         expected_offset: Option<u64>,
+        group: &AppendGroup,
     ) -> Result<Vec<PendingAppend>> {
         let mut queued = Vec::new();
         let mut done = Vec::new();
         let mut result = Ok(());
         for (log, batch) in appends {
-            match log.append_queued(batch, expected_offset, Origin::Client, Some(&mut queued)) {
+            match log.append_queued(batch, expected_offset, Origin::Client, Some(&mut queued), Some(group)) {
                 Ok(pending) => done.push(pending),
                 Err(e) => {
                     result = Err(e);
@@ -655,8 +673,9 @@ impl Log {
         expected_offset: Option<u64>,
         origin: Origin,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
+        group: Option<&AppendGroup>,
     ) -> Result<PendingAppend> {
-        match self.attempt(batch, expected_offset, origin, deferred, Io::Allowed)? {
+        match self.attempt(batch, expected_offset, origin, deferred, Io::Allowed, group)? {
             Attempt::Appended(pending) => Ok(pending),
             Attempt::NeedsIo(_) => Err(Error::Internal("an append allowed file I/O was refused it")),
         }
@@ -669,11 +688,12 @@ impl Log {
     /// batch comes back unappended, for a caller on an async worker to append from a blocking
     /// thread. An append in memory costs a copy of the batch into the journal's queue and at
     /// most one wake-up of the journal's writer, less than a hop to a blocking thread and back.
+    /// With a `group`, its durability is awaited through the group, as with [`Log::append_all`].
     ///
     /// # Errors
     /// As [`Log::append_valid`].
-    pub fn append_in_memory(&self, batch: ValidBatch) -> Result<Attempt> {
-        self.attempt(batch, None, Origin::Client, None, Io::Refused)
+    pub fn append_in_memory(&self, batch: ValidBatch, group: Option<&AppendGroup>) -> Result<Attempt> {
+        self.attempt(batch, None, Origin::Client, None, Io::Refused, group)
     }
 
     fn attempt(
@@ -683,6 +703,7 @@ impl Log {
         origin: Origin,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
         io: Io,
+        group: Option<&AppendGroup>,
     ) -> Result<Attempt> {
         self.check_size(batch.bytes().len())?;
         let mut st = self.lock();
@@ -698,7 +719,7 @@ impl Log {
             && origin == Origin::Client
             && let SequenceCheck::Duplicate(first) = st.producers.check(producer, batch.header().record_count)?
         {
-            return Ok(Attempt::Appended(self.duplicate_of(st, first, deferred)));
+            return Ok(Attempt::Appended(self.duplicate_of(st, first, deferred, group)));
         }
         if let Some(expected) = expected_offset
             && expected != st.next_offset
@@ -768,9 +789,9 @@ impl Log {
         }
         let rx = match st.config.durability {
             Durability::Always => {
-                let (tx, rx) = oneshot::channel();
+                let (notify, rx) = notifier(group);
                 let next_offset = st.next_offset;
-                st.waiters.push(Waiter { next_offset, tx });
+                st.waiters.push(Waiter { next_offset, notify });
                 let journaled = self.journal(&st, &batch);
                 if write_behind {
                     // Written by the next append that fills the pending batches, or by whatever
@@ -782,7 +803,7 @@ impl Log {
                     drop(st);
                     self.queue_flush(deferred);
                 }
-                Some(rx)
+                rx
             }
             Durability::Interval(every) => {
                 let synced_to = if st.durable_pos.0 == st.active.base { st.durable_pos.1 } else { 0 };
@@ -799,7 +820,8 @@ impl Log {
             }
             Durability::Never => None,
         };
-        Ok(Attempt::Appended(PendingAppend { info, rx, log: self.clone(), duplicate: false }))
+        let grouped = group.is_some();
+        Ok(Attempt::Appended(PendingAppend { info, rx, grouped, log: self.clone(), duplicate: false }))
     }
 
     /// Queues the batch just written (small enough) in the journal, which then marks the log
@@ -847,6 +869,7 @@ impl Log {
         mut st: MutexGuard<'_, LogState>,
         first: SequencedBatch,
         deferred: Option<&mut Vec<Arc<LogInner>>>,
+        group: Option<&AppendGroup>,
     ) -> PendingAppend {
         let info = AppendInfo {
             base_offset: first.base_offset,
@@ -854,16 +877,19 @@ impl Log {
             max_timestamp: first.max_timestamp,
         };
         let next_offset = first.last_offset + 1;
-        let rx = (st.config.durability == Durability::Always && st.durable < next_offset).then(|| {
-            let (tx, rx) = oneshot::channel();
-            st.waiters.push(Waiter { next_offset, tx });
+        let waits = st.config.durability == Durability::Always && st.durable < next_offset;
+        let rx = if waits {
+            let (notify, rx) = notifier(group);
+            st.waiters.push(Waiter { next_offset, notify });
             rx
-        });
+        } else {
+            None
+        };
         drop(st);
-        if rx.is_some() {
+        if waits {
             self.queue_flush(deferred);
         }
-        PendingAppend { info, rx, log: self.clone(), duplicate: true }
+        PendingAppend { info, rx, grouped: group.is_some(), log: self.clone(), duplicate: true }
     }
 
     /// Writes a batch at the end of the active segment (the file grows; see the module docs of
@@ -1379,7 +1405,7 @@ impl LogInner {
             tracing::error!(path = %a.path.display(), error = %e, "writing appended batches failed; log refuses writes until reopened");
             st.poisoned = true;
             for w in st.take_waiters() {
-                let _ = w.send(Err(Error::Poisoned { dir: self.dir.clone() }));
+                w.poisoned(self.dir.clone());
             }
             return Err(e);
         }
@@ -1449,8 +1475,8 @@ impl LogInner {
         tracing::error!(path = %path.display(), error = %e, "fsync failed; log refuses writes until reopened");
         let mut st = self.lock();
         st.poisoned = true;
-        for w in st.waiters.drain(..) {
-            let _ = w.tx.send(Err(Error::Poisoned { dir: self.dir.clone() }));
+        for w in st.take_waiters() {
+            w.poisoned(self.dir.clone());
         }
     }
 }
@@ -1470,6 +1496,17 @@ impl Flushable for LogInner {
 
     fn complete(&self, ticket: FlushTicket, result: io::Result<()>) {
         let _ = self.end_flush(ticket, result);
+    }
+}
+
+/// How an append that waits for a sync is told: through its group, or its own channel.
+fn notifier(group: Option<&AppendGroup>) -> (Notifier, Option<oneshot::Receiver<Result<()>>>) {
+    match group {
+        Some(group) => (group.join(), None),
+        None => {
+            let (notify, rx) = Notifier::channel();
+            (notify, Some(rx))
+        }
     }
 }
 

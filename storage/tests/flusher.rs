@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{batch, read_all};
-use strata_storage::{Durability, Error, Fsync, Log, LogConfig, LogManager, OsFsync, StorageOptions};
+use strata_storage::{
+    AppendGroup, Durability, Error, Fsync, Log, LogConfig, LogManager, OsFsync, StorageOptions, ValidBatch,
+};
 
 /// The real syncs, counted; `fdatasync` made slow (a busy disk) so appends queue up behind it.
 #[derive(Debug, Default)]
@@ -149,4 +151,50 @@ fn an_interval_log_syncs_early_once_megabytes_wait_unsynced() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(read_all(&log, 0).len(), 640, "every record reads back");
+}
+
+/// A request's appends to many logs, made with one [`AppendGroup`]: awaited once, resolved when
+/// the last of them is durable, and every one readable then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_made_with_one_group_are_awaited_as_one() {
+    let disk = Arc::new(SlowDisk::default());
+    let (_dir, _manager, logs) = open_logs(&disk);
+    for round in 0..3 {
+        let group = Arc::new(AppendGroup::new());
+        let appends: Vec<_> =
+            logs.iter().map(|log| (log.clone(), ValidBatch::check(batch(round, 3, 0)).unwrap())).collect();
+        // From a blocking thread, as the server appends.
+        let made = {
+            let group = Arc::clone(&group);
+            tokio::task::spawn_blocking(move || Log::append_all(appends, None, &group)).await.unwrap().unwrap()
+        };
+        assert_eq!(made.len(), LOGS);
+        assert!(made.iter().all(|p| p.info().base_offset == round * 3), "each log's next offset");
+        Arc::into_inner(group).unwrap().durable().await.unwrap();
+        for log in &logs {
+            assert_eq!(log.high_watermark(), (round + 1) * 3, "durable, so visible, once the group resolves");
+        }
+    }
+}
+
+/// A group whose appends' sync fails resolves with the failure, not with success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_resolves_with_its_failed_sync() {
+    let disk = Arc::new(SlowDisk::default());
+    if !disk.can_sync_filesystem() {
+        eprintln!("this kernel's syncfs does not report errors: grouping is off, nothing to test");
+        return;
+    }
+    disk.fail_filesystem_sync.store(true, Ordering::SeqCst);
+    let (_dir, _manager, logs) = open_logs(&disk);
+    let group = Arc::new(AppendGroup::new());
+    let appends: Vec<_> = logs.iter().map(|log| (log.clone(), ValidBatch::check(batch(1, 2, 0)).unwrap())).collect();
+    let made = {
+        let group = Arc::clone(&group);
+        tokio::task::spawn_blocking(move || Log::append_all(appends, None, &group)).await.unwrap().unwrap()
+    };
+    assert_eq!(made.len(), LOGS);
+    let outcome = Arc::into_inner(group).unwrap().durable().await;
+    assert!(matches!(outcome, Err(Error::Poisoned { .. })), "{outcome:?}");
+    assert!(logs.iter().any(|log| log.high_watermark() == 0), "what the failed sync covered stays invisible");
 }

@@ -57,7 +57,7 @@ fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
     // until the segment is due to roll.
     let mut appended = 0;
     let refused = loop {
-        match log.append_in_memory(valid(appended)).unwrap() {
+        match log.append_in_memory(valid(appended), None).unwrap() {
             Attempt::Appended(pending) => {
                 assert_eq!(pending.wait().unwrap().base_offset, appended * 5);
                 appended += 1;
@@ -78,10 +78,10 @@ fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
     let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let big = ValidBatch::check(batch(1000, 2000, 1)).unwrap();
     assert!(big.bytes().len() > 32 << 10);
-    assert!(matches!(wide.append_in_memory(big).unwrap(), Attempt::NeedsIo(_)));
-    assert!(matches!(wide.append_in_memory(valid(0)).unwrap(), Attempt::Appended(_)));
+    assert!(matches!(wide.append_in_memory(big, None).unwrap(), Attempt::NeedsIo(_)));
+    assert!(matches!(wide.append_in_memory(valid(0), None).unwrap(), Attempt::Appended(_)));
     let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
-    assert!(matches!(relaxed.append_in_memory(valid(0)).unwrap(), Attempt::NeedsIo(_)));
+    assert!(matches!(relaxed.append_in_memory(valid(0), None).unwrap(), Attempt::NeedsIo(_)));
     assert_eq!(relaxed.high_watermark(), 0);
 }
 
