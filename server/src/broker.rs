@@ -126,17 +126,19 @@ impl PendingProduce {
     /// `unavailable` if an fsync failed (the partition then refuses writes until restart).
     pub async fn acknowledged(self) -> Result<Vec<(u32, u64)>, ApiError> {
         let Self { partitions, durable, offsets, acks } = self;
+        // Fetchers are woken whatever the outcome: where one partition's sync failed, the others'
+        // records are durable and readable all the same (`notify` reads each high watermark).
         match acks {
             Acks::Leader => {
-                durable.durable().await?;
+                let outcome = durable.durable().await;
                 partitions.iter().for_each(Partition::notify);
+                outcome?;
             }
             // Readers see the records once durable: wake them then, without waiting here.
             Acks::None => {
                 tokio::spawn(async move {
-                    if durable.durable().await.is_ok() {
-                        partitions.iter().for_each(Partition::notify);
-                    }
+                    let _ = durable.durable().await;
+                    partitions.iter().for_each(Partition::notify);
                 });
             }
         }
