@@ -18,6 +18,7 @@ peers="$(./scripts/setup-bench-tools --tansu || true)"
 redis="$(sed -n 's/^redis-server=//p' <<<"$peers")"
 nats="$(sed -n 's/^nats-server=//p' <<<"$peers")"
 tansu="$(sed -n 's/^tansu=//p' <<<"$peers")"
+rabbitmq="$(sed -n 's/^rabbitmq-server=//p' <<<"$peers")"
 
 echo "==> cargo build --release (strata, strata-bench)" >&2
 # One invocation: both packages then share one feature set, so DataFusion (a dependency of both)
@@ -28,4 +29,5 @@ args=(all --strata "$CARGO_TARGET_DIR/release/strata")
 [ -n "$redis" ] && args+=(--redis-server "$redis")
 [ -n "$nats" ] && args+=(--nats-server "$nats")
 [ -n "$tansu" ] && args+=(--tansu "$tansu")
+[ -n "$rabbitmq" ] && args+=(--rabbitmq-server "$rabbitmq")
 exec "$CARGO_TARGET_DIR/release/strata-bench" "${args[@]}" "$@"

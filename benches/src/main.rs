@@ -32,8 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Side by side: Strata, Redis Streams, NATS JetStream and the machine's limits (W1–W9).
-    All(all::Args),
+    /// Side by side: Strata, Redis Streams, NATS JetStream, Tansu, RabbitMQ Streams and the machine's limits (W1–W9).
+    All(Box<all::Args>),
     /// Storage engine: append (group commit), latency, sequential read, reopen, memory.
     Storage(storage::Args),
     /// Server: produce through each door, latency at half the peak, catch-up fetch, idle memory.

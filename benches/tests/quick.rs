@@ -1,5 +1,5 @@
 //! The side-by-side harness checked in CI (issue #8): `strata-bench all --quick` runs every
-//! workload end to end against the `strata` binary of this build, with Redis, NATS and Tansu when
+//! workload end to end against the `strata` binary of this build, with Redis, NATS, RabbitMQ and Tansu when
 //! `scripts/setup-bench-tools` installed them and without them (saying so) when not, and its JSON
 //! result validates against benches/schema/results.schema.json (and `check-results`' rules: W4's
 //! group and W8's cold catch-up received every record exactly once). No performance figure is
@@ -64,22 +64,24 @@ fn quick_run_of_every_workload_writes_a_valid_report() {
     }
     // Each peer either ran or is reported missing with its reason.
     let peers = doc["peers"].as_array().expect("peers");
-    for name in ["redis", "nats", "tansu"] {
+    for name in ["redis", "nats", "tansu", "rabbitmq"] {
         let peer = peers.iter().find(|p| p["name"] == name);
         assert!(peer.is_some_and(|p| p["status"].is_string()), "{name} is neither run nor reported missing: {peers:?}");
     }
-    // Tansu, where its binary was built, runs the relaxed rows and says why it has no durable one.
-    if peers.iter().any(|p| p["name"] == "tansu" && p["status"] == "found") {
-        let row = |mode: &str| {
+    // Tansu (where its binary was built) and RabbitMQ run the relaxed rows, both produce and
+    // consume, and say why they have no durable one.
+    for name in
+        ["tansu", "rabbitmq"].into_iter().filter(|n| peers.iter().any(|p| p["name"] == *n && p["status"] == "found"))
+    {
+        let row = |mode: &str, phase: &str| {
             rows.iter()
-                .find(|r| {
-                    r["workload"] == "W2" && r["system"] == "tansu" && r["mode"] == mode && r["phase"] == "produce"
-                })
-                .unwrap_or_else(|| panic!("no W2 {mode} row for tansu:\n{stdout}"))
+                .find(|r| r["workload"] == "W2" && r["system"] == name && r["mode"] == mode && r["phase"] == phase)
+                .unwrap_or_else(|| panic!("no W2 {mode} {phase} row for {name}:\n{stdout}"))
         };
-        assert_eq!(row("relaxed")["status"], "ok", "{}", row("relaxed"));
-        assert_eq!(row("durable")["status"], "skipped", "{}", row("durable"));
-        assert!(row("durable")["note"].as_str().unwrap().contains("fsync"), "{}", row("durable"));
+        assert_eq!(row("relaxed", "produce")["status"], "ok", "{}", row("relaxed", "produce"));
+        assert_eq!(row("relaxed", "consume")["status"], "ok", "{}", row("relaxed", "consume"));
+        assert_eq!(row("durable", "produce")["status"], "skipped", "{}", row("durable", "produce"));
+        assert!(row("durable", "produce")["note"].as_str().unwrap().contains("fsync"), "{}", row("durable", "produce"));
     }
     assert!(std::fs::read_to_string(&md).unwrap().contains("| W1 |"), "the markdown report has the tables");
     assert!(dir.path().join("latency-throughput-quick.svg").exists(), "the plot beside the JSON");

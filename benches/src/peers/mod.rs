@@ -15,13 +15,15 @@
 //! Each system speaks its own protocol with its own best practice: Strata's gRPC
 //! `ProduceStream` / the raw batch stream, Redis Streams' pipelined `XADD` / `XREADGROUP` + `XACK`,
 //! NATS JetStream's asynchronous publish (acks in windows) / pull consumer with `AckAll`, Tansu's
-//! Kafka `Produce` requests pipelined on one connection / `Fetch` (through `rskafka`). In a
+//! Kafka `Produce` requests pipelined on one connection / `Fetch` (through `rskafka`), RabbitMQ
+//! Streams' `Publish` frames with confirms / `Subscribe` with credits (stream protocol). In a
 //! group (W4): Strata's `Consumer.Subscribe` members (`strata-client`'s `GroupConsumer`), Redis's
 //! consumers of one consumer group, JetStream's durable pull consumer shared by every member
-//! (Tansu: not run, see [`Peer::skips`]).
+//! (Tansu and RabbitMQ: not run, see [`Peer::skips`]).
 
 pub(crate) mod group;
 pub(crate) mod nats;
+pub(crate) mod rabbitmq;
 pub(crate) mod redis;
 pub(crate) mod strata;
 pub(crate) mod tansu;
@@ -231,6 +233,7 @@ pub enum Peer {
     Redis,
     Nats,
     Tansu,
+    RabbitMq,
 }
 
 impl Peer {
@@ -240,6 +243,7 @@ impl Peer {
             Peer::Redis => "redis",
             Peer::Nats => "nats",
             Peer::Tansu => "tansu",
+            Peer::RabbitMq => "rabbitmq",
         }
     }
 
@@ -250,6 +254,7 @@ impl Peer {
             Peer::Redis => redis::GROUP_METHOD,
             Peer::Nats => nats::GROUP_METHOD,
             Peer::Tansu => tansu::GROUP_METHOD,
+            Peer::RabbitMq => rabbitmq::GROUP_METHOD,
         }
     }
 
@@ -259,6 +264,8 @@ impl Peer {
         match self {
             Peer::Tansu if mode == Mode::Durable => Some(tansu::SKIPS_DURABLE),
             Peer::Tansu if group => Some(tansu::SKIPS_GROUP),
+            Peer::RabbitMq if mode == Mode::Durable => Some(rabbitmq::SKIPS_DURABLE),
+            Peer::RabbitMq if group => Some(rabbitmq::SKIPS_GROUP),
             _ => None,
         }
     }
@@ -269,7 +276,8 @@ impl Peer {
             "redis" => Peer::Redis,
             "nats" => Peer::Nats,
             "tansu" => Peer::Tansu,
-            other => anyhow::bail!("unknown system {other:?} (strata, redis, nats, tansu)"),
+            "rabbitmq" => Peer::RabbitMq,
+            other => anyhow::bail!("unknown system {other:?} (strata, redis, nats, tansu, rabbitmq)"),
         })
     }
 }
@@ -281,6 +289,7 @@ pub enum Instance {
     Redis(redis::Redis),
     Nats(nats::Nats),
     Tansu(tansu::Tansu),
+    RabbitMq(rabbitmq::RabbitMq),
 }
 
 /// What a consumer reads: `expected` records of each of its partitions from the start, or fewer
@@ -298,6 +307,7 @@ impl Instance {
             Instance::Redis(r) => &r.proc,
             Instance::Nats(n) => &n.proc,
             Instance::Tansu(t) => &t.proc,
+            Instance::RabbitMq(r) => &r.proc,
         }
     }
 
@@ -308,6 +318,7 @@ impl Instance {
             Instance::Redis(r) => r.prepare(w).await,
             Instance::Nats(n) => n.prepare(w).await,
             Instance::Tansu(t) => t.prepare(w).await,
+            Instance::RabbitMq(r) => r.prepare(w).await,
         }
     }
 
@@ -318,6 +329,7 @@ impl Instance {
             Instance::Redis(r) => r.produce(w, i, deadline).await,
             Instance::Nats(n) => n.produce(w, i, deadline).await,
             Instance::Tansu(t) => t.produce(w, i, deadline).await,
+            Instance::RabbitMq(r) => r.produce(w, i, deadline).await,
         }
     }
 
@@ -328,6 +340,7 @@ impl Instance {
             Instance::Redis(r) => r.consume(w, i, read).await,
             Instance::Nats(n) => n.consume(w, i, read).await,
             Instance::Tansu(t) => t.consume(w, i, read).await,
+            Instance::RabbitMq(r) => r.consume(w, i, read).await,
         }
     }
 
@@ -339,6 +352,7 @@ impl Instance {
             Instance::Redis(r) => r.prepare_group(w).await,
             Instance::Nats(n) => n.prepare_group(w).await,
             Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
+            Instance::RabbitMq(_) => anyhow::bail!(rabbitmq::SKIPS_GROUP),
         }
     }
 
@@ -350,6 +364,7 @@ impl Instance {
             Instance::Redis(r) => r.group_member(w, i, progress).await,
             Instance::Nats(n) => n.group_member(w, i, progress).await,
             Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
+            Instance::RabbitMq(_) => anyhow::bail!(rabbitmq::SKIPS_GROUP),
         }
     }
 
@@ -362,6 +377,7 @@ impl Instance {
             Instance::Redis(r) => r.verify_group(expected).await,
             Instance::Nats(n) => n.verify_group(expected).await,
             Instance::Tansu(_) => anyhow::bail!(tansu::SKIPS_GROUP),
+            Instance::RabbitMq(_) => anyhow::bail!(rabbitmq::SKIPS_GROUP),
         }
     }
 
@@ -374,7 +390,7 @@ impl Instance {
     /// What the exactly-once check calls this system's record ids.
     pub fn id_name(&self) -> &'static str {
         match self {
-            Instance::Strata(_) | Instance::Tansu(_) => "offsets",
+            Instance::Strata(_) | Instance::Tansu(_) | Instance::RabbitMq(_) => "offsets",
             Instance::Redis(_) => "stream entry ids",
             Instance::Nats(_) => "stream sequences (from 1, counted from 0)",
         }
@@ -496,6 +512,7 @@ pub struct PeerBinaries {
     pub redis: Option<PathBuf>,
     pub nats: Option<PathBuf>,
     pub tansu: Option<PathBuf>,
+    pub rabbitmq: Option<PathBuf>,
 }
 
 /// `given`, else the first of `candidates` that exists, else `name` on PATH.
