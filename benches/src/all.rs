@@ -1011,7 +1011,8 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
            are durable only); `rskafka` has no consumer groups, so Tansu has no W4 row. RabbitMQ's streams as they\n  \
            come: a stream confirms once its chunk is written to the segment file, without an fsync (its data safety\n  \
            is replication to other nodes; strace of a W2 run: no fsync of a stream file, only of metadata logs), so RabbitMQ has relaxed rows only too;\n  \
-           the harness's client has no single active consumer, so no W4 row.\n\
+           RabbitMQ groups a stream's consumers with super streams and single active consumer, new in 3.11 (Debian\n  \
+           has 3.10), so no W4 row.\n\
          - Partitions: a Strata partition = a Redis stream key = a JetStream stream (subject `p<n>`) = a partition of\n  \
            Tansu's topic `bench` = a RabbitMQ stream `bench-<n>`.\n\
          - Each produce phase is bounded by `--seconds`: slow systems stop early and their rate\n  \
