@@ -397,6 +397,15 @@ impl Instance {
     }
 }
 
+/// Waits until batch `n` of a producer may go (in an open-loop run, until `pacer` says it is
+/// due); false once the produce phase's `deadline` has passed, and the batch is not sent.
+pub async fn turn(pacer: &mut Option<crate::pacer::Pacer>, n: u64, deadline: Instant) -> bool {
+    if let Some(pacer) = pacer.as_mut() {
+        pacer.until(n).await;
+    }
+    Instant::now() < deadline
+}
+
 /// A server process this harness started: CPU and memory from /proc, killed when dropped.
 #[derive(Debug)]
 pub struct Proc {

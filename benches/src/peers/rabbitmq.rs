@@ -173,10 +173,7 @@ impl RabbitMq {
         let mut frame = Vec::with_capacity(FRAME_MAX as usize);
         for n in 0..batches {
             let due = w.due(start, n);
-            if let Some(pacer) = pacer.as_mut() {
-                pacer.until(n).await;
-            }
-            if Instant::now() >= deadline {
+            if !super::turn(&mut pacer, n, deadline).await {
                 break;
             }
             let permit = take(&window, 1, &state, deadline + CONFIRM_WAIT).await?;

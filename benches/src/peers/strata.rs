@@ -125,10 +125,7 @@ impl Strata {
                 let mut pacer = w.pacer(start)?;
                 for n in 0..batches {
                     let due = w.due(start, n);
-                    if let Some(pacer) = pacer.as_mut() {
-                        pacer.until(n).await;
-                    }
-                    if Instant::now() >= deadline {
+                    if !super::turn(&mut pacer, n, deadline).await {
                         break;
                     }
                     window.acquire().await?.forget();

@@ -122,10 +122,7 @@ impl Tansu {
             };
         for n in 0..w.batches_for(i) {
             let due = w.due(start, n);
-            if let Some(pacer) = pacer.as_mut() {
-                pacer.until(n).await;
-            }
-            if Instant::now() >= deadline {
+            if !super::turn(&mut pacer, n, deadline).await {
                 break;
             }
             let permit = Arc::clone(&window).acquire_owned().await?;
