@@ -125,9 +125,11 @@ impl RabbitMq {
         Ok(node)
     }
 
-    /// Stops the node and its `epmd`.
+    /// Stops the node (SIGTERM; the `Proc` gives up on the script after 10 s, so a VM still
+    /// shutting down then is killed) and its `epmd`.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         let stopped = self.proc.stop();
+        kill_vm(self.proc.pid);
         stop_epmd(self.epmd_port);
         stopped
     }
@@ -273,14 +275,21 @@ impl Drop for RabbitMq {
     /// to be gone (or a zombie, its sockets closed).
     fn drop(&mut self) {
         if self.proc.child.is_some() {
-            let vm = self.proc.pid;
-            let _ = Command::new("kill").args(["-KILL", &vm.to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && running(vm) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            kill_vm(self.proc.pid);
         }
         stop_epmd(self.epmd_port);
+    }
+}
+
+/// Kills the node's VM if it is still running and waits (up to 5 s) until it is gone.
+fn kill_vm(pid: u32) {
+    if !running(pid) {
+        return;
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && running(pid) {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
