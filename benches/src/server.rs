@@ -310,17 +310,7 @@ async fn fetch_all(url: &str, topic: &str) -> anyhow::Result<f64> {
 /// Reads the same partition log directly (decoding records). MB/s of values.
 fn storage_read(dir: &Path) -> anyhow::Result<f64> {
     let log = Log::open(dir, LogConfig { durability: Durability::Never, ..LogConfig::default() })?;
-    let start = Instant::now();
-    let (mut offset, mut bytes) = (0u64, 0usize);
-    loop {
-        let r = log.read(offset, 1 << 20)?;
-        if r.batches.is_empty() {
-            break;
-        }
-        bytes += r.records_from(offset)?.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>();
-        offset = r.next_offset;
-    }
-    Ok(bytes as f64 / MB / start.elapsed().as_secs_f64())
+    crate::storage::sequential_read_records(&log)
 }
 
 /// Drops the files of `dir` from the page cache (after syncing them, since dirty pages stay).

@@ -83,10 +83,12 @@ pub fn storage_append(
     Ok((mib_s * MIB / MB, batches_s * records as f64))
 }
 
-/// The storage engine reading a partition log Strata wrote (1 MiB reads, CRC checked, page
-/// cache warm from the consumers' pass). MB/s.
-pub fn storage_read_mb_s(log_dir: &Path) -> anyhow::Result<f64> {
+/// The storage engine reading a partition log Strata wrote, page cache warm from the consumers'
+/// pass (1 MiB reads, CRC checked): MB/s of its batches, then MB/s of record values with every
+/// record decoded, the work W5's consumers do on what they fetch.
+pub fn storage_read_mb_s(log_dir: &Path) -> anyhow::Result<(f64, f64)> {
     let log = strata_storage::Log::open(log_dir, LogConfig { durability: Durability::Never, ..LogConfig::default() })?;
     crate::storage::sequential_read(&log)?;
-    Ok(crate::storage::sequential_read(&log)? * MIB / MB)
+    let batches = crate::storage::sequential_read(&log)? * MIB / MB;
+    Ok((batches, crate::storage::sequential_read_records(&log)?))
 }
