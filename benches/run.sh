@@ -25,6 +25,9 @@ echo "==> cargo build --release (strata, strata-bench)" >&2
 # is compiled once, not twice.
 cargo build --release -p strata-server -p strata-bench --bin strata --bin strata-bench >&2
 
+# Results go to this checkout's benches/, whichever checkout built the binary in the shared
+# target directory (cargo reuses it unrebuilt, with that checkout's path compiled in).
+export CARGO_MANIFEST_DIR="$PWD/benches"
 args=(all --strata "$CARGO_TARGET_DIR/release/strata")
 [ -n "$redis" ] && args+=(--redis-server "$redis")
 [ -n "$nats" ] && args+=(--nats-server "$nats")

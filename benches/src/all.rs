@@ -760,7 +760,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     std::fs::write(results_dir.join(svg_name), report.svg())?;
     let md_path = match (&args.report, quick || !whole) {
         (Some(p), _) => Some(p.clone()),
-        (None, false) => Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")),
+        (None, false) => Some(crate::harness::bench_dir().join("RESULTS.md")),
         (None, true) => None,
     };
     if md_path.is_none() && !quick {

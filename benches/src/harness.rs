@@ -48,7 +48,7 @@ impl RunArgs {
             None => {
                 let date = Command::new("date").arg("+%Y-%m-%d").output()?;
                 let date = String::from_utf8(date.stdout)?.trim().to_string();
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("results").join(format!("{date}-{name}.json"))
+                bench_dir().join("results").join(format!("{date}-{name}.json"))
             }
         };
         if let Some(parent) = path.parent() {
@@ -192,4 +192,12 @@ impl Stat {
             self.runs.iter().map(|r| format!("{r:.3}")).collect::<Vec<_>>().join(",")
         )
     }
+}
+
+/// The harness's package directory (`benches/`), where results and `RESULTS.md` go: the one named
+/// by `CARGO_MANIFEST_DIR` in the environment (`cargo run` sets it, `benches/run.sh` too), else
+/// the one this binary was built from. Checkouts that share a target directory share this binary,
+/// and cargo does not rebuild one built in another checkout, whose path `env!` would have kept.
+pub fn bench_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }

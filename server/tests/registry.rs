@@ -255,8 +255,8 @@ fn confluent_kafka_schema_registry_client_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     create_topic(&s.url, "payments", 1, json!({"value_schema_subject": "payments-value"}));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/registry_client.py");
-    let cases = concat!(env!("CARGO_MANIFEST_DIR"), "/src/registry/testdata/compat.txt");
+    let script = common::package_file("tests/registry_client.py");
+    let cases = common::package_file("src/registry/testdata/compat.txt");
     let out = Command::new(python).arg(script).arg(&s.url).arg(cases).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "client script failed:\n{stdout}\n{stderr}");

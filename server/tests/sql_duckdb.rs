@@ -178,11 +178,14 @@ fn strata_sql_matches_duckdb_over_both_tiers() {
     assert_eq!(wait_until_tiered(&s.url, &topics), produced, "every produced record is there");
 
     let work = tempfile::tempdir().unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sql_duckdb.py");
-    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sql_duckdb_queries.txt");
+    let script = common::package_file("tests/sql_duckdb.py");
+    let queries = common::package_file("tests/sql_duckdb_queries.txt");
     let out = Command::new(python)
         .arg(script)
-        .args([&s.url, queries, work.path().to_str().unwrap(), &base.to_string()])
+        .arg(&s.url)
+        .arg(&queries)
+        .arg(work.path())
+        .arg(base.to_string())
         .args(topics)
         .output()
         .unwrap();

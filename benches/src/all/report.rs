@@ -545,7 +545,7 @@ mod tests {
     /// Any results file the harness wrote (benches/results/*-all*.json) validates too.
     #[test]
     fn written_results_validate() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        let dir = crate::harness::bench_dir().join("results");
         let schema = schema();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();

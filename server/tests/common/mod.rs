@@ -199,6 +199,16 @@ pub fn fetch_all(url: &str, topic: &str, partition: u32) -> Vec<Value> {
     }
 }
 
+/// A file of this package (`server/`), by its path from the package's directory. The directory is
+/// the one `cargo test` runs from (`CARGO_MANIFEST_DIR` in the environment), not the one compiled
+/// in: checkouts that share a target directory share test binaries too, and cargo does not
+/// rebuild one built in another checkout, whose path `env!` would have kept.
+pub fn package_file(path: &str) -> PathBuf {
+    let dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.join(path)
+}
+
 /// The test venv's python (`scripts/setup-test-tools` installs moto, confluent-kafka, avro and
 /// duckdb there): `STRATA_TEST_PYTHON`, else `bin/python` of `STRATA_TEST_VENV` or
 /// `~/.cache/strata-test-venv`.
