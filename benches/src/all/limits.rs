@@ -1,6 +1,7 @@
 //! The machine's own limits, measured in the same run as the systems: a plain-file writer with an
-//! fdatasync per batch, fdatasync latency on a preallocated file, loopback TCP bandwidth, and the
-//! storage engine's in-process append and sequential read.
+//! fdatasync per batch (through the page cache, and with `O_DIRECT` past it), fdatasync latency on
+//! a preallocated file, loopback TCP bandwidth, and the storage engine's in-process append and
+//! sequential read.
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,6 +16,11 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// `max_bytes`. MB/s.
 pub fn plain_fsync_mb_s(root: &Path, chunk: usize, seconds: f64, max_bytes: u64) -> anyhow::Result<f64> {
     Ok(crate::storage::plain_fsync_writer(root, chunk, seconds, max_bytes)? * MIB / MB)
+}
+
+/// The same with `O_DIRECT`, past the page cache (`None` where the filesystem refuses it). MB/s.
+pub fn plain_direct_mb_s(root: &Path, chunk: usize, seconds: f64, max_bytes: u64) -> anyhow::Result<Option<f64>> {
+    Ok(crate::storage::plain_direct_writer(root, chunk, seconds, max_bytes)?.map(|v| v * MIB / MB))
 }
 
 /// p50 and p99 of write + fdatasync of `chunk` bytes into a preallocated, zero-filled file, ms.
