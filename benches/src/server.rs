@@ -31,7 +31,7 @@ pub struct Args {
     /// Size of the catch-up fetch measurement, MiB (default 1024, 32 with --quick).
     #[arg(long)]
     catchup_mib: Option<usize>,
-    /// Run only the catch-up fetch measurement.
+    /// Run only the catch-up fetch measurement (results go to `<date>-server-catchup.json`).
     #[arg(long)]
     only_catchup: bool,
     /// Run only the latency measurement, at `--latency-rate` (no results file is written).
@@ -585,7 +585,9 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         loadavg,
         json.join(",")
     );
-    let out_path = args.run.write_results("server", &doc)?;
+    // A catch-up-only run must not replace a whole run's results of the same day.
+    let name = if args.only_catchup { "server-catchup" } else { "server" };
+    let out_path = args.run.write_results(name, &doc)?;
     println!("\nresults written to {}", out_path.display());
     Ok(())
 }
