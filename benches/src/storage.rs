@@ -299,25 +299,12 @@ pub(crate) fn append_throughput_with(
 /// pwrite, one fdatasync after each, appending to a new file — the same bytes and fdatasync
 /// pattern as Strata without Strata. MiB/s.
 pub(crate) fn plain_fsync_writer(root: &Path, chunk: usize, seconds: f64, max_bytes: u64) -> anyhow::Result<f64> {
-    let path = root.join("plain-writer.bin");
-    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
-    let buf = vec![7u8; chunk];
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(seconds);
-    let mut pos = 0u64;
-    while Instant::now() < deadline && pos < max_bytes {
-        file.write_all_at(&buf, pos)?;
-        file.sync_data()?;
-        pos += chunk as u64;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    std::fs::remove_file(&path)?;
-    Ok(pos as f64 / MIB / secs)
+    plain_writer(root, chunk, seconds, max_bytes, false)?.context("the plain writer wrote nothing")
 }
 
-/// The same writer as [`plain_fsync_writer`] with `O_DIRECT`: each `chunk` goes from one reused,
-/// aligned buffer straight to the disk, past the page cache. `None` where the filesystem refuses
-/// `O_DIRECT` (tmpfs) or `chunk` is not a multiple of 4 KiB. MiB/s.
+/// The same writer with `O_DIRECT`: each `chunk` goes from one reused, aligned buffer straight
+/// to the disk, past the page cache. `None` where the filesystem refuses `O_DIRECT` (tmpfs) or
+/// `chunk` is not a multiple of 4 KiB. MiB/s.
 ///
 /// On this project's VM a buffered write of new data costs a page the host must fault in and zero
 /// (the guest reports free memory to the host, which takes it back): after 20 s idle, 1 GiB in
@@ -330,15 +317,20 @@ pub(crate) fn plain_direct_writer(
     seconds: f64,
     max_bytes: u64,
 ) -> anyhow::Result<Option<f64>> {
+    plain_writer(root, chunk, seconds, max_bytes, true)
+}
+
+/// Both plain writers; `None` only when `direct` and the filesystem or `chunk` rule it out.
+fn plain_writer(root: &Path, chunk: usize, seconds: f64, max_bytes: u64, direct: bool) -> anyhow::Result<Option<f64>> {
     const ALIGN: usize = 4096;
-    if !chunk.is_multiple_of(ALIGN) {
+    if direct && !chunk.is_multiple_of(ALIGN) {
         return Ok(None);
     }
-    let path = root.join("plain-direct-writer.bin");
-    let direct = rustix::fs::OFlags::DIRECT.bits() as i32;
-    let file = match OpenOptions::new().create(true).truncate(true).write(true).custom_flags(direct).open(&path) {
+    let path = root.join("plain-writer.bin");
+    let flags = if direct { rustix::fs::OFlags::DIRECT.bits() as i32 } else { 0 };
+    let file = match OpenOptions::new().create(true).truncate(true).write(true).custom_flags(flags).open(&path) {
         Ok(file) => file,
-        Err(e) if refused(&e) => return Ok(None),
+        Err(e) if direct && refused(&e) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     // An aligned window of a plain buffer: O_DIRECT wants the memory aligned as the file offset.
@@ -352,7 +344,7 @@ pub(crate) fn plain_direct_writer(
         match file.write_all_at(buf, pos) {
             Ok(()) => {}
             // Some filesystems take the flag at open and refuse the first write.
-            Err(e) if pos == 0 && refused(&e) => {
+            Err(e) if direct && pos == 0 && refused(&e) => {
                 std::fs::remove_file(&path)?;
                 return Ok(None);
             }
