@@ -29,7 +29,7 @@ const SLACK: usize = 64;
 /// Longest chunk-size line (hex digits and extensions) accepted.
 const MAX_SIZE_LINE: usize = 4 << 10;
 /// Buffers kept for reuse ([`Body::make_room`]): enough for the pieces a reader holds at once
-/// (two queued ahead, one being decoded, one being read).
+/// (the one being read, and those whose batches the caller still holds).
 const MAX_SPARE: usize = 4;
 /// Buffers are allocated in multiples of this.
 const MIN_BUFFER: usize = 1 << 20;
@@ -495,7 +495,7 @@ mod tests {
         for (i, piece) in pieces.iter().enumerate() {
             assert!(piece.len() == LEN && piece.iter().all(|&b| b == i as u8), "piece {i} changed");
         }
-        // The last three pieces kept, as a reader a few pieces ahead of its caller holds them:
+        // The last three pieces kept, as a caller still holding batches of earlier pieces does:
         // the buffers of dropped pieces are read into again.
         let (client, mut server) = tokio::io::duplex(1 << 16);
         let serve = tokio::spawn(async move {
