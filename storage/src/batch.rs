@@ -66,6 +66,17 @@ pub enum BatchError {
     RecordCountMismatch { header: u32, actual: u32 },
     #[error("a batch holds at least one record")]
     Empty,
+    #[error("not a batch a producer may send: {0}")]
+    NotProducible(&'static str),
+}
+
+/// Why a batch a producer built may not be appended ([`ValidBatch::check_produced`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProducedBatchError {
+    #[error(transparent)]
+    Invalid(#[from] BatchError),
+    #[error("record {index} holds {bytes} bytes of key, value and headers; at most {max} allowed")]
+    RecordTooLarge { index: u32, bytes: usize, max: usize },
 }
 
 /// Per-batch compression codec.
@@ -350,6 +361,77 @@ impl ValidBatch {
     pub fn check(bytes: Vec<u8>) -> Result<Self, BatchError> {
         let (header, min_timestamp) = check(&bytes)?;
         Ok(Self { bytes, header, min_timestamp })
+    }
+
+    /// Checks a batch a producer built, before it is appended as it is: everything [`check`]
+    /// checks, and what only a log may write — it is not a control or transactional batch, its
+    /// producer fields are unset (the server writes them for a producer session, see
+    /// [`ValidBatch::set_producer`]), its offset deltas are dense from 0, its first and largest
+    /// timestamps are its records' own (the time index trusts them), and no record holds more
+    /// than `max_record_bytes` of key, value and headers.
+    ///
+    /// # Errors
+    /// [`ProducedBatchError::RecordTooLarge`], or what else is wrong with the batch.
+    pub fn check_produced(bytes: Vec<u8>, max_record_bytes: usize) -> Result<Self, ProducedBatchError> {
+        let header = verify(&bytes)?;
+        if header.control || header.transactional {
+            return Err(BatchError::NotProducible("control or transactional attributes set").into());
+        }
+        if header.producer != ProducerInfo::NONE {
+            return Err(BatchError::NotProducible("producer fields set (-1 each unless the log writes them)").into());
+        }
+        if header.last_offset_delta != header.record_count - 1 {
+            return Err(
+                BatchError::NotProducible("offset deltas leave gaps (last offset delta is not count - 1)").into()
+            );
+        }
+        let mut min_timestamp = i64::MAX;
+        let mut max_timestamp = i64::MIN;
+        let mut first_timestamp = None;
+        let mut first_error = None;
+        let mut index = 0u32;
+        let mut look = |r: RecordSpan<'_>| {
+            min_timestamp = min_timestamp.min(r.timestamp);
+            max_timestamp = max_timestamp.max(r.timestamp);
+            first_timestamp.get_or_insert(r.timestamp);
+            let len = |range: &Option<Range<usize>>| range.as_ref().map_or(0, ExactSizeIterator::len);
+            let bytes = len(&r.key)
+                + len(&r.value)
+                + r.headers.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>();
+            if first_error.is_none() {
+                if r.offset_delta != index {
+                    first_error = Some(BatchError::NotProducible("offset deltas are not 0, 1, 2, ...").into());
+                } else if bytes > max_record_bytes {
+                    first_error = Some(ProducedBatchError::RecordTooLarge { index, bytes, max: max_record_bytes });
+                }
+            }
+            index = index.wrapping_add(1);
+        };
+        match header.compression {
+            Compression::None => walk_records(&header, &bytes[HEADER_LEN..], &mut look)?,
+            codec => {
+                walk_records(&header, &decompress(codec, &bytes[HEADER_LEN..], header.uncompressed_len)?, &mut look)?
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if first_timestamp != Some(header.first_timestamp) || max_timestamp != header.max_timestamp {
+            return Err(BatchError::NotProducible("first or max timestamp is not the records' own").into());
+        }
+        Ok(Self { bytes, header, min_timestamp })
+    }
+
+    /// Writes a producer session into the batch (and its CRC, which covers the fields).
+    pub fn set_producer(&mut self, producer: ProducerInfo) {
+        let b = &mut self.bytes;
+        b[OFF_PRODUCER_ID..OFF_PRODUCER_ID + 8].copy_from_slice(&producer.id.to_le_bytes());
+        b[OFF_PRODUCER_EPOCH..OFF_PRODUCER_EPOCH + 2].copy_from_slice(&producer.epoch.to_le_bytes());
+        b[OFF_BASE_SEQUENCE..OFF_BASE_SEQUENCE + 4].copy_from_slice(&producer.base_sequence.to_le_bytes());
+        let crc = crc32c::crc32c(&b[OFF_ATTRIBUTES..]);
+        b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        self.header.producer = producer;
+        self.header.crc = crc;
     }
 
     pub fn header(&self) -> &BatchHeader {
@@ -888,6 +970,100 @@ mod tests {
             prop_assert!(check(&encoded).is_err());
             prop_assert!(Batch::parse(Bytes::from(encoded)).is_err());
         }
+    }
+
+    proptest! {
+        #[test]
+        fn what_a_builder_builds_is_producible(records in proptest::collection::vec(arb_record(), 1..40), codec in codec(),
+                                               pid in 0i64..1 << 40, epoch in 0i16..100, seq in 0i32..1000) {
+            let mut builder = BatchBuilder::new(codec);
+            for (ts, k, v, h) in &records {
+                let headers: Vec<Header> = h.iter().map(|(n, v)| Header { name: n.clone(), value: Bytes::from(v.clone()) }).collect();
+                builder.push(*ts, k.as_deref(), v.as_deref(), &headers);
+            }
+            let built = builder.build_valid().unwrap();
+            let mut checked = ValidBatch::check_produced(built.bytes().to_vec(), usize::MAX).unwrap();
+            prop_assert_eq!(checked.header(), built.header());
+            prop_assert_eq!(checked.min_timestamp(), built.min_timestamp());
+            let producer = ProducerInfo { id: pid, epoch, base_sequence: seq };
+            checked.set_producer(producer);
+            let (header, _) = check(checked.bytes()).unwrap();
+            prop_assert_eq!(header.producer, producer);
+            prop_assert_eq!(&header, checked.header());
+        }
+    }
+
+    /// `batch` with its CRC made right again, as a client's broken encoder would send it.
+    fn resealed(mut batch: Vec<u8>) -> Vec<u8> {
+        let crc = crc32c::crc32c(&batch[OFF_ATTRIBUTES..]);
+        batch[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        batch
+    }
+
+    fn not_producible(batch: Vec<u8>) -> bool {
+        matches!(
+            ValidBatch::check_produced(batch, usize::MAX),
+            Err(ProducedBatchError::Invalid(BatchError::NotProducible(_)))
+        )
+    }
+
+    #[test]
+    fn a_producer_may_not_send_what_only_a_log_writes() {
+        let build = |f: fn(BatchBuilder) -> BatchBuilder| {
+            let mut builder = f(BatchBuilder::new(Compression::None));
+            builder.push(10, None, Some(b"a"), &[]);
+            builder.push(30, None, Some(b"b"), &[]);
+            builder.push(20, None, Some(b"c"), &[]);
+            builder.build().unwrap()
+        };
+        assert!(ValidBatch::check_produced(build(|b| b), usize::MAX).is_ok());
+        assert!(not_producible(build(|b| b.control(true))));
+        assert!(not_producible(build(|b| b.transactional(true))));
+        assert!(not_producible(build(|b| b.producer(ProducerInfo { id: 7, epoch: 0, base_sequence: 0 }))));
+
+        let mut gap = BatchBuilder::new(Compression::None);
+        gap.push_at(0, 1, None, Some(b"a"), &[]);
+        gap.push_at(2, 1, None, Some(b"b"), &[]);
+        assert!(not_producible(gap.build().unwrap()), "offset deltas 0, 2");
+
+        let mut span = BatchBuilder::new(Compression::None);
+        span.push(1, None, Some(b"a"), &[]);
+        span.set_last_offset_delta(5);
+        assert!(not_producible(span.build().unwrap()), "a span past the records");
+
+        let mut lying = build(|b| b);
+        lying[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&i64::MAX.to_le_bytes());
+        assert!(not_producible(resealed(lying)), "max timestamp above every record's");
+        let mut lying = build(|b| b);
+        lying[OFF_MAX_TIMESTAMP..OFF_MAX_TIMESTAMP + 8].copy_from_slice(&20i64.to_le_bytes());
+        let lying = resealed(lying);
+        assert!(check(&lying).is_ok(), "the stored format does not look at it");
+        assert!(not_producible(lying), "max timestamp below a record's");
+
+        let mut bad_crc = build(|b| b);
+        bad_crc[HEADER_LEN + 3] ^= 1;
+        assert!(matches!(
+            ValidBatch::check_produced(bad_crc, usize::MAX),
+            Err(ProducedBatchError::Invalid(BatchError::BadCrc { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_record_over_the_limit_is_named() {
+        let mut builder = BatchBuilder::new(Compression::Zstd);
+        builder.push(1, Some(b"key"), Some(&[0; 100]), &[]);
+        builder.push(
+            1,
+            Some(b"key"),
+            Some(&[0; 60]),
+            &[Header { name: "h".into(), value: Bytes::from_static(&[1; 40]) }],
+        );
+        let batch = builder.build().unwrap();
+        assert!(ValidBatch::check_produced(batch.clone(), 104).is_ok());
+        assert_eq!(
+            ValidBatch::check_produced(batch, 103).err(),
+            Some(ProducedBatchError::RecordTooLarge { index: 1, bytes: 104, max: 103 })
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub mod segment;
 pub mod tier;
 
 pub use append_group::AppendGroup;
-pub use batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducerInfo, Record, ValidBatch};
+pub use batch::{
+    Batch, BatchBuilder, BatchError, BatchHeader, Compression, Header, ProducedBatchError, ProducerInfo, Record,
+    ValidBatch,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;
 pub use config::{CleanupPolicy, Durability, LogConfig};
