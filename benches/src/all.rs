@@ -7,7 +7,8 @@
 //!   for workload in W1 W2 W4 W5 W6:  for mode:  for system:
 //!       runs × { fresh server → produce → consume (W4: one group of 4 members) → stop }
 //!   W3: open loop at 10/50/80 % of each system's own W2 durable peak
-//!   W7: Strata's doors (gRPC stream, gRPC unary, HTTP JSON, HTTP webhook)
+//!   W7: Strata's doors (gRPC stream of records or of client-built batches, gRPC unary, HTTP JSON,
+//!   HTTP webhook)
 //!   W8: cold-tier catch-up (crate::tier::ColdTopic), Strata only, beside a raw read of the
 //!       same object files
 //!   W9: SQL over a tiered topic (crate::sql): full scan vs DataFusion on the same Parquet,
@@ -683,7 +684,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     if want("w7") && systems.contains(&Peer::Strata) {
         let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
         let secs = if quick { 1.0 } else { 5.0 };
-        for door in ["grpc-stream", "grpc-unary", "http-json", "http-webhook"] {
+        for door in ["grpc-stream", "grpc-batches", "grpc-unary", "http-json", "http-webhook"] {
             let mut row = Row::new("W7", &format!("strata {door}"), "durable", "produce");
             for r in 0..runs {
                 let dir = root.path().join(format!("W7-{door}-{r}"));
@@ -710,8 +711,11 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
                     Err(e) => row.failed.push(format!("{e:#}")),
                 }
             }
-            row.note =
-                if door == "http-webhook" { "1 record per request".into() } else { "100 records per request".into() };
+            row.note = match door {
+                "http-webhook" => "1 record per request".into(),
+                "grpc-batches" => "100 records per request, in one batch the client encoded".into(),
+                _ => "100 records per request".into(),
+            };
             report.rows.push(row);
         }
     }

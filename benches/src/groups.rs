@@ -183,6 +183,7 @@ async fn fill(url: &str, topic: &str, partitions: u32, mib: usize) -> anyhow::Re
     let requests = mib * 1024 / 100;
     let reqs: Vec<_> = (0..requests as u64)
         .map(|i| proto::ProduceRequest {
+            batches: Vec::new(),
             topic: topic.into(),
             records: (0..100)
                 .map(|_| proto::Record {

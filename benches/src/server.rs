@@ -57,6 +57,18 @@ fn records(seq: u64) -> Vec<proto::Record> {
         .collect()
 }
 
+/// The records of [`records`], encoded by the client into one batch (as `strata-client`'s
+/// producer sends them).
+fn client_batch(seq: u64) -> anyhow::Result<proto::RecordBatch> {
+    let mut builder = strata_storage::BatchBuilder::new(strata_storage::Compression::None);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    for i in 0..BATCH {
+        let key = format!("k{}", (seq as usize * BATCH + i) % 1000);
+        builder.push(now, Some(key.as_bytes()), Some(&[b'x'; RECORD_BYTES]), &[]);
+    }
+    Ok(proto::RecordBatch { partition: 0, data: builder.build()?.into() })
+}
+
 fn json_body() -> Vec<u8> {
     let value = "x".repeat(RECORD_BYTES - 2);
     let recs: Vec<serde_json::Value> =
@@ -104,7 +116,8 @@ pub(crate) async fn create_topic(url: &str, name: &str, partitions: u32, flush: 
 }
 
 /// Produces for `seconds` through `door` (`grpc-stream`, `grpc-unary`, `http-json`,
-/// `http-webhook`) with `clients` concurrent clients.
+/// `http-webhook`, or `grpc-batches`: the stream with batches the client encoded) with `clients`
+/// concurrent clients.
 pub(crate) async fn produce_run(
     server: &Server,
     topic: &str,
@@ -123,7 +136,8 @@ pub(crate) async fn produce_run(
         tasks.spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             match door.as_str() {
-                "grpc-stream" => {
+                "grpc-stream" | "grpc-batches" => {
+                    let batched = door == "grpc-batches";
                     let mut client = proto::producer_client::ProducerClient::connect(url).await?;
                     let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(16);
                     let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
@@ -132,9 +146,14 @@ pub(crate) async fn produce_run(
                         tokio::spawn(async move {
                             let mut seq = c as u64 * 1_000_000;
                             while Instant::now() < deadline {
+                                let (records, batches) = match batched {
+                                    true => (Vec::new(), vec![client_batch(seq)?]),
+                                    false => (records(seq), Vec::new()),
+                                };
                                 let req = proto::ProduceRequest {
+                                    batches,
                                     topic: topic.clone(),
-                                    records: records(seq),
+                                    records,
                                     acks: proto::Acks::Leader as i32,
                                     request_id: seq,
                                     producer: None,
@@ -167,6 +186,7 @@ pub(crate) async fn produce_run(
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         let req = proto::ProduceRequest {
+                            batches: Vec::new(),
                             topic: topic.clone(),
                             records: records(seq),
                             acks: proto::Acks::Leader as i32,
@@ -260,6 +280,7 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
                     record(&mut h, done??)?;
                 }
                 let req = proto::ProduceRequest {
+                    batches: Vec::new(),
                     topic: topic.clone(),
                     records: records(i as u64),
                     acks: proto::Acks::Leader as i32,
@@ -475,6 +496,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let batches = catchup_mb * 1024 * 1024 / (BATCH * RECORD_BYTES);
     let reqs: Vec<_> = (0..batches as u64)
         .map(|i| proto::ProduceRequest {
+            batches: Vec::new(),
             topic: "catchup".into(),
             records: records(i),
             acks: proto::Acks::Leader as i32,

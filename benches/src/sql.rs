@@ -140,6 +140,7 @@ async fn fill_partition(url: String, partition: u32, n: u64) -> anyhow::Result<u
                 })
                 .collect();
             let req = proto::ProduceRequest {
+                batches: Vec::new(),
                 topic: TOPIC.into(),
                 records,
                 acks: proto::Acks::Leader as i32,

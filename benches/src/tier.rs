@@ -477,6 +477,7 @@ async fn produce_values(url: &str, topic: &str, values: &[Bytes]) -> anyhow::Res
         .chunks(100)
         .enumerate()
         .map(|(i, chunk)| proto::ProduceRequest {
+            batches: Vec::new(),
             topic: topic.into(),
             records: chunk
                 .iter()

@@ -35,6 +35,7 @@ pub use murmur::{murmur2, partition_for_key};
 pub use producer::{Delivery, Producer, ProducerConfig, Record};
 pub use sql::SqlRows;
 pub use strata_proto::v1 as proto;
+pub use strata_storage::Compression;
 pub use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 

@@ -1,8 +1,10 @@
 //! The batching producer.
 //!
 //! `send` hands a record to a background task and returns a [`Delivery`] that resolves to its
-//! offset. The task groups records per partition and sends a batch when it reaches
-//! `batch_bytes` or has waited `linger`. Keys are partitioned with murmur2 exactly as the server
+//! offset. The task groups records per partition, encoding each straight into a record batch in
+//! the storage's format (`strata_storage::BatchBuilder`; compressed with `batch_compression`),
+//! and sends the batch when it reaches `batch_bytes` or has waited `linger`: the server checks it
+//! whole and appends it as it is, as Kafka's brokers take their producers' batches. Keys are partitioned with murmur2 exactly as the server
 //! (and Kafka) would; keyless records stick to one partition per batch. One request per partition
 //! is in flight at a time, so records of a partition keep their order across retries. The bytes
 //! held (queued or in flight) are bounded by `max_buffered_bytes`: `send` waits for room.
@@ -15,7 +17,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use strata_proto::v1 as pb;
+use strata_storage::{BatchBuilder, Compression, Header};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,8 +41,12 @@ pub struct ProducerConfig {
     /// First backoff; doubles each retry.
     pub retry_backoff: Duration,
     pub acks: pb::Acks,
-    /// Compress each request (`Zstd` or `Gzip`); `None` sends it as is.
+    /// Compress each request on the wire (`Zstd` or `Gzip`); `None` sends it as is. The server
+    /// stores what it receives uncompressed.
     pub compression: Option<tonic::codec::CompressionEncoding>,
+    /// Compress each batch (`Lz4` or `Zstd`): stored and served compressed, and expanded only by
+    /// whoever reads its records.
+    pub batch_compression: Compression,
     /// Number requests in a producer session so retries are stored once.
     pub idempotent: bool,
 }
@@ -53,6 +61,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             acks: pb::Acks::Leader,
             compression: None,
+            batch_compression: Compression::None,
             idempotent: true,
         }
     }
@@ -114,7 +123,10 @@ pub struct Producer {
 }
 
 struct Pending {
-    records: Vec<(pb::Record, Reply, OwnedSemaphorePermit)>,
+    batch: BatchBuilder,
+    replies: Vec<(Reply, OwnedSemaphorePermit)>,
+    /// Whether the last record had no key (sticky partitioning moves on after its batch).
+    last_keyless: bool,
     bytes: usize,
     since: Instant,
 }
@@ -217,29 +229,25 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                     }),
                 };
                 let size = record.size();
-                let proto = pb::Record {
-                    key: record.key.map(Into::into),
-                    value: record.value.map(Into::into),
-                    headers: record
-                        .headers
-                        .into_iter()
-                        .map(|(name, value)| pb::Header { name, value: value.into() })
-                        .collect(),
-                    timestamp_ms: record.timestamp_ms,
-                    partition: Some(partition),
-                };
                 let key = (topic.clone(), partition);
                 let batch = pending.entry(key.clone()).or_insert_with(|| Pending {
-                    records: Vec::new(),
+                    batch: BatchBuilder::with_capacity(config.batch_compression, config.batch_bytes.min(64 << 10)),
+                    replies: Vec::new(),
+                    last_keyless: false,
                     bytes: 0,
                     since: Instant::now(),
                 });
-                batch.records.push((proto, reply, permit));
+                let headers: Vec<Header> =
+                    record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
+                let timestamp = record.timestamp_ms.unwrap_or_else(now_ms);
+                batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+                batch.replies.push((reply, permit));
+                batch.last_keyless = record.partition.is_none() && record.key.is_none();
                 batch.bytes += size;
                 if batch.bytes >= config.batch_bytes
                     && let Some(batch) = pending.remove(&key)
                 {
-                    if record.partition.is_none() && record_was_keyless(&batch) {
+                    if batch.last_keyless {
                         sticky.remove(&topic);
                     }
                     dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
@@ -249,8 +257,9 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
     }
 }
 
-fn record_was_keyless(batch: &Pending) -> bool {
-    batch.records.last().is_some_and(|(r, _, _)| r.key.is_none())
+/// Milliseconds since the epoch: a record's timestamp when the caller gave none.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -310,11 +319,21 @@ fn dispatch(
     in_flight.spawn(async move {
         // One request per partition in flight keeps the partition's order through retries.
         let _turn = lock.lock().await;
-        let (records, replies): (Vec<pb::Record>, Vec<(Reply, OwnedSemaphorePermit)>) =
-            batch.records.into_iter().map(|(r, reply, permit)| (r, (reply, permit))).unzip();
+        let Pending { batch, replies, .. } = batch;
+        let data = match batch.build() {
+            Ok(data) => Bytes::from(data),
+            Err(e) => {
+                let e = ClientError::Invalid(format!("the batch does not encode: {e}"));
+                for (reply, _permit) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
         let mut request = pb::ProduceRequest {
+            batches: vec![pb::RecordBatch { partition: key.1, data }],
             topic: key.0.clone(),
-            records,
+            records: Vec::new(),
             acks: config.acks as i32,
             request_id: 0,
             producer: None,
@@ -345,11 +364,12 @@ fn dispatch(
         match result {
             Ok(response) => {
                 let response = response.into_inner();
+                let placed = response.batches.first().filter(|b| b.count as usize == replies.len());
                 for (i, (reply, _permit)) in replies.into_iter().enumerate() {
-                    let offset = response.offsets.get(i).map(|o| (o.partition, o.offset));
+                    let offset = placed.map(|b| (b.partition, b.base_offset + i as u64));
                     let _ = reply.send(offset.ok_or_else(|| ClientError::Produce {
                         code: "internal".into(),
-                        message: "missing offset in response".into(),
+                        message: "the response does not place the batch".into(),
                     }));
                 }
             }

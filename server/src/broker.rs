@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_storage::{
-    AppendGroup, AppendInfo, Attempt, BatchBuilder, Compression, Header, Log, LogManager, ValidBatch,
+    AppendGroup, AppendInfo, Attempt, Batch, BatchBuilder, Compression, Header, Log, LogManager, ProducedBatchError,
+    ValidBatch,
 };
 use tokio::sync::watch;
 
@@ -109,22 +110,41 @@ struct Partition {
     hw: watch::Sender<u64>,
 }
 
-/// Appends made, waiting to become durable.
+/// Where one batch of [`Broker::produce_batches`] went: offsets `base_offset..base_offset + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOffsets {
+    pub partition: u32,
+    pub base_offset: u64,
+    pub count: u32,
+}
+
+/// Appends made, waiting to become durable; `T` says where they went: one `(partition, offset)`
+/// per record, in request order, or one [`BatchOffsets`] per batch.
 #[derive(Debug)]
-pub struct PendingProduce {
+pub struct PendingProduce<T = Vec<(u32, u64)>> {
     /// The partitions appended to, in one group: awaited with one wake-up, however many.
     partitions: Vec<Partition>,
     durable: AppendGroup,
-    offsets: Vec<(u32, u64)>,
+    offsets: T,
     acks: Acks,
 }
 
-impl PendingProduce {
-    /// Resolves to one `(partition, offset)` per record, in request order.
+impl<T: Send + 'static> PendingProduce<T> {
+    /// Where the appends went (known before they are durable).
+    pub fn offsets(&self) -> &T {
+        &self.offsets
+    }
+
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> PendingProduce<U> {
+        let Self { partitions, durable, offsets, acks } = self;
+        PendingProduce { partitions, durable, offsets: f(offsets), acks }
+    }
+
+    /// Resolves to where the appends went, once acknowledged per `acks`.
     ///
     /// # Errors
     /// `unavailable` if an fsync failed (the partition then refuses writes until restart).
-    pub async fn acknowledged(self) -> Result<Vec<(u32, u64)>, ApiError> {
+    pub async fn acknowledged(self) -> Result<T, ApiError> {
         let Self { partitions, durable, offsets, acks } = self;
         // Fetchers are woken whatever the outcome: where one partition's sync failed, the others'
         // records are durable and readable all the same (`notify` reads each high watermark).
@@ -546,6 +566,121 @@ impl Broker {
             partitions.push(partition);
         }
         Ok(PendingProduce { partitions, durable, offsets, acks })
+    }
+
+    /// Appends batches a producer built (`strata-client`'s producer does), each to its partition
+    /// as it is, after [`ValidBatch::check_produced`]: no per-record work beyond that check, as
+    /// Kafka's brokers take producers' batches. At most one batch per partition, as in Kafka's
+    /// produce requests: a producer session numbers a request's batches alike, so a second batch
+    /// of a partition would read as a retry of the first. A topic with a value schema decodes
+    /// them and takes the records' path ([`Broker::produce_with`]), since every value is checked.
+    ///
+    /// # Errors
+    /// `topic_not_found`, `partition_not_found`, `invalid_record` (a batch that does not check,
+    /// or two for one partition), `record_too_large`, `request_too_large`, and as
+    /// [`Broker::produce_with`].
+    pub async fn produce_batches(
+        &self,
+        topic: &str,
+        batches: Vec<(u32, Bytes)>,
+        acks: Acks,
+        producer: Option<ProducerSession>,
+    ) -> Result<PendingProduce<Vec<BatchOffsets>>, ApiError> {
+        let meta = self.metadata.topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
+        if batches.is_empty() {
+            return Err(ApiError::new(ErrorCode::InvalidRecord, "a produce request needs at least one batch"));
+        }
+        let max_record = meta.config.max_record_bytes as usize;
+        let mut checked = Vec::with_capacity(batches.len());
+        for (i, (p, data)) in batches.into_iter().enumerate() {
+            if p >= meta.partitions {
+                return Err(ApiError::new(
+                    ErrorCode::PartitionNotFound,
+                    format!("batch {i}: topic {topic:?} has partitions 0..{}, not {p}", meta.partitions),
+                ));
+            }
+            if checked.iter().any(|&(q, _)| q == p) {
+                return Err(ApiError::invalid(format!(
+                    "batch {i}: a second batch for partition {p} (one per partition)"
+                )));
+            }
+            if data.len() > MAX_BATCH_BYTES as usize {
+                return Err(ApiError::new(ErrorCode::RequestTooLarge, format!("batch {i} exceeds 64 MiB")));
+            }
+            let mut batch = ValidBatch::check_produced(Vec::from(data), max_record).map_err(|e| {
+                let (code, setting) = match e {
+                    ProducedBatchError::RecordTooLarge { .. } => (ErrorCode::RecordTooLarge, " (max_record_bytes)"),
+                    ProducedBatchError::Invalid(_) => (ErrorCode::InvalidRecord, ""),
+                };
+                ApiError::new(code, format!("batch {i} (partition {p}) of topic {topic:?}: {e}{setting}"))
+            })?;
+            if let Some(session) = producer {
+                batch.set_producer(session.info());
+            }
+            checked.push((p, batch));
+        }
+        if meta.config.value_schema_subject.is_some() {
+            return self.produce_decoded(topic, checked, acks, producer).await;
+        }
+        let partitions = self.partitions_of(topic, checked.iter().map(|&(p, _)| p))?;
+        let mut batches = Vec::with_capacity(checked.len());
+        for ((p, batch), partition) in checked.into_iter().zip(partitions) {
+            if meta.config.tiering {
+                self.cold.check_backlog(topic, p, partition.log.size_bytes())?;
+            }
+            batches.push((p, partition, batch));
+        }
+        let counts: Vec<u32> = batches.iter().map(|(_, _, b)| b.header().record_count).collect();
+        let group = Arc::new(AppendGroup::new());
+        let appended = append(batches, None, Arc::clone(&group)).await?;
+        // The append tasks, which held the other references, have finished.
+        let durable = Arc::into_inner(group)
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
+        let (offsets, partitions) = appended
+            .into_iter()
+            .zip(counts)
+            .map(|((partition, log, info), count)| {
+                (BatchOffsets { partition, base_offset: info.base_offset, count }, log)
+            })
+            .unzip();
+        Ok(PendingProduce { partitions, durable, offsets, acks })
+    }
+
+    /// [`Broker::produce_batches`] for a topic whose values are validated: the checked batches'
+    /// records take the records' path, each batch's as one run of its partition.
+    async fn produce_decoded(
+        &self,
+        topic: &str,
+        batches: Vec<(u32, ValidBatch)>,
+        acks: Acks,
+        producer: Option<ProducerSession>,
+    ) -> Result<PendingProduce<Vec<BatchOffsets>>, ApiError> {
+        let mut records = Vec::new();
+        let mut runs = Vec::with_capacity(batches.len());
+        for (p, batch) in batches {
+            let decoded = Batch::parse(Bytes::from(batch.into_bytes()))
+                .and_then(|b| b.records())
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("a checked batch does not decode: {e}")))?;
+            runs.push((p, records.len(), decoded.len() as u32));
+            records.extend(decoded.into_iter().map(|r| ProduceRecord {
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp: Some(r.timestamp),
+                partition: Some(p),
+            }));
+        }
+        let options = ProduceOptions { expected_offset: None, producer };
+        let pending = self.produce_with(topic, records, acks, options).await?;
+        Ok(pending.map(|offsets| {
+            runs.into_iter()
+                .map(|(partition, first, count)| BatchOffsets {
+                    partition,
+                    base_offset: offsets.get(first).map_or(0, |&(_, o)| o),
+                    count,
+                })
+                .collect()
+        }))
     }
 
     /// Validated produce: every value (tombstones aside) becomes a framed Avro value of `subject`,

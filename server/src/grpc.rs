@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
-use crate::broker::{Acks, ProduceOptions, ProduceRecord, Start};
+use crate::broker::{Acks, BatchOffsets, ProduceOptions, ProduceRecord, Start};
 use crate::error::ApiError;
 use crate::group::assignor::Strategy;
 use crate::group::coordinator::MemberView;
@@ -83,25 +83,64 @@ fn records(req: &mut pb::ProduceRequest) -> Vec<ProduceRecord> {
         .collect()
 }
 
-fn offsets(offsets: Vec<(u32, u64)>, request_id: u64) -> pb::ProduceResponse {
-    pb::ProduceResponse {
-        offsets: offsets.into_iter().map(|(partition, offset)| pb::RecordOffset { partition, offset }).collect(),
-        request_id,
-        error: None,
-    }
+/// Where a request's records went.
+enum Produced {
+    Records(Vec<(u32, u64)>),
+    Batches(Vec<BatchOffsets>),
+}
+
+fn response(produced: Produced, request_id: u64) -> pb::ProduceResponse {
+    let (offsets, batches) = match produced {
+        Produced::Records(offsets) => (
+            offsets.into_iter().map(|(partition, offset)| pb::RecordOffset { partition, offset }).collect(),
+            Vec::new(),
+        ),
+        Produced::Batches(batches) => (
+            Vec::new(),
+            batches
+                .into_iter()
+                .map(|b| pb::BatchOffsets { partition: b.partition, base_offset: b.base_offset, count: b.count })
+                .collect(),
+        ),
+    };
+    pb::ProduceResponse { offsets, request_id, error: None, batches }
 }
 
 type AckFuture = Pin<Box<dyn std::future::Future<Output = pb::ProduceResponse> + Send>>;
+/// A produce request appended, waiting for its acknowledgement.
+type Acked = Pin<Box<dyn std::future::Future<Output = Result<Produced, ApiError>> + Send>>;
+
+impl Services {
+    /// Appends one produce request (records or client-built batches); the future resolves to
+    /// where they went once acknowledged.
+    async fn produce_request(&self, mut req: pb::ProduceRequest) -> Result<Acked, ApiError> {
+        let options = produce_options(&req)?;
+        let (topic, acks) = (std::mem::take(&mut req.topic), acks(req.acks));
+        let broker = &self.state.broker;
+        if req.batches.is_empty() {
+            let records = records(&mut req);
+            self.state.metrics.records_in(&topic, records.len());
+            let pending = broker.produce_with(&topic, records, acks, options).await?;
+            return Ok(Box::pin(async move { pending.acknowledged().await.map(Produced::Records) }));
+        }
+        if !req.records.is_empty() {
+            return Err(ApiError::invalid("a produce request carries records or batches, not both"));
+        }
+        let batches = std::mem::take(&mut req.batches).into_iter().map(|b| (b.partition, b.data)).collect();
+        let pending = broker.produce_batches(&topic, batches, acks, options.producer).await?;
+        let count: u64 = pending.offsets().iter().map(|b| u64::from(b.count)).sum();
+        self.state.metrics.records_in(&topic, count as usize);
+        Ok(Box::pin(async move { pending.acknowledged().await.map(Produced::Batches) }))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::producer_server::Producer for Services {
     async fn produce(&self, request: Request<pb::ProduceRequest>) -> Result<Response<pb::ProduceResponse>, Status> {
-        let mut req = request.into_inner();
-        let records = records(&mut req);
-        let options = produce_options(&req)?;
-        self.state.metrics.records_in(&req.topic, records.len());
-        let pending = self.state.broker.produce_with(&req.topic, records, acks(req.acks), options).await?;
-        Ok(Response::new(offsets(pending.acknowledged().await?, req.request_id)))
+        let req = request.into_inner();
+        let id = req.request_id;
+        let produced = self.produce_request(req).await?.await?;
+        Ok(Response::new(response(produced, id)))
     }
 
     async fn init_producer(
@@ -120,7 +159,7 @@ impl pb::producer_server::Producer for Services {
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_PIPELINE);
-        let state = Arc::clone(&self.state);
+        let services = self.clone();
         tokio::spawn(async move {
             // Appends happen one request at a time, in stream order; only the wait for
             // durability overlaps, and acknowledgements leave in request order.
@@ -135,18 +174,12 @@ impl pb::producer_server::Producer for Services {
                         }
                     }
                     msg = input.next(), if !input_done && inflight.len() < STREAM_PIPELINE => match msg {
-                        Some(Ok(mut req)) => {
+                        Some(Ok(req)) => {
                             let id = req.request_id;
-                            let records = records(&mut req);
-                            state.metrics.records_in(&req.topic, records.len());
-                            let produced = match produce_options(&req) {
-                                Ok(options) => state.broker.produce_with(&req.topic, records, acks(req.acks), options).await,
-                                Err(e) => Err(e),
-                            };
-                            let fut: AckFuture = match produced {
-                                Ok(pending) => Box::pin(async move {
-                                    match pending.acknowledged().await {
-                                        Ok(o) => offsets(o, id),
+                            let fut: AckFuture = match services.produce_request(req).await {
+                                Ok(acked) => Box::pin(async move {
+                                    match acked.await {
+                                        Ok(produced) => response(produced, id),
                                         Err(e) => error_response(id, e),
                                     }
                                 }),
@@ -189,6 +222,7 @@ fn error_response(request_id: u64, e: ApiError) -> pb::ProduceResponse {
         offsets: Vec::new(),
         request_id,
         error: Some(pb::Error { code: e.code.as_str().to_string(), message: e.detail }),
+        batches: Vec::new(),
     }
 }
 

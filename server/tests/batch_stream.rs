@@ -57,6 +57,7 @@ async fn fill(url: &str, topic: &str, batches: u64, per_batch: u64) {
             .map(|o| proto::Record { value: Some(value(o)), partition: Some(0), ..Default::default() })
             .collect();
         let request = proto::ProduceRequest {
+            batches: Vec::new(),
             topic: topic.into(),
             records,
             acks: proto::Acks::Leader as i32,

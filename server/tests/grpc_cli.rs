@@ -35,6 +35,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
     };
     let reply = raw
         .produce(proto::ProduceRequest {
+            batches: Vec::new(),
             topic: "clicks".into(),
             records: vec![record("u1", "a"), record("u2", "b")],
             acks: proto::Acks::Leader as i32,
@@ -51,6 +52,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
     // Pipelined stream: 200 requests in, acks out in request order.
     let requests: Vec<proto::ProduceRequest> = (0..200u64)
         .map(|i| proto::ProduceRequest {
+            batches: Vec::new(),
             topic: "clicks".into(),
             records: vec![proto::Record {
                 value: Some(format!("s{i}").into()),
@@ -85,6 +87,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
     // A bad request on the stream gets an error ack; the stream goes on.
     let bad = vec![
         proto::ProduceRequest {
+            batches: Vec::new(),
             topic: "nope".into(),
             records: vec![record("k", "v")],
             acks: 0,
@@ -92,6 +95,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             producer: None,
         },
         proto::ProduceRequest {
+            batches: Vec::new(),
             topic: "clicks".into(),
             records: vec![record("k", "v")],
             acks: 0,
@@ -279,9 +283,16 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
         let records = (0..5)
             .map(|i| proto::Record { value: Some(format!("{p}-{i}").into()), partition: Some(p), ..Default::default() })
             .collect();
-        raw.produce(proto::ProduceRequest { topic: "jobs".into(), records, acks: 0, request_id: 0, producer: None })
-            .await
-            .unwrap();
+        raw.produce(proto::ProduceRequest {
+            batches: Vec::new(),
+            topic: "jobs".into(),
+            records,
+            acks: 0,
+            request_id: 0,
+            producer: None,
+        })
+        .await
+        .unwrap();
     }
 
     let join = |group: &str| proto::SubscribeRequest {
@@ -373,6 +384,7 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
     let Resp::Assignment(b_all) = next(&mut b).await else { panic!("B takes over") };
     assert_eq!(b_all.partitions.len(), 2);
     raw.produce(proto::ProduceRequest {
+        batches: Vec::new(),
         topic: "jobs".into(),
         records: vec![proto::Record { value: Some("late".into()), partition: Some(moved), ..Default::default() }],
         acks: 0,
@@ -429,4 +441,160 @@ async fn shutdown_ends_open_streams() {
     assert!(streamers.status == 404 || streamers.json()["members"].as_array().unwrap().is_empty());
     let pushed = common::get(&format!("{}/v1/groups/pushed", s.url)).json();
     assert_eq!(pushed["members"].as_array().unwrap().len(), 1, "{pushed}");
+}
+
+/// A batch as `strata-client`'s producer builds it: `values` in one partition's batch.
+fn client_batch(values: &[&str], codec: strata_storage::Compression) -> bytes::Bytes {
+    let mut builder = strata_storage::BatchBuilder::new(codec);
+    for (i, v) in values.iter().enumerate() {
+        builder.push(1_700_000_000_000 + i as i64, Some(b"k"), Some(v.as_bytes()), &[]);
+    }
+    builder.build().unwrap().into()
+}
+
+fn batches_request(topic: &str, batches: Vec<(u32, bytes::Bytes)>, request_id: u64) -> proto::ProduceRequest {
+    proto::ProduceRequest {
+        topic: topic.into(),
+        records: Vec::new(),
+        acks: proto::Acks::Leader as i32,
+        request_id,
+        producer: None,
+        batches: batches.into_iter().map(|(partition, data)| proto::RecordBatch { partition, data }).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_built_batches_are_appended_as_they_are_and_bad_ones_refused() {
+    use strata_storage::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    let admin = client.admin();
+    let config = HashMap::from([("max_record_bytes".to_string(), "1024".to_string())]);
+    admin.create_topic("events", 2, config).await.unwrap();
+    let mut raw = proto::producer_client::ProducerClient::connect(s.url.clone()).await.unwrap();
+
+    // Unary: one batch per partition, placed as a whole; a compressed batch stays compressed.
+    let reply = raw
+        .produce(batches_request(
+            "events",
+            vec![
+                (1, client_batch(&["a", "b", "c"], Compression::None)),
+                (0, client_batch(&["x", "y"], Compression::Zstd)),
+            ],
+            5,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.request_id, 5);
+    assert!(reply.offsets.is_empty());
+    let placed: Vec<_> = reply.batches.iter().map(|b| (b.partition, b.base_offset, b.count)).collect();
+    assert_eq!(placed, [(1, 0, 3), (0, 0, 2)]);
+
+    // Pipelined stream: acks in request order, offsets dense across batches.
+    let requests: Vec<_> = (0..50u64)
+        .map(|i| batches_request("events", vec![(1, client_batch(&[&format!("s{i}"), "t"], Compression::Lz4))], i))
+        .collect();
+    let mut acks = raw.produce_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let mut next = 3;
+    for i in 0..50u64 {
+        let ack = acks.next().await.unwrap().unwrap();
+        assert_eq!((ack.request_id, ack.error), (i, None));
+        assert_eq!((ack.batches[0].base_offset, ack.batches[0].count), (next, 2));
+        next += 2;
+    }
+    let page = client.fetch("events", 1, Start::Earliest, 1000, Duration::ZERO).await.unwrap();
+    let values: Vec<String> =
+        page.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect();
+    assert_eq!(values.len(), 103);
+    assert_eq!(values[..4], ["a", "b", "c", "s0"]);
+    assert_eq!(values[101..], ["s49", "t"]);
+    assert_eq!(page.records[0].timestamp_ms, 1_700_000_000_000, "the producer's timestamps are kept");
+    let zstd = client.fetch("events", 0, Start::Earliest, 10, Duration::ZERO).await.unwrap();
+    assert_eq!(zstd.records.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(), [&b"x"[..], b"y"]);
+
+    // Bad batches: refused with a stable code, nothing appended.
+    let refused = |request: proto::ProduceRequest| {
+        let mut raw = raw.clone();
+        async move { raw.produce(request).await.unwrap_err() }
+    };
+    let mut corrupt = client_batch(&["a"], Compression::None).to_vec();
+    *corrupt.last_mut().unwrap() ^= 1;
+    let mut pid = strata_storage::BatchBuilder::new(Compression::None).producer(strata_storage::ProducerInfo {
+        id: 1,
+        epoch: 0,
+        base_sequence: 0,
+    });
+    pid.push(1, None, Some(b"v"), &[]);
+    let big = "v".repeat(2000);
+    let one = || client_batch(&["a"], Compression::None);
+    for (request, code, what) in [
+        (batches_request("events", vec![(0, corrupt.into())], 0), tonic::Code::InvalidArgument, "checksum mismatch"),
+        (
+            batches_request("events", vec![(0, bytes::Bytes::from_static(b"junk"))], 0),
+            tonic::Code::InvalidArgument,
+            "truncated",
+        ),
+        (
+            batches_request("events", vec![(0, pid.build().unwrap().into())], 0),
+            tonic::Code::InvalidArgument,
+            "producer fields",
+        ),
+        (batches_request("events", vec![(0, one()), (0, one())], 0), tonic::Code::InvalidArgument, "one per partition"),
+        (batches_request("events", vec![(7, one())], 0), tonic::Code::NotFound, "partition_not_found"),
+        (
+            batches_request("events", vec![(0, client_batch(&[&big], Compression::Lz4))], 0),
+            tonic::Code::ResourceExhausted,
+            "record_too_large",
+        ),
+        (batches_request("nope", vec![(0, one())], 0), tonic::Code::NotFound, "topic_not_found"),
+        (
+            proto::ProduceRequest {
+                records: vec![proto::Record::default()],
+                ..batches_request("events", vec![(0, one())], 0)
+            },
+            tonic::Code::InvalidArgument,
+            "not both",
+        ),
+    ] {
+        let status = refused(request).await;
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(what), "{what}: {}", status.message());
+    }
+    let described = admin.describe_topic("events").await.unwrap();
+    let hw: Vec<u64> = described.partitions.iter().map(|p| p.high_watermark).collect();
+    assert_eq!(hw, [2, 103], "a refused request appends nothing");
+
+    // A producer session: the server writes the session into the batch; a retry is stored once.
+    let session = raw.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner();
+    let with_session = |sequence| proto::ProduceRequest {
+        producer: Some(proto::ProducerSession { id: session.id, epoch: 0, sequence }),
+        ..batches_request("events", vec![(0, client_batch(&["p", "q"], Compression::None))], 0)
+    };
+    let first = raw.produce(with_session(0)).await.unwrap().into_inner();
+    let retry = raw.produce(with_session(0)).await.unwrap().into_inner();
+    assert_eq!(first.batches, retry.batches);
+    assert_eq!((first.batches[0].base_offset, first.batches[0].count), (2, 2));
+    let described = admin.describe_topic("events").await.unwrap();
+    assert_eq!(described.partitions[0].high_watermark, 4);
+
+    // The client's producer sends batches it built; its deliveries name each record's offset.
+    let producer = client.producer(ProducerConfig {
+        batch_compression: Compression::Lz4,
+        linger: Duration::from_millis(2),
+        ..Default::default()
+    });
+    let mut deliveries = Vec::new();
+    for i in 0..100 {
+        deliveries
+            .push(producer.send("events", Record::new(Some(format!("key-{}", i % 5)), format!("w{i}"))).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let (partition, offset) = d.wait().await.unwrap();
+        assert_eq!(partition, partition_for_key(format!("key-{}", i % 5).as_bytes(), 2));
+        let page = client.fetch("events", partition, Start::Offset(offset), 1, Duration::ZERO).await.unwrap();
+        assert_eq!(page.records[0].value.as_deref(), Some(format!("w{i}").as_bytes()), "record {i}");
+    }
 }

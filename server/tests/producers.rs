@@ -82,6 +82,7 @@ async fn grpc_sessions_dedupe_retries_and_the_client_numbers_its_requests() {
     let mut raw = proto::producer_client::ProducerClient::connect(s.url.clone()).await.unwrap();
     let session = raw.init_producer(proto::InitProducerRequest {}).await.unwrap().into_inner();
     let request = |sequence: i32, epoch: i32| proto::ProduceRequest {
+        batches: Vec::new(),
         topic: "clicks".into(),
         records: (0..4)
             .map(|i| proto::Record {

@@ -227,6 +227,32 @@ fn validated_produce_encodes_checks_refuses_and_decodes() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // `strata produce` sends batches it built; on a validated topic the server decodes and checks
+    // them as it does records: JSON lines are encoded, a mismatch refuses the batch whole.
+    let produce_cli = |lines: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["produce", "orders"])
+            .env("STRATA_SERVER", &s.url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), lines.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = produce_cli("{\"id\": 5, \"total\": 0.5}\n{\"id\": 6, \"total\": 1.5, \"currency\": \"GBP\"}\n");
+    assert!(ok, "{err}");
+    let (ok, err) = produce_cli("{\"id\": 7, \"total\": 1.0}\n{\"id\": \"seven\", \"total\": 1.0}\n");
+    assert!(!ok && err.contains("schema_mismatch"), "{err}");
+    let decoded = fetch(&s.url, "orders", 0, "offset=5&decode=true");
+    let values: Vec<Value> = decoded["records"].as_array().unwrap().iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(
+        values,
+        [json!({"id": 5, "total": 0.5, "currency": "EUR"}), json!({"id": 6, "total": 1.5, "currency": "GBP"})]
+    );
+
     let file = dir.path().join("v3.avsc");
     std::fs::write(&file, V3_BAD).unwrap();
     let (ok, _, err) = cli(&["schema", "check", "orders-value", file.to_str().unwrap()]);

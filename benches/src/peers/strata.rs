@@ -1,6 +1,7 @@
 //! Strata under the common load generator: the release `strata` binary (started by
 //! [`crate::harness::Server`]), produce over gRPC `ProduceStream` (pipelined requests, acks in
-//! order), consume through the raw batch stream (`GET .../batches`, [`read_partition`]) decoded
+//! order; each request carries batches the client encoded, as `strata-client`'s producer sends
+//! them), consume through the raw batch stream (`GET .../batches`, [`read_partition`]) decoded
 //! in the client.
 //!
 //! Durable = topic `flush=always` (acked after fdatasync, group commit); relaxed =
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, TopicPartition, proto};
+use strata_storage::{BatchBuilder, Compression};
 use tokio_stream::StreamExt;
 
 use super::group::GroupProgress;
@@ -24,6 +26,11 @@ use super::{KEY_PATTERNS, Mode, Outcome, Proc, Reading, Workload};
 use crate::harness::Server;
 
 const TOPIC: &str = "bench";
+
+/// Milliseconds since the epoch: the records' timestamps.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 const GROUP: &str = "bench-group";
 
 /// How W4 reads from Strata, for the report.
@@ -95,16 +102,31 @@ impl Strata {
         anyhow::ensure!(!partitions.is_empty(), "producer {i} owns no partition");
         let value = w.value();
         let keyed = w.keyed();
-        let batch_for = |n: u64| -> Vec<proto::Record> {
-            let partition = partitions[n as usize % partitions.len()];
-            (0..w.batch_records)
-                .map(|r| proto::Record {
-                    // Many partitions: keyed records, the server's partitioner spreads them.
-                    key: keyed.then(|| w.key(i, n, r).into_bytes().into()),
-                    value: Some(value.clone()),
-                    partition: (!keyed).then_some(partition),
-                    ..Default::default()
-                })
+        // As `strata-client`'s producer sends them: each partition's records encoded by the client
+        // into one batch in the storage's format, which the server checks and appends as it is.
+        // Keyed records (W6) are partitioned here with murmur2, as the server and Kafka's clients
+        // pick partitions, so one request carries a batch for each partition its keys reach.
+        let batch_for = |n: u64| -> anyhow::Result<Vec<proto::RecordBatch>> {
+            let mut builders = BTreeMap::<u32, BatchBuilder>::new();
+            let now = now_ms();
+            for r in 0..w.batch_records {
+                let (key, partition) = if keyed {
+                    let key = w.key(i, n, r);
+                    let p = strata_client::partition_for_key(key.as_bytes(), w.partitions);
+                    (Some(key), p)
+                } else {
+                    (None, partitions[n as usize % partitions.len()])
+                };
+                builders.entry(partition).or_insert_with(|| BatchBuilder::new(Compression::None)).push(
+                    now,
+                    key.as_deref().map(str::as_bytes),
+                    Some(&value),
+                    &[],
+                );
+            }
+            builders
+                .into_iter()
+                .map(|(partition, b)| Ok(proto::RecordBatch { partition, data: b.build()?.into() }))
                 .collect()
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(w.window.max(1));
@@ -119,7 +141,7 @@ impl Strata {
             let mut make = Vec::with_capacity(batches as usize);
             // Built ahead so the feeder's pace is not the encoder's.
             for n in 0..batches.min(if keyed { KEY_PATTERNS } else { 4 * partitions.len() as u64 }) {
-                make.push(batch_for(n));
+                make.push(batch_for(n)?);
             }
             tokio::spawn(async move {
                 let mut pacer = w.pacer(start)?;
@@ -129,11 +151,12 @@ impl Strata {
                         break;
                     }
                     window.acquire().await?.forget();
-                    let records = make[n as usize % make.len()].clone();
-                    let partition = records.first().and_then(|r| r.partition).unwrap_or(0);
+                    let batches = make[n as usize % make.len()].clone();
+                    let partition = batches.first().map_or(0, |b| b.partition);
                     let req = proto::ProduceRequest {
+                        batches,
                         topic: TOPIC.into(),
-                        records,
+                        records: Vec::new(),
                         acks: proto::Acks::Leader as i32,
                         request_id: n,
                         producer: None,
@@ -155,20 +178,16 @@ impl Strata {
         while let Some(ack) = acks.next().await {
             let ack = ack?;
             anyhow::ensure!(ack.error.is_none(), "produce failed: {:?}", ack.error);
-            anyhow::ensure!(
-                ack.offsets.len() == w.batch_records,
-                "ack for {} of {} records",
-                ack.offsets.len(),
-                w.batch_records
-            );
+            let acked: usize = ack.batches.iter().map(|b| b.count as usize).sum();
+            anyhow::ensure!(acked == w.batch_records, "ack for {acked} of {} records", w.batch_records);
             let (t, partition) =
                 sent.lock().map_err(|_| anyhow::anyhow!("lock poisoned"))?.pop_front().unwrap_or((Instant::now(), 0));
             out.record_latency(t)?;
             out.records += w.batch_records as u64;
             out.bytes += (w.batch_records * w.record_bytes) as u64;
             if keyed {
-                for o in &ack.offsets {
-                    *per_partition.entry(o.partition).or_default() += 1;
+                for b in &ack.batches {
+                    *per_partition.entry(b.partition).or_default() += u64::from(b.count);
                 }
             } else {
                 *per_partition.entry(partition).or_default() += w.batch_records as u64;
