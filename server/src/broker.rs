@@ -592,14 +592,16 @@ impl Broker {
         }
         let max_record = meta.config.max_record_bytes as usize;
         let mut checked = Vec::with_capacity(batches.len());
+        // A keyed request over a wide topic carries hundreds of batches: one flag per partition.
+        let mut seen = vec![false; meta.partitions as usize];
         for (i, (p, data)) in batches.into_iter().enumerate() {
-            if p >= meta.partitions {
+            let Some(seen) = seen.get_mut(p as usize) else {
                 return Err(ApiError::new(
                     ErrorCode::PartitionNotFound,
                     format!("batch {i}: topic {topic:?} has partitions 0..{}, not {p}", meta.partitions),
                 ));
-            }
-            if checked.iter().any(|&(q, _)| q == p) {
+            };
+            if std::mem::replace(seen, true) {
                 return Err(ApiError::invalid(format!(
                     "batch {i}: a second batch for partition {p} (one per partition)"
                 )));

@@ -22,10 +22,12 @@ use strata_storage::{BatchBuilder, Compression};
 use tokio_stream::StreamExt;
 
 use super::group::GroupProgress;
-use super::{KEY_PATTERNS, Mode, Outcome, Proc, Reading, Workload};
+use super::{Mode, Outcome, Proc, Reading, Workload};
 use crate::harness::Server;
 
 const TOPIC: &str = "bench";
+/// Distinct requests a keyed producer (W6) cycles through.
+const KEYED_REQUESTS: u64 = 32;
 
 /// Milliseconds since the epoch: the records' timestamps.
 fn now_ms() -> i64 {
@@ -135,14 +137,15 @@ impl Strata {
         // for a push or pop only, never across an await.
         let sent: Arc<Mutex<VecDeque<(Instant, u32)>>> = Arc::default();
         let batches = w.batches_for(i);
+        // Built ahead, before the clock starts, so the feeder's pace is not the encoder's. Keyed,
+        // a request is ~1 MiB of encoded batches: a few dozen distinct ones (their keys cycle
+        // every `KEYED_REQUESTS` requests, not every `super::KEY_PATTERNS`) keep that memory small;
+        // building all of them took most of a short run's time and memory.
+        let distinct = if keyed { KEYED_REQUESTS } else { 4 * partitions.len() as u64 };
+        let make = (0..batches.min(distinct)).map(batch_for).collect::<anyhow::Result<Vec<_>>>()?;
         let start = Instant::now();
         let feeder = {
             let (window, sent, w) = (Arc::clone(&window), Arc::clone(&sent), w.clone());
-            let mut make = Vec::with_capacity(batches as usize);
-            // Built ahead so the feeder's pace is not the encoder's.
-            for n in 0..batches.min(if keyed { KEY_PATTERNS } else { 4 * partitions.len() as u64 }) {
-                make.push(batch_for(n)?);
-            }
             tokio::spawn(async move {
                 let mut pacer = w.pacer(start)?;
                 for n in 0..batches {
