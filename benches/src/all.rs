@@ -1033,7 +1033,7 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - One load generator for every system (`benches/src/peers/`): async Rust on tokio, one TCP connection per\n  \
            producer and consumer, TCP_NODELAY, batches pipelined up to a window (W1: 8, W2: 4 batches in flight),\n  \
            each batch's latency from when it was sent (closed loop) or due (W3, open loop) to its last ack.\n\
-         - Strata: gRPC `ProduceStream`; reads through the raw batch stream (`GET .../batches`, HTTP/1.1, decoded in the client). Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
+         - Strata: gRPC `ProduceStream` of batches the client encoded (one per partition, as `strata-client`'s producer sends them); reads through the raw batch stream (`GET .../batches`, HTTP/1.1, decoded in the client). Redis 7 Streams: pipelined `XADD` (1 batch = 1 pipeline),\n  \
            `XREADGROUP` + `XACK`. NATS JetStream: async publish with a reply subject per message (acks counted per\n  \
            batch), a pull consumer per stream (`ack_policy: all`). Clients for Redis and NATS are minimal protocol\n  \
            implementations in the harness (RESP2; NATS text protocol + JetStream JSON API). Tansu (a Rust broker\n  \
