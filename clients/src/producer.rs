@@ -4,10 +4,11 @@
 //! offset. The task groups records per partition, encoding each straight into a record batch in
 //! the storage's format (`strata_storage::BatchBuilder`; compressed with `batch_compression`),
 //! and sends the batch when it reaches `batch_bytes` or has waited `linger`: the server checks it
-//! whole and appends it as it is, as Kafka's brokers take their producers' batches. Keys are partitioned with murmur2 exactly as the server
-//! (and Kafka) would; keyless records stick to one partition per batch. One request per partition
-//! is in flight at a time, so records of a partition keep their order across retries. The bytes
-//! held (queued or in flight) are bounded by `max_buffered_bytes`: `send` waits for room.
+//! whole and appends it as it is, as Kafka's brokers take their producers' batches. Keys are
+//! partitioned with murmur2 exactly as the server (and Kafka) would; keyless records stick to one
+//! partition per batch. One request per partition is in flight at a time, so records of a
+//! partition keep their order across retries. The bytes held (queued or in flight) are bounded by
+//! `max_buffered_bytes`: `send` waits for room.
 //!
 //! With `idempotent` (the default, as in Kafka) the producer starts a producer session on the
 //! server (`InitProducer`) and numbers its requests; a retried request carries the same number, so
