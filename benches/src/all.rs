@@ -413,6 +413,8 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     let runs = args.run.runs();
     let quick = args.run.quick;
     let want = |w: &str| args.workloads.iter().any(|x| x.eq_ignore_ascii_case(w));
+    // Where the run's time goes (issue #8 wants the whole run under 20 minutes).
+    let phase = |name: &str| println!("== {name} from {:.0} s", began.elapsed().as_secs_f64());
     let date = crate::harness::today()?;
     let mut report = Report {
         date: date.clone(),
@@ -453,6 +455,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     }
 
     // Limits.
+    phase("limits");
     let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 }).min(3.0);
     let max_bytes = if quick { crate::storage::QUICK_DISK_BUDGET } else { crate::storage::DISK_BUDGET };
     let mut add_limit = |name: String, unit: &str, runs: Vec<f64>| {
@@ -534,6 +537,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         if !want(w.name) {
             continue;
         }
+        phase(w.name);
         let modes: &[Mode] = match w.name {
             "W4" | "W5" => &[Mode::Relaxed],
             "W6" => &[Mode::Durable],
@@ -626,6 +630,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // W3: latency at 10/50/80 % of each system's own W2 durable peak, open loop.
     if want("w3") {
+        phase("W3");
         let w2_peak = |report: &Report, system: &str| {
             args.w3_peak.or_else(|| {
                 report
@@ -682,6 +687,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // W7: Strata's doors, 8 connections, 1 KiB records, 100 per request (webhook: 1), durable.
     if want("w7") && systems.contains(&Peer::Strata) {
+        phase("W7");
         let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
         let secs = if quick { 1.0 } else { 5.0 };
         for door in ["grpc-stream", "grpc-batches", "grpc-unary", "http-json", "http-webhook"] {
@@ -722,6 +728,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // W8: cold-tier catch-up, Strata only (neither peer tiers to object storage).
     if want("w8") && systems.contains(&Peer::Strata) {
+        phase("W8");
         let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
         let dir = root.path().join("W8");
         let mib = args.cold_mib.unwrap_or(if quick { 8 } else { 256 });
@@ -736,6 +743,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     // W9: SQL over a tiered topic, Strata only (the comparison is plain DataFusion on its objects).
     let mut sql_ratios = Vec::new();
     if want("w9") && systems.contains(&Peer::Strata) {
+        phase("W9");
         let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
         let dir = root.path().join("W9");
         let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 });
