@@ -188,6 +188,20 @@ impl Partition {
     }
 }
 
+/// [`append`] with a group of its own, returned once every append task has let go of it: what
+/// the request awaits for durability.
+async fn append_grouped(
+    batches: Vec<(u32, Partition, ValidBatch)>,
+    expected_offset: Option<u64>,
+) -> Result<(Vec<(u32, Partition, AppendInfo)>, AppendGroup), ApiError> {
+    let group = Arc::new(AppendGroup::new());
+    let appended = append(batches, expected_offset, Arc::clone(&group)).await?;
+    // The append tasks, which held the other references, have finished.
+    let durable = Arc::into_inner(group)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
+    Ok((appended, durable))
+}
+
 /// Appends one batch to each partition and returns where each landed, in the same order; their
 /// durability is `group`'s to await. An error fails the whole request; appends already made
 /// stand.
@@ -551,11 +565,7 @@ impl Broker {
             }
             batches.push((p, partition, batch));
         }
-        let group = Arc::new(AppendGroup::new());
-        let appended = append(batches, expected_offset, Arc::clone(&group)).await?;
-        // The append tasks, which held the other references, have finished.
-        let durable = Arc::into_inner(group)
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
+        let (appended, durable) = append_grouped(batches, expected_offset).await?;
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut partitions = Vec::with_capacity(appended.len());
         // Appended in the order of `by_partition`, all of them (a failure above ended the request).
@@ -633,11 +643,7 @@ impl Broker {
             batches.push((p, partition, batch));
         }
         let counts: Vec<u32> = batches.iter().map(|(_, _, b)| b.header().record_count).collect();
-        let group = Arc::new(AppendGroup::new());
-        let appended = append(batches, None, Arc::clone(&group)).await?;
-        // The append tasks, which held the other references, have finished.
-        let durable = Arc::into_inner(group)
-            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
+        let (appended, durable) = append_grouped(batches, None).await?;
         let (offsets, partitions) = appended
             .into_iter()
             .zip(counts)
