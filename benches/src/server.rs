@@ -61,7 +61,7 @@ fn records(seq: u64) -> Vec<proto::Record> {
 /// producer sends them).
 fn client_batch(seq: u64) -> anyhow::Result<proto::RecordBatch> {
     let mut builder = strata_storage::BatchBuilder::new(strata_storage::Compression::None);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = strata_storage::Clock::now_ms(&strata_storage::SystemClock);
     for i in 0..BATCH {
         let key = format!("k{}", (seq as usize * BATCH + i) % 1000);
         builder.push(now, Some(key.as_bytes()), Some(&[b'x'; RECORD_BYTES]), &[]);

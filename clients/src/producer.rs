@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::v1 as pb;
-use strata_storage::{BatchBuilder, Compression, Header};
+use strata_storage::{BatchBuilder, Clock, Compression, Header, SystemClock};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -240,7 +240,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                 });
                 let headers: Vec<Header> =
                     record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
-                let timestamp = record.timestamp_ms.unwrap_or_else(now_ms);
+                let timestamp = record.timestamp_ms.unwrap_or_else(|| SystemClock.now_ms());
                 batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
                 batch.replies.push((reply, permit));
                 batch.last_keyless = record.partition.is_none() && record.key.is_none();
@@ -256,11 +256,6 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
             }
         }
     }
-}
-
-/// Milliseconds since the epoch: a record's timestamp when the caller gave none.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

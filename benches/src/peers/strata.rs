@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use strata_client::{GroupConfig, GroupConsumer, GroupRecord, RebalanceListener, TopicPartition, proto};
-use strata_storage::{BatchBuilder, Compression};
+use strata_storage::{BatchBuilder, Clock, Compression, SystemClock};
 use tokio_stream::StreamExt;
 
 use super::group::GroupProgress;
@@ -29,10 +29,6 @@ const TOPIC: &str = "bench";
 /// Distinct requests a keyed producer (W6) cycles through.
 const KEYED_REQUESTS: u64 = 32;
 
-/// Milliseconds since the epoch: the records' timestamps.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 const GROUP: &str = "bench-group";
 
 /// How W4 reads from Strata, for the report.
@@ -110,7 +106,7 @@ impl Strata {
         // pick partitions, so one request carries a batch for each partition its keys reach.
         let batch_for = |n: u64| -> anyhow::Result<Vec<proto::RecordBatch>> {
             let mut builders = BTreeMap::<u32, BatchBuilder>::new();
-            let now = now_ms();
+            let now = SystemClock.now_ms();
             for r in 0..w.batch_records {
                 let (key, partition) = if keyed {
                     let key = w.key(i, n, r);
