@@ -6,22 +6,24 @@
 //! and sends the batch when it reaches `batch_bytes` or has waited `linger`: the server checks it
 //! whole and appends it as it is, as Kafka's brokers take their producers' batches. Keys are
 //! partitioned with murmur2 exactly as the server (and Kafka) would; keyless records stick to one
-//! partition per batch. One request per partition is in flight at a time, so records of a
-//! partition keep their order across retries. The bytes held (queued or in flight) are bounded by
-//! `max_buffered_bytes`: `send` waits for room.
+//! partition per batch. Once a batch of a topic is due, one request carries the next batch of
+//! every partition of that topic (up to `max_request_bytes`), as Kafka's producer sends a broker
+//! all its ready batches at once. One request per partition is in flight at a time, so records of
+//! a partition keep their order across retries. The bytes held (queued or in flight) are bounded
+//! by `max_buffered_bytes`: `send` waits for room.
 //!
 //! With `idempotent` (the default, as in Kafka) the producer starts a producer session on the
 //! server (`InitProducer`) and numbers its requests; a retried request carries the same number, so
 //! the server stores it once even when the first attempt was appended but its answer was lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use strata_proto::v1 as pb;
 use strata_storage::{BatchBuilder, Clock, Compression, Header, SystemClock};
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -50,6 +52,9 @@ pub struct ProducerConfig {
     pub batch_compression: Compression,
     /// Number requests in a producer session so retries are stored once.
     pub idempotent: bool,
+    /// Most batch bytes in one request (one batch goes alone whatever its size). The server
+    /// refuses requests over its `max_request_bytes` (32 MiB by default).
+    pub max_request_bytes: usize,
 }
 
 impl Default for ProducerConfig {
@@ -64,6 +69,7 @@ impl Default for ProducerConfig {
             compression: None,
             batch_compression: Compression::None,
             idempotent: true,
+            max_request_bytes: 16 << 20,
         }
     }
 }
@@ -107,9 +113,6 @@ impl Delivery {
 
 type Reply = oneshot::Sender<Result<(u32, u64), ClientError>>;
 
-/// One lock per partition: whoever holds it has the partition's only request in flight.
-type PartitionLocks = Arc<std::sync::Mutex<HashMap<(String, u32), Arc<Mutex<()>>>>>;
-
 enum Msg {
     Send { topic: String, record: Record, reply: Reply, permit: OwnedSemaphorePermit },
     Flush(oneshot::Sender<()>),
@@ -123,13 +126,15 @@ pub struct Producer {
     max_record: usize,
 }
 
+/// A batch being filled or waiting to be sent.
 struct Pending {
+    id: u64,
     batch: BatchBuilder,
     replies: Vec<(Reply, OwnedSemaphorePermit)>,
-    /// Whether the last record had no key (sticky partitioning moves on after its batch).
-    last_keyless: bool,
     bytes: usize,
     since: Instant,
+    /// Full: the partition's next records start another batch.
+    closed: bool,
 }
 
 impl Producer {
@@ -168,93 +173,264 @@ impl Producer {
 }
 
 async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut pending: HashMap<(String, u32), Pending> = HashMap::new();
     let mut partitions: HashMap<String, u32> = HashMap::new();
     let mut sticky: HashMap<String, u32> = HashMap::new();
     let mut sticky_counter = 0u32;
-    let mut in_flight: JoinSet<()> = JoinSet::new();
-    let locks: PartitionLocks = Arc::default();
-    let session: Option<Arc<Session>> = config.idempotent.then(Arc::default);
+    let mut batches = Accumulator::new(channel, config);
     loop {
-        let deadline = pending.values().map(|p| p.since + config.linger).min();
-        let msg = tokio::select! {
-            msg = rx.recv() => msg,
-            _ = sleep_until(deadline) => {
-                let now = Instant::now();
-                let due: Vec<_> = pending.iter().filter(|(_, p)| p.since + config.linger <= now).map(|(k, _)| k.clone()).collect();
-                for key in due {
-                    if let Some(batch) = pending.remove(&key) {
-                        dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
-                    }
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => {
+                    batches.send_everything().await;
+                    return;
                 }
-                continue;
-            }
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => continue,
-        };
-        match msg {
-            None => {
-                for (key, batch) in pending.drain() {
-                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
+                Some(Msg::Flush(done)) => {
+                    batches.send_everything().await;
+                    let _ = done.send(());
                 }
-                while in_flight.join_next().await.is_some() {}
-                return;
-            }
-            Some(Msg::Flush(done)) => {
-                for (key, batch) in pending.drain() {
-                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
-                }
-                while in_flight.join_next().await.is_some() {}
-                let _ = done.send(());
-            }
-            Some(Msg::Send { topic, record, reply, permit }) => {
-                let count = match partitions.get(&topic) {
-                    Some(&n) => n,
-                    None => match admin.describe_topic(&topic).await {
-                        Ok(info) => {
-                            let n = info.partitions.len().max(1) as u32;
-                            partitions.insert(topic.clone(), n);
-                            n
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                    },
-                };
-                let partition = match (record.partition, &record.key) {
-                    (Some(p), _) => p,
-                    (None, Some(key)) => partition_for_key(key, count),
-                    (None, None) => *sticky.entry(topic.clone()).or_insert_with(|| {
-                        sticky_counter = sticky_counter.wrapping_add(1);
-                        sticky_counter % count
-                    }),
-                };
-                let size = record.size();
-                let key = (topic.clone(), partition);
-                let batch = pending.entry(key.clone()).or_insert_with(|| Pending {
-                    batch: BatchBuilder::with_capacity(config.batch_compression, config.batch_bytes.min(64 << 10)),
-                    replies: Vec::new(),
-                    last_keyless: false,
-                    bytes: 0,
-                    since: Instant::now(),
-                });
-                let headers: Vec<Header> =
-                    record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
-                let timestamp = record.timestamp_ms.unwrap_or_else(|| SystemClock.now_ms());
-                batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
-                batch.replies.push((reply, permit));
-                batch.last_keyless = record.partition.is_none() && record.key.is_none();
-                batch.bytes += size;
-                if batch.bytes >= config.batch_bytes
-                    && let Some(batch) = pending.remove(&key)
-                {
-                    if batch.last_keyless {
+                Some(Msg::Send { topic, record, reply, permit }) => {
+                    let count = match partitions.get(&topic) {
+                        Some(&n) => n,
+                        None => match admin.describe_topic(&topic).await {
+                            Ok(info) => {
+                                let n = info.partitions.len().max(1) as u32;
+                                partitions.insert(topic.clone(), n);
+                                n
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                                continue;
+                            }
+                        },
+                    };
+                    let partition = match (record.partition, &record.key) {
+                        (Some(p), _) => p,
+                        (None, Some(key)) => partition_for_key(key, count),
+                        (None, None) => *sticky.entry(topic.clone()).or_insert_with(|| {
+                            sticky_counter = sticky_counter.wrapping_add(1);
+                            sticky_counter % count
+                        }),
+                    };
+                    let keyless = record.partition.is_none() && record.key.is_none();
+                    // Keyless records move to another partition once their batch is closed.
+                    if batches.push(topic.clone(), partition, record, reply, permit) && keyless {
                         sticky.remove(&topic);
                     }
-                    dispatch(&mut in_flight, &channel, &config, &locks, session.clone(), key, batch);
+                }
+            },
+            () = sleep_until(batches.next_deadline()) => batches.expire(Instant::now()),
+            Some(done) = batches.in_flight.join_next_with_id(), if !batches.in_flight.is_empty() => batches.completed(done),
+        }
+        batches.send_ready();
+    }
+}
+
+/// The records waiting to be sent, as batches per partition, and the requests in flight.
+///
+/// As Kafka's producer does, a partition has at most one request in flight (so its records keep
+/// their order through retries), and a request carries every partition of its topic that has
+/// records and no request in flight: once one batch is due (full, or waited `linger`), the
+/// others go with it, so a producer writing keyed records over a thousand partitions sends one
+/// request per linger, not a thousand.
+struct Accumulator {
+    channel: Channel,
+    config: ProducerConfig,
+    session: Option<Arc<Session>>,
+    /// Per topic and partition, the batches in the order they are to be sent; only the last
+    /// takes records.
+    topics: HashMap<String, HashMap<u32, VecDeque<Pending>>>,
+    /// Per topic, the partitions with a request in flight.
+    busy: HashMap<String, HashSet<u32>>,
+    in_flight: JoinSet<()>,
+    /// The partitions each request in flight carries.
+    requests: HashMap<tokio::task::Id, (String, Vec<u32>)>,
+    /// Open batches by the time they are due; `linger` is the same for all, so this is in order.
+    /// An entry whose batch has gone meanwhile is skipped.
+    deadlines: VecDeque<(Instant, String, u32, u64)>,
+    /// Topics with a partition whose next batch is due and not held back by a request.
+    ready: HashSet<String>,
+    /// Flushing or closing: every batch is due.
+    flushing: bool,
+    next_id: u64,
+}
+
+impl Accumulator {
+    fn new(channel: Channel, config: ProducerConfig) -> Self {
+        Self {
+            channel,
+            session: config.idempotent.then(Arc::default),
+            config,
+            topics: HashMap::new(),
+            busy: HashMap::new(),
+            in_flight: JoinSet::new(),
+            requests: HashMap::new(),
+            deadlines: VecDeque::new(),
+            ready: HashSet::new(),
+            flushing: false,
+            next_id: 0,
+        }
+    }
+
+    /// Adds a record to its partition's open batch; true when that closed the batch (it is full).
+    fn push(
+        &mut self,
+        topic: String,
+        partition: u32,
+        record: Record,
+        reply: Reply,
+        permit: OwnedSemaphorePermit,
+    ) -> bool {
+        let size = record.size();
+        let queue = self.topics.entry(topic.clone()).or_default().entry(partition).or_default();
+        if queue.back().is_none_or(|b| b.closed) {
+            let since = Instant::now();
+            self.next_id += 1;
+            self.deadlines.push_back((since + self.config.linger, topic.clone(), partition, self.next_id));
+            queue.push_back(Pending {
+                id: self.next_id,
+                batch: BatchBuilder::with_capacity(
+                    self.config.batch_compression,
+                    self.config.batch_bytes.min(64 << 10),
+                ),
+                replies: Vec::new(),
+                bytes: 0,
+                since,
+                closed: false,
+            });
+        }
+        let Some(batch) = queue.back_mut() else { return false };
+        let headers: Vec<Header> =
+            record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
+        let timestamp = record.timestamp_ms.unwrap_or_else(|| SystemClock.now_ms());
+        batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+        batch.replies.push((reply, permit));
+        batch.bytes += size;
+        batch.closed = batch.bytes >= self.config.batch_bytes;
+        let closed = batch.closed;
+        if closed && !self.is_busy(&topic, partition) {
+            self.ready.insert(topic);
+        }
+        closed
+    }
+
+    fn is_busy(&self, topic: &str, partition: u32) -> bool {
+        self.busy.get(topic).is_some_and(|busy| busy.contains(&partition))
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.front().map(|&(at, ..)| at)
+    }
+
+    /// Marks the topics of the batches due by `now` ready, unless their partition is busy (then
+    /// the request's completion looks again).
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, ..)) = self.deadlines.front()
+            && *at <= now
+        {
+            let Some((_, topic, partition, id)) = self.deadlines.pop_front() else { break };
+            let waiting = self
+                .topics
+                .get(&topic)
+                .and_then(|t| t.get(&partition))
+                .is_some_and(|queue| queue.iter().any(|b| b.id == id));
+            if waiting && !self.is_busy(&topic, partition) {
+                self.ready.insert(topic);
+            }
+        }
+    }
+
+    /// A request has ended: its partitions may send again.
+    fn completed(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => e.id(),
+        };
+        let Some((topic, partitions)) = self.requests.remove(&id) else { return };
+        let now = Instant::now();
+        let queues = self.topics.get(&topic);
+        let mut due = false;
+        let busy = self.busy.entry(topic.clone()).or_default();
+        for partition in partitions {
+            busy.remove(&partition);
+            let front = queues.and_then(|t| t.get(&partition)).and_then(VecDeque::front);
+            due |= front.is_some_and(|b| self.flushing || b.closed || b.since + self.config.linger <= now);
+        }
+        if due {
+            self.ready.insert(topic);
+        }
+    }
+
+    /// Sends a request for each ready topic: the next batch of every partition of it that has
+    /// no request in flight, up to `max_request_bytes` a request.
+    fn send_ready(&mut self) {
+        let topics: Vec<String> = self.ready.drain().collect();
+        for topic in topics {
+            while let Some(queues) = self.topics.get_mut(&topic) {
+                let mut taken = Vec::new();
+                let mut bytes = 0;
+                let mut more = false;
+                let busy = self.busy.entry(topic.clone()).or_default();
+                for (&partition, queue) in queues.iter_mut() {
+                    if busy.contains(&partition) {
+                        continue;
+                    }
+                    let Some(front) = queue.front() else { continue };
+                    if !taken.is_empty() && bytes + front.bytes > self.config.max_request_bytes {
+                        more = true;
+                        continue;
+                    }
+                    bytes += front.bytes;
+                    if let Some(batch) = queue.pop_front() {
+                        taken.push((partition, batch));
+                    }
+                }
+                queues.retain(|_, queue| !queue.is_empty());
+                if queues.is_empty() {
+                    self.topics.remove(&topic);
+                }
+                if taken.is_empty() {
+                    break;
+                }
+                let partitions: Vec<u32> = taken.iter().map(|&(p, _)| p).collect();
+                busy.extend(&partitions);
+                let task = self.in_flight.spawn(send(
+                    self.client(),
+                    self.config.clone(),
+                    self.session.clone(),
+                    topic.clone(),
+                    taken,
+                ));
+                self.requests.insert(task.id(), (topic.clone(), partitions));
+                if !more {
+                    break;
                 }
             }
         }
+    }
+
+    /// Sends every batch and waits for every request.
+    async fn send_everything(&mut self) {
+        self.flushing = true;
+        loop {
+            self.ready.extend(self.topics.keys().cloned());
+            self.send_ready();
+            match self.in_flight.join_next_with_id().await {
+                Some(done) => self.completed(done),
+                None => break,
+            }
+        }
+        self.deadlines.clear();
+        self.flushing = false;
+    }
+
+    fn client(&self) -> ProducerClient {
+        let mut client = pb::producer_client::ProducerClient::new(self.channel.clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(256 << 20);
+        if let Some(encoding) = self.config.compression {
+            client = client.send_compressed(encoding);
+        }
+        client
     }
 }
 
@@ -292,88 +468,82 @@ impl Session {
 
 type ProducerClient = pb::producer_client::ProducerClient<Channel>;
 
-fn dispatch(
-    in_flight: &mut JoinSet<()>,
-    channel: &Channel,
-    config: &ProducerConfig,
-    locks: &PartitionLocks,
+/// One request: the batches of several partitions of a topic, retried whole.
+async fn send(
+    mut client: ProducerClient,
+    config: ProducerConfig,
     session: Option<Arc<Session>>,
-    key: (String, u32),
-    batch: Pending,
+    topic: String,
+    batches: Vec<(u32, Pending)>,
 ) {
-    let lock = {
-        let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(map.entry(key.clone()).or_default())
+    let mut request = pb::ProduceRequest {
+        batches: Vec::with_capacity(batches.len()),
+        topic,
+        records: Vec::new(),
+        acks: config.acks as i32,
+        request_id: 0,
+        producer: None,
     };
-    let mut client = pb::producer_client::ProducerClient::new(channel.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(256 << 20);
-    if let Some(encoding) = config.compression {
-        client = client.send_compressed(encoding);
-    }
-    let config = config.clone();
-    in_flight.spawn(async move {
-        // One request per partition in flight keeps the partition's order through retries.
-        let _turn = lock.lock().await;
-        let Pending { batch, replies, .. } = batch;
-        let data = match batch.build() {
-            Ok(data) => Bytes::from(data),
+    let mut waiting = Vec::with_capacity(batches.len());
+    for (partition, Pending { batch, replies, .. }) in batches {
+        match batch.build() {
+            Ok(data) => {
+                request.batches.push(pb::RecordBatch { partition, data: Bytes::from(data) });
+                waiting.push(replies);
+            }
             Err(e) => {
                 let e = ClientError::Invalid(format!("the batch does not encode: {e}"));
                 for (reply, _permit) in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
-                return;
             }
+        }
+    }
+    if request.batches.is_empty() {
+        return;
+    }
+    let mut backoff = config.retry_backoff;
+    let mut attempt = 0;
+    let result = loop {
+        // Numbered once (no partition of the request has another in flight, so each sees
+        // increasing numbers); every retry repeats the number.
+        let result = match (&session, request.producer) {
+            (Some(session), None) => session.next(&mut client).await.map(|p| request.producer = Some(p)),
+            _ => Ok(()),
         };
-        let mut request = pb::ProduceRequest {
-            batches: vec![pb::RecordBatch { partition: key.1, data }],
-            topic: key.0.clone(),
-            records: Vec::new(),
-            acks: config.acks as i32,
-            request_id: 0,
-            producer: None,
-        };
-        let mut backoff = config.retry_backoff;
-        let mut attempt = 0;
-        let result = loop {
-            // Numbered once, under the partition's turn (so a partition sees increasing numbers);
-            // every retry repeats the number.
-            let result = match (&session, request.producer) {
-                (Some(session), None) => session.next(&mut client).await.map(|p| request.producer = Some(p)),
-                _ => Ok(()),
-            };
-            let result = match result {
-                Ok(()) => client.produce(request.clone()).await.map_err(ClientError::from),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if e.is_retriable() && attempt < config.retries => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "produce failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                }
-                other => break other,
-            }
+        let result = match result {
+            Ok(()) => client.produce(request.clone()).await.map_err(ClientError::from),
+            Err(e) => Err(e),
         };
         match result {
-            Ok(response) => {
-                let response = response.into_inner();
-                let placed = response.batches.first().filter(|b| b.count as usize == replies.len());
-                for (i, (reply, _permit)) in replies.into_iter().enumerate() {
-                    let offset = placed.map(|b| (b.partition, b.base_offset + i as u64));
+            Err(e) if e.is_retriable() && attempt < config.retries => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "produce failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(response) => {
+            let placed = response.into_inner().batches;
+            for (i, (sent, replies)) in request.batches.iter().zip(waiting).enumerate() {
+                let batch =
+                    placed.get(i).filter(|b| b.partition == sent.partition && b.count as usize == replies.len());
+                for (j, (reply, _permit)) in replies.into_iter().enumerate() {
+                    let offset = batch.map(|b| (b.partition, b.base_offset + j as u64));
                     let _ = reply.send(offset.ok_or_else(|| ClientError::Produce {
                         code: "internal".into(),
                         message: "the response does not place the batch".into(),
                     }));
                 }
             }
-            Err(e) => {
-                for (reply, _permit) in replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for (reply, _permit) in waiting.into_iter().flatten() {
+                let _ = reply.send(Err(e.clone()));
             }
         }
-    });
+    }
 }

@@ -598,3 +598,66 @@ async fn client_built_batches_are_appended_as_they_are_and_bad_ones_refused() {
         assert_eq!(page.records[0].value.as_deref(), Some(format!("w{i}").as_bytes()), "record {i}");
     }
 }
+
+/// The client's producer, keyed over many partitions: one request carries every partition's
+/// batch (as Kafka's producer sends a broker all its ready batches), a partition's batches stay in
+/// order when several wait behind its request in flight, and requests split at
+/// `max_request_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_sends_many_partitions_in_one_request_and_keeps_each_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("wide", 100, HashMap::new()).await.unwrap();
+    let produce_requests = || -> u64 {
+        let metrics = String::from_utf8(common::get(&format!("{}/metrics", s.url)).body).unwrap();
+        let prefix = "strata_requests_total{api=\"/strata.v1.Producer/Produce\"";
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let key = |i: usize| format!("user-{i}");
+
+    // 1,000 keyed records over 100 partitions, one flush: a request or two, not a hundred.
+    let producer = client.producer(ProducerConfig { linger: Duration::from_secs(5), ..Default::default() });
+    let mut deliveries = Vec::new();
+    for i in 0..1000 {
+        deliveries.push(producer.send("wide", Record::new(Some(key(i)), format!("a{i}"))).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    let mut partitions = std::collections::HashSet::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        let (partition, _) = d.wait().await.unwrap();
+        assert_eq!(partition, partition_for_key(key(i).as_bytes(), 100));
+        partitions.insert(partition);
+    }
+    assert!(partitions.len() > 90, "keys spread over {} partitions", partitions.len());
+    let requests = produce_requests();
+    assert!(requests <= 2, "{requests} produce requests for one flush over 100 partitions");
+
+    // Tiny batches (a few records each), one request a batch: many batches queue behind each
+    // partition's request in flight, and still land in the order they were sent.
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_bytes: 100,
+        max_request_bytes: 1,
+        ..Default::default()
+    });
+    let mut deliveries = Vec::new();
+    for i in 0..600 {
+        deliveries.push((i, producer.send("wide", Record::new(Some(key(i % 6)), format!("b{i}"))).await.unwrap()));
+    }
+    producer.flush().await.unwrap();
+    let mut last: HashMap<u32, u64> = HashMap::new();
+    for (i, d) in deliveries {
+        let (partition, offset) = d.wait().await.unwrap();
+        if let Some(previous) = last.insert(partition, offset) {
+            assert!(offset > previous, "record {i}: offset {offset} after {previous} in partition {partition}");
+        }
+        let page = client.fetch("wide", partition, Start::Offset(offset), 1, Duration::ZERO).await.unwrap();
+        assert_eq!(page.records[0].value.as_deref(), Some(format!("b{i}").as_bytes()), "record {i}");
+    }
+    assert!(produce_requests() > requests + 50, "one batch a request");
+}
