@@ -46,7 +46,7 @@ pub struct Args {
     /// Workloads to run (w1 ... w9; limits always run).
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,w4,w5,w6,w7,w8,w9")]
     workloads: Vec<String>,
-    /// Upper bound on each produce phase, seconds (default 6; 1 with --quick).
+    /// Upper bound on each produce phase, seconds (default 5; 1 with --quick).
     #[arg(long)]
     seconds: Option<f64>,
     /// Records per W1/W2/W4 run (default 1,000,000; 20,000 with --quick).
@@ -183,8 +183,10 @@ const LOCAL_CONSUME: &str = "consume, Unix socket";
 /// partition from its start, no gap), and the row says so. Tansu's W5 catch-up (~4.6k msgs/s of
 /// what it stored in 6 s) took 63 s a run and a fifth of a whole run's 19 minutes; bounded at
 /// 30 s, its consumes of W1, W2 and W5 still took ~4 of the 20.6 minutes of the run of
-/// 2026-12-06 11:44 (20, 24 and 36 s a run). Every other consume phase ends within a few seconds.
-const CONSUME_BOUND: Duration = Duration::from_secs(15);
+/// 2026-12-06 11:44 (20, 24 and 36 s a run), and at 15 s Tansu's nine runs and NATS's W6 took
+/// 4.6 of the 22.1 minutes of the run of 21:57. Every other consume phase ends within a few
+/// seconds; 8 s reads thousands of records even at Tansu's W5 rate (~2.8k msgs/s).
+const CONSUME_BOUND: Duration = Duration::from_secs(8);
 
 /// What one run measured.
 struct RunFigures {
@@ -362,7 +364,7 @@ async fn group_consume(
 /// The workload table of BENCHMARKS.md, scaled by the flags.
 fn workloads(args: &Args) -> Vec<Workload> {
     let quick = args.run.quick;
-    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 });
+    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 });
     let records = args.records.unwrap_or(if quick { 20_000 } else { 1_000_000 });
     let catchup = args.catchup_mib.unwrap_or(if quick { 16 } else { 512 }) << 20;
     let base = Workload {
@@ -456,7 +458,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
 
     // Limits.
     phase("limits");
-    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 6.0 }).min(3.0);
+    let seconds = args.seconds.unwrap_or(if quick { 1.0 } else { 5.0 }).min(2.0);
     let max_bytes = if quick { crate::storage::QUICK_DISK_BUDGET } else { crate::storage::DISK_BUDGET };
     let mut add_limit = |name: String, unit: &str, runs: Vec<f64>| {
         report.limits.push(Limit { name, unit: unit.into(), runs });
@@ -689,7 +691,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     if want("w7") && systems.contains(&Peer::Strata) {
         phase("W7");
         let strata = bins.strata.clone().ok_or_else(|| anyhow::anyhow!("no strata"))?;
-        let secs = if quick { 1.0 } else { 5.0 };
+        let secs = if quick { 1.0 } else { 3.0 };
         for door in ["grpc-stream", "grpc-batches", "grpc-unary", "http-json", "http-webhook"] {
             let mut row = Row::new("W7", &format!("strata {door}"), "durable", "produce");
             for r in 0..runs {
@@ -1063,8 +1065,8 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - Partitions: a Strata partition = a Redis stream key = a JetStream stream (subject `p<n>`) = a partition of\n  \
            Tansu's topic `bench` = a RabbitMQ stream `bench-<n>`.\n\
          - Each produce phase is bounded by `--seconds`: slow systems stop early and their rate\n  \
-           is what they achieved in that time (default 6 s). Consumers then read everything that was acknowledged,\n  \
-           for at most 15 s: a consumer still reading then is measured on what it read (each partition from its\n  \
+           is what they achieved in that time (default 5 s). Consumers then read everything that was acknowledged,\n  \
+           for at most 8 s: a consumer still reading then is measured on what it read (each partition from its\n  \
            start, no gap), and its row says so (Tansu's consumes: its W5 catch-up took ~63 s a run unbounded).\n\
          - Server CPU s/GB and peak RSS (VmHWM) from /proc of the server process. Load generator and servers share\n  \
            the machine's cores (no `taskset`: with 2 cores, pinning would halve both sides).\n\

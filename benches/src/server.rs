@@ -400,7 +400,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             "—".into(),
             "1.00".into(),
         ]);
-        for door in ["grpc-stream", "grpc-unary", "http-json"] {
+        for door in ["grpc-stream", "grpc-batches", "grpc-unary", "http-json"] {
             let (mut rps, mut mbps, mut p50, mut p99, mut p999, mut cpu) =
                 (vec![], vec![], vec![], vec![], vec![], vec![]);
             for r in 0..runs {
