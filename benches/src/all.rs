@@ -633,7 +633,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
     // W3: latency at 10/50/80 % of each system's own W2 durable peak, open loop.
     if want("w3") {
         phase("W3");
-        settle_disk();
+        crate::harness::settle_disk();
         let w2_peak = |report: &Report, system: &str| {
             args.w3_peak.or_else(|| {
                 report
@@ -871,15 +871,6 @@ const AT_RATE_OF: &str = "at the rate of ";
 
 /// One W3 point: `runs` open-loop runs of `peer` at `rate` msgs/s (4 producers, 4 partitions,
 /// batches of what arrives in 1 ms), each run's figures or failure added to `row`.
-/// Writes back what the runs before left dirty and lets the file system trim what they deleted,
-/// so that a latency run's `fdatasync`s do not carry the previous run's (or system's) disk work.
-/// The data disk here is ext4 mounted with `discard`: blocks freed by deleting a run's directory
-/// are trimmed when the journal next commits, which would otherwise be inside the next run's
-/// first `fdatasync`.
-fn settle_disk() {
-    rustix::fs::sync();
-}
-
 async fn w3_point(peer: Peer, bins: &PeerBinaries, root: &Path, rate: f64, runs: usize, quick: bool, row: &mut Row) {
     let secs = if quick { 1.0 } else { 4.0 };
     let warmup = if quick { 0.2 } else { 1.0 };
@@ -903,7 +894,7 @@ async fn w3_point(peer: Peer, bins: &PeerBinaries, root: &Path, rate: f64, runs:
         let dir = root.join(format!("W3-{}-{}-{r}", peer.name(), row.phase.replace(['@', '%', ' '], "-")));
         let outcome = run_once(peer, bins, &dir, &w, Mode::Durable, None).await;
         let _ = std::fs::remove_dir_all(&dir);
-        settle_disk();
+        crate::harness::settle_disk();
         match outcome {
             Ok(RunFigures { produce: p, .. }) => {
                 println!(

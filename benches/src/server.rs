@@ -445,6 +445,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         let mut p99s = vec![];
         let mut p50s = vec![];
         for r in 0..runs {
+            crate::harness::settle_disk();
             let data = root.path().join(format!("latency-{r}"));
             let server = Server::start(&strata, &data)?;
             create_topic(&server.url, "lat", 1, "always").await?;
@@ -466,6 +467,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         // The disk's own tail at the same byte rate: a plain writer, write + fdatasync per request.
         let mut plain_p99s = vec![];
         for _ in 0..runs {
+            crate::harness::settle_disk();
             let h = crate::storage::plain_open_loop(root.path(), BATCH * RECORD_BYTES, rate, seconds)?;
             plain_p99s.push(h.value_at_quantile(0.99) as f64 / 1000.0);
         }
