@@ -85,7 +85,6 @@ pub fn now_utc() -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
-/// The load average, as the report quotes it.
 /// Writes back what the runs before left dirty and lets the file system trim what they deleted,
 /// so that a latency run's `fdatasync`s do not carry the previous run's (or system's) disk work.
 /// The data disk here is ext4 mounted with `discard`: blocks freed by deleting a run's directory
@@ -95,6 +94,7 @@ pub fn settle_disk() {
     rustix::fs::sync();
 }
 
+/// The load average, as the report quotes it.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }
