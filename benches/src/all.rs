@@ -1076,14 +1076,18 @@ fn results_md(report: &Report, tables: &str, json_path: &Path, svg_name: &str) -
          - W3 offers 10/50/80 % of *each system's own* W2 durable peak (open loop, 4 producers, batches of\n  \
            whatever arrives in 1 ms), so the peers' points sit at far lower rates than Strata's. Each run offers\n  \
            the rate for 1 s of warm-up, then 4 s whose batches' latencies are recorded (all systems alike).\n  \
+           Before each run the harness runs `sync` (since 2026-12-06 23:15): the data disk is ext4 mounted with\n  \
+           `discard`, and the previous run's deleted directory would otherwise be trimmed inside this run's first\n  \
+           `fdatasync`s.\n  \
            Batches are released on time by a pacer thread sleeping with the kernel's high-resolution timer\n  \
            (`benches/src/pacer.rs`): tokio's millisecond timer had added 1.0 ms at p50 and 2.0 ms at p99 to every\n  \
            system's latency before the batch was even sent. Then Strata runs once more at each percentage,\n  \
            offered the rate of the peer with the shortest p99 there (rows `latency@N% at the rate of <peer>`),\n  \
            so the tails also compare at one load; those rows have a ratio against that peer only.\n\
          - W6 (1,000 partitions, durable): every record is keyed and goes to the partition Kafka's murmur2 picks\n  \
-           for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the server's partitioner\n  \
-           (keys sent, no partition). Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \
+           for its key, so each 1,000-record batch spreads over ~630 partitions. Strata: the load generator\n  \
+           partitions with murmur2 (as the server and `strata-client` do) and sends one batch per partition;\n  \
+           it builds 32 distinct requests per producer before the clock starts and cycles through them. Redis: a pipeline of `XADD p<n> * k <key> v <value>`, one per record. NATS:\n  \
            1,000 streams, each record published to its key's subject. Consumers then read 250 partitions each.\n\
          - W5 (catch-up, relaxed): one partition, 512 MiB by default (`--catchup-mib`), read from offset 0 by one\n  \
            consumer over TCP as everywhere; Strata's log is then read a second time, by a client on the same host\n  \
