@@ -133,8 +133,13 @@ struct Pending {
     replies: Vec<(Reply, OwnedSemaphorePermit)>,
     bytes: usize,
     since: Instant,
-    /// Full: the partition's next records start another batch.
-    closed: bool,
+}
+
+impl Pending {
+    /// Full: the partition's next records start another batch, and this one is due.
+    fn is_full(&self, batch_bytes: usize) -> bool {
+        self.bytes >= batch_bytes
+    }
 }
 
 impl Producer {
@@ -212,7 +217,7 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
                         }),
                     };
                     let keyless = record.partition.is_none() && record.key.is_none();
-                    // Keyless records move to another partition once their batch is closed.
+                    // Keyless records move to another partition once their batch is full.
                     if batches.push(topic.clone(), partition, record, reply, permit) && keyless {
                         sticky.remove(&topic);
                     }
@@ -271,7 +276,7 @@ impl Accumulator {
         }
     }
 
-    /// Adds a record to its partition's open batch; true when that closed the batch (it is full).
+    /// Adds a record to its partition's open batch; true when that made the batch full.
     fn push(
         &mut self,
         topic: String,
@@ -282,7 +287,8 @@ impl Accumulator {
     ) -> bool {
         let size = record.size();
         let queue = self.topics.entry(topic.clone()).or_default().entry(partition).or_default();
-        if queue.back().is_none_or(|b| b.closed) {
+        let batch_bytes = self.config.batch_bytes;
+        if queue.back().is_none_or(|b| b.is_full(batch_bytes)) {
             let since = Instant::now();
             self.next_id += 1;
             self.deadlines.push_back((since + self.config.linger, topic.clone(), partition, self.next_id));
@@ -295,7 +301,6 @@ impl Accumulator {
                 replies: Vec::new(),
                 bytes: 0,
                 since,
-                closed: false,
             });
         }
         let Some(batch) = queue.back_mut() else { return false };
@@ -305,8 +310,7 @@ impl Accumulator {
         batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.replies.push((reply, permit));
         batch.bytes += size;
-        batch.closed = batch.bytes >= self.config.batch_bytes;
-        let closed = batch.closed;
+        let closed = batch.is_full(batch_bytes);
         if closed && !self.is_busy(&topic, partition) {
             self.ready.insert(topic);
         }
@@ -353,7 +357,9 @@ impl Accumulator {
         for partition in partitions {
             busy.remove(&partition);
             let front = queues.and_then(|t| t.get(&partition)).and_then(VecDeque::front);
-            due |= front.is_some_and(|b| self.flushing || b.closed || b.since + self.config.linger <= now);
+            due |= front.is_some_and(|b| {
+                self.flushing || b.is_full(self.config.batch_bytes) || b.since + self.config.linger <= now
+            });
         }
         if due {
             self.ready.insert(topic);
