@@ -6,11 +6,12 @@
 //! and sends the batch when it reaches `batch_bytes` or has waited `linger`: the server checks it
 //! whole and appends it as it is, as Kafka's brokers take their producers' batches. Keys are
 //! partitioned with murmur2 exactly as the server (and Kafka) would; keyless records stick to one
-//! partition per batch. Once a batch of a topic is due, one request carries the next batch of
-//! every partition of that topic (up to `max_request_bytes`), as Kafka's producer sends a broker
-//! all its ready batches at once. One request per partition is in flight at a time, so records of
-//! a partition keep their order across retries. The bytes held (queued or in flight) are bounded
-//! by `max_buffered_bytes`: `send` waits for room.
+//! partition for `batch_bytes` of them ([`Router`]). Once a batch of a topic is due, one request
+//! carries the next batch of every partition of that topic (up to `max_request_bytes`), as
+//! Kafka's producer sends a broker all its ready batches at once. One request per partition is in
+//! flight at a time, so records of a partition keep their order across retries; a request the
+//! server refuses for one bad batch is sent again batch by batch, so only that batch fails. The
+//! bytes held (queued or in flight) are bounded by `max_buffered_bytes`: `send` waits for room.
 //!
 //! With `idempotent` (the default, as in Kafka) the producer starts a producer session on the
 //! server (`InitProducer`) and numbers its requests; a retried request carries the same number, so
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use strata_proto::v1 as pb;
 use strata_storage::{BatchBuilder, Clock, Compression, Header, SystemClock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -89,13 +90,25 @@ impl Record {
         Self { key: key.map(Into::into), value: Some(value.into()), ..Default::default() }
     }
 
+    /// What the record takes from the producer's budget: its key, value and headers, and a
+    /// little for their framing. (Batches are measured by what they encode to.)
     fn size(&self) -> usize {
+        self.content_bytes() + 16
+    }
+
+    /// Its key, value and headers: what a topic's `max_record_bytes` bounds.
+    fn content_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
             + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
-            + 16
     }
 }
+
+/// The longest `linger` honoured: any longer waits as long (a batch is sent on `flush` anyway).
+const MAX_LINGER: Duration = Duration::from_secs(24 * 3600);
+
+/// How long one lookup of a topic's partition count may take before it is tried again.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves to `(partition, offset)` once the record is acknowledged.
 #[derive(Debug)]
@@ -113,8 +126,16 @@ impl Delivery {
 
 type Reply = oneshot::Sender<Result<(u32, u64), ClientError>>;
 
+/// A record handed to the producer's task, with its caller's reply and its share of the budget.
+struct Queued {
+    topic: String,
+    record: Record,
+    reply: Reply,
+    permit: OwnedSemaphorePermit,
+}
+
 enum Msg {
-    Send { topic: String, record: Record, reply: Reply, permit: OwnedSemaphorePermit },
+    Send(Queued),
     Flush(oneshot::Sender<()>),
 }
 
@@ -131,22 +152,29 @@ struct Pending {
     id: u64,
     batch: BatchBuilder,
     replies: Vec<(Reply, OwnedSemaphorePermit)>,
-    bytes: usize,
     since: Instant,
 }
 
 impl Pending {
+    /// The records' bytes as encoded (before any compression): requests are split by these
+    /// sizes, which must not fall short of what goes on the wire.
+    fn bytes(&self) -> usize {
+        self.batch.records_len()
+    }
+
     /// Full: the partition's next records start another batch, and this one is due.
     fn is_full(&self, batch_bytes: usize) -> bool {
-        self.bytes >= batch_bytes
+        self.bytes() >= batch_bytes
     }
 }
 
 impl Producer {
-    pub(crate) fn start(channel: Channel, admin: Admin, config: ProducerConfig) -> Self {
+    pub(crate) fn start(channel: Channel, admin: Admin, mut config: ProducerConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(config.max_buffered_bytes));
-        let max_record = config.max_buffered_bytes;
+        // A record takes one permit per byte, at most `u32::MAX` at once.
+        let max_record = config.max_buffered_bytes.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize);
+        let budget = Arc::new(Semaphore::new(max_record));
+        config.linger = config.linger.min(MAX_LINGER);
         tokio::spawn(run(channel, admin, config, rx));
         Self { tx, budget, max_record }
     }
@@ -162,7 +190,8 @@ impl Producer {
         }
         let permit = Arc::clone(&self.budget).acquire_many_owned(size as u32).await.map_err(|_| ClientError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Send { topic: topic.to_string(), record, reply, permit }).map_err(|_| ClientError::Closed)?;
+        let queued = Queued { topic: topic.to_string(), record, reply, permit };
+        self.tx.send(Msg::Send(queued)).map_err(|_| ClientError::Closed)?;
         Ok(Delivery { rx })
     }
 
@@ -178,55 +207,192 @@ impl Producer {
 }
 
 async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut partitions: HashMap<String, u32> = HashMap::new();
-    let mut sticky: HashMap<String, u32> = HashMap::new();
-    let mut sticky_counter = 0u32;
+    let mut router = Router::new(admin, &config);
     let mut batches = Accumulator::new(channel, config);
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
                 None => {
+                    router.settle(&mut batches).await;
                     batches.send_everything().await;
                     return;
                 }
                 Some(Msg::Flush(done)) => {
+                    router.settle(&mut batches).await;
                     batches.send_everything().await;
                     let _ = done.send(());
                 }
-                Some(Msg::Send { topic, record, reply, permit }) => {
-                    let count = match partitions.get(&topic) {
-                        Some(&n) => n,
-                        None => match admin.describe_topic(&topic).await {
-                            Ok(info) => {
-                                let n = info.partitions.len().max(1) as u32;
-                                partitions.insert(topic.clone(), n);
-                                n
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(e));
-                                continue;
-                            }
-                        },
-                    };
-                    let partition = match (record.partition, &record.key) {
-                        (Some(p), _) => p,
-                        (None, Some(key)) => partition_for_key(key, count),
-                        (None, None) => *sticky.entry(topic.clone()).or_insert_with(|| {
-                            sticky_counter = sticky_counter.wrapping_add(1);
-                            sticky_counter % count
-                        }),
-                    };
-                    let keyless = record.partition.is_none() && record.key.is_none();
-                    // Keyless records move to another partition once their batch is full.
-                    if batches.push(topic.clone(), partition, record, reply, permit) && keyless {
-                        sticky.remove(&topic);
-                    }
-                }
+                Some(Msg::Send(queued)) => router.route(&mut batches, queued),
             },
             () = sleep_until(batches.next_deadline()) => batches.expire(Instant::now()),
             Some(done) = batches.in_flight.join_next_with_id(), if !batches.in_flight.is_empty() => batches.completed(done),
+            Some(looked_up) = router.lookups.join_next(), if !router.lookups.is_empty() => {
+                router.looked_up(&mut batches, looked_up);
+            }
         }
         batches.send_ready();
+    }
+}
+
+/// What the producer knows of a topic: its partitions and its largest record.
+#[derive(Debug, Clone, Copy)]
+struct TopicShape {
+    partitions: u32,
+    max_record_bytes: usize,
+}
+
+impl TopicShape {
+    fn of(info: &pb::TopicInfo) -> Self {
+        let max_record_bytes = info.config.get("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        Self { partitions: info.partitions.len().max(1) as u32, max_record_bytes }
+    }
+}
+
+/// Picks each record's partition: the one it names, else its key's (murmur2, as the server and
+/// Kafka pick), else the topic's sticky one. A topic is looked up on its first record, and again
+/// when a record names a partition beyond it (partitions may have been added); meanwhile the
+/// topic's records wait here, in the order sent, while other topics' go on. A record over the
+/// topic's `max_record_bytes` fails here, alone, as Kafka's producer fails one over its limit
+/// (the server refuses a whole batch for it).
+struct Router {
+    admin: Admin,
+    retries: u32,
+    retry_backoff: Duration,
+    batch_bytes: usize,
+    topics: HashMap<String, TopicShape>,
+    /// Records of the topics being looked up.
+    parked: HashMap<String, Vec<Queued>>,
+    lookups: JoinSet<(String, Result<TopicShape, ClientError>)>,
+    /// Per topic, the partition keyless records go to and the bytes sent there since it was
+    /// picked: as Kafka's producer does (KIP-794), another is picked after `batch_bytes`, also
+    /// when light load sends the batches by `linger` before they fill.
+    sticky: HashMap<String, (u32, usize)>,
+    sticky_counter: u32,
+}
+
+impl Router {
+    fn new(admin: Admin, config: &ProducerConfig) -> Self {
+        Self {
+            admin,
+            retries: config.retries,
+            retry_backoff: config.retry_backoff,
+            batch_bytes: config.batch_bytes,
+            topics: HashMap::new(),
+            parked: HashMap::new(),
+            lookups: JoinSet::new(),
+            sticky: HashMap::new(),
+            sticky_counter: 0,
+        }
+    }
+
+    fn route(&mut self, batches: &mut Accumulator, queued: Queued) {
+        if let Some(parked) = self.parked.get_mut(&queued.topic) {
+            parked.push(queued);
+            return;
+        }
+        match self.topics.get(&queued.topic) {
+            Some(&shape) if queued.record.partition.is_none_or(|p| p < shape.partitions) => {
+                self.place(batches, shape, queued);
+            }
+            // Unknown, or it may have grown since it was looked up.
+            _ => self.look_up(queued),
+        }
+    }
+
+    fn place(&mut self, batches: &mut Accumulator, shape: TopicShape, queued: Queued) {
+        let Queued { topic, record, reply, permit } = queued;
+        let (count, bytes) = (shape.partitions, record.content_bytes());
+        if bytes > shape.max_record_bytes {
+            let _ = reply.send(Err(ClientError::Invalid(format!(
+                "a record of {bytes} bytes of key, value and headers; topic {topic:?} takes at most {} \
+                 (max_record_bytes)",
+                shape.max_record_bytes
+            ))));
+            return;
+        }
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p >= count => {
+                let _ = reply.send(Err(ClientError::Invalid(format!(
+                    "partition {p} of topic {topic:?}, which has partitions 0..{count}"
+                ))));
+                return;
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, count),
+            (None, None) => {
+                let size = record.size();
+                let sticky = self.sticky.entry(topic.clone()).or_insert((0, usize::MAX));
+                if sticky.1 >= self.batch_bytes || sticky.0 >= count {
+                    self.sticky_counter = self.sticky_counter.wrapping_add(1);
+                    *sticky = (self.sticky_counter % count, 0);
+                }
+                sticky.1 += size;
+                sticky.0
+            }
+        };
+        batches.push(topic, partition, record, reply, permit);
+    }
+
+    /// Parks the record and looks its topic up (retrying as produce requests are retried).
+    fn look_up(&mut self, queued: Queued) {
+        let topic = queued.topic.clone();
+        self.parked.insert(topic.clone(), vec![queued]);
+        let (admin, retries, mut backoff) = (self.admin.clone(), self.retries, self.retry_backoff);
+        self.lookups.spawn(async move {
+            let mut attempt = 0;
+            let result = loop {
+                let result = match tokio::time::timeout(LOOKUP_TIMEOUT, admin.describe_topic(&topic)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ClientError::Server {
+                        code: tonic::Code::DeadlineExceeded,
+                        message: format!("no description of topic {topic:?} within {LOOKUP_TIMEOUT:?}"),
+                    }),
+                };
+                match result {
+                    Err(e) if e.is_retriable() && attempt < retries => {
+                        attempt += 1;
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                    }
+                    other => break other.map(|info| TopicShape::of(&info)),
+                }
+            };
+            (topic, result)
+        });
+    }
+
+    /// A lookup has ended: its topic's records go to their partitions, or fail with it.
+    fn looked_up(
+        &mut self,
+        batches: &mut Accumulator,
+        done: Result<(String, Result<TopicShape, ClientError>), JoinError>,
+    ) {
+        // A lookup does not panic; were one to, `settle` fails its records.
+        let Ok((topic, result)) = done else { return };
+        let parked = self.parked.remove(&topic).unwrap_or_default();
+        match result {
+            Ok(shape) => {
+                self.topics.insert(topic, shape);
+                for queued in parked {
+                    self.place(batches, shape, queued);
+                }
+            }
+            Err(e) => {
+                for queued in parked {
+                    let _ = queued.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Waits for every lookup, so that the records sent before a flush are in the batches.
+    async fn settle(&mut self, batches: &mut Accumulator) {
+        while let Some(done) = self.lookups.join_next().await {
+            self.looked_up(batches, done);
+        }
+        for queued in self.parked.drain().flat_map(|(_, parked)| parked) {
+            let _ = queued.reply.send(Err(ClientError::Closed));
+        }
     }
 }
 
@@ -276,16 +442,8 @@ impl Accumulator {
         }
     }
 
-    /// Adds a record to its partition's open batch; true when that made the batch full.
-    fn push(
-        &mut self,
-        topic: String,
-        partition: u32,
-        record: Record,
-        reply: Reply,
-        permit: OwnedSemaphorePermit,
-    ) -> bool {
-        let size = record.size();
+    /// Adds a record to its partition's open batch.
+    fn push(&mut self, topic: String, partition: u32, record: Record, reply: Reply, permit: OwnedSemaphorePermit) {
         let queue = self.topics.entry(topic.clone()).or_default().entry(partition).or_default();
         let batch_bytes = self.config.batch_bytes;
         if queue.back().is_none_or(|b| b.is_full(batch_bytes)) {
@@ -299,22 +457,18 @@ impl Accumulator {
                     self.config.batch_bytes.min(64 << 10),
                 ),
                 replies: Vec::new(),
-                bytes: 0,
                 since,
             });
         }
-        let Some(batch) = queue.back_mut() else { return false };
+        let Some(batch) = queue.back_mut() else { return };
         let headers: Vec<Header> =
             record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
         let timestamp = record.timestamp_ms.unwrap_or_else(|| SystemClock.now_ms());
         batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.replies.push((reply, permit));
-        batch.bytes += size;
-        let closed = batch.is_full(batch_bytes);
-        if closed && !self.is_busy(&topic, partition) {
+        if batch.is_full(batch_bytes) && !self.is_busy(&topic, partition) {
             self.ready.insert(topic);
         }
-        closed
     }
 
     fn is_busy(&self, topic: &str, partition: u32) -> bool {
@@ -381,11 +535,11 @@ impl Accumulator {
                         continue;
                     }
                     let Some(front) = queue.front() else { continue };
-                    if !taken.is_empty() && bytes + front.bytes > self.config.max_request_bytes {
+                    if !taken.is_empty() && bytes + front.bytes() > self.config.max_request_bytes {
                         more = true;
                         continue;
                     }
-                    bytes += front.bytes;
+                    bytes += front.bytes();
                     if let Some(batch) = queue.pop_front() {
                         taken.push((partition, batch));
                     }
@@ -447,28 +601,47 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// An idempotent producer session, started on first use, and the next request number.
-#[derive(Debug, Default)]
+/// An idempotent producer session, started on first use, and the next request number. When the
+/// numbers run out (after `i32::MAX` requests) the next request starts a new session: a new
+/// producer id, numbered from 0, which the logs keep apart from the old one's.
+#[derive(Debug)]
 struct Session {
-    id: tokio::sync::OnceCell<(i64, i32)>,
-    next_sequence: std::sync::atomic::AtomicI32,
+    current: tokio::sync::Mutex<Option<SessionState>>,
+    /// Requests one session numbers.
+    limit: i32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SessionState {
+    id: i64,
+    epoch: i32,
+    next_sequence: i32,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self { current: tokio::sync::Mutex::default(), limit: i32::MAX }
+    }
 }
 
 impl Session {
-    /// The session for the next request, and its sequence number.
-    async fn next(&self, client: &mut ProducerClient) -> Result<pb::ProducerSession, ClientError> {
-        let &(id, epoch) = self
-            .id
-            .get_or_try_init(|| async {
-                let response = client.init_producer(pb::InitProducerRequest {}).await?.into_inner();
-                Ok::<_, ClientError>((response.id, response.epoch))
-            })
-            .await?;
-        let sequence = self.next_sequence.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if sequence < 0 {
-            return Err(ClientError::Invalid("the producer session has used every sequence number".into()));
-        }
-        Ok(pb::ProducerSession { id, epoch, sequence })
+    /// The session for the next request, and its sequence number; `start` starts a session
+    /// (`InitProducer`) and gives its id and epoch.
+    async fn next(
+        &self,
+        start: impl AsyncFnOnce() -> Result<(i64, i32), ClientError>,
+    ) -> Result<pb::ProducerSession, ClientError> {
+        let mut current = self.current.lock().await;
+        let state = match current.as_mut() {
+            Some(state) if state.next_sequence < self.limit => state,
+            _ => {
+                let (id, epoch) = start().await?;
+                current.insert(SessionState { id, epoch, next_sequence: 0 })
+            }
+        };
+        let sequence = state.next_sequence;
+        state.next_sequence += 1;
+        Ok(pb::ProducerSession { id: state.id, epoch: state.epoch, sequence })
     }
 }
 
@@ -508,17 +681,48 @@ async fn send(
     if request.batches.is_empty() {
         return;
     }
+    let result = attempt(&mut client, &config, session.as_deref(), &mut request).await;
+    match result {
+        // The server refuses a request whole for one bad batch (a record over the topic's
+        // `max_record_bytes`, a partition it no longer has), before it appends any: each batch
+        // goes again alone, so that only that one fails. An idempotent request's batches keep
+        // its sequence number, so none can be stored twice.
+        Err(e) if request.batches.len() > 1 && refuses_a_batch(&e) => {
+            tracing::debug!(error = %e, "produce request refused; sending its batches one by one");
+            let batches = std::mem::take(&mut request.batches);
+            for (batch, replies) in batches.into_iter().zip(waiting) {
+                let mut alone = pb::ProduceRequest { batches: vec![batch], ..request.clone() };
+                let result = attempt(&mut client, &config, session.as_deref(), &mut alone).await;
+                answer(&alone, vec![replies], result);
+            }
+        }
+        result => answer(&request, waiting, result),
+    }
+}
+
+/// Sends `request`, retrying what is worth retrying; the first attempt numbers it in the
+/// producer's session and every retry repeats that number.
+async fn attempt(
+    client: &mut ProducerClient,
+    config: &ProducerConfig,
+    session: Option<&Session>,
+    request: &mut pb::ProduceRequest,
+) -> Result<pb::ProduceResponse, ClientError> {
     let mut backoff = config.retry_backoff;
     let mut attempt = 0;
-    let result = loop {
-        // Numbered once (no partition of the request has another in flight, so each sees
-        // increasing numbers); every retry repeats the number.
-        let result = match (&session, request.producer) {
-            (Some(session), None) => session.next(&mut client).await.map(|p| request.producer = Some(p)),
+    loop {
+        let numbered = match (session, request.producer) {
+            (Some(session), None) => {
+                let start = async || {
+                    let response = client.init_producer(pb::InitProducerRequest {}).await?.into_inner();
+                    Ok((response.id, response.epoch))
+                };
+                session.next(start).await.map(|p| request.producer = Some(p))
+            }
             _ => Ok(()),
         };
-        let result = match result {
-            Ok(()) => client.produce(request.clone()).await.map_err(ClientError::from),
+        let result = match numbered {
+            Ok(()) => client.produce(request.clone()).await.map(tonic::Response::into_inner).map_err(ClientError::from),
             Err(e) => Err(e),
         };
         match result {
@@ -528,17 +732,41 @@ async fn send(
                 tokio::time::sleep(backoff).await;
                 backoff = backoff.saturating_mul(2);
             }
-            other => break other,
+            other => return other,
         }
-    };
+    }
+}
+
+/// Whether the server refused a request for what one of its batches holds (checked before it
+/// appends any of them), rather than for the request as a whole or a failure while appending.
+fn refuses_a_batch(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::OutOfRange,
+            ..
+        }
+    )
+}
+
+/// Resolves every record of `request` (whose batches' replies are `waiting`, in order).
+fn answer(
+    request: &pb::ProduceRequest,
+    waiting: Vec<Vec<(Reply, OwnedSemaphorePermit)>>,
+    result: Result<pb::ProduceResponse, ClientError>,
+) {
     match result {
         Ok(response) => {
-            let placed = response.into_inner().batches;
             for (i, (sent, replies)) in request.batches.iter().zip(waiting).enumerate() {
-                let batch =
-                    placed.get(i).filter(|b| b.partition == sent.partition && b.count as usize == replies.len());
+                let batch = response
+                    .batches
+                    .get(i)
+                    .filter(|b| b.partition == sent.partition && b.count as usize == replies.len());
                 for (j, (reply, _permit)) in replies.into_iter().enumerate() {
-                    let offset = batch.map(|b| (b.partition, b.base_offset + j as u64));
+                    let offset = batch.and_then(|b| Some((b.partition, b.base_offset.checked_add(j as u64)?)));
                     let _ = reply.send(offset.ok_or_else(|| ClientError::Produce {
                         code: "internal".into(),
                         message: "the response does not place the batch".into(),
@@ -551,5 +779,36 @@ async fn send(
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_that_runs_out_of_numbers_starts_another() {
+        let session = Session { limit: 3, ..Session::default() };
+        let started = AtomicI64::new(0);
+        let mut numbered = Vec::new();
+        for _ in 0..7 {
+            let start = async || Ok((started.fetch_add(1, Ordering::Relaxed) + 1, 0));
+            let p = session.next(start).await.unwrap();
+            numbered.push((p.id, p.sequence));
+        }
+        assert_eq!(numbered, [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_failed_to_start_is_started_by_the_next_request() {
+        let session = Session::default();
+        let refused = async || Err(ClientError::Server { code: tonic::Code::Unavailable, message: "no leader".into() });
+        assert!(session.next(refused).await.is_err());
+        let p = session.next(async || Ok((7, 0))).await.unwrap();
+        assert_eq!((p.id, p.sequence), (7, 0));
+        let p = session.next(async || -> Result<(i64, i32), ClientError> { unreachable!() }).await.unwrap();
+        assert_eq!((p.id, p.sequence), (7, 1));
     }
 }

@@ -661,3 +661,92 @@ async fn the_producer_sends_many_partitions_in_one_request_and_keeps_each_in_ord
     }
     assert!(produce_requests() > requests + 50, "one batch a request");
 }
+
+/// The producer fails only the records the server would refuse: a record over the topic's
+/// `max_record_bytes` fails in the client, and one under the limit the producer knows but over the
+/// server's (the topic was altered since) fails alone although its request carried other
+/// partitions' batches; a partition beyond the topic fails alone and is looked up again
+/// (partitions may have been added); an unknown topic fails its records without holding up
+/// another topic's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_fails_only_the_records_the_server_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    let limit = |bytes: u32| HashMap::from([("max_record_bytes".to_string(), bytes.to_string())]);
+    client.admin().create_topic("small", 4, limit(1000)).await.unwrap();
+    let producer = client.producer(ProducerConfig { linger: Duration::from_secs(5), ..Default::default() });
+    let at = |p: u32, value: &str| Record { partition: Some(p), ..Record::new(None::<Vec<u8>>, value) };
+
+    // The producer looks the topic up (max_record_bytes 1000); then the limit falls to 500.
+    producer.send("small", at(0, "first")).await.unwrap();
+    producer.flush().await.unwrap();
+    client.admin().alter_topic_config("small", limit(500)).await.unwrap();
+
+    let mut good = Vec::new();
+    for p in 0..3 {
+        good.push(producer.send("small", at(p, &format!("fine {p}"))).await.unwrap());
+    }
+    // Alone in its partition: the server refuses a batch whole.
+    let over_the_servers = producer.send("small", at(3, &"x".repeat(700))).await.unwrap();
+    let over_the_producers = producer.send("small", at(3, &"x".repeat(2000))).await.unwrap();
+    let beyond = producer.send("small", at(9, "nowhere")).await.unwrap();
+    let unknown = producer.send("missing", at(0, "lost")).await.unwrap();
+    let after = producer.send("small", at(1, "after the unknown topic")).await.unwrap();
+    producer.flush().await.unwrap();
+
+    for (p, d) in good.into_iter().enumerate() {
+        let (partition, offset) = d.wait().await.unwrap();
+        assert_eq!(partition, p as u32);
+        let page = client.fetch("small", partition, Start::Offset(offset), 1, Duration::ZERO).await.unwrap();
+        assert_eq!(page.records[0].value.as_deref(), Some(format!("fine {p}").as_bytes()));
+    }
+    match over_the_servers.wait().await {
+        Err(strata_client::ClientError::Server { code: tonic::Code::ResourceExhausted, message }) => {
+            assert!(message.starts_with("record_too_large"), "{message}");
+        }
+        other => panic!("a record over the server's max_record_bytes: {other:?}"),
+    }
+    match over_the_producers.wait().await {
+        Err(strata_client::ClientError::Invalid(message)) => assert!(message.contains("max_record_bytes"), "{message}"),
+        other => panic!("a record over the producer's max_record_bytes: {other:?}"),
+    }
+    match beyond.wait().await {
+        Err(strata_client::ClientError::Invalid(message)) => assert!(message.contains("0..4"), "{message}"),
+        other => panic!("partition 9 of 4: {other:?}"),
+    }
+    match unknown.wait().await {
+        Err(strata_client::ClientError::Server { code: tonic::Code::NotFound, .. }) => {}
+        other => panic!("an unknown topic: {other:?}"),
+    }
+    assert_eq!(after.wait().await.unwrap().0, 1);
+    // Nothing else was stored.
+    let topic = client.admin().describe_topic("small").await.unwrap();
+    let stored: Vec<u64> = topic.partitions.iter().map(|p| p.high_watermark).collect();
+    assert_eq!(stored, [2, 2, 1, 0]);
+
+    // The topic grows; the same producer finds partition 9 on looking again.
+    client.admin().add_partitions("small", 12).await.unwrap();
+    let d = producer.send("small", at(9, "found")).await.unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(d.wait().await.unwrap(), (9, 0));
+}
+
+/// Keyless records move to another partition after `batch_bytes`, also when light load sends
+/// every batch by `linger` before it fills (as Kafka's producer does since KIP-794).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_spread_over_partitions_under_light_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("light", 4, HashMap::new()).await.unwrap();
+    let producer =
+        client.producer(ProducerConfig { linger: Duration::from_millis(1), batch_bytes: 1000, ..Default::default() });
+    let mut partitions = std::collections::HashSet::new();
+    for i in 0..40 {
+        // One record at a time, each batch sent by linger with a single record in it.
+        let d = producer.send("light", Record::new(None::<Vec<u8>>, format!("{i:0>100}"))).await.unwrap();
+        partitions.insert(d.wait().await.unwrap().0);
+    }
+    assert!(partitions.len() > 1, "40 keyless records of ~170 bytes all went to {partitions:?}");
+}
