@@ -56,6 +56,10 @@ pub struct ProducerConfig {
     /// Most batch bytes in one request (one batch goes alone whatever its size). The server
     /// refuses requests over its `max_request_bytes` (32 MiB by default).
     pub max_request_bytes: usize,
+    /// How long what the producer knows of a topic (its partitions, its `max_record_bytes`)
+    /// stands before it is looked up again, in the background, as Kafka's `metadata.max.age.ms`:
+    /// partitions added meanwhile then take keyed and keyless records.
+    pub metadata_max_age: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -71,6 +75,7 @@ impl Default for ProducerConfig {
             batch_compression: Compression::None,
             idempotent: true,
             max_request_bytes: 16 << 20,
+            metadata_max_age: Duration::from_secs(300),
         }
     }
 }
@@ -234,17 +239,27 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
     }
 }
 
+/// A topic's lookup: for records parked until it answers, or a refresh of what is known.
+struct Lookup {
+    topic: String,
+    result: Result<TopicShape, ClientError>,
+    refresh: bool,
+}
+
 /// What the producer knows of a topic: its partitions and its largest record.
 #[derive(Debug, Clone, Copy)]
 struct TopicShape {
     partitions: u32,
     max_record_bytes: usize,
+    /// When it was looked up (or last sent for again): it is looked up again `metadata_max_age`
+    /// after.
+    at: Instant,
 }
 
 impl TopicShape {
-    fn of(info: &pb::TopicInfo) -> Self {
+    fn of(info: &pb::TopicInfo, at: Instant) -> Self {
         let max_record_bytes = info.config.get("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-        Self { partitions: info.partitions.len().max(1) as u32, max_record_bytes }
+        Self { partitions: info.partitions.len().max(1) as u32, max_record_bytes, at }
     }
 }
 
@@ -253,16 +268,18 @@ impl TopicShape {
 /// when a record names a partition beyond it (partitions may have been added); meanwhile the
 /// topic's records wait here, in the order sent, while other topics' go on. A record over the
 /// topic's `max_record_bytes` fails here, alone, as Kafka's producer fails one over its limit
-/// (the server refuses a whole batch for it).
+/// (the server refuses a whole batch for it). What is known of a topic is looked up again every
+/// `metadata_max_age`, in the background: records go on with what is known meanwhile.
 struct Router {
     admin: Admin,
     retries: u32,
     retry_backoff: Duration,
     batch_bytes: usize,
+    max_age: Duration,
     topics: HashMap<String, TopicShape>,
     /// Records of the topics being looked up.
     parked: HashMap<String, Vec<Queued>>,
-    lookups: JoinSet<(String, Result<TopicShape, ClientError>)>,
+    lookups: JoinSet<Lookup>,
     /// Per topic, the partition keyless records go to and the bytes sent there since it was
     /// picked: as Kafka's producer does (KIP-794), another is picked after `batch_bytes`, also
     /// when light load sends the batches by `linger` before they fill.
@@ -277,6 +294,7 @@ impl Router {
             retries: config.retries,
             retry_backoff: config.retry_backoff,
             batch_bytes: config.batch_bytes,
+            max_age: config.metadata_max_age,
             topics: HashMap::new(),
             parked: HashMap::new(),
             lookups: JoinSet::new(),
@@ -290,8 +308,18 @@ impl Router {
             parked.push(queued);
             return;
         }
-        match self.topics.get(&queued.topic) {
-            Some(&shape) if queued.record.partition.is_none_or(|p| p < shape.partitions) => {
+        match self.topics.get_mut(&queued.topic) {
+            Some(shape) if queued.record.partition.is_none_or(|p| p < shape.partitions) => {
+                let now = Instant::now();
+                let stale = now.saturating_duration_since(shape.at) >= self.max_age;
+                if stale {
+                    // Once per `max_age`: the answer replaces the shape when it comes.
+                    shape.at = now;
+                }
+                let shape = *shape;
+                if stale {
+                    self.spawn_lookup(queued.topic.clone(), true);
+                }
                 self.place(batches, shape, queued);
             }
             // Unknown, or it may have grown since it was looked up.
@@ -333,10 +361,16 @@ impl Router {
         batches.push(topic, partition, record, reply, permit);
     }
 
-    /// Parks the record and looks its topic up (retrying as produce requests are retried).
+    /// Parks the record and looks its topic up.
     fn look_up(&mut self, queued: Queued) {
         let topic = queued.topic.clone();
         self.parked.insert(topic.clone(), vec![queued]);
+        self.spawn_lookup(topic, false);
+    }
+
+    /// Looks a topic up (retrying as produce requests are retried); [`Router::looked_up`] takes
+    /// the answer.
+    fn spawn_lookup(&mut self, topic: String, refresh: bool) {
         let (admin, retries, mut backoff) = (self.admin.clone(), self.retries, self.retry_backoff);
         self.lookups.spawn(async move {
             let mut attempt = 0;
@@ -354,21 +388,25 @@ impl Router {
                         tokio::time::sleep(backoff).await;
                         backoff = backoff.saturating_mul(2);
                     }
-                    other => break other.map(|info| TopicShape::of(&info)),
+                    other => break other.map(|info| TopicShape::of(&info, Instant::now())),
                 }
             };
-            (topic, result)
+            Lookup { topic, result, refresh }
         });
     }
 
-    /// A lookup has ended: its topic's records go to their partitions, or fail with it.
-    fn looked_up(
-        &mut self,
-        batches: &mut Accumulator,
-        done: Result<(String, Result<TopicShape, ClientError>), JoinError>,
-    ) {
+    /// A lookup has ended: its topic's parked records go to their partitions, or fail with it. A
+    /// refresh only replaces what was known (a failed one leaves it, to be tried again after
+    /// another `max_age`); records parked meanwhile wait for the lookup made for them.
+    fn looked_up(&mut self, batches: &mut Accumulator, done: Result<Lookup, JoinError>) {
         // A lookup does not panic; were one to, `settle` fails its records.
-        let Ok((topic, result)) = done else { return };
+        let Ok(Lookup { topic, result, refresh }) = done else { return };
+        if refresh {
+            if let Ok(shape) = result {
+                self.topics.insert(topic, shape);
+            }
+            return;
+        }
         let parked = self.parked.remove(&topic).unwrap_or_default();
         match result {
             Ok(shape) => {

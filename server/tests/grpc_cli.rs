@@ -750,3 +750,41 @@ async fn keyless_records_spread_over_partitions_under_light_load() {
     }
     assert!(partitions.len() > 1, "40 keyless records of ~170 bytes all went to {partitions:?}");
 }
+
+/// What the producer knows of a topic is looked up again after `metadata_max_age`: keyed records
+/// then hash over the partitions added meanwhile, as the server's partitioner would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_finds_partitions_added_after_metadata_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("growing", 1, HashMap::new()).await.unwrap();
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(1),
+        metadata_max_age: Duration::from_millis(100),
+        ..Default::default()
+    });
+    let key = |i: usize| format!("user-{i}");
+    let d = producer.send("growing", Record::new(Some(key(0)), "before")).await.unwrap();
+    assert_eq!(d.wait().await.unwrap(), (0, 0));
+
+    client.admin().add_partitions("growing", 8).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Sent with what was known (one partition); it starts the lookup, which `flush` waits for.
+    let d = producer.send("growing", Record::new(Some(key(1)), "while looking")).await.unwrap();
+    producer.flush().await.unwrap();
+    assert_eq!(d.wait().await.unwrap().0, 0);
+
+    let mut deliveries = Vec::new();
+    for i in 0..50 {
+        deliveries.push((i, producer.send("growing", Record::new(Some(key(i)), "after")).await.unwrap()));
+    }
+    producer.flush().await.unwrap();
+    let mut partitions = std::collections::HashSet::new();
+    for (i, d) in deliveries {
+        let (partition, _) = d.wait().await.unwrap();
+        assert_eq!(partition, partition_for_key(key(i).as_bytes(), 8), "record {i}");
+        partitions.insert(partition);
+    }
+    assert!(partitions.len() > 1, "50 keys over 8 partitions went to {partitions:?}");
+}
