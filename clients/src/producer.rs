@@ -161,8 +161,9 @@ struct Pending {
 }
 
 impl Pending {
-    /// The records' bytes as encoded (before any compression): requests are split by these
-    /// sizes, which must not fall short of what goes on the wire.
+    /// The records' bytes as encoded (before any compression): what requests are split by (each
+    /// batch's header and the request's framing aside: ~100 bytes a batch, well within the margin
+    /// between `max_request_bytes` and the server's limit).
     fn bytes(&self) -> usize {
         self.batch.records_len()
     }
@@ -231,19 +232,12 @@ async fn run(channel: Channel, admin: Admin, config: ProducerConfig, mut rx: mps
             },
             () = sleep_until(batches.next_deadline()) => batches.expire(Instant::now()),
             Some(done) = batches.in_flight.join_next_with_id(), if !batches.in_flight.is_empty() => batches.completed(done),
-            Some(looked_up) = router.lookups.join_next(), if !router.lookups.is_empty() => {
-                router.looked_up(&mut batches, looked_up);
+            Some(done) = router.lookups.join_next_with_id(), if !router.lookups.is_empty() => {
+                router.looked_up(&mut batches, done);
             }
         }
         batches.send_ready();
     }
-}
-
-/// A topic's lookup: for records parked until it answers, or a refresh of what is known.
-struct Lookup {
-    topic: String,
-    result: Result<TopicShape, ClientError>,
-    refresh: bool,
 }
 
 /// What the producer knows of a topic: its partitions and its largest record.
@@ -260,6 +254,12 @@ impl TopicShape {
     fn of(info: &pb::TopicInfo, at: Instant) -> Self {
         let max_record_bytes = info.config.get("max_record_bytes").and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
         Self { partitions: info.partitions.len().max(1) as u32, max_record_bytes, at }
+    }
+
+    /// Whether `record` can be placed by what is known: a partition it names exists, and it is
+    /// within the topic's `max_record_bytes`.
+    fn fits(&self, record: &Record) -> bool {
+        record.partition.is_none_or(|p| p < self.partitions) && record.content_bytes() <= self.max_record_bytes
     }
 }
 
@@ -279,7 +279,10 @@ struct Router {
     topics: HashMap<String, TopicShape>,
     /// Records of the topics being looked up.
     parked: HashMap<String, Vec<Queued>>,
-    lookups: JoinSet<Lookup>,
+    lookups: JoinSet<Result<TopicShape, ClientError>>,
+    /// Each lookup's topic, and whether it refreshes what is known (rather than answering for
+    /// parked records).
+    looking_up: HashMap<tokio::task::Id, (String, bool)>,
     /// Per topic, the partition keyless records go to and the bytes sent there since it was
     /// picked: as Kafka's producer does (KIP-794), another is picked after `batch_bytes`, also
     /// when light load sends the batches by `linger` before they fill.
@@ -298,6 +301,7 @@ impl Router {
             topics: HashMap::new(),
             parked: HashMap::new(),
             lookups: JoinSet::new(),
+            looking_up: HashMap::new(),
             sticky: HashMap::new(),
             sticky_counter: 0,
         }
@@ -309,7 +313,7 @@ impl Router {
             return;
         }
         match self.topics.get_mut(&queued.topic) {
-            Some(shape) if queued.record.partition.is_none_or(|p| p < shape.partitions) => {
+            Some(shape) if shape.fits(&queued.record) => {
                 let now = Instant::now();
                 let stale = now.saturating_duration_since(shape.at) >= self.max_age;
                 if stale {
@@ -322,7 +326,7 @@ impl Router {
                 }
                 self.place(batches, shape, queued);
             }
-            // Unknown, or it may have grown since it was looked up.
+            // Unknown, or it may have grown (or its limit risen) since it was looked up.
             _ => self.look_up(queued),
         }
     }
@@ -348,14 +352,13 @@ impl Router {
             (Some(p), _) => p,
             (None, Some(key)) => partition_for_key(key, count),
             (None, None) => {
-                let size = record.size();
                 let sticky = self.sticky.entry(topic.clone()).or_insert((0, usize::MAX));
                 if sticky.1 >= self.batch_bytes || sticky.0 >= count {
                     self.sticky_counter = self.sticky_counter.wrapping_add(1);
                     *sticky = (self.sticky_counter % count, 0);
                 }
-                sticky.1 += size;
-                sticky.0
+                sticky.1 += batches.push(topic, sticky.0, record, reply, permit);
+                return;
             }
         };
         batches.push(topic, partition, record, reply, permit);
@@ -372,9 +375,11 @@ impl Router {
     /// the answer.
     fn spawn_lookup(&mut self, topic: String, refresh: bool) {
         let (admin, retries, mut backoff) = (self.admin.clone(), self.retries, self.retry_backoff);
-        self.lookups.spawn(async move {
+        let name = topic.clone();
+        let task = self.lookups.spawn(async move {
+            let topic = name;
             let mut attempt = 0;
-            let result = loop {
+            loop {
                 let result = match tokio::time::timeout(LOOKUP_TIMEOUT, admin.describe_topic(&topic)).await {
                     Ok(result) => result,
                     Err(_) => Err(ClientError::Server {
@@ -390,17 +395,25 @@ impl Router {
                     }
                     other => break other.map(|info| TopicShape::of(&info, Instant::now())),
                 }
-            };
-            Lookup { topic, result, refresh }
+            }
         });
+        self.looking_up.insert(task.id(), (topic, refresh));
     }
 
-    /// A lookup has ended: its topic's parked records go to their partitions, or fail with it. A
-    /// refresh only replaces what was known (a failed one leaves it, to be tried again after
-    /// another `max_age`); records parked meanwhile wait for the lookup made for them.
-    fn looked_up(&mut self, batches: &mut Accumulator, done: Result<Lookup, JoinError>) {
-        // A lookup does not panic; were one to, `settle` fails its records.
-        let Ok(Lookup { topic, result, refresh }) = done else { return };
+    /// A lookup has ended: its topic's parked records go to their partitions (with what was
+    /// known, if it failed and something was), or fail with it. A refresh only replaces what was
+    /// known (a failed one leaves it, to be tried again after another `max_age`); records parked
+    /// meanwhile wait for the lookup made for them.
+    fn looked_up(
+        &mut self,
+        batches: &mut Accumulator,
+        done: Result<(tokio::task::Id, Result<TopicShape, ClientError>), JoinError>,
+    ) {
+        let (id, result) = match done {
+            Ok(done) => done,
+            Err(e) => (e.id(), Err(ClientError::Invalid(format!("the topic's lookup failed: {e}")))),
+        };
+        let Some((topic, refresh)) = self.looking_up.remove(&id) else { return };
         if refresh {
             if let Ok(shape) = result {
                 self.topics.insert(topic, shape);
@@ -408,24 +421,27 @@ impl Router {
             return;
         }
         let parked = self.parked.remove(&topic).unwrap_or_default();
-        match result {
-            Ok(shape) => {
+        let shape = match (result, self.topics.get(&topic)) {
+            (Ok(shape), _) => {
                 self.topics.insert(topic, shape);
-                for queued in parked {
-                    self.place(batches, shape, queued);
-                }
+                shape
             }
-            Err(e) => {
+            (Err(_), Some(&known)) => known,
+            (Err(e), None) => {
                 for queued in parked {
                     let _ = queued.reply.send(Err(e.clone()));
                 }
+                return;
             }
+        };
+        for queued in parked {
+            self.place(batches, shape, queued);
         }
     }
 
     /// Waits for every lookup, so that the records sent before a flush are in the batches.
     async fn settle(&mut self, batches: &mut Accumulator) {
-        while let Some(done) = self.lookups.join_next().await {
+        while let Some(done) = self.lookups.join_next_with_id().await {
             self.looked_up(batches, done);
         }
         for queued in self.parked.drain().flat_map(|(_, parked)| parked) {
@@ -480,8 +496,15 @@ impl Accumulator {
         }
     }
 
-    /// Adds a record to its partition's open batch.
-    fn push(&mut self, topic: String, partition: u32, record: Record, reply: Reply, permit: OwnedSemaphorePermit) {
+    /// Adds a record to its partition's open batch; returns the bytes it took there.
+    fn push(
+        &mut self,
+        topic: String,
+        partition: u32,
+        record: Record,
+        reply: Reply,
+        permit: OwnedSemaphorePermit,
+    ) -> usize {
         let queue = self.topics.entry(topic.clone()).or_default().entry(partition).or_default();
         let batch_bytes = self.config.batch_bytes;
         if queue.back().is_none_or(|b| b.is_full(batch_bytes)) {
@@ -498,15 +521,18 @@ impl Accumulator {
                 since,
             });
         }
-        let Some(batch) = queue.back_mut() else { return };
+        let Some(batch) = queue.back_mut() else { return 0 };
+        let before = batch.bytes();
         let headers: Vec<Header> =
             record.headers.into_iter().map(|(name, value)| Header { name, value: value.into() }).collect();
         let timestamp = record.timestamp_ms.unwrap_or_else(|| SystemClock.now_ms());
         batch.batch.push(timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
         batch.replies.push((reply, permit));
+        let taken = batch.bytes() - before;
         if batch.is_full(batch_bytes) && !self.is_busy(&topic, partition) {
             self.ready.insert(topic);
         }
+        taken
     }
 
     fn is_busy(&self, topic: &str, partition: u32) -> bool {

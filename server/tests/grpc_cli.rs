@@ -666,8 +666,8 @@ async fn the_producer_sends_many_partitions_in_one_request_and_keeps_each_in_ord
 /// `max_record_bytes` fails in the client, and one under the limit the producer knows but over the
 /// server's (the topic was altered since) fails alone although its request carried other
 /// partitions' batches; a partition beyond the topic fails alone and is looked up again
-/// (partitions may have been added); an unknown topic fails its records without holding up
-/// another topic's.
+/// (partitions may have been added), as is a record over the limit once it is raised; an
+/// unknown topic fails its records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_producer_fails_only_the_records_the_server_refuses() {
     let dir = tempfile::tempdir().unwrap();
@@ -725,11 +725,14 @@ async fn the_producer_fails_only_the_records_the_server_refuses() {
     let stored: Vec<u64> = topic.partitions.iter().map(|p| p.high_watermark).collect();
     assert_eq!(stored, [2, 2, 1, 0]);
 
-    // The topic grows; the same producer finds partition 9 on looking again.
+    // The topic grows and takes larger records; the same producer finds both on looking again.
     client.admin().add_partitions("small", 12).await.unwrap();
-    let d = producer.send("small", at(9, "found")).await.unwrap();
+    client.admin().alter_topic_config("small", limit(5000)).await.unwrap();
+    let found = producer.send("small", at(9, "found")).await.unwrap();
+    let larger = producer.send("small", at(3, &"x".repeat(2000))).await.unwrap();
     producer.flush().await.unwrap();
-    assert_eq!(d.wait().await.unwrap(), (9, 0));
+    assert_eq!(found.wait().await.unwrap(), (9, 0));
+    assert_eq!(larger.wait().await.unwrap(), (3, 0));
 }
 
 /// Keyless records move to another partition after `batch_bytes`, also when light load sends
@@ -748,7 +751,7 @@ async fn keyless_records_spread_over_partitions_under_light_load() {
         let d = producer.send("light", Record::new(None::<Vec<u8>>, format!("{i:0>100}"))).await.unwrap();
         partitions.insert(d.wait().await.unwrap().0);
     }
-    assert!(partitions.len() > 1, "40 keyless records of ~170 bytes all went to {partitions:?}");
+    assert!(partitions.len() > 1, "40 keyless records of ~110 bytes all went to {partitions:?}");
 }
 
 /// What the producer knows of a topic is looked up again after `metadata_max_age`: keyed records
