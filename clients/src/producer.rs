@@ -265,11 +265,12 @@ impl TopicShape {
 
 /// Picks each record's partition: the one it names, else its key's (murmur2, as the server and
 /// Kafka pick), else the topic's sticky one. A topic is looked up on its first record, and again
-/// when a record names a partition beyond it (partitions may have been added); meanwhile the
-/// topic's records wait here, in the order sent, while other topics' go on. A record over the
-/// topic's `max_record_bytes` fails here, alone, as Kafka's producer fails one over its limit
-/// (the server refuses a whole batch for it). What is known of a topic is looked up again every
-/// `metadata_max_age`, in the background: records go on with what is known meanwhile.
+/// when a record does not fit what is known (it names a partition beyond it, or is over its
+/// `max_record_bytes`: partitions may have been added, the limit raised); meanwhile the topic's
+/// records wait here, in the order sent, while other topics' go on. A record that still does not
+/// fit fails here, alone, as Kafka's producer fails one over its limit (the server would refuse
+/// its whole batch). What is known of a topic is also looked up again every `metadata_max_age`,
+/// in the background: records go on with what is known meanwhile.
 struct Router {
     admin: Admin,
     retries: u32,
