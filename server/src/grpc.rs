@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use strata_proto::v1 as pb;
@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::AppState;
-use crate::broker::{Acks, BatchOffsets, ProduceOptions, ProduceRecord, Start};
+use crate::broker::{Acks, BatchOffsets, PendingProduce, ProduceOptions, ProduceRecord, Start};
 use crate::error::ApiError;
 use crate::group::assignor::Strategy;
 use crate::group::coordinator::MemberView;
@@ -114,6 +114,7 @@ impl Services {
     /// Appends one produce request (records or client-built batches); the future resolves to
     /// where they went once acknowledged.
     async fn produce_request(&self, mut req: pb::ProduceRequest) -> Result<Acked, ApiError> {
+        let started = Instant::now();
         let options = produce_options(&req)?;
         let (topic, acks) = (std::mem::take(&mut req.topic), acks(req.acks));
         let broker = &self.state.broker;
@@ -121,7 +122,7 @@ impl Services {
             let records = records(&mut req);
             self.state.metrics.records_in(&topic, records.len());
             let pending = broker.produce_with(&topic, records, acks, options).await?;
-            return Ok(Box::pin(async move { pending.acknowledged().await.map(Produced::Records) }));
+            return Ok(self.staged(started, pending, Produced::Records));
         }
         if !req.records.is_empty() {
             return Err(ApiError::invalid("a produce request carries records or batches, not both"));
@@ -130,7 +131,25 @@ impl Services {
         let pending = broker.produce_batches(&topic, batches, acks, options.producer).await?;
         let count: u64 = pending.offsets().iter().map(|b| u64::from(b.count)).sum();
         self.state.metrics.records_in(&topic, count as usize);
-        Ok(Box::pin(async move { pending.acknowledged().await.map(Produced::Batches) }))
+        Ok(self.staged(started, pending, Produced::Batches))
+    }
+
+    /// The acknowledgement of a request appended since `started`, each stage's time recorded
+    /// (`strata_produce_stage_seconds`: what a produce request's latency is made of).
+    fn staged<T: Send + 'static>(
+        &self,
+        started: Instant,
+        pending: PendingProduce<T>,
+        produced: fn(T) -> Produced,
+    ) -> Acked {
+        let metrics = Arc::clone(&self.state.metrics);
+        let appended = Instant::now();
+        metrics.produce_stage("append", appended.duration_since(started).as_secs_f64());
+        Box::pin(async move {
+            let acked = pending.acknowledged().await.map(produced);
+            metrics.produce_stage("acknowledge", appended.elapsed().as_secs_f64());
+            acked
+        })
     }
 }
 

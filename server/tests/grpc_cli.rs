@@ -636,6 +636,13 @@ async fn the_producer_sends_many_partitions_in_one_request_and_keeps_each_in_ord
     assert!(partitions.len() > 90, "keys spread over {} partitions", partitions.len());
     let requests = produce_requests();
     assert!(requests <= 2, "{requests} produce requests for one flush over 100 partitions");
+    // Each request's stages are timed once each.
+    let metrics = String::from_utf8(common::get(&format!("{}/metrics", s.url)).body).unwrap();
+    for stage in ["append", "acknowledge"] {
+        let prefix = format!("strata_produce_stage_seconds_count{{stage=\"{stage}\"}} ");
+        let count = metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok());
+        assert_eq!(count, Some(requests), "stage {stage}");
+    }
 
     // Tiny batches (a few records each), one request a batch: many batches queue behind each
     // partition's request in flight, and still land in the order they were sent.
