@@ -39,6 +39,8 @@ pub(crate) struct HotPartition {
     pub offsets: Range<u64>,
     /// Inclusive; non-empty.
     pub timestamps: RangeInclusive<i64>,
+    /// Keeps `offsets.start` and what follows on local disk while the scan may read it.
+    pub _pin: Arc<strata_storage::LocalPin>,
 }
 
 /// Scans the hot tail of some partitions of one topic.

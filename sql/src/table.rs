@@ -65,7 +65,49 @@ impl TopicTable {
         let schema = Arc::new(Schema::new(fields));
         Self { source, verified, name, partitions, stored, schema, typed }
     }
+
+    /// Partition `p`'s cold objects, and its hot tail to read from local disk: from where the
+    /// cold tier ends (tiered segments may still be on local disk) to the high watermark, within
+    /// the filters' ranges. The tail's start is pinned on local disk until the scan ends
+    /// ([`strata_storage::Log::pin_local`]): without it, local retention could delete segments
+    /// tiered after the manifest was read, and the scan would skip them in silence. Where
+    /// retention got there first, the manifest (which then covers them) is read again.
+    fn split_tiers(
+        &self,
+        p: u32,
+        offsets: &std::ops::Range<u64>,
+        timestamps: &RangeInclusive<i64>,
+    ) -> Result<(Vec<ColdFile>, Option<HotPartition>)> {
+        for _ in 0..PIN_ATTEMPTS {
+            let files = self.source.cold_files(&self.name, p);
+            let tiered_end = files.last().map_or(0, |f| f.end_offset);
+            let Some(log) = self.source.log(&self.name, p) else { return Ok((files, None)) };
+            let from = log.log_start_offset().max(tiered_end).max(offsets.start);
+            let until = log.high_watermark().min(offsets.end);
+            if from >= until || timestamps.start() > timestamps.end() {
+                return Ok((files, None));
+            }
+            if let Some(pin) = log.pin_local(from) {
+                let hot = HotPartition {
+                    partition: p,
+                    log,
+                    offsets: from..until,
+                    timestamps: timestamps.clone(),
+                    _pin: Arc::new(pin),
+                };
+                return Ok((files, Some(hot)));
+            }
+        }
+        Err(DataFusionError::Execution(format!(
+            "partition {p} of {:?} kept moving to object storage while the query was planned; run it again",
+            self.name
+        )))
+    }
 }
+
+/// Times a scan reads a partition's manifest again when local retention deleted the segments
+/// it was about to pin.
+const PIN_ATTEMPTS: usize = 4;
 
 /// Cold objects whose bytes matched their manifest entry (size and CRC32C), by `(path, size,
 /// crc32c)`. DataFusion reads objects by byte ranges and trusts their Parquet footers, which no
@@ -364,8 +406,8 @@ impl TableProvider for TopicTable {
         let mut cold_groups = Vec::new();
         let mut hot = Vec::new();
         for p in (0..self.partitions).filter(|&p| bounds.has_partition(p)) {
-            let files = self.source.cold_files(&self.name, p);
-            let tiered_end = files.last().map_or(0, |f| f.end_offset);
+            let (files, hot_part) = self.split_tiers(p, &offsets, &timestamps)?;
+            hot.extend(hot_part);
             let wanted: Vec<&ColdFile> = files
                 .iter()
                 .filter(|f| f.base_offset < offsets.end && f.end_offset > offsets.start)
@@ -376,15 +418,6 @@ impl TableProvider for TopicTable {
                 wanted.iter().map(|f| PartitionedFile::new(f.path.clone(), f.size)).collect();
             if !group.is_empty() {
                 cold_groups.push(FileGroup::new(group));
-            }
-            if let Some(log) = self.source.log(&self.name, p) {
-                // The hot tail starts where the cold tier ends (tiered segments may still be on
-                // local disk), within the filters' offset range.
-                let from = log.log_start_offset().max(tiered_end).max(offsets.start);
-                let until = log.high_watermark().min(offsets.end);
-                if from < until && timestamps.start() <= timestamps.end() {
-                    hot.push(HotPartition { partition: p, log, offsets: from..until, timestamps: timestamps.clone() });
-                }
             }
         }
 

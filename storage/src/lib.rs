@@ -63,7 +63,7 @@ pub use partition_log::{
     AppendInfo, Attempt, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo,
     SegmentSpan,
 };
-pub use retention::RetentionOutcome;
+pub use retention::{LocalPin, RetentionOutcome};
 pub use segment::BatchSpan;
 pub use tier::{
     TierError, TierObjectMeta, parquet_offset_for_timestamp, read_parquet, segment_to_parquet, verify_parquet,

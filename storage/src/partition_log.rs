@@ -181,6 +181,9 @@ pub(crate) struct LogState {
     pub(crate) deleted: bool,
     /// Idempotent producers' recent batches, to store a retried batch once.
     pub(crate) producers: ProducerTable,
+    /// Offsets readers hold on local disk ([`Log::pin_local`]), with how many hold each: local
+    /// retention of a tiered log keeps every segment that ends above the lowest.
+    pub(crate) pins: BTreeMap<u64, usize>,
 }
 
 impl LogState {

@@ -157,6 +157,7 @@ fn fresh_state(
         poisoned: false,
         deleted: false,
         producers,
+        pins: BTreeMap::new(),
     }
 }
 

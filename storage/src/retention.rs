@@ -8,6 +8,32 @@ use std::sync::{Arc, PoisonError};
 
 use crate::error::{IoContext, Result};
 use crate::partition_log::{Log, SealedSegment};
+
+/// Whether a deletion keeps the segments readers have pinned ([`Log::pin_local`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pins {
+    Kept,
+    Ignored,
+}
+
+/// An offset of a log held on local disk by a reader ([`Log::pin_local`]); released on drop.
+#[derive(Debug)]
+pub struct LocalPin {
+    log: Log,
+    offset: u64,
+}
+
+impl Drop for LocalPin {
+    fn drop(&mut self) {
+        let mut st = self.log.lock();
+        if let std::collections::btree_map::Entry::Occupied(mut held) = st.pins.entry(self.offset) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+}
 use crate::segment;
 
 /// What a retention run did.
@@ -27,7 +53,7 @@ impl Log {
     pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
         let config = self.config();
         let now = self.inner.shared.clock.now_ms();
-        self.delete_oldest_sealed(|seg, _end, total| {
+        self.delete_oldest_sealed(Pins::Ignored, |seg, _end, total| {
             let expired = config.retention_ms.is_some_and(|ms| self.newest_before(seg, now, ms));
             let oversize = config.retention_bytes.is_some_and(|max| total > max);
             expired || oversize
@@ -39,7 +65,9 @@ impl Log {
     /// active) exceeds `local_retention_bytes` or the segment's newest record is older than
     /// `local_retention_ms` or `retention_ms`. It stops at the first segment that is not tiered
     /// or not past a limit, so the local log stays contiguous. The active segment and untiered
-    /// segments are never deleted.
+    /// segments are never deleted, nor a segment that ends above an offset a reader has pinned
+    /// ([`Log::pin_local`]): a query that planned to read it here, and not from object storage,
+    /// finds it.
     ///
     /// # Errors
     /// [`crate::Error::Io`] if a file cannot be removed (the log stays consistent).
@@ -51,7 +79,7 @@ impl Log {
         retention_ms: Option<u64>,
     ) -> Result<RetentionOutcome> {
         let now = self.inner.shared.clock.now_ms();
-        self.delete_oldest_sealed(|seg, end, total| {
+        self.delete_oldest_sealed(Pins::Kept, |seg, end, total| {
             if end > tiered_end {
                 return false;
             }
@@ -65,10 +93,26 @@ impl Log {
         self.sealed_index(seg).max_timestamp < now.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX))
     }
 
+    /// Pins a reader's offset on local disk: while the returned pin lives, local retention of a
+    /// tiered log ([`Log::enforce_local_retention`]) deletes no segment holding `offset` or any
+    /// after it. `None` if the log no longer starts at or below `offset` (the reader must look
+    /// for it in object storage). Retention proper (`retention_ms`, `retention_bytes`) ignores
+    /// pins: records past it are gone from both tiers.
+    pub fn pin_local(&self, offset: u64) -> Option<LocalPin> {
+        let mut st = self.lock();
+        if st.log_start > offset {
+            return None;
+        }
+        *st.pins.entry(offset).or_default() += 1;
+        Some(LocalPin { log: self.clone(), offset })
+    }
+
     /// Deletes sealed segments oldest first while `doomed(segment, end_offset, log size)` holds,
-    /// the log size counting what is left (sealed and active). Never the active segment.
+    /// the log size counting what is left (sealed and active). Never the active segment, nor,
+    /// with `Pins::Kept`, one that ends above a pinned offset.
     fn delete_oldest_sealed(
         &self,
+        pins: Pins,
         mut doomed: impl FnMut(&SealedSegment, u64, u64) -> bool,
     ) -> Result<RetentionOutcome> {
         let _maintenance = self.inner.maintenance.lock().unwrap_or_else(PoisonError::into_inner);
@@ -86,24 +130,32 @@ impl Log {
             total -= seg.size;
             chosen.push(Arc::clone(seg));
         }
-        self.delete_sealed(&chosen)
+        self.delete_sealed(chosen, pins)
     }
 
-    /// Drops the given oldest sealed segments from the log, then removes their files.
-    fn delete_sealed(&self, doomed: &[Arc<SealedSegment>]) -> Result<RetentionOutcome> {
-        if doomed.is_empty() {
-            return Ok(RetentionOutcome { log_start_offset: self.log_start_offset(), ..Default::default() });
-        }
+    /// Drops the given oldest sealed segments from the log (with `Pins::Kept`, those before the
+    /// first that ends above a pinned offset, checked under the same lock that drops them), then
+    /// removes their files.
+    fn delete_sealed(&self, mut doomed: Vec<Arc<SealedSegment>>, pins: Pins) -> Result<RetentionOutcome> {
         let log_start = {
             let mut st = self.lock();
-            for seg in doomed {
+            if let (Pins::Kept, Some((&pinned, _))) = (pins, st.pins.first_key_value()) {
+                let end =
+                    |seg: &SealedSegment| st.sealed.range(seg.base + 1..).next().map_or(st.active.base, |(&b, _)| b);
+                let kept = doomed.iter().position(|seg| end(seg) > pinned).unwrap_or(doomed.len());
+                doomed.truncate(kept);
+            }
+            if doomed.is_empty() {
+                return Ok(RetentionOutcome { log_start_offset: st.log_start, ..Default::default() });
+            }
+            for seg in &doomed {
                 st.sealed.remove(&seg.base);
             }
             st.log_start = st.sealed.keys().next().copied().unwrap_or(st.active.base);
             st.log_start
         };
         let mut deleted_bytes = 0;
-        for seg in doomed {
+        for seg in &doomed {
             self.inner.shared.files.evict(seg.id);
             std::fs::remove_file(&seg.path).at(&seg.path)?;
             let index = segment::index_path(self.dir(), seg.base);

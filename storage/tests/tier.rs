@@ -389,3 +389,35 @@ fn verify_reports_every_damaged_batch_with_its_segment() {
     assert_eq!(damage.len(), 4);
     assert_eq!((damage[0].segment_base_offset, damage[0].position), (segments[0].base_offset, 0));
 }
+
+#[test]
+fn local_retention_keeps_what_a_reader_pinned_until_the_pin_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = filled(dir.path(), StorageOptions::default(), small());
+    let sealed = log.sealed_segments();
+    assert!(sealed.len() >= 4);
+
+    // A reader pins an offset inside the third segment: everything is tiered and over the size
+    // limit, but only the two segments wholly before the pin may go.
+    let inside = sealed[2].base_offset + 1;
+    let pin = log.pin_local(inside).unwrap();
+    let second = log.pin_local(inside).unwrap();
+    let outcome = log.enforce_local_retention(u64::MAX, None, Some(0), None).unwrap();
+    assert_eq!(outcome.deleted_segments, 2);
+    assert_eq!(log.log_start_offset(), sealed[2].base_offset);
+    // The pinned records read as before.
+    let read = log.read(inside, 1 << 20).unwrap();
+    assert!(!read.batches.is_empty());
+
+    // An offset no longer on local disk cannot be pinned: the reader must go to object storage.
+    assert!(log.pin_local(sealed[1].base_offset).is_none());
+
+    // The segments go once both holders let go.
+    drop(pin);
+    let outcome = log.enforce_local_retention(u64::MAX, None, Some(0), None).unwrap();
+    assert_eq!(outcome.deleted_segments, 0, "the second holder still pins it");
+    drop(second);
+    let outcome = log.enforce_local_retention(u64::MAX, None, Some(0), None).unwrap();
+    assert_eq!(outcome.deleted_segments, sealed.len() - 2);
+    assert_eq!(log.segments().len(), 1);
+}
