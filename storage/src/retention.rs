@@ -8,6 +8,7 @@ use std::sync::{Arc, PoisonError};
 
 use crate::error::{IoContext, Result};
 use crate::partition_log::{Log, SealedSegment};
+use crate::segment;
 
 /// Whether a deletion keeps the segments readers have pinned ([`Log::pin_local`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,6 @@ impl Drop for LocalPin {
         }
     }
 }
-use crate::segment;
 
 /// What a retention run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
