@@ -144,10 +144,10 @@ impl Services {
     ) -> Acked {
         let metrics = Arc::clone(&self.state.metrics);
         let appended = Instant::now();
-        metrics.produce_stage("append", appended.duration_since(started).as_secs_f64());
+        metrics.produce_appended(appended.duration_since(started).as_secs_f64());
         Box::pin(async move {
             let acked = pending.acknowledged().await.map(produced);
-            metrics.produce_stage("acknowledge", appended.elapsed().as_secs_f64());
+            metrics.produce_acknowledged(appended.elapsed().as_secs_f64());
             acked
         })
     }
