@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -249,12 +249,49 @@ pub(crate) struct LogInner {
     name: String,
     /// Sequence number of the log's last journal entry (0: none).
     journaled: AtomicU64,
+    /// Rolls whose index and producer snapshot ([`LogInner::write_seal_files`]) are queued on
+    /// the flusher and not yet written.
+    seal_jobs: Mutex<usize>,
+    seal_jobs_done: Condvar,
 }
 
 /// One partition's log. Cheap to clone; all clones are the same log.
 #[derive(Clone)]
 pub struct Log {
     pub(crate) inner: Arc<LogInner>,
+    _closer: Arc<Closer>,
+}
+
+/// Shared by every clone of a [`Log`]. When the last clone goes, it waits for the roll work the
+/// log queued on the flusher, so a log's files are complete once it is closed. (The queued work
+/// holds the log's inner state itself, not a `Log`, so this never waits on a flusher thread.)
+struct Closer(Arc<LogInner>);
+
+/// One roll's queued [`LogInner::write_seal_files`], counted in `seal_jobs` until dropped
+/// (run or not).
+struct SealJob(Arc<LogInner>);
+
+impl SealJob {
+    fn queue(inner: &Arc<LogInner>) -> Self {
+        *inner.seal_jobs.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Self(Arc::clone(inner))
+    }
+}
+
+impl Drop for SealJob {
+    fn drop(&mut self) {
+        *self.0.seal_jobs.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        self.0.seal_jobs_done.notify_all();
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let mut queued = self.0.seal_jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        while *queued > 0 {
+            queued = self.0.seal_jobs_done.wait(queued).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 impl std::fmt::Debug for Log {
@@ -479,8 +516,11 @@ impl Log {
             maintenance: Mutex::new(Maintenance::default()),
             flush_queued: AtomicBool::new(false),
             device,
+            seal_jobs: Mutex::new(0),
+            seal_jobs_done: Condvar::new(),
         };
-        Self { inner: Arc::new(inner) }
+        let inner = Arc::new(inner);
+        Self { _closer: Arc::new(Closer(Arc::clone(&inner))), inner }
     }
 
     pub fn dir(&self) -> &Path {
@@ -939,8 +979,8 @@ impl Log {
         st.producers.expire(now.saturating_sub(self.inner.shared.producer_expiry_ms));
         let seal = SealFiles { base: st.active.base, id: st.active.id, next, producers: st.producers.encode() };
         let new_active = create_segment(&self.inner.dir, next, &self.inner.shared, now)?;
-        let inner = Arc::clone(&self.inner);
-        self.inner.shared.flusher.spawn(Box::new(move || inner.write_seal_files(seal)));
+        let job = SealJob::queue(&self.inner);
+        self.inner.shared.flusher.spawn(Box::new(move || job.0.write_seal_files(seal)));
         let old = std::mem::replace(&mut st.active, new_active);
         let sealed = SealedSegment {
             base: old.base,

@@ -433,8 +433,9 @@ fn conditional_append_checks_the_next_offset_atomically() {
 }
 
 /// A roll leaves the sealed segment's index and the producer snapshot to a flusher thread, off
-/// the appenders' path; they are there once the log is closed (its flusher finishes queued work
-/// before it stops), and a reopened log uses them.
+/// the appenders' path; they are there once the log is closed (dropping its last handle waits
+/// for the work it queued, which may still be running on the flusher thread), and a reopened log
+/// uses them.
 #[test]
 fn a_roll_writes_the_index_and_producer_snapshot_behind_it() {
     let dir = tempfile::tempdir().unwrap();
