@@ -17,7 +17,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::error::{Error, Result};
 
 /// Several appends whose durability is awaited as one (see the module docs). Pass it to
-/// [`crate::Log::append_all`] or [`crate::Log::append_in_memory`], then await
+/// [`crate::Log::append_all`] or [`crate::Log::append_inline`], then await
 /// [`AppendGroup::durable`] once every append is made.
 #[derive(Debug)]
 pub struct AppendGroup {

@@ -46,7 +46,7 @@ fn appends_get_dense_offsets_and_read_back_across_segments() {
 }
 
 #[test]
-fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
+fn an_inline_append_hands_its_batch_back_when_it_would_roll_or_write_much() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StorageOptions { journal: true, ..StorageOptions::default() };
     let manager = LogManager::new(dir.path(), opts).unwrap();
@@ -57,7 +57,7 @@ fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
     // until the segment is due to roll.
     let mut appended = 0;
     let refused = loop {
-        match log.append_in_memory(valid(appended), None).unwrap() {
+        match log.append_inline(valid(appended), None).unwrap() {
             Attempt::Appended(pending) => {
                 assert_eq!(pending.wait().unwrap().base_offset, appended * 5);
                 appended += 1;
@@ -68,21 +68,30 @@ fn an_append_in_memory_hands_its_batch_back_when_it_needs_file_io() {
     };
     assert!(appended > 1 && log.segments().len() == 1, "nothing rolled: {:?}", log.segments());
     assert_eq!(log.high_watermark(), appended * 5, "the refused batch is not appended");
-    // The batch comes back whole: appended where I/O is allowed, it rolls and lands next.
+    // The batch comes back whole: appended where any I/O is allowed, it rolls and lands next.
     assert_eq!(refused.bytes(), &batch(appended, 5, 1)[..]);
     assert_eq!(log.append_valid(refused).unwrap().wait().unwrap().base_offset, appended * 5);
     assert_eq!(log.segments().len(), 2);
     assert_eq!(read_all(&log, 0).len() as u64, (appended + 1) * 5);
 
-    // A batch too large for the journal, or a log that is not `always`, writes its segment now.
+    // A batch too large for the journal is written to its segment at once: inline up to
+    // 256 KiB, beyond that handed back; so is a log that is not `always`.
     let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let big = ValidBatch::check(batch(1000, 2000, 1)).unwrap();
-    assert!(big.bytes().len() > 32 << 10);
-    assert!(matches!(wide.append_in_memory(big, None).unwrap(), Attempt::NeedsIo(_)));
-    assert!(matches!(wide.append_in_memory(valid(0), None).unwrap(), Attempt::Appended(_)));
+    assert!(big.bytes().len() > 32 << 10 && big.bytes().len() < 256 << 10);
+    let Attempt::Appended(pending) = wide.append_inline(big, None).unwrap() else { panic!("a small write is inline") };
+    assert_eq!(pending.wait().unwrap().last_offset, 1999);
+    let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
+    assert!(huge.bytes().len() > 256 << 10);
+    assert!(matches!(wide.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
+    let Attempt::Appended(pending) = wide.append_inline(valid(0), None).unwrap() else { panic!("journaled") };
+    assert_eq!(pending.wait().unwrap().base_offset, 2000);
     let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
-    assert!(matches!(relaxed.append_in_memory(valid(0), None).unwrap(), Attempt::NeedsIo(_)));
-    assert_eq!(relaxed.high_watermark(), 0);
+    assert!(matches!(relaxed.append_inline(valid(0), None).unwrap(), Attempt::Appended(_)));
+    let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
+    assert!(matches!(relaxed.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
+    assert_eq!(relaxed.high_watermark(), 5);
+    assert_eq!(read_all(&wide, 0).len(), 2005);
 }
 
 #[test]
