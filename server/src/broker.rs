@@ -15,7 +15,6 @@ use strata_storage::{
 };
 use tokio::sync::watch;
 
-use crate::appenders::Appenders;
 use crate::error::{ApiError, ErrorCode};
 use crate::metadata::{Metadata, TopicMeta};
 use crate::partitioner::{Sticky, partition_for_key};
@@ -192,12 +191,11 @@ impl Partition {
 /// [`append`] with a group of its own, returned once every append task has let go of it: what
 /// the request awaits for durability.
 async fn append_grouped(
-    appenders: &Appenders,
     batches: Vec<(u32, Partition, ValidBatch)>,
     expected_offset: Option<u64>,
 ) -> Result<(Vec<(u32, Partition, AppendInfo)>, AppendGroup), ApiError> {
     let group = Arc::new(AppendGroup::new());
-    let appended = append(appenders, batches, expected_offset, Arc::clone(&group)).await?;
+    let appended = append(batches, expected_offset, Arc::clone(&group)).await?;
     // The append tasks, which held the other references, have finished.
     let durable = Arc::into_inner(group)
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "an append task still holds the request's group"))?;
@@ -209,15 +207,14 @@ async fn append_grouped(
 /// stand.
 ///
 /// Appending pwrites each batch (tens of microseconds, occasionally a segment roll with
-/// fsyncs), so it runs on the [`Appenders`], and a request touching many partitions (keyed
-/// records over a wide topic) appends from several of them at once, or its appends alone would
-/// take tens of milliseconds on one core. One batch that takes at most a small write is the
+/// fsyncs), so it runs on blocking threads, and a request touching many partitions (keyed
+/// records over a wide topic) appends from several at once, or its appends alone would take
+/// tens of milliseconds on one core. One batch that takes at most a small write is the
 /// exception (a webhook's record, a producer's batch of up to 256 KiB): it is appended here
 /// ([`Log::append_inline`]), as each thread woken on the way to an acknowledgement is one more
-/// wait for a core: in W3 at half its peak, a woken appender thread waited 1.4 ms on average,
-/// and requests appended through them took 1.1 ms from arrival to offsets.
+/// wait for a core (in W3 at half its peak, a woken thread waited 1.4 ms on average), and
+/// thousands of `spawn_blocking`s a second contend on the blocking pool's one mutex.
 async fn append(
-    appenders: &Appenders,
     mut batches: Vec<(u32, Partition, ValidBatch)>,
     expected_offset: Option<u64>,
     group: Arc<AppendGroup>,
@@ -241,7 +238,7 @@ async fn append(
             break;
         }
         let group = Arc::clone(&group);
-        tasks.push(appenders.run(move || {
+        tasks.push(tokio::task::spawn_blocking(move || {
             let (targets, logs): (Vec<_>, Vec<_>) =
                 chunk.into_iter().map(|(p, partition, batch)| ((p, partition.clone()), (partition.log, batch))).unzip();
             let pending = Log::append_all(logs, expected_offset, &group)?;
@@ -255,8 +252,9 @@ async fn append(
         }));
     }
     let mut appended = Vec::new();
-    for done in futures::future::join_all(tasks).await {
-        let done: Vec<_> = done??;
+    for task in tasks {
+        let done: Vec<_> =
+            task.await.map_err(|e| ApiError::new(ErrorCode::Internal, format!("append task failed: {e}")))??;
         appended.extend(done);
     }
     Ok(appended)
@@ -280,7 +278,6 @@ pub struct Broker {
     cold: Arc<ColdTier>,
     /// Schemas for topics bound to a subject (`value_schema_subject`).
     registry: Registry,
-    appenders: Appenders,
 }
 
 fn log_name(topic: &str, partition: u32) -> String {
@@ -288,9 +285,9 @@ fn log_name(topic: &str, partition: u32) -> String {
 }
 
 impl Broker {
-    pub fn new(storage: LogManager, metadata: Metadata, cold: Arc<ColdTier>, appenders: Appenders) -> Self {
+    pub fn new(storage: LogManager, metadata: Metadata, cold: Arc<ColdTier>) -> Self {
         let registry = Registry::new(metadata.clone());
-        Self { storage, metadata, partitions: RwLock::default(), sticky: Sticky::default(), cold, registry, appenders }
+        Self { storage, metadata, partitions: RwLock::default(), sticky: Sticky::default(), cold, registry }
     }
 
     /// The schema registry (validated produce, decoded fetch, `/registry`).
@@ -568,7 +565,7 @@ impl Broker {
             }
             batches.push((p, partition, batch));
         }
-        let (appended, durable) = append_grouped(&self.appenders, batches, expected_offset).await?;
+        let (appended, durable) = append_grouped(batches, expected_offset).await?;
         let mut offsets = vec![(0u32, 0u64); records.len()];
         let mut partitions = Vec::with_capacity(appended.len());
         // Appended in the order of `by_partition`, all of them (a failure above ended the request).
@@ -646,7 +643,7 @@ impl Broker {
             batches.push((p, partition, batch));
         }
         let counts: Vec<u32> = batches.iter().map(|(_, _, b)| b.header().record_count).collect();
-        let (appended, durable) = append_grouped(&self.appenders, batches, None).await?;
+        let (appended, durable) = append_grouped(batches, None).await?;
         let (offsets, partitions) = appended
             .into_iter()
             .zip(counts)

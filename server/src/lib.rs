@@ -13,7 +13,6 @@
 //! [`run`] takes an already bound listener, so tests bind port 0 and read the address back.
 
 pub mod admin;
-pub mod appenders;
 pub mod broker;
 pub mod config;
 pub mod error;
@@ -89,8 +88,6 @@ pub enum ServerError {
     Api(#[from] ApiError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
-    #[error("cannot start the appender threads: {0}")]
-    Appenders(std::io::Error),
     #[error("cannot listen on the Unix socket {path}: {reason}")]
     UnixSocket { path: String, reason: String },
 }
@@ -136,8 +133,7 @@ pub async fn run(
     };
     let storage = LogManager::new(data_dir.join("logs"), options)?;
     let cold = Arc::new(tier::ColdTier::new(store, config.tier_cache_bytes, config.tier_max_untiered_bytes));
-    let appenders = appenders::Appenders::start(appenders::APPEND_THREADS).map_err(ServerError::Appenders)?;
-    let broker = Arc::new(Broker::new(storage, metadata.clone(), Arc::clone(&cold), appenders));
+    let broker = Arc::new(Broker::new(storage, metadata.clone(), Arc::clone(&cold)));
     let b = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         b.reconcile()?;
