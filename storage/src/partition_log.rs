@@ -738,7 +738,7 @@ impl Log {
     /// Otherwise the batch comes back unappended, for a caller on an async worker to append from
     /// a thread of its own. For that caller an append here costs the write (tens of
     /// microseconds), while a hop to a thread and back costs two wake-ups, and in W3 at half its
-    /// peak on this 2-core machine each woken appender thread waited 1.4 ms on average for a core.
+    /// peak on this 2-core machine each woken thread waited 1.4 ms on average for a core.
     /// With a `group`, its durability is awaited through the group, as with [`Log::append_all`].
     ///
     /// # Errors
