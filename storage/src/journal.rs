@@ -85,7 +85,11 @@
 //! on each range written behind (p99 19 ms, W6 lost a third); `fallocate` instead of
 //! zero-filling (p99 0.6 s: every first write into an unwritten block makes its `fdatasync`
 //! commit metadata); an `fdatasync` of a log's segment each time 8 MiB more of it were written
-//! behind (within the noise).
+//! behind (within the noise); zero-filling a new file in pieces of 1 MiB, each synced (written
+//! whole, a new file's one 44 ms `fdatasync` stalls the syncs issued meanwhile: W3 at 3,300
+//! single-record requests a second had p99 2.2 ms against 6.4 at the median of two alternated
+//! pairs, but W6's p99 was 171–238 ms against 100–152 in four pairs and its rate lower in three:
+//! made under load, 64 syncs take long, likely leaving the writer without a file to rotate to).
 //!
 //! **What is left of the tail at light load.** With records that are all journaled (W3 offered
 //! 7,800 single-record batches a second to 4 partitions, Strata alone, five runs each), p99 was
@@ -166,9 +170,6 @@ const HEADER_LEN: usize = 4 + 2 + 2 + 8 + 4;
 
 /// Bytes read at a time when a file is scanned.
 const SCAN_CHUNK: usize = 1 << 20;
-
-/// A new file's zeros written and synced per piece of this size (see `create_file`).
-const ZERO_FILL_CHUNK: usize = 1 << 20;
 
 /// Where a log's durability stands once the write holding its entry is synced.
 pub(crate) struct Completion {
@@ -613,15 +614,6 @@ fn create<'a>(inner: &'a Inner, mut files: MutexGuard<'a, Files>) -> (MutexGuard
 /// A new journal file, zero-filled to its full length and durable with its header, so that
 /// syncing entries written into it later changes no metadata. Named after the first free
 /// number (only one file is made at a time).
-///
-/// The zeros go to the disk [`ZERO_FILL_CHUNK`] at a time, each piece synced before the next is
-/// written: written whole and synced once, a 64 MiB file's `fdatasync` took 44 ms, and every
-/// journal and segment sync issued meanwhile waited behind it at the disk (traced: the spare
-/// made when a server starts stalled its first syncs by 40–55 ms). Piece by piece, a sync issued
-/// meanwhile waits behind one piece. Files are made while the load runs until [`MAX_FILES`]
-/// exist (light loads rotate every [`CHECKPOINT_MIN`]): W3 at 3,300 single-record requests a
-/// second, two alternated pairs of three runs each, p99 1.7–4.0 ms (median 2.2) against 3.1–12.9
-/// (median 6.4), and at 5,200 2.1–3.0 (2.3) against 2.6–3.8 (3.2).
 fn create_file(inner: &Inner, epoch: u64) -> io::Result<Slot> {
     let path = (0..MAX_FILES * 4)
         .map(|n| slot_path(&inner.dir, n))
@@ -629,12 +621,11 @@ fn create_file(inner: &Inner, epoch: u64) -> io::Result<Slot> {
         .ok_or_else(|| io::Error::other("the journal directory has no free file name"))?;
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-    let zeros = vec![0u8; ZERO_FILL_CHUNK];
+    let zeros = vec![0u8; 1 << 20];
     let mut at = 0;
     while at < inner.file_bytes {
         let n = (inner.file_bytes - at).min(zeros.len() as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
-        inner.fsync.sync_data(&file)?;
         at += n as u64;
     }
     file.write_all_at(&encode_header(epoch), HEADER_AT[0])?;
