@@ -30,6 +30,7 @@
 //!   (write-behind) and reach disk at checkpoints; replayed before any log opens.
 //! - [`AppendGroup`]: a request's appends to many logs awaited as one, with one wake-up.
 
+mod aligned;
 mod append_group;
 pub mod batch;
 mod clock;

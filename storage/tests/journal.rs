@@ -75,6 +75,23 @@ fn fullest_slot(root: &Path) -> PathBuf {
     slots(root).into_iter().max_by_key(|p| std::fs::read(p).unwrap().iter().rposition(|&b| b != 0)).unwrap()
 }
 
+/// Where the last entry of a log (not padding: an entry whose name is empty) ends in a journal
+/// file's bytes, its entries walked from 4 KiB until one has no length.
+fn last_entry_end(file: &[u8]) -> usize {
+    let (mut at, mut end) = (4096, None);
+    while at + 18 <= file.len() {
+        let len = u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if len < 18 {
+            break;
+        }
+        if u16::from_le_bytes([file[at + 16], file[at + 17]]) > 0 {
+            end = Some(at + len);
+        }
+        at += len;
+    }
+    end.expect("a journal entry")
+}
+
 /// Appends `per_log` small batches to each log, round robin, and waits until all are durable.
 /// Returns every log's records.
 fn fill(manager: &LogManager, names: &[&str], per_log: u64) -> Vec<Vec<Record>> {
@@ -195,10 +212,11 @@ fn a_torn_journal_write_ends_the_replay_before_it() {
     let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
     let expected = fill(&manager, &["t-0"], 10);
     drop(manager);
-    // The last entry's bytes damaged, as a write a crash interrupted would leave them.
+    // The last entry's bytes damaged, as a write a crash interrupted would leave them (the
+    // padding after it, where the journal writes with `O_DIRECT`, left as it is).
     let wal = fullest_slot(root.path());
     let bytes = std::fs::read(&wal).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    let end = last_entry_end(&bytes) - 1;
     OpenOptions::new().write(true).open(&wal).unwrap().write_all_at(&[bytes[end] ^ 0xff], end as u64).unwrap();
     lose_segment_data(root.path(), "t-0");
 
@@ -438,6 +456,47 @@ fn journal_files_of_the_layout_before_headers_are_replayed_then_removed() {
     // And once replayed, the entry is in its segment, not in the journal any more.
     lose_segment_data(root.path(), "t-0");
     assert!(reopened(root.path(), &["t-0"])[0].is_empty());
+}
+
+#[test]
+fn padding_after_a_journal_write_is_passed_over_by_the_replay() {
+    // Written with `O_DIRECT`, each write ends on a block boundary: an entry with an empty name
+    // (no log has one) fills the rest of the block, and the next write's entries follow it.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    manager.open_log("t-0", LogConfig::default()).unwrap();
+    manager.flush_all().unwrap();
+    drop(manager);
+    for slot in slots(root.path()) {
+        std::fs::remove_file(slot).unwrap();
+    }
+    let epoch = 5u64;
+    let mut file = vec![0u8; 64 << 10];
+    let mut header = [0u8; 20];
+    header[..4].copy_from_slice(b"SJNL");
+    header[4..6].copy_from_slice(&2u16.to_le_bytes());
+    header[8..16].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c(&header[..16]);
+    header[16..].copy_from_slice(&crc.to_le_bytes());
+    file[..20].copy_from_slice(&header);
+    let mut second = batch(2, 2, 0);
+    strata_storage::batch::set_base_offset(&mut second, 3);
+    let mut at = 4096;
+    for batch in [batch(1, 3, 0), second] {
+        let e = entry(epoch, "t-0", &batch);
+        file[at..at + e.len()].copy_from_slice(&e);
+        at += e.len();
+        let gap = at.next_multiple_of(512) - at;
+        let pad = entry(epoch, "", &vec![0; if gap < 18 { gap + 512 } else { gap } - 18]);
+        file[at..at + pad.len()].copy_from_slice(&pad);
+        at += pad.len();
+        assert_eq!(at % 512, 0);
+    }
+    std::fs::write(root.path().join("_journal").join("0.slot"), &file).unwrap();
+
+    let after = reopened(root.path(), &["t-0"]);
+    assert_eq!(after[0].len(), 5, "both writes' entries are replayed");
+    assert_eq!(after[0][4].offset, 4);
 }
 
 #[test]
