@@ -173,7 +173,7 @@ const HEADER_AT: [u64; 2] = [0, 512];
 const ENTRIES_AT: u64 = 4096;
 
 const HEADER_MAGIC: [u8; 4] = *b"SJNL";
-/// 2 since padding entries (see [`padding`]); files of version 1 (none) are read all the same.
+/// 2 since padding entries (see [`padding`]); files of version 1 (written without any) read the same.
 const HEADER_VERSION: u16 = 2;
 
 /// `magic`, `version`, a reserved `u16`, `epoch`, and the CRC32C of the 16 bytes before it.
