@@ -75,6 +75,10 @@ pub enum ClientCommand {
         /// Stop after this many records (default: follow forever).
         #[arg(long)]
         max: Option<u64>,
+        /// Stop at the end of every partition as it stood when reading began (its high
+        /// watermark then), instead of following: prints what the topic holds, and exits 0.
+        #[arg(long, conflicts_with = "group")]
+        to_end: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// Print Avro values framed with a schema-registry id as JSON (schemas fetched from the
@@ -199,7 +203,7 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce { topic, key, partition, acks, value, server } => {
             produce(&connect(&server).await?, &topic, key, partition, acks, value).await
         }
-        ClientCommand::Consume { topic, group, commit, from, partition, max, format, decode, server } => {
+        ClientCommand::Consume { topic, group, commit, from, partition, max, to_end, format, decode, server } => {
             let mut decoder = decode.then(|| ValueDecoder::new(&server.server));
             match group {
                 Some(group) => {
@@ -214,7 +218,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                     if commit.is_some() {
                         bail!("--commit needs --group: without a group nothing is committed");
                     }
-                    consume(&connect(&server).await?, &topic, &from, partition, max, format, decoder.as_mut()).await
+                    let client = connect(&server).await?;
+                    let stop = Stop { max, to_end };
+                    consume(&client, &topic, &from, partition, stop, format, decoder.as_mut()).await
                 }
             }
         }
@@ -529,12 +535,34 @@ fn write_record(
     }
 }
 
+/// When `strata consume` (without a group) stops.
+#[derive(Clone, Copy, Debug)]
+struct Stop {
+    /// After this many records.
+    max: Option<u64>,
+    /// At each partition's high watermark as its first fetch saw it.
+    to_end: bool,
+}
+
+/// One partition `strata consume` reads: where it is, and (with `--to-end`) where it stops.
+struct Reading {
+    partition: u32,
+    position: Start,
+    end: Option<u64>,
+}
+
+impl Reading {
+    fn done(&self) -> bool {
+        matches!((self.position, self.end), (Start::Offset(at), Some(end)) if at >= end)
+    }
+}
+
 async fn consume(
     client: &Client,
     topic: &str,
     from: &str,
     partition: Option<u32>,
-    max: Option<u64>,
+    stop: Stop,
     format: Format,
     mut decoder: Option<&mut ValueDecoder>,
 ) -> anyhow::Result<()> {
@@ -545,31 +573,43 @@ async fn consume(
         None => (0..info.partitions.len() as u32).collect(),
     };
     let start = parse_from(from)?;
-    let mut positions: Vec<(u32, Start)> = partitions.iter().map(|&p| (p, start)).collect();
+    let mut readings: Vec<Reading> =
+        partitions.iter().map(|&partition| Reading { partition, position: start, end: None }).collect();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     loop {
         let mut got_any = false;
-        for (p, pos) in positions.iter_mut() {
-            let limit = max.map_or(1000, |m| (m - printed).min(1000)) as u32;
-            let page = client.fetch(topic, *p, *pos, limit, Duration::ZERO).await?;
-            *pos = Start::Offset(page.next_offset);
+        for r in readings.iter_mut().filter(|r| !r.done()) {
+            let limit = stop.max.map_or(1000, |m| (m - printed).min(1000)) as u32;
+            let page = client.fetch(topic, r.partition, r.position, limit, Duration::ZERO).await?;
+            r.position = Start::Offset(page.next_offset);
+            if stop.to_end && r.end.is_none() {
+                r.end = Some(page.high_watermark);
+            }
             let mut out = stdout.lock();
-            for r in page.records {
+            for record in page.records {
+                if r.end.is_some_and(|end| record.offset >= end) {
+                    // Appended after this partition's end was taken: not printed.
+                    r.position = Start::Offset(record.offset);
+                    break;
+                }
                 got_any = true;
-                write_record(&mut out, format, &r, decoder.as_deref_mut())?;
+                write_record(&mut out, format, &record, decoder.as_deref_mut())?;
                 printed += 1;
-                if max.is_some_and(|m| printed >= m) {
+                if stop.max.is_some_and(|m| printed >= m) {
                     out.flush()?;
                     return Ok(());
                 }
             }
             out.flush()?;
         }
+        if stop.to_end && readings.iter().all(Reading::done) {
+            return Ok(());
+        }
         if !got_any {
-            // Caught up everywhere: long-poll the first partition briefly, then go round again.
-            if let Some((p, pos)) = positions.first() {
-                let _ = client.fetch(topic, *p, *pos, 1, Duration::from_millis(500)).await;
+            // Caught up everywhere: long-poll the first partition still read, then go round again.
+            if let Some(r) = readings.iter().find(|r| !r.done()) {
+                let _ = client.fetch(topic, r.partition, r.position, 1, Duration::from_millis(500)).await;
             }
         }
     }

@@ -267,6 +267,59 @@ fn cli_round_trip_through_stdin_and_stdout() {
     assert!(!bad_from.status.success());
 }
 
+/// `strata consume --to-end` prints what each partition held when it started, including none
+/// from an empty partition, and exits 0 instead of following.
+#[test]
+fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let strata = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_SERVER", &s.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        // A consume that follows instead of stopping would never exit: fail, don't hang.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("`strata {}` did not exit", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut lines: Vec<String> = String::from_utf8(out.stdout.clone()).unwrap().lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    ok(&strata(&["topic", "create", "spread", "--partitions", "3"], b""));
+    ok(&strata(&["produce", "spread", "--partition", "0"], b"a1\na2\na3\n"));
+    ok(&strata(&["produce", "spread", "--partition", "2"], b"c1\nc2\n"));
+
+    // Partition 1 is empty: nothing to wait for there.
+    let all = ok(&strata(&["consume", "spread", "--to-end"], b""));
+    assert_eq!(all, ["a1", "a2", "a3", "c1", "c2"]);
+    let one = ok(&strata(&["consume", "spread", "--partition", "2", "--to-end", "--format", "json"], b""));
+    assert_eq!(one.len(), 2);
+    let from_one = ok(&strata(&["consume", "spread", "--partition", "0", "--from", "1", "--to-end"], b""));
+    assert_eq!(from_one, ["a2", "a3"]);
+    assert!(ok(&strata(&["consume", "spread", "--from", "latest", "--to-end"], b"")).is_empty());
+    let capped = ok(&strata(&["consume", "spread", "--to-end", "--max", "2"], b""));
+    assert_eq!(capped.len(), 2, "--max still stops first");
+
+    let with_group = strata(&["consume", "spread", "--group", "g", "--to-end"], b"");
+    assert!(!with_group.status.success());
+    assert!(String::from_utf8_lossy(&with_group.stderr).contains("--to-end"));
+}
+
 /// `Consumer.Subscribe` spoken directly: assignment, pushed records, commits, and the
 /// cooperative hand-over acknowledged on the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
