@@ -557,6 +557,9 @@ impl Reading {
     }
 }
 
+/// How long an idle `strata consume` long-polls before asking again (the server caps it too).
+const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+
 async fn consume(
     client: &Client,
     topic: &str,
@@ -566,6 +569,8 @@ async fn consume(
     format: Format,
     mut decoder: Option<&mut ValueDecoder>,
 ) -> anyhow::Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+
     let info = client.admin().describe_topic(topic).await?;
     let partitions: Vec<u32> = match partition {
         Some(p) if (p as usize) < info.partitions.len() => vec![p],
@@ -575,43 +580,95 @@ async fn consume(
     let start = parse_from(from)?;
     let mut readings: Vec<Reading> =
         partitions.iter().map(|&partition| Reading { partition, position: start, end: None }).collect();
-    let mut printed = 0u64;
-    let stdout = std::io::stdout();
+    let mut printer = Printer { format, stop, printed: 0 };
     loop {
         let mut got_any = false;
         for r in readings.iter_mut().filter(|r| !r.done()) {
-            let limit = stop.max.map_or(1000, |m| (m - printed).min(1000)) as u32;
-            let page = client.fetch(topic, r.partition, r.position, limit, Duration::ZERO).await?;
-            r.position = Start::Offset(page.next_offset);
-            if stop.to_end && r.end.is_none() {
-                r.end = Some(page.high_watermark);
+            let page = client.fetch(topic, r.partition, r.position, printer.limit(), Duration::ZERO).await?;
+            match printer.page(r, page, decoder.as_deref_mut())? {
+                Printed::Some => got_any = true,
+                Printed::None => {}
+                Printed::Enough => return Ok(()),
             }
-            let mut out = stdout.lock();
-            for record in page.records {
-                if r.end.is_some_and(|end| record.offset >= end) {
-                    // Appended after this partition's end was taken: not printed.
-                    r.position = Start::Offset(record.offset);
-                    break;
-                }
-                got_any = true;
-                write_record(&mut out, format, &record, decoder.as_deref_mut())?;
-                printed += 1;
-                if stop.max.is_some_and(|m| printed >= m) {
-                    out.flush()?;
-                    return Ok(());
-                }
-            }
-            out.flush()?;
         }
         if stop.to_end && readings.iter().all(Reading::done) {
             return Ok(());
         }
         if !got_any {
-            // Caught up everywhere: long-poll the first partition still read, then go round again.
-            if let Some(r) = readings.iter().find(|r| !r.done()) {
-                let _ = client.fetch(topic, r.partition, r.position, 1, Duration::from_millis(500)).await;
+            // Caught up everywhere: long-poll every partition still read at once, so a record
+            // on any of them is printed as soon as it arrives; the first answer wins and the
+            // others are dropped (cancelled) before the next round.
+            let limit = printer.limit();
+            let mut polls: FuturesUnordered<_> = readings
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.done())
+                .map(
+                    |(i, r)| async move { (i, client.fetch(topic, r.partition, r.position, limit, FOLLOW_WAIT).await) },
+                )
+                .collect();
+            let first = polls.next().await;
+            drop(polls);
+            if let Some((i, page)) = first
+                && let Printed::Enough = printer.page(&mut readings[i], page?, decoder.as_deref_mut())?
+            {
+                return Ok(());
             }
         }
+    }
+}
+
+/// What [`Printer::page`] did.
+enum Printed {
+    None,
+    Some,
+    /// `--max` records are out: stop.
+    Enough,
+}
+
+/// Prints fetched pages for `strata consume` (without a group) and counts them against `--max`.
+struct Printer {
+    format: Format,
+    stop: Stop,
+    printed: u64,
+}
+
+impl Printer {
+    /// The most records worth asking one fetch for.
+    fn limit(&self) -> u32 {
+        self.stop.max.map_or(1000, |m| m.saturating_sub(self.printed).min(1000)) as u32
+    }
+
+    /// Prints `page`, read from `r`'s position, and moves `r` past what it printed.
+    fn page(
+        &mut self,
+        r: &mut Reading,
+        page: proto::FetchResponse,
+        mut decoder: Option<&mut ValueDecoder>,
+    ) -> anyhow::Result<Printed> {
+        r.position = Start::Offset(page.next_offset);
+        if self.stop.to_end && r.end.is_none() {
+            r.end = Some(page.high_watermark);
+        }
+        let mut printed = Printed::None;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for record in page.records {
+            if r.end.is_some_and(|end| record.offset >= end) {
+                // Appended after this partition's end was taken: not printed.
+                r.position = Start::Offset(record.offset);
+                break;
+            }
+            write_record(&mut out, self.format, &record, decoder.as_deref_mut())?;
+            printed = Printed::Some;
+            self.printed += 1;
+            if self.stop.max.is_some_and(|m| self.printed >= m) {
+                printed = Printed::Enough;
+                break;
+            }
+        }
+        out.flush()?;
+        Ok(printed)
     }
 }
 

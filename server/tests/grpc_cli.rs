@@ -320,6 +320,45 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     assert!(String::from_utf8_lossy(&with_group.stderr).contains("--to-end"));
 }
 
+/// A following `strata consume` waits on every partition at once: records produced to the last
+/// partition while it is idle are printed at once, not when the first partition's long-poll ends.
+#[test]
+fn cli_consume_follow_wakes_for_any_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let strata = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.args(args).env("STRATA_SERVER", &s.url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    };
+    let created = strata(&["topic", "create", "quiet", "--partitions", "3"]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+
+    let follower = strata(&["consume", "quiet", "--max", "2"]).spawn().unwrap();
+    // Time to find every partition empty and start waiting; if it has not yet, the records are
+    // simply found by its first round instead.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut producer = strata(&["produce", "quiet", "--partition", "2"]).spawn().unwrap();
+    producer.stdin.take().unwrap().write_all(b"late1\nlate2\n").unwrap();
+    let produced = producer.wait_with_output().unwrap();
+    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+
+    // Each idle long-poll lasts 30 s: a follower that waited on partition 0 alone would still be
+    // waiting at this deadline.
+    let mut follower = follower;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while follower.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            follower.kill().unwrap();
+            panic!("the follower did not print records produced to partition 2 while it waited");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "late1\nlate2\n");
+}
+
 /// `Consumer.Subscribe` spoken directly: assignment, pushed records, commits, and the
 /// cooperative hand-over acknowledged on the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
