@@ -79,6 +79,10 @@ pub enum ClientCommand {
         /// watermark then), instead of following: prints what the topic holds, and exits 0.
         #[arg(long, conflicts_with = "group")]
         to_end: bool,
+        /// How often a consume that follows every partition (no `--partition`, `--to-end` or
+        /// `--group`) looks for partitions added to the topic; they are read from their start.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s", conflicts_with_all = ["group", "partition", "to_end"])]
+        metadata_max_age: Duration,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         /// Print Avro values framed with a schema-registry id as JSON (schemas fetched from the
@@ -203,7 +207,19 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Produce { topic, key, partition, acks, value, server } => {
             produce(&connect(&server).await?, &topic, key, partition, acks, value).await
         }
-        ClientCommand::Consume { topic, group, commit, from, partition, max, to_end, format, decode, server } => {
+        ClientCommand::Consume {
+            topic,
+            group,
+            commit,
+            from,
+            partition,
+            max,
+            to_end,
+            metadata_max_age,
+            format,
+            decode,
+            server,
+        } => {
             let mut decoder = decode.then(|| ValueDecoder::new(&server.server));
             match group {
                 Some(group) => {
@@ -220,7 +236,8 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                     }
                     let client = connect(&server).await?;
                     let stop = Stop { max, to_end };
-                    consume(&client, &topic, &from, partition, stop, format, decoder.as_mut()).await
+                    let partitions = Partitions { only: partition, metadata_max_age };
+                    consume(&client, &topic, &from, partitions, stop, format, decoder.as_mut()).await
                 }
             }
         }
@@ -544,6 +561,15 @@ struct Stop {
     to_end: bool,
 }
 
+/// Which partitions `strata consume` (without a group) reads.
+#[derive(Clone, Copy, Debug)]
+struct Partitions {
+    /// Only this one; otherwise all of them.
+    only: Option<u32>,
+    /// When following all of them: how often to look for new ones.
+    metadata_max_age: Duration,
+}
+
 /// One partition `strata consume` reads: where it is, and (with `--to-end`) where it stops.
 struct Reading {
     partition: u32,
@@ -559,12 +585,14 @@ impl Reading {
 
 /// How long an idle `strata consume` long-polls before asking again (the server caps it too).
 const FOLLOW_WAIT: Duration = Duration::from_secs(30);
+/// The shortest such long-poll.
+const MIN_WAIT: Duration = Duration::from_millis(200);
 
 async fn consume(
     client: &Client,
     topic: &str,
     from: &str,
-    partition: Option<u32>,
+    partitions: Partitions,
     stop: Stop,
     format: Format,
     mut decoder: Option<&mut ValueDecoder>,
@@ -572,14 +600,18 @@ async fn consume(
     use futures::stream::{FuturesUnordered, StreamExt};
 
     let info = client.admin().describe_topic(topic).await?;
-    let partitions: Vec<u32> = match partition {
+    let numbers: Vec<u32> = match partitions.only {
         Some(p) if (p as usize) < info.partitions.len() => vec![p],
         Some(p) => bail!("topic {topic:?} has partitions 0..{}, not {p}", info.partitions.len()),
         None => (0..info.partitions.len() as u32).collect(),
     };
+    // Following every partition, partitions added meanwhile are read too, from their start:
+    // whatever they hold came after this consume began.
+    let discover = partitions.only.is_none() && !stop.to_end;
+    let mut looked_up = Instant::now();
     let start = parse_from(from)?;
     let mut readings: Vec<Reading> =
-        partitions.iter().map(|&partition| Reading { partition, position: start, end: None }).collect();
+        numbers.iter().map(|&partition| Reading { partition, position: start, end: None }).collect();
     let mut printer = Printer { format, stop, printed: 0 };
     loop {
         let mut got_any = false;
@@ -599,13 +631,16 @@ async fn consume(
             // on any of them is printed as soon as it arrives; the first answer wins and the
             // others are dropped (cancelled) before the next round.
             let limit = printer.limit();
+            let wait = match discover {
+                // At least a few rounds a second, even when asked for `--metadata-max-age 0s`.
+                true => FOLLOW_WAIT.min(partitions.metadata_max_age.saturating_sub(looked_up.elapsed())).max(MIN_WAIT),
+                false => FOLLOW_WAIT,
+            };
             let mut polls: FuturesUnordered<_> = readings
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| !r.done())
-                .map(
-                    |(i, r)| async move { (i, client.fetch(topic, r.partition, r.position, limit, FOLLOW_WAIT).await) },
-                )
+                .map(|(i, r)| async move { (i, client.fetch(topic, r.partition, r.position, limit, wait).await) })
                 .collect();
             let first = polls.next().await;
             drop(polls);
@@ -614,6 +649,14 @@ async fn consume(
             {
                 return Ok(());
             }
+        }
+        if discover && looked_up.elapsed() >= partitions.metadata_max_age {
+            let info = client.admin().describe_topic(topic).await?;
+            for partition in readings.len() as u32..info.partitions.len() as u32 {
+                eprintln!("strata: reading partition {partition}, added to {topic}");
+                readings.push(Reading { partition, position: Start::Earliest, end: None });
+            }
+            looked_up = Instant::now();
         }
     }
 }

@@ -359,6 +359,52 @@ fn cli_consume_follow_wakes_for_any_partition() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "late1\nlate2\n");
 }
 
+/// A following `strata consume` finds partitions added to the topic and reads them from their
+/// start, as a Kafka consumer subscribed to the topic would.
+#[test]
+fn cli_consume_follow_reads_partitions_added_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let strata = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        cmd.args(args).env("STRATA_SERVER", &s.url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    };
+    let run = |args: &[&str], stdin: &[u8]| {
+        let mut child = strata(args).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "strata {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["topic", "create", "growing", "--partitions", "1"], b"");
+    let follower = strata(&["consume", "growing", "--max", "2", "--metadata-max-age", "1s"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    run(&["topic", "add-partitions", "growing", "--count", "3"], b"");
+    run(&["produce", "growing", "--partition", "2"], b"new\n");
+    run(&["produce", "growing", "--partition", "0"], b"old\n");
+
+    // Without looking for new partitions it would wait on partition 0 alone after "old" (30 s
+    // long-polls) and never print "new".
+    let mut follower = follower;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while follower.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            follower.kill().unwrap();
+            panic!("the follower did not read the partition added while it followed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["new", "old"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("partition 2"), "says which partitions it added");
+
+    let clash = strata(&["consume", "growing", "--partition", "0", "--metadata-max-age", "1s"]).output().unwrap();
+    assert!(!clash.status.success(), "--metadata-max-age only applies when following every partition");
+}
+
 /// `Consumer.Subscribe` spoken directly: assignment, pushed records, commits, and the
 /// cooperative hand-over acknowledged on the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
