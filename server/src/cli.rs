@@ -587,6 +587,11 @@ impl Reading {
 const FOLLOW_WAIT: Duration = Duration::from_secs(30);
 /// The shortest such long-poll.
 const MIN_WAIT: Duration = Duration::from_millis(200);
+/// Partitions an idle `strata consume` long-polls at once, each a request on the connection;
+/// past this it goes round them every [`MIN_WAIT`] instead (a server takes only so many
+/// concurrent requests per connection, 200 by default for HTTP/2, and a long-poll queued
+/// behind them would not be waiting at the server).
+const MAX_LONG_POLLS: usize = 64;
 
 async fn consume(
     client: &Client,
@@ -626,7 +631,10 @@ async fn consume(
         if stop.to_end && readings.iter().all(Reading::done) {
             return Ok(());
         }
-        if !got_any {
+        let reading = readings.iter().filter(|r| !r.done()).count();
+        if !got_any && reading > MAX_LONG_POLLS {
+            tokio::time::sleep(MIN_WAIT).await;
+        } else if !got_any {
             // Caught up everywhere: long-poll every partition still read at once, so a record
             // on any of them is printed as soon as it arrives; the first answer wins and the
             // others are dropped (cancelled) before the next round.

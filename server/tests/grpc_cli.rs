@@ -322,6 +322,7 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
 
 /// A following `strata consume` waits on every partition at once: records produced to the last
 /// partition while it is idle are printed at once, not when the first partition's long-poll ends.
+/// Over many partitions (more than it long-polls at once) it goes round them instead.
 #[test]
 fn cli_consume_follow_wakes_for_any_partition() {
     let dir = tempfile::tempdir().unwrap();
@@ -331,32 +332,35 @@ fn cli_consume_follow_wakes_for_any_partition() {
         cmd.args(args).env("STRATA_SERVER", &s.url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     };
-    let created = strata(&["topic", "create", "quiet", "--partitions", "3"]).output().unwrap();
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    for (topic, partitions) in [("quiet", 3), ("wide", 70)] {
+        let created = strata(&["topic", "create", topic, "--partitions", &partitions.to_string()]).output().unwrap();
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
 
-    let follower = strata(&["consume", "quiet", "--max", "2"]).spawn().unwrap();
-    // Time to find every partition empty and start waiting; if it has not yet, the records are
-    // simply found by its first round instead.
-    std::thread::sleep(Duration::from_secs(1));
-    let mut producer = strata(&["produce", "quiet", "--partition", "2"]).spawn().unwrap();
-    producer.stdin.take().unwrap().write_all(b"late1\nlate2\n").unwrap();
-    let produced = producer.wait_with_output().unwrap();
-    assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
+        let follower = strata(&["consume", topic, "--max", "2"]).spawn().unwrap();
+        // Time to find every partition empty and start waiting; if it has not yet, the records
+        // are simply found by its first round instead.
+        std::thread::sleep(Duration::from_secs(1));
+        let last = (partitions - 1).to_string();
+        let mut producer = strata(&["produce", topic, "--partition", &last]).spawn().unwrap();
+        producer.stdin.take().unwrap().write_all(b"late1\nlate2\n").unwrap();
+        let produced = producer.wait_with_output().unwrap();
+        assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
 
-    // Each idle long-poll lasts 30 s: a follower that waited on partition 0 alone would still be
-    // waiting at this deadline.
-    let mut follower = follower;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while follower.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            follower.kill().unwrap();
-            panic!("the follower did not print records produced to partition 2 while it waited");
+        // Each idle long-poll lasts 30 s: a follower that waited on partition 0 alone would
+        // still be waiting at this deadline.
+        let mut follower = follower;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while follower.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                follower.kill().unwrap();
+                panic!("the follower of {topic} did not print records produced to its last partition while it waited");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let out = follower.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), "late1\nlate2\n");
     }
-    let out = follower.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "late1\nlate2\n");
 }
 
 /// A following `strata consume` finds partitions added to the topic and reads them from their
