@@ -11,7 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand, ValueEnum};
 use strata_client::{
-    Client, GroupConfig, OffsetReset, ProducerConfig, RebalanceListener, Record, Start, TopicPartition, proto,
+    Client, ClientError, GroupConfig, OffsetReset, ProducerConfig, RebalanceListener, Record, Start, TopicPartition,
+    proto,
 };
 use strata_server::registry::cli::ValueDecoder;
 
@@ -575,12 +576,47 @@ struct Reading {
     partition: u32,
     position: Start,
     end: Option<u64>,
+    /// Records below this offset are not printed (`--from N` past the partition's end).
+    skip_below: u64,
 }
 
 impl Reading {
+    fn new(partition: u32, position: Start) -> Self {
+        Self { partition, position, end: None, skip_below: 0 }
+    }
+
     fn done(&self) -> bool {
         matches!((self.position, self.end), (Start::Offset(at), Some(end)) if at >= end)
     }
+
+    /// After the server answered that the position is not in the partition: reads from its first
+    /// record when the position is before it (retention removed the records there), or from its
+    /// end, printing nothing below the position, when it is past it (`--from N` on a partition
+    /// that holds fewer records). `refused` is the server's answer, returned when neither applies.
+    async fn reposition(&mut self, client: &Client, topic: &str, refused: ClientError) -> anyhow::Result<()> {
+        let Start::Offset(at) = self.position else { return Err(refused.into()) };
+        let bounds = client.fetch(topic, self.partition, Start::Earliest, 1, Duration::ZERO).await?;
+        let moved = if at < bounds.log_start_offset {
+            eprintln!(
+                "strata: partition {} starts at offset {} (the records before it are gone); reading from there",
+                self.partition, bounds.log_start_offset
+            );
+            bounds.log_start_offset
+        } else {
+            self.skip_below = self.skip_below.max(at);
+            bounds.high_watermark.min(at)
+        };
+        if moved == at {
+            return Err(refused.into());
+        }
+        self.position = Start::Offset(moved);
+        Ok(())
+    }
+}
+
+/// Whether the server refused a fetch because its offset is not in the partition.
+fn out_of_range(e: &ClientError) -> bool {
+    matches!(e, ClientError::Server { code: tonic::Code::OutOfRange, .. })
 }
 
 /// How long an idle `strata consume` long-polls before asking again (the server caps it too).
@@ -615,13 +651,20 @@ async fn consume(
     let discover = partitions.only.is_none() && !stop.to_end;
     let mut looked_up = Instant::now();
     let start = parse_from(from)?;
-    let mut readings: Vec<Reading> =
-        numbers.iter().map(|&partition| Reading { partition, position: start, end: None }).collect();
+    let mut readings: Vec<Reading> = numbers.iter().map(|&partition| Reading::new(partition, start)).collect();
     let mut printer = Printer { format, stop, printed: 0 };
     loop {
         let mut got_any = false;
         for r in readings.iter_mut().filter(|r| !r.done()) {
-            let page = client.fetch(topic, r.partition, r.position, printer.limit(), Duration::ZERO).await?;
+            let page = match client.fetch(topic, r.partition, r.position, printer.limit(), Duration::ZERO).await {
+                Ok(page) => page,
+                Err(e) if out_of_range(&e) => {
+                    r.reposition(client, topic, e).await?;
+                    got_any = true; // not idle: read it again from there at once
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             match printer.page(r, page, decoder.as_deref_mut())? {
                 Printed::Some => got_any = true,
                 Printed::None => {}
@@ -652,17 +695,21 @@ async fn consume(
                 .collect();
             let first = polls.next().await;
             drop(polls);
-            if let Some((i, page)) = first
-                && let Printed::Enough = printer.page(&mut readings[i], page?, decoder.as_deref_mut())?
-            {
-                return Ok(());
+            match first {
+                Some((i, Err(e))) if out_of_range(&e) => readings[i].reposition(client, topic, e).await?,
+                Some((i, page)) => {
+                    if let Printed::Enough = printer.page(&mut readings[i], page?, decoder.as_deref_mut())? {
+                        return Ok(());
+                    }
+                }
+                None => {}
             }
         }
         if discover && looked_up.elapsed() >= partitions.metadata_max_age {
             let info = client.admin().describe_topic(topic).await?;
             for partition in readings.len() as u32..info.partitions.len() as u32 {
                 eprintln!("strata: reading partition {partition}, added to {topic}");
-                readings.push(Reading { partition, position: Start::Earliest, end: None });
+                readings.push(Reading::new(partition, Start::Earliest));
             }
             looked_up = Instant::now();
         }
@@ -705,6 +752,9 @@ impl Printer {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for record in page.records {
+            if record.offset < r.skip_below {
+                continue;
+            }
             if r.end.is_some_and(|end| record.offset >= end) {
                 // Appended after this partition's end was taken: not printed.
                 r.position = Start::Offset(record.offset);

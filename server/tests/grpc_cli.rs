@@ -314,6 +314,30 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     assert!(ok(&strata(&["consume", "spread", "--from", "latest", "--to-end"], b"")).is_empty());
     let capped = ok(&strata(&["consume", "spread", "--to-end", "--max", "2"], b""));
     assert_eq!(capped.len(), 2, "--max still stops first");
+    // `--from N` over partitions that end before N: nothing from those, no error.
+    assert_eq!(ok(&strata(&["consume", "spread", "--from", "2", "--to-end"], b"")), ["a3"]);
+    assert!(ok(&strata(&["consume", "spread", "--from", "3", "--to-end"], b"")).is_empty());
+    assert!(ok(&strata(&["consume", "spread", "--partition", "2", "--from", "9", "--to-end"], b"")).is_empty());
+
+    // Following from an offset past a partition's end prints what arrives at or after it.
+    let follower = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["consume", "spread", "--partition", "2", "--from", "3", "--max", "1"])
+        .env("STRATA_SERVER", &s.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(&strata(&["produce", "spread", "--partition", "2"], b"c3\nc4\n"));
+    let mut follower = follower;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while follower.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            follower.kill().unwrap();
+            panic!("the follower from offset 3 did not print offset 3");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(ok(&follower.wait_with_output().unwrap()), ["c4"], "offset 2 (c3) is below --from 3");
 
     let with_group = strata(&["consume", "spread", "--group", "g", "--to-end"], b"");
     assert!(!with_group.status.success());
