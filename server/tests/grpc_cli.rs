@@ -433,6 +433,46 @@ fn cli_consume_follow_reads_partitions_added_meanwhile() {
     assert!(!clash.status.success(), "--metadata-max-age only applies when following every partition");
 }
 
+/// `strata consume --from OFFSET` where retention has removed the records before OFFSET starts at
+/// the partition's first record and says so, instead of failing.
+#[test]
+fn cli_consume_from_an_offset_retention_removed_starts_at_the_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with_env(dir.path(), &[("STRATA_CLEANUP_INTERVAL_MS", "100")]);
+    let strata = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .env("STRATA_SERVER", &s.url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "strata {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    // Every append after the first rolls a segment (segment_ms=1), and retention keeps no sealed one.
+    strata(&["topic", "create", "short", "--config", "segment_ms=1", "--config", "retention_bytes=1"], b"");
+    for value in ["r1", "r2", "r3"] {
+        std::thread::sleep(Duration::from_millis(5));
+        strata(&["produce", "short", "--value", value], b"");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (out, err) = strata(&["consume", "short", "--from", "0", "--to-end"], b"");
+        if err.contains("starts at offset") {
+            assert!(!out.contains("r1"), "offset 0 is gone: {out:?}");
+            assert!(out.ends_with("r3\n"), "read from the first record left to the end: {out:?}");
+            break;
+        }
+        assert_eq!(out, "r1\nr2\nr3\n", "before retention ran, everything");
+        assert!(std::time::Instant::now() < deadline, "retention never removed offset 0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `Consumer.Subscribe` spoken directly: assignment, pushed records, commits, and the
 /// cooperative hand-over acknowledged on the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
