@@ -592,7 +592,9 @@ impl Reading {
     /// After the server answered that the position is not in the partition: reads from its first
     /// record when the position is before it (retention removed the records there), or from its
     /// end, printing nothing below the position, when it is past it (`--from N` on a partition
-    /// that holds fewer records). `refused` is the server's answer, returned when neither applies.
+    /// that holds fewer records). When it is neither by now (records arrived meanwhile), it is
+    /// read from there again. `refused` is the server's answer, returned for a position that is
+    /// not an offset.
     async fn reposition(&mut self, client: &Client, topic: &str, refused: ClientError) -> anyhow::Result<()> {
         let Start::Offset(at) = self.position else { return Err(refused.into()) };
         let bounds = client.fetch(topic, self.partition, Start::Earliest, 1, Duration::ZERO).await?;
@@ -606,9 +608,6 @@ impl Reading {
             self.skip_below = self.skip_below.max(at);
             bounds.high_watermark.min(at)
         };
-        if moved == at {
-            return Err(refused.into());
-        }
         self.position = Start::Offset(moved);
         Ok(())
     }
@@ -674,8 +673,8 @@ async fn consume(
         if stop.to_end && readings.iter().all(Reading::done) {
             return Ok(());
         }
-        let reading = readings.iter().filter(|r| !r.done()).count();
-        if !got_any && reading > MAX_LONG_POLLS {
+        let unfinished = readings.iter().filter(|r| !r.done()).count();
+        if !got_any && unfinished > MAX_LONG_POLLS {
             tokio::time::sleep(MIN_WAIT).await;
         } else if !got_any {
             // Caught up everywhere: long-poll every partition still read at once, so a record
