@@ -40,6 +40,8 @@ pub enum ErrorCode {
     StaleGeneration,
     GroupNotEmpty,
     NotFound,
+    /// A path that exists, asked with a method it does not take.
+    MethodNotAllowed,
     /// The node cannot serve now (shutting down, no Raft leader, storage refusing writes).
     Unavailable,
     /// Stored data is damaged.
@@ -74,6 +76,7 @@ impl ErrorCode {
             ErrorCode::StaleGeneration => "stale_generation",
             ErrorCode::GroupNotEmpty => "group_not_empty",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DataCorrupt => "data_corrupt",
             ErrorCode::Internal => "internal",
@@ -104,6 +107,7 @@ impl ErrorCode {
             | ErrorCode::SqlTimeout => StatusCode::BAD_REQUEST,
             ErrorCode::RecordTooLarge | ErrorCode::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::OffsetOutOfRange => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorCode::OffsetMismatch => StatusCode::PRECONDITION_FAILED,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,6 +138,7 @@ impl ErrorCode {
                 tonic::Code::ResourceExhausted
             }
             ErrorCode::SqlTimeout => tonic::Code::DeadlineExceeded,
+            ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorCode::OffsetOutOfRange => tonic::Code::OutOfRange,
             ErrorCode::OffsetMismatch | ErrorCode::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
             ErrorCode::Unavailable => tonic::Code::Unavailable,

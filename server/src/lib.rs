@@ -178,6 +178,9 @@ pub async fn run(
     let app = http::router(Arc::clone(&state))
         .merge(grpc::Services::new(Arc::clone(&state)).routes())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such path") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(ErrorCode::MethodNotAllowed, format!("this path does not take {method}"))
+        })
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

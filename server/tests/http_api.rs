@@ -132,6 +132,8 @@ fn bad_input_gets_problem_json_with_a_stable_code() {
             "invalid_config",
         ),
         (get(&format!("{}/v2/whatever", s.url)), 404, "not_found"),
+        (common::request("PUT", &format!("{}/v1/topics", s.url), &json!({})), 405, "method_not_allowed"),
+        (common::request("DELETE", &records, &json!(null)), 405, "method_not_allowed"),
     ];
     for (i, (reply, status, code)) in cases.iter().enumerate() {
         assert_eq!(reply.status, *status, "case {i}: {}", String::from_utf8_lossy(&reply.body));
