@@ -45,6 +45,9 @@ fn topics_produce_and_fetch_round_trip() {
     let raw = fetch(&s.url, "orders", 2, "offset=0");
     let rec = raw["records"].as_array().unwrap().iter().find(|r| r["timestamp"] == 1_700_000_000_000_i64).unwrap();
     assert_eq!(rec["value_b64"], "AAEC");
+    let fields = rec.as_object().unwrap();
+    assert!(fields["key"].is_null() && !fields.contains_key("key_b64"), "no key: `key` is null: {rec}");
+    assert!(!fields.contains_key("value"), "a value in `value_b64` has no `value`: {rec}");
 
     // The webhook door: any non-JSON body is one record's value.
     let hook = post_raw(

@@ -256,9 +256,10 @@ pub struct JsonFetchedRecord {
     pub partition: u32,
     pub offset: u64,
     pub timestamp: i64,
+    /// Absent when `key_b64` carries the key; `null` for a record without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    pub key: Option<Box<RawValue>>,
+    pub key: Option<Option<Box<RawValue>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_b64: Option<String>,
     /// Absent when `value_b64` carries the value; `null` for a tombstone.
@@ -304,7 +305,7 @@ pub(crate) fn json_record(r: FetchedRecord, force_b64: bool) -> JsonFetchedRecor
         partition: r.partition,
         offset: r.offset,
         timestamp: r.timestamp,
-        key,
+        key: if key_b64.is_some() { None } else { Some(key) },
         key_b64,
         value: if value_b64.is_some() { None } else { Some(value) },
         value_b64,
