@@ -257,6 +257,7 @@ fn validated_produce_encodes_checks_refuses_and_decodes() {
     std::fs::write(&file, V3_BAD).unwrap();
     let (ok, _, err) = cli(&["schema", "check", "orders-value", file.to_str().unwrap()]);
     assert!(!ok && err.contains("customer"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "a one-line error: {err}");
     let (ok, out, err) = cli(&["schema", "list"]);
     assert!(ok && out.contains("orders-value"), "{out}{err}");
     let (ok, out, _) = cli(&["schema", "list", "orders-value"]);

@@ -159,7 +159,8 @@ pub fn run(server: &str, action: SchemaAction) -> anyhow::Result<()> {
                     .flatten()
                     .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_string))
                     .collect();
-                bail!("incompatible with {subject}:\n  {}", messages.join("\n  "));
+                // One line, as every CLI error (the reasons may be several).
+                bail!("incompatible with {subject}: {}", messages.join("; ").replace('\n', " "));
             }
         }
         SchemaAction::Config { subject, set } => {
