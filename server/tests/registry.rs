@@ -124,6 +124,8 @@ fn subjects_versions_ids_configs_and_deletes() {
     assert_eq!(error_code(&request("DELETE", &reg(&s, "/subjects/other?permanent=true"), &json!({}))), 40405);
     assert_eq!(request("DELETE", &reg(&s, "/subjects/other"), &json!({})).json(), json!([1]));
     assert_eq!(get(&reg(&s, "/subjects")).json(), json!(["orders-value"]));
+    assert_eq!(get(&reg(&s, "/subjects?deleted=true")).json(), json!(["orders-value", "other"]));
+    assert_eq!(get(&reg(&s, "/subjects?deletedOnly=true")).json(), json!(["other"]));
     assert_eq!(request("DELETE", &reg(&s, "/subjects/other?permanent=true"), &json!({})).json(), json!([1]));
     assert_eq!(get(&reg(&s, "/subjects?deleted=true")).json(), json!(["orders-value"]));
 

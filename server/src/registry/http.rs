@@ -100,7 +100,7 @@ async fn root() -> Reply {
 }
 
 async fn subjects(State(state): State<Arc<AppState>>, q: Params) -> Reply {
-    let mut names = registry(&state).subjects(flag(&q, "deleted") || flag(&q, "deletedOnly"));
+    let mut names = registry(&state).subjects(flag(&q, "deleted"), flag(&q, "deletedOnly"));
     if let Some(prefix) = q.get("subjectPrefix") {
         names.retain(|n| n.starts_with(prefix.as_str()));
     }

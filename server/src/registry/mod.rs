@@ -227,10 +227,18 @@ impl Registry {
             .ok_or_else(|| RegistryError::SchemaNotFound(id.to_string()))
     }
 
-    /// Subject names (with `deleted`, also those whose versions are all soft-deleted).
-    pub fn subjects(&self, deleted: bool) -> Vec<String> {
+    /// Subject names: those with a live version, or also (`deleted`) or only (`deleted_only`)
+    /// those whose versions are all soft-deleted.
+    pub fn subjects(&self, deleted: bool, deleted_only: bool) -> Vec<String> {
         self.metadata.registry(|r| {
-            r.subjects.iter().filter(|(_, s)| deleted || s.live().next().is_some()).map(|(n, _)| n.clone()).collect()
+            r.subjects
+                .iter()
+                .filter(|(_, s)| match s.live().next().is_some() {
+                    true => !deleted_only,
+                    false => deleted || deleted_only,
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
         })
     }
 
