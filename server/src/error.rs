@@ -233,13 +233,32 @@ impl From<strata_storage::Error> for ApiError {
             S::InvalidBatch { .. } => ErrorCode::InvalidRecord,
             S::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             S::LogDeleted { .. } => ErrorCode::TopicNotFound,
-            S::Poisoned { .. } => ErrorCode::Unavailable,
+            // A failed write or sync (a full disk, a failing device) and the log it leaves
+            // refusing writes: the node cannot serve now, which is not a bug (API.md keeps 500
+            // for those), so 503 with `Retry-After`.
+            S::Poisoned { .. } | S::Io { .. } => ErrorCode::Unavailable,
             S::Corrupt { .. } => ErrorCode::DataCorrupt,
-            S::Io { .. } | S::Internal(_) => ErrorCode::Internal,
+            S::Internal(_) => ErrorCode::Internal,
         };
         if matches!(code, ErrorCode::Internal | ErrorCode::DataCorrupt | ErrorCode::Unavailable) {
             tracing::error!(error = %e, "storage error");
         }
         ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_io_errors_are_unavailable_not_bugs() {
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        let path = "/data/t-0/00000000000000000000.log".into();
+        let e = ApiError::from(strata_storage::Error::Io { path, source: full });
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.code.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code.grpc_code(), tonic::Code::Unavailable);
+        assert!(e.detail.contains("00000000000000000000.log"), "{}", e.detail);
     }
 }
