@@ -651,7 +651,7 @@ async fn consume(
     let mut looked_up = Instant::now();
     let start = parse_from(from)?;
     let mut readings: Vec<Reading> = numbers.iter().map(|&partition| Reading::new(partition, start)).collect();
-    let mut printer = Printer { format, stop, printed: 0 };
+    let mut printer = Printer::new(format, stop);
     loop {
         let mut got_any = false;
         for r in readings.iter_mut().filter(|r| !r.done()) {
@@ -667,10 +667,14 @@ async fn consume(
             match printer.page(r, page, decoder.as_deref_mut())? {
                 Printed::Some => got_any = true,
                 Printed::None => {}
-                Printed::Enough => return Ok(()),
+                Printed::Enough => {
+                    printer.finish();
+                    return Ok(());
+                }
             }
         }
         if stop.to_end && readings.iter().all(Reading::done) {
+            printer.finish();
             return Ok(());
         }
         let unfinished = readings.iter().filter(|r| !r.done()).count();
@@ -698,6 +702,7 @@ async fn consume(
                 Some((i, Err(e))) if out_of_range(&e) => readings[i].reposition(client, topic, e).await?,
                 Some((i, page)) => {
                     if let Printed::Enough = printer.page(&mut readings[i], page?, decoder.as_deref_mut())? {
+                        printer.finish();
                         return Ok(());
                     }
                 }
@@ -723,14 +728,29 @@ enum Printed {
     Enough,
 }
 
-/// Prints fetched pages for `strata consume` (without a group) and counts them against `--max`.
+/// Prints fetched pages for `strata consume` (without a group), counts them against `--max`,
+/// and says on stderr how fast it goes (every second while records flow, and when it stops).
 struct Printer {
     format: Format,
     stop: Stop,
     printed: u64,
+    /// Bytes of the values printed.
+    bytes: u64,
+    started: Instant,
+    last_progress: Instant,
 }
 
 impl Printer {
+    fn new(format: Format, stop: Stop) -> Self {
+        let now = Instant::now();
+        Self { format, stop, printed: 0, bytes: 0, started: now, last_progress: now }
+    }
+
+    /// The closing line on stderr, once reading stops by itself (`--max` or `--to-end`).
+    fn finish(&self) {
+        eprintln!("strata: consumed {}", rate(self.printed, self.bytes, self.started.elapsed()));
+    }
+
     /// The most records worth asking one fetch for.
     fn limit(&self) -> u32 {
         self.stop.max.map_or(1000, |m| m.saturating_sub(self.printed).min(1000)) as u32
@@ -762,12 +782,17 @@ impl Printer {
             write_record(&mut out, self.format, &record, decoder.as_deref_mut())?;
             printed = Printed::Some;
             self.printed += 1;
+            self.bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
             if self.stop.max.is_some_and(|m| self.printed >= m) {
                 printed = Printed::Enough;
                 break;
             }
         }
         out.flush()?;
+        if !matches!(printed, Printed::None) && self.last_progress.elapsed() > Duration::from_secs(1) {
+            eprintln!("strata: {}", rate(self.printed, self.bytes, self.started.elapsed()));
+            self.last_progress = Instant::now();
+        }
         Ok(printed)
     }
 }

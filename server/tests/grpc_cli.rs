@@ -305,7 +305,9 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     ok(&strata(&["produce", "spread", "--partition", "2"], b"c1\nc2\n"));
 
     // Partition 1 is empty: nothing to wait for there.
-    let all = ok(&strata(&["consume", "spread", "--to-end"], b""));
+    let dump = strata(&["consume", "spread", "--to-end"], b"");
+    assert!(String::from_utf8_lossy(&dump.stderr).contains("consumed 5 records in"), "says what it read");
+    let all = ok(&dump);
     assert_eq!(all, ["a1", "a2", "a3", "c1", "c2"]);
     let one = ok(&strata(&["consume", "spread", "--partition", "2", "--to-end", "--format", "json"], b""));
     assert_eq!(one.len(), 2);
