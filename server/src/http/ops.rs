@@ -66,7 +66,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<serde_jso
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus metrics in the OpenMetrics text format (which Prometheus scrapes by preference)", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     match state.metrics.render(&state.broker, &state.groups) {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
