@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::Server;
@@ -267,39 +267,51 @@ fn cli_round_trip_through_stdin_and_stdout() {
     assert!(!bad_from.status.success());
 }
 
+/// `strata ARGS` against the server at `url`, stdin, stdout and stderr piped.
+fn strata_cli(url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+    cmd.args(args).env("STRATA_SERVER", url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `strata ARGS` with `stdin`, and waits for it to exit within `limit`: a consume that
+/// follows where it should stop would never exit, so it is killed and the test fails instead of
+/// hanging.
+fn strata_within(url: &str, args: &[&str], stdin: &[u8], limit: Duration) -> Output {
+    let mut child = strata_cli(url, args).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    exit_within(child, limit, &format!("`strata {}`", args.join(" ")))
+}
+
+/// Waits for `child` to exit; kills it and fails, naming `what`, after `limit`.
+fn exit_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts `out` succeeded; its stdout's lines, sorted.
+fn sorted_lines(out: &Output) -> Vec<String> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<String> = String::from_utf8(out.stdout.clone()).unwrap().lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
 /// `strata consume --to-end` prints what each partition held when it started, including none
 /// from an empty partition, and exits 0 instead of following.
 #[test]
 fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let strata = |args: &[&str], stdin: &[u8]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
-            .env("STRATA_SERVER", &s.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        // A consume that follows instead of stopping would never exit: fail, don't hang.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("`strata {}` did not exit", args.join(" "));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().unwrap()
-    };
-    let ok = |out: &std::process::Output| {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut lines: Vec<String> = String::from_utf8(out.stdout.clone()).unwrap().lines().map(String::from).collect();
-        lines.sort();
-        lines
-    };
+    let strata = |args: &[&str], stdin: &[u8]| strata_within(&s.url, args, stdin, Duration::from_secs(60));
+    let ok = sorted_lines;
     ok(&strata(&["topic", "create", "spread", "--partitions", "3"], b""));
     ok(&strata(&["produce", "spread", "--partition", "0"], b"a1\na2\na3\n"));
     ok(&strata(&["produce", "spread", "--partition", "2"], b"c1\nc2\n"));
@@ -322,24 +334,11 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     assert!(ok(&strata(&["consume", "spread", "--partition", "2", "--from", "9", "--to-end"], b"")).is_empty());
 
     // Following from an offset past a partition's end prints what arrives at or after it.
-    let follower = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["consume", "spread", "--partition", "2", "--from", "3", "--max", "1"])
-        .env("STRATA_SERVER", &s.url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follower =
+        strata_cli(&s.url, &["consume", "spread", "--partition", "2", "--from", "3", "--max", "1"]).spawn().unwrap();
     ok(&strata(&["produce", "spread", "--partition", "2"], b"c3\nc4\n"));
-    let mut follower = follower;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while follower.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            follower.kill().unwrap();
-            panic!("the follower from offset 3 did not print offset 3");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(ok(&follower.wait_with_output().unwrap()), ["c4"], "offset 2 (c3) is below --from 3");
+    let followed = exit_within(follower, Duration::from_secs(60), "the follower from offset 3");
+    assert_eq!(ok(&followed), ["c4"], "offset 2 (c3) is below --from 3");
 
     let with_group = strata(&["consume", "spread", "--group", "g", "--to-end"], b"");
     assert!(!with_group.status.success());
@@ -353,39 +352,19 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
 fn cli_consume_follow_wakes_for_any_partition() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let strata = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
-        cmd.args(args).env("STRATA_SERVER", &s.url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd
-    };
+    let strata = |args: &[&str], stdin: &[u8]| strata_within(&s.url, args, stdin, Duration::from_secs(60));
     for (topic, partitions) in [("quiet", 3), ("wide", 70)] {
-        let created = strata(&["topic", "create", topic, "--partitions", &partitions.to_string()]).output().unwrap();
-        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-
-        let follower = strata(&["consume", topic, "--max", "2"]).spawn().unwrap();
+        sorted_lines(&strata(&["topic", "create", topic, "--partitions", &partitions.to_string()], b""));
+        let follower = strata_cli(&s.url, &["consume", topic, "--max", "2"]).spawn().unwrap();
         // Time to find every partition empty and start waiting; if it has not yet, the records
         // are simply found by its first round instead.
         std::thread::sleep(Duration::from_secs(1));
         let last = (partitions - 1).to_string();
-        let mut producer = strata(&["produce", topic, "--partition", &last]).spawn().unwrap();
-        producer.stdin.take().unwrap().write_all(b"late1\nlate2\n").unwrap();
-        let produced = producer.wait_with_output().unwrap();
-        assert!(produced.status.success(), "{}", String::from_utf8_lossy(&produced.stderr));
-
+        sorted_lines(&strata(&["produce", topic, "--partition", &last], b"late1\nlate2\n"));
         // Each idle long-poll lasts 30 s: a follower that waited on partition 0 alone would
         // still be waiting at this deadline.
-        let mut follower = follower;
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while follower.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                follower.kill().unwrap();
-                panic!("the follower of {topic} did not print records produced to its last partition while it waited");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = follower.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), "late1\nlate2\n");
+        let out = exit_within(follower, Duration::from_secs(20), &format!("the follower of {topic}"));
+        assert_eq!(sorted_lines(&out), ["late1", "late2"]);
     }
 }
 
@@ -395,19 +374,10 @@ fn cli_consume_follow_wakes_for_any_partition() {
 fn cli_consume_follow_reads_partitions_added_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
-    let strata = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
-        cmd.args(args).env("STRATA_SERVER", &s.url).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd
-    };
-    let run = |args: &[&str], stdin: &[u8]| {
-        let mut child = strata(args).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "strata {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    };
+    let run = |args: &[&str], stdin: &[u8]| sorted_lines(&strata_within(&s.url, args, stdin, Duration::from_secs(60)));
     run(&["topic", "create", "growing", "--partitions", "1"], b"");
-    let follower = strata(&["consume", "growing", "--max", "2", "--metadata-max-age", "1s"]).spawn().unwrap();
+    let follower =
+        strata_cli(&s.url, &["consume", "growing", "--max", "2", "--metadata-max-age", "1s"]).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     run(&["topic", "add-partitions", "growing", "--count", "3"], b"");
     run(&["produce", "growing", "--partition", "2"], b"new\n");
@@ -415,23 +385,12 @@ fn cli_consume_follow_reads_partitions_added_meanwhile() {
 
     // Without looking for new partitions it would wait on partition 0 alone after "old" (30 s
     // long-polls) and never print "new".
-    let mut follower = follower;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while follower.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            follower.kill().unwrap();
-            panic!("the follower did not read the partition added while it followed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = follower.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-    lines.sort();
-    assert_eq!(lines, ["new", "old"]);
+    let out = exit_within(follower, Duration::from_secs(20), "the follower of a growing topic");
+    assert_eq!(sorted_lines(&out), ["new", "old"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("partition 2"), "says which partitions it added");
 
-    let clash = strata(&["consume", "growing", "--partition", "0", "--metadata-max-age", "1s"]).output().unwrap();
+    let clash =
+        strata_cli(&s.url, &["consume", "growing", "--partition", "0", "--metadata-max-age", "1s"]).output().unwrap();
     assert!(!clash.status.success(), "--metadata-max-age only applies when following every partition");
 }
 
@@ -441,29 +400,20 @@ fn cli_consume_follow_reads_partitions_added_meanwhile() {
 fn cli_consume_from_an_offset_retention_removed_starts_at_the_first_record() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start_with_env(dir.path(), &[("STRATA_CLEANUP_INTERVAL_MS", "100")]);
-    let strata = |args: &[&str], stdin: &[u8]| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
-            .env("STRATA_SERVER", &s.url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+    let strata = |args: &[&str]| {
+        let out = strata_within(&s.url, args, b"", Duration::from_secs(60));
         assert!(out.status.success(), "strata {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
     // Every append after the first rolls a segment (segment_ms=1), and retention keeps no sealed one.
-    strata(&["topic", "create", "short", "--config", "segment_ms=1", "--config", "retention_bytes=1"], b"");
+    strata(&["topic", "create", "short", "--config", "segment_ms=1", "--config", "retention_bytes=1"]);
     for value in ["r1", "r2", "r3"] {
         std::thread::sleep(Duration::from_millis(5));
-        strata(&["produce", "short", "--value", value], b"");
+        strata(&["produce", "short", "--value", value]);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (out, err) = strata(&["consume", "short", "--from", "0", "--to-end"], b"");
+        let (out, err) = strata(&["consume", "short", "--from", "0", "--to-end"]);
         if err.contains("starts at offset") {
             assert!(!out.contains("r1"), "offset 0 is gone: {out:?}");
             assert!(out.ends_with("r3\n"), "read from the first record left to the end: {out:?}");
