@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -235,10 +236,9 @@ pub async fn run(command: ClientCommand) -> anyhow::Result<()> {
                     if commit.is_some() {
                         bail!("--commit needs --group: without a group nothing is committed");
                     }
-                    let client = connect(&server).await?;
                     let stop = Stop { max, to_end };
                     let partitions = Partitions { only: partition, metadata_max_age };
-                    consume(&client, &topic, &from, partitions, stop, format, decoder.as_mut()).await
+                    consume(&server, &topic, &from, partitions, stop, format, decoder.as_mut()).await
                 }
             }
         }
@@ -618,18 +618,21 @@ fn out_of_range(e: &ClientError) -> bool {
     matches!(e, ClientError::Server { code: tonic::Code::OutOfRange, .. })
 }
 
-/// How long an idle `strata consume` long-polls before asking again (the server caps it too).
+/// How long a caught-up partition reader long-polls before asking again (the server caps it too).
 const FOLLOW_WAIT: Duration = Duration::from_secs(30);
-/// The shortest such long-poll.
-const MIN_WAIT: Duration = Duration::from_millis(200);
-/// Partitions an idle `strata consume` long-polls at once, each a request on the connection;
-/// past this it goes round them every [`MIN_WAIT`] instead (a server takes only so many
-/// concurrent requests per connection, 200 by default for HTTP/2, and a long-poll queued
-/// behind them would not be waiting at the server).
-const MAX_LONG_POLLS: usize = 64;
+/// Partitions whose readers share one connection: each has a request outstanding while it
+/// waits, and a server takes only so many concurrent requests per HTTP/2 connection (200 by
+/// default); a long-poll queued behind them would not be waiting at the server.
+const READERS_PER_CONNECTION: usize = 100;
+/// Pages being fetched or waiting to be printed while readers catch up, over all partitions:
+/// what bounds the memory of reading a wide topic (a page holds up to 1,000 records).
+const PAGES_IN_FLIGHT: usize = 16;
 
+/// `strata consume` without a group: one reader task per partition, each fetching its pages in
+/// order, catching up a page at a time and, once caught up, long-polling for the next record;
+/// the caller's task prints what they send, in arrival order across partitions.
 async fn consume(
-    client: &Client,
+    server: &ServerArg,
     topic: &str,
     from: &str,
     partitions: Partitions,
@@ -637,9 +640,8 @@ async fn consume(
     format: Format,
     mut decoder: Option<&mut ValueDecoder>,
 ) -> anyhow::Result<()> {
-    use futures::stream::{FuturesUnordered, StreamExt};
-
-    let info = client.admin().describe_topic(topic).await?;
+    let connections = vec![connect(server).await?];
+    let info = connections[0].admin().describe_topic(topic).await?;
     let numbers: Vec<u32> = match partitions.only {
         Some(p) if (p as usize) < info.partitions.len() => vec![p],
         Some(p) => bail!("topic {topic:?} has partitions 0..{}, not {p}", info.partitions.len()),
@@ -648,87 +650,148 @@ async fn consume(
     // Following every partition, partitions added meanwhile are read too, from their start:
     // whatever they hold came after this consume began.
     let discover = partitions.only.is_none() && !stop.to_end;
-    let mut looked_up = Instant::now();
     let start = parse_from(from)?;
-    let mut readings: Vec<Reading> = numbers.iter().map(|&partition| Reading::new(partition, start)).collect();
+    let reader = Reader {
+        topic: Arc::from(topic),
+        to_end: stop.to_end,
+        limit: stop.max.map_or(1000, |m| m.min(1000)) as u32,
+        pages: Arc::new(tokio::sync::Semaphore::new(PAGES_IN_FLIGHT)),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PAGES_IN_FLIGHT);
+    let mut readers = Readers { server, connections, reader, tx: Some(tx), tasks: tokio::task::JoinSet::new() };
+    for &partition in &numbers {
+        readers.spawn(partition, start).await?;
+    }
+    if !discover {
+        // The channel then closes once every reader is done.
+        readers.tx = None;
+    }
     let mut printer = Printer::new(format, stop);
+    let mut next_lookup = tokio::time::Instant::now() + partitions.metadata_max_age;
+    let mut known = numbers.len() as u32;
     loop {
-        let mut got_any = false;
-        for r in readings.iter_mut().filter(|r| !r.done()) {
-            let page = match client.fetch(topic, r.partition, r.position, printer.limit(), Duration::ZERO).await {
+        tokio::select! {
+            page = rx.recv() => match page {
+                // Every reader is done (`--to-end`); following, they never are.
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok(records)) => {
+                    if let Printed::Enough = printer.print(records, decoder.as_deref_mut())? {
+                        break;
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(next_lookup), if discover => {
+                let info = readers.connections[0].admin().describe_topic(topic).await?;
+                for partition in known..info.partitions.len() as u32 {
+                    eprintln!("strata: reading partition {partition}, added to {topic}");
+                    readers.spawn(partition, Start::Earliest).await?;
+                }
+                known = known.max(info.partitions.len() as u32);
+                next_lookup = tokio::time::Instant::now() + partitions.metadata_max_age;
+            }
+        }
+    }
+    printer.finish();
+    Ok(())
+}
+
+/// The partition readers of one `strata consume`, spread over connections.
+struct Readers<'a> {
+    server: &'a ServerArg,
+    connections: Vec<Client>,
+    reader: Reader,
+    /// Handed to each new reader; `None` once no more will be spawned.
+    tx: Option<tokio::sync::mpsc::Sender<Page>>,
+    /// Aborted when dropped (the printer stopped).
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Readers<'_> {
+    async fn spawn(&mut self, partition: u32, position: Start) -> anyhow::Result<()> {
+        let Some(tx) = &self.tx else { bail!("no more partition readers are expected") };
+        let connection = self.tasks.len() / READERS_PER_CONNECTION;
+        if connection >= self.connections.len() {
+            self.connections.push(connect(self.server).await?);
+        }
+        let client = self.connections[connection].clone();
+        self.tasks.spawn(self.reader.clone().run(client, Reading::new(partition, position), tx.clone()));
+        Ok(())
+    }
+}
+
+/// What every partition's reader task shares.
+#[derive(Clone)]
+struct Reader {
+    topic: Arc<str>,
+    to_end: bool,
+    /// Records a page asks for.
+    limit: u32,
+    /// Permits for pages fetched while catching up ([`PAGES_IN_FLIGHT`]).
+    pages: Arc<tokio::sync::Semaphore>,
+}
+
+/// What a reader sends the printer: a page's records to print, or why it stopped.
+type Page = anyhow::Result<Vec<proto::FetchedRecord>>;
+
+impl Reader {
+    /// Reads one partition until it is done (`--to-end`) or the printer is gone.
+    async fn run(self, client: Client, mut r: Reading, tx: tokio::sync::mpsc::Sender<Page>) {
+        if let Err(e) = self.read(&client, &mut r, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    async fn read(&self, client: &Client, r: &mut Reading, tx: &tokio::sync::mpsc::Sender<Page>) -> anyhow::Result<()> {
+        let mut caught_up = false;
+        while !r.done() {
+            // Catching up, a page at a time under a permit, so that a wide topic's readers hold
+            // at most `PAGES_IN_FLIGHT` full pages; caught up, a long-poll for one record (a
+            // burst over many partitions then holds a record each), then catching up again.
+            let permit = match caught_up {
+                false => Some(self.pages.acquire().await?),
+                true => None,
+            };
+            let (limit, wait) = if caught_up { (1, FOLLOW_WAIT) } else { (self.limit, Duration::ZERO) };
+            let page = match client.fetch(&self.topic, r.partition, r.position, limit, wait).await {
                 Ok(page) => page,
                 Err(e) if out_of_range(&e) => {
-                    r.reposition(client, topic, e).await?;
-                    got_any = true; // not idle: read it again from there at once
+                    r.reposition(client, &self.topic, e).await?;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
-            match printer.page(r, page, decoder.as_deref_mut())? {
-                Printed::Some => got_any = true,
-                Printed::None => {}
-                Printed::Enough => {
-                    printer.finish();
-                    return Ok(());
-                }
+            r.position = Start::Offset(page.next_offset);
+            if self.to_end && r.end.is_none() {
+                r.end = Some(page.high_watermark);
             }
-        }
-        if stop.to_end && readings.iter().all(Reading::done) {
-            printer.finish();
-            return Ok(());
-        }
-        let unfinished = readings.iter().filter(|r| !r.done()).count();
-        if !got_any && unfinished > MAX_LONG_POLLS {
-            tokio::time::sleep(MIN_WAIT).await;
-        } else if !got_any {
-            // Caught up everywhere: long-poll every partition still read at once, so a record
-            // on any of them is printed as soon as it arrives; the first answer wins and the
-            // others are dropped (cancelled) before the next round.
-            let limit = printer.limit();
-            let wait = match discover {
-                // At least a few rounds a second, even when asked for `--metadata-max-age 0s`.
-                true => FOLLOW_WAIT.min(partitions.metadata_max_age.saturating_sub(looked_up.elapsed())).max(MIN_WAIT),
-                false => FOLLOW_WAIT,
-            };
-            let mut polls: FuturesUnordered<_> = readings
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.done())
-                .map(|(i, r)| async move { (i, client.fetch(topic, r.partition, r.position, limit, wait).await) })
+            // Records appended after the end was taken, or below `--from`, are not printed.
+            let records: Vec<_> = page
+                .records
+                .into_iter()
+                .filter(|rec| rec.offset >= r.skip_below && r.end.is_none_or(|end| rec.offset < end))
                 .collect();
-            let first = polls.next().await;
-            drop(polls);
-            match first {
-                Some((i, Err(e))) if out_of_range(&e) => readings[i].reposition(client, topic, e).await?,
-                Some((i, page)) => {
-                    if let Printed::Enough = printer.page(&mut readings[i], page?, decoder.as_deref_mut())? {
-                        printer.finish();
-                        return Ok(());
-                    }
-                }
-                None => {}
+            caught_up = page.next_offset >= page.high_watermark;
+            if !records.is_empty() && tx.send(Ok(records)).await.is_err() {
+                return Ok(()); // the printer has stopped
+            }
+            drop(permit);
+            if self.to_end && caught_up {
+                return Ok(());
             }
         }
-        if discover && looked_up.elapsed() >= partitions.metadata_max_age {
-            let info = client.admin().describe_topic(topic).await?;
-            for partition in readings.len() as u32..info.partitions.len() as u32 {
-                eprintln!("strata: reading partition {partition}, added to {topic}");
-                readings.push(Reading::new(partition, Start::Earliest));
-            }
-            looked_up = Instant::now();
-        }
+        Ok(())
     }
 }
 
-/// What [`Printer::page`] did.
+/// What [`Printer::print`] did.
 enum Printed {
-    None,
-    Some,
+    Continue,
     /// `--max` records are out: stop.
     Enough,
 }
 
-/// Prints fetched pages for `strata consume` (without a group), counts them against `--max`,
+/// Prints fetched records for `strata consume` (without a group), counts them against `--max`,
 /// and says on stderr how fast it goes (every second while records flow, and when it stops).
 struct Printer {
     format: Format,
@@ -751,36 +814,16 @@ impl Printer {
         eprintln!("strata: consumed {}", rate(self.printed, self.bytes, self.started.elapsed()));
     }
 
-    /// The most records worth asking one fetch for.
-    fn limit(&self) -> u32 {
-        self.stop.max.map_or(1000, |m| m.saturating_sub(self.printed).min(1000)) as u32
-    }
-
-    /// Prints `page`, read from `r`'s position, and moves `r` past what it printed.
-    fn page(
+    fn print(
         &mut self,
-        r: &mut Reading,
-        page: proto::FetchResponse,
+        records: Vec<proto::FetchedRecord>,
         mut decoder: Option<&mut ValueDecoder>,
     ) -> anyhow::Result<Printed> {
-        r.position = Start::Offset(page.next_offset);
-        if self.stop.to_end && r.end.is_none() {
-            r.end = Some(page.high_watermark);
-        }
-        let mut printed = Printed::None;
+        let mut printed = Printed::Continue;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        for record in page.records {
-            if record.offset < r.skip_below {
-                continue;
-            }
-            if r.end.is_some_and(|end| record.offset >= end) {
-                // Appended after this partition's end was taken: not printed.
-                r.position = Start::Offset(record.offset);
-                break;
-            }
+        for record in records {
             write_record(&mut out, self.format, &record, decoder.as_deref_mut())?;
-            printed = Printed::Some;
             self.printed += 1;
             self.bytes += record.value.as_ref().map_or(0, |v| v.len() as u64);
             if self.stop.max.is_some_and(|m| self.printed >= m) {
@@ -789,7 +832,7 @@ impl Printer {
             }
         }
         out.flush()?;
-        if !matches!(printed, Printed::None) && self.last_progress.elapsed() > Duration::from_secs(1) {
+        if self.last_progress.elapsed() > Duration::from_secs(1) {
             eprintln!("strata: {}", rate(self.printed, self.bytes, self.started.elapsed()));
             self.last_progress = Instant::now();
         }
