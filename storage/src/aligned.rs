@@ -83,6 +83,27 @@ impl AlignedBuf {
     }
 }
 
+/// `path` opened a second time for `O_DIRECT` writes, and the block size those must be aligned
+/// to, if its filesystem takes them in blocks of at most [`ALIGN`] (tmpfs before Linux 6.6
+/// refuses the flag: the caller then writes through the page cache).
+pub(crate) fn open_direct(path: &std::path::Path) -> Option<(std::fs::File, usize)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
+    let file = std::fs::OpenOptions::new().write(true).custom_flags(flags).open(path).ok()?;
+    let wanted = rustix::fs::StatxFlags::DIOALIGN;
+    let align = match rustix::fs::statx(&file, "", rustix::fs::AtFlags::EMPTY_PATH, wanted) {
+        Ok(st) if st.stx_mask & wanted.bits() != 0 => {
+            if st.stx_dio_offset_align == 0 {
+                return None; // no O_DIRECT for this file
+            }
+            st.stx_dio_offset_align.max(st.stx_dio_mem_align) as usize
+        }
+        // Not reported (Linux before 6.1, or a filesystem that does not say): a page.
+        _ => ALIGN,
+    };
+    (align.is_power_of_two() && align <= ALIGN).then_some((file, align))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

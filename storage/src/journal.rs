@@ -121,7 +121,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -276,24 +276,10 @@ struct Direct {
 }
 
 impl Direct {
-    /// `path` opened for `O_DIRECT` writes, if its filesystem takes them in blocks of at most
-    /// [`aligned::ALIGN`] (tmpfs before Linux 6.6 refuses the flag: the journal then writes
-    /// through the page cache).
+    /// `path` opened for `O_DIRECT` writes, if its filesystem takes them (see
+    /// [`aligned::open_direct`]).
     fn open(path: &Path) -> Option<Self> {
-        let flags = rustix::fs::OFlags::DIRECT.bits() as i32;
-        let file = OpenOptions::new().write(true).custom_flags(flags).open(path).ok()?;
-        let wanted = rustix::fs::StatxFlags::DIOALIGN;
-        let align = match rustix::fs::statx(&file, "", rustix::fs::AtFlags::EMPTY_PATH, wanted) {
-            Ok(st) if st.stx_mask & wanted.bits() != 0 => {
-                if st.stx_dio_offset_align == 0 {
-                    return None; // no O_DIRECT for this file
-                }
-                st.stx_dio_offset_align.max(st.stx_dio_mem_align) as usize
-            }
-            // Not reported (Linux before 6.1, or a filesystem that does not say): a page.
-            _ => aligned::ALIGN,
-        };
-        (align.is_power_of_two() && align <= aligned::ALIGN).then(|| Self { file: Arc::new(file), align })
+        aligned::open_direct(path).map(|(file, align)| Self { file: Arc::new(file), align })
     }
 }
 

@@ -36,6 +36,7 @@ pub mod batch;
 mod clock;
 mod compaction;
 mod config;
+mod direct;
 mod error;
 pub mod file_cache;
 mod flusher;
@@ -44,6 +45,7 @@ mod journal;
 mod manager;
 mod partition_log;
 pub mod producer_state;
+mod recent;
 mod recovery;
 mod retention;
 pub mod segment;
@@ -64,6 +66,7 @@ pub use partition_log::{
     AppendInfo, Attempt, Located, Log, PendingAppend, ReadResult, SealedSegmentInfo, SegmentDamage, SegmentInfo,
     SegmentSpan,
 };
+pub use recent::DEFAULT_POOL_BYTES as DEFAULT_RECENT_BYTES;
 pub use retention::{LocalPin, RetentionOutcome};
 pub use segment::BatchSpan;
 pub use tier::{

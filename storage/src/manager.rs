@@ -31,6 +31,9 @@ pub struct StorageOptions {
     /// Size of each journal file (zero-filled when created; at most four exist):
     /// [`DEFAULT_JOURNAL_FILE_BYTES`] unless set.
     pub journal_file_bytes: u64,
+    /// Memory all `always` logs together keep of their newest bytes for their readers (see
+    /// `storage/src/recent.rs`): [`crate::DEFAULT_RECENT_BYTES`] unless set.
+    pub recent_bytes: usize,
 }
 
 /// Journal file size by default. A file holding entries of many logs is checkpointed when full
@@ -53,6 +56,7 @@ impl Default for StorageOptions {
             producer_expiry: crate::producer_state::DEFAULT_EXPIRY,
             journal: true,
             journal_file_bytes: DEFAULT_JOURNAL_FILE_BYTES,
+            recent_bytes: crate::DEFAULT_RECENT_BYTES,
         }
     }
 }
@@ -178,6 +182,7 @@ fn new_shared(options: StorageOptions, root: &Path, journal: Option<Journal>) ->
         fsync: options.fsync,
         producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
         journal,
+        recent: crate::recent::RecentPool::new(options.recent_bytes),
     }))
 }
 
@@ -219,6 +224,7 @@ impl Log {
         }
         self.inner.shared.files.evict(st.active.id);
         drop(st);
+        self.inner.forget_segment();
         self.forget_journaled()?;
         std::fs::remove_dir_all(self.dir()).at(self.dir())?;
         if let Some(parent) = self.dir().parent() {

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -20,13 +20,15 @@ use crate::append_group::{AppendGroup, Notifier};
 use crate::batch::{self, Batch, BatchHeader, ValidBatch};
 use crate::clock::Clock;
 use crate::config::{Durability, LogConfig};
+use crate::direct::{self, SegmentWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::file_cache::{FileCache, FileId};
 use crate::flusher::{FlushTicket, Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
 use crate::journal::{Completion, Journal};
 use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
-use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN};
+use crate::recent::{Recent, RecentPool, RecentView};
+use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN, Source};
 
 /// What the logs of one [`crate::LogManager`] share: the descriptor cache, the flusher, time.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) producer_expiry_ms: i64,
     /// The manager's write-ahead journal for small durable appends (none for a standalone log).
     pub(crate) journal: Option<Journal>,
+    /// The budget of the logs' in-memory spans of newest bytes.
+    pub(crate) recent: Arc<RecentPool>,
 }
 
 /// Journaled appends (their durability is the journal's) are gathered in memory and written to
@@ -51,7 +55,8 @@ pub(crate) struct Shared {
 /// ~64 MiB (128 KiB took W6's peak RSS from 236 to 362 MiB).
 pub(crate) const WRITE_BEHIND_BYTES: usize = 64 << 10;
 
-/// Journaled batches waiting to be written to their segment (see [`WRITE_BEHIND_BYTES`]), kept
+/// Batches waiting to be written to their segment: journaled ones (see [`WRITE_BEHIND_BYTES`])
+/// and the other batches of `always` logs (written by their flush, see [`crate::direct`]). Kept
 /// as they were built and written with vectored `pwrite`s: gathering them into one buffer first
 /// was a copy of every byte W6 produces, ~4 % of the server's CPU.
 #[derive(Debug, Default)]
@@ -60,9 +65,14 @@ pub(crate) struct Pending {
     bytes: usize,
 }
 
+/// Unwritten bytes of an `always` log after which an append writes them itself rather than
+/// leaving them to its flush: the memory a log's producers may run ahead of its disk.
+const DEFER_MAX_BYTES: usize = 8 << 20;
+
 impl Pending {
-    /// Buffers one `pwritev` takes at most (the kernel's `IOV_MAX`).
-    const MAX_IOVECS: usize = 1024;
+    /// More batches than this are handed to a span of newest bytes ([`Recent`]) as one chunk
+    /// (a copy), so that a read's view of the span stays a few chunks.
+    const MAX_CHUNKS: usize = 16;
 
     fn push(&mut self, batch: Vec<u8>) {
         self.bytes += batch.len();
@@ -79,20 +89,20 @@ impl Pending {
     }
 
     /// Writes every batch, in order, at `offset` of `file`.
-    fn write_at(&self, file: &File, mut offset: u64) -> io::Result<()> {
-        for chunk in self.batches.chunks(Self::MAX_IOVECS) {
-            let mut slices: Vec<IoSlice<'_>> = chunk.iter().map(|b| IoSlice::new(b)).collect();
-            let mut rest = &mut slices[..];
-            while !rest.is_empty() {
-                let n = rustix::io::pwritev(file, rest, offset)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                offset += n as u64;
-                IoSlice::advance_slices(&mut rest, n);
-            }
+    fn write_at(&self, file: &File, offset: u64) -> io::Result<()> {
+        direct::write_all_vectored_at(file, &self.batches, offset)
+    }
+
+    /// The batches as chunks of shared bytes, without copying them unless there are many.
+    fn into_chunks(self) -> Vec<Bytes> {
+        if self.batches.len() <= Self::MAX_CHUNKS {
+            return self.batches.into_iter().map(Bytes::from).collect();
         }
-        Ok(())
+        let mut all = Vec::with_capacity(self.bytes);
+        for b in &self.batches {
+            all.extend_from_slice(b);
+        }
+        vec![Bytes::from(all)]
     }
 }
 
@@ -123,8 +133,11 @@ pub(crate) struct ActiveSegment {
     pub(crate) path: PathBuf,
     /// Write position: end of the last batch.
     pub(crate) size: u64,
-    /// End of what is in the file; `pending` holds the rest, up to `size`.
+    /// End of what is handed to the writer; `pending` holds the rest, up to `size`.
     pub(crate) written: u64,
+    /// End of what is in the file for sure: up to `written` a flush may still be writing (outside
+    /// the log's lock, see [`crate::direct`]); whoever takes the writer's lock finds it written.
+    pub(crate) settled: u64,
     /// Journaled appends not yet written to the file (see [`WRITE_BEHIND_BYTES`]).
     pub(crate) pending: Pending,
     /// File length: beyond `written` only zeros (a tail a crash left extended but unwritten).
@@ -260,6 +273,15 @@ pub(crate) struct LogInner {
     /// the flusher and not yet written.
     seal_jobs: Mutex<usize>,
     seal_jobs_done: Condvar,
+    /// Every write into the active segment holds this, taken under `state` (see [`crate::direct`]).
+    writer: Mutex<SegmentWriter>,
+    /// The newest bytes of an `always` log's active segment, for its readers (see
+    /// [`crate::recent`]); taken under `writer` or `state`, or alone.
+    pub(crate) recent: Mutex<Recent>,
+    /// Listed among the holders of a span in the pool (`recent`).
+    pub(crate) listed: AtomicBool,
+    /// This log, for the pool's list.
+    me: Weak<LogInner>,
 }
 
 /// One partition's log. Cheap to clone; all clones are the same log.
@@ -398,6 +420,9 @@ pub struct Located {
     /// The segment file and where in it the batches lie; `None` when nothing is readable at or
     /// after the offset (it is the high watermark, or a compaction gap runs to it).
     pub span: Option<(Arc<File>, segment::BatchSpan)>,
+    /// The span's bytes, when the log holds some of them in memory: send these, not the file's
+    /// range, which may not be written yet.
+    pub bytes: Option<Bytes>,
     /// Offset to read next.
     pub next_offset: u64,
     pub high_watermark: u64,
@@ -497,6 +522,9 @@ struct ReadTarget {
     /// A sealed segment's index may need I/O to load: looked up after the lock is released.
     sealed: Option<Arc<SealedSegment>>,
     next_base: Option<u64>,
+    /// Bytes of the active segment held in memory, read from there rather than the file (which
+    /// holds every readable byte outside them).
+    memory: Option<RecentView>,
 }
 
 impl ReadTarget {
@@ -514,7 +542,7 @@ impl Log {
         // Unknown (the directory cannot be examined): a device of its own, never grouped.
         let device = std::fs::metadata(&dir).map_or(u64::MAX, |m| m.dev());
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let inner = LogInner {
+        let inner = Arc::new_cyclic(|me| LogInner {
             name,
             journaled: AtomicU64::new(0),
             dir,
@@ -525,8 +553,11 @@ impl Log {
             device,
             seal_jobs: Mutex::new(0),
             seal_jobs_done: Condvar::new(),
-        };
-        let inner = Arc::new(inner);
+            writer: Mutex::new(SegmentWriter::default()),
+            recent: Mutex::new(Recent::default()),
+            listed: AtomicBool::new(false),
+            me: me.clone(),
+        });
         Self { _closer: Arc::new(Closer(Arc::clone(&inner))), inner }
     }
 
@@ -794,14 +825,21 @@ impl Log {
             st.next_offset + u64::from(batch.header().last_offset_delta) - active.base >= u64::from(u32::MAX);
         let roll = active.size > SEGMENT_HEADER_LEN && (too_big || too_old || span_full);
         // A journaled batch waits in memory to be written with the ones after it (see
-        // `WRITE_BEHIND_BYTES`); the batches waiting before it are written now if it would take
-        // them past that.
-        let write_behind = st.config.durability == Durability::Always && self.journal_takes(len as usize);
+        // `WRITE_BEHIND_BYTES`), and any other batch of an `always` log for its flush to write
+        // (see `direct`); the batches waiting before it are written now if it would take them
+        // past their limit.
+        let always = st.config.durability == Durability::Always;
+        let write_behind = always && self.journal_takes(len as usize);
+        let waits = match (always, write_behind) {
+            (true, true) => Some(WRITE_BEHIND_BYTES),
+            (true, false) => Some(DEFER_MAX_BYTES),
+            (false, _) => None,
+        };
         let pending = st.active.pending.len();
-        let written_now = match write_behind {
-            true if pending + len as usize > WRITE_BEHIND_BYTES => pending,
-            true => 0,
-            false => pending + len as usize,
+        let written_now = match waits {
+            Some(limit) if pending + len as usize > limit => pending,
+            Some(_) => 0,
+            None => pending + len as usize,
         };
         if io == Io::Inline && (roll || written_now > INLINE_WRITE_BYTES) {
             return Ok(Attempt::NeedsIo(batch));
@@ -812,12 +850,10 @@ impl Log {
         let (mut batch, header, min_timestamp) = batch.into_parts();
         let base_offset = st.next_offset;
         batch::set_base_offset(&mut batch, base_offset);
-        let written = if !write_behind {
-            self.write_batch(&mut st, &batch)
-        } else if st.active.pending.len() + batch.len() > WRITE_BEHIND_BYTES {
-            self.inner.write_pending(&mut st)
-        } else {
-            Ok(())
+        let written = match waits {
+            None => self.write_batch(&mut st, &batch),
+            Some(limit) if st.active.pending.len() + batch.len() > limit => self.inner.write_pending(&mut st),
+            Some(_) => Ok(()),
         };
         if let Err(e) = written {
             st.poisoned = true;
@@ -857,12 +893,10 @@ impl Log {
                 let next_offset = st.next_offset;
                 st.waiters.push(Waiter { next_offset, notify });
                 let journaled = self.journal(&st, &batch);
-                if write_behind {
-                    // Written by the next append that fills the pending batches, or by whatever
-                    // needs the file to hold them (a read, a sync, a roll, a checkpoint), which
-                    // includes the flush queued below when the journal did not take it.
-                    st.active.pending.push(batch);
-                }
+                // Written by the next append that fills the pending batches, or by whatever
+                // needs the file to hold them (a read, a sync, a roll, a checkpoint), which
+                // includes the flush queued below when the journal did not take it.
+                st.active.pending.push(batch);
                 if !journaled {
                     drop(st);
                     self.queue_flush(deferred);
@@ -959,11 +993,13 @@ impl Log {
     /// Writes a batch at the end of the active segment (the file grows; see the module docs of
     /// `segment` for why segments are not preallocated), after any batches waiting to be written.
     fn write_batch(&self, st: &mut LogState, batch: &[u8]) -> Result<()> {
-        self.inner.write_pending(st)?;
+        let mut writer = self.inner.writer();
+        self.inner.write_pending_locked(st, &mut writer)?;
         let file = self.active_file(st)?;
         let end = st.active.written + batch.len() as u64;
         file.write_all_at(batch, st.active.written).at(&st.active.path)?;
         st.active.written = end;
+        st.active.settled = end;
         st.active.allocated = st.active.allocated.max(end);
         Ok(())
     }
@@ -989,7 +1025,11 @@ impl Log {
     }
 
     fn seal_and_create(&self, st: &mut LogState, now: i64) -> Result<()> {
-        self.inner.write_pending(st)?;
+        let mut writer = self.inner.writer();
+        self.inner.write_pending_locked(st, &mut writer)?;
+        // Sealed segments are read from their files.
+        writer.close();
+        self.inner.recent().clear();
         let file = self.active_file(st)?;
         let path = st.active.path.clone();
         if st.active.allocated > st.active.size {
@@ -1073,8 +1113,8 @@ impl Log {
 
     fn read_batches(&self, offset: u64, max_bytes: usize, overshoot: usize, verify: bool) -> Result<ReadResult> {
         let InSegment { found, high_watermark, log_start_offset } =
-            self.in_segment(offset, |file, start, bound, offset| {
-                segment::read_batches(file, start, bound, offset, max_bytes, overshoot, verify)
+            self.in_segment(offset, |source, start, bound, offset| {
+                segment::read_batches(source, start, bound, offset, max_bytes, overshoot, verify)
             })?;
         let (batches, next_offset) = found.map_or((Bytes::new(), high_watermark), |(_, r)| (r.bytes, r.next_offset));
         Ok(ReadResult { batches, next_offset: next_offset.min(high_watermark), high_watermark, log_start_offset })
@@ -1084,26 +1124,41 @@ impl Log {
     /// file and a span of it, for a sender that hands the bytes from the page cache to a socket
     /// (`sendfile`). The file stays readable while the `Arc` lives, even if retention or
     /// compaction removes it from the log meanwhile. Checksums are not checked (the bytes are not
-    /// read here); the receiver must check them.
+    /// read here); the receiver must check them. Where the log holds the span's bytes in memory
+    /// (the newest of an `always` log, see `storage/src/recent.rs`), they come read, in
+    /// [`Located::bytes`].
     ///
     /// # Errors
     /// As [`Log::read`], except that only headers are checked.
     pub fn locate(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<Located> {
-        let InSegment { found, high_watermark, log_start_offset } = self
-            .in_segment(offset, |file, start, bound, offset| {
-                segment::locate_batches(file, start, bound, offset, max_bytes, overshoot)
+        let InSegment { found, high_watermark, log_start_offset } =
+            self.in_segment(offset, |source, start, bound, offset| {
+                let Some(span) = segment::locate_batches(source, start, bound, offset, max_bytes, overshoot)? else {
+                    return Ok(None);
+                };
+                let end = span.position + span.len;
+                let in_memory = source.memory.is_some_and(|m| m.end() > span.position && m.start() < end);
+                let bytes = match in_memory {
+                    true => Some(segment::read_span(source, span.position, span.len as usize)?),
+                    false => None,
+                };
+                Ok(Some((span, bytes)))
             })?;
-        let next_offset = found.as_ref().map_or(high_watermark, |(_, span)| span.next_offset.min(high_watermark));
-        Ok(Located { span: found, next_offset, high_watermark, log_start_offset })
+        let next_offset = found.as_ref().map_or(high_watermark, |(_, (span, _))| span.next_offset.min(high_watermark));
+        let (span, bytes) = match found {
+            Some((file, (span, bytes))) => (Some((file, span)), bytes),
+            None => (None, None),
+        };
+        Ok(Located { span, bytes, next_offset, high_watermark, log_start_offset })
     }
 
-    /// Runs `read(file, start, bound, offset)` on the segment holding `offset`, from the index
+    /// Runs `read(source, start, bound, offset)` on the segment holding `offset`, from the index
     /// position at or before it, up to the segment's readable bound; across a compaction gap, on
     /// the next segment. Finds nothing when nothing is readable at or after `offset`.
     fn in_segment<T>(
         &self,
         offset: u64,
-        read: impl Fn(&File, u64, u64, u64) -> std::result::Result<Option<T>, ReadFailure>,
+        read: impl Fn(Source<'_>, u64, u64, u64) -> std::result::Result<Option<T>, ReadFailure>,
     ) -> Result<InSegment<T>> {
         let mut offset = offset;
         let mut stale_retries = 0;
@@ -1130,7 +1185,7 @@ impl Log {
                 Err(e) => return Err(Error::io(&target.path, e)),
             };
             let start = target.start_for_offset(self, offset);
-            match read(&file, start, target.bound, offset) {
+            match read(Source { file: &file, memory: target.memory.as_ref() }, start, target.bound, offset) {
                 Ok(Some(found)) => {
                     return Ok(InSegment {
                         found: Some((file, found)),
@@ -1151,24 +1206,37 @@ impl Log {
         }
     }
 
-    /// Where a read from `offset` goes; the active segment's pending bytes are written first if
-    /// the read may reach them.
+    /// Where a read from `offset` goes. The active segment's pending bytes are written first if
+    /// the read may reach them, and bytes a flush may still be writing come from the log's span
+    /// of newest bytes or are waited for.
     fn read_target(&self, st: &mut LogState, offset: u64) -> Result<ReadTarget> {
         if offset >= st.active.base {
-            if st.active_bound() > st.active.written {
+            let bound = st.active_bound();
+            if bound > st.active.written {
                 self.inner.write_pending(st)?;
             }
             let a = &st.active;
             let start = a.index.position_for_offset(a.base, offset).unwrap_or(SEGMENT_HEADER_LEN);
+            let memory = match st.config.durability {
+                Durability::Always => self.inner.recent().view(a.base, start, bound),
+                _ => None,
+            };
+            let unsettled = start.max(a.settled)..bound;
+            let covered = memory.as_ref().is_some_and(|m| m.start() <= unsettled.start && m.end() >= unsettled.end);
+            if !unsettled.is_empty() && !covered {
+                self.inner.settle(st)?;
+            }
+            let a = &st.active;
             return Ok(ReadTarget {
                 path: a.path.clone(),
                 id: a.id,
                 ino: a.ino,
                 writable: true,
-                bound: st.active_bound(),
+                bound,
                 start,
                 sealed: None,
                 next_base: None,
+                memory,
             });
         }
         let (_, seg) =
@@ -1183,6 +1251,7 @@ impl Log {
             start: SEGMENT_HEADER_LEN,
             sealed: Some(Arc::clone(seg)),
             next_base: Some(next_base),
+            memory: None,
         })
     }
 
@@ -1232,9 +1301,10 @@ impl Log {
             target.start = self.sealed_index(seg).position_for_timestamp(timestamp).unwrap_or(SEGMENT_HEADER_LEN);
         }
         let file = self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable).at(&target.path)?;
+        let source = Source { file: &file, memory: target.memory.as_ref() };
         let mut pos = target.start;
         loop {
-            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20, 1 << 19, true) {
+            let chunk = match segment::read_batches(source, pos, target.bound, 0, 1 << 20, 1 << 19, true) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(None),
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
@@ -1447,9 +1517,40 @@ impl LogInner {
         self.shared.fsync.sync_data(&file).at(&path)
     }
 
-    /// Writes the active segment's pending bytes (journaled appends) into its file. A failure
-    /// poisons the log and fails the appends waiting on it.
+    /// The writer's lock (see [`crate::direct`]): taken under the state lock, or by a flush
+    /// before it lets go of the state lock.
+    fn writer(&self) -> MutexGuard<'_, SegmentWriter> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a flush writing outside the lock: afterwards the file holds everything handed
+    /// to the writer.
+    fn settle(&self, st: &mut LogState) -> Result<()> {
+        let writer = self.writer();
+        if writer.failed {
+            return Err(Error::Poisoned { dir: self.dir.clone() });
+        }
+        st.active.settled = st.active.written;
+        Ok(())
+    }
+
+    /// Writes the active segment's pending bytes into its file (through the page cache: the
+    /// caller holds the log's lock, and a write past it waits for the device). A failure poisons
+    /// the log and fails the appends waiting on it.
     pub(crate) fn write_pending(&self, st: &mut LogState) -> Result<()> {
+        self.write_pending_locked(st, &mut self.writer())
+    }
+
+    /// [`LogInner::write_pending`] holding the writer's lock.
+    fn write_pending_locked(&self, st: &mut LogState, writer: &mut SegmentWriter) -> Result<()> {
+        if writer.failed {
+            return Err(Error::Poisoned { dir: self.dir.clone() });
+        }
+        st.active.settled = st.active.written;
         if st.deleted {
             st.active.pending = Pending::default();
         }
@@ -1474,6 +1575,7 @@ impl LogInner {
             return Err(e);
         }
         a.written += a.pending.len() as u64;
+        a.settled = a.written;
         a.allocated = a.allocated.max(a.written);
         // Released, not kept: a thousand idle partitions would each hold its high-water mark.
         a.pending = Pending::default();
@@ -1502,6 +1604,9 @@ impl LogInner {
         if st.deleted {
             return Ok(None);
         }
+        if st.config.durability == Durability::Always && !st.active.pending.is_empty() {
+            return self.write_direct(st).map(Some);
+        }
         // Durable through the journal is not yet in the file: a flush puts it there (and syncs).
         let pending = !st.active.pending.is_empty();
         self.write_pending(&mut st)?;
@@ -1519,11 +1624,60 @@ impl LogInner {
         }))
     }
 
+    /// Writes an `always` log's waiting batches past the page cache, outside the log's lock
+    /// (see [`crate::direct`]), and returns the sync that makes them durable.
+    fn write_direct(&self, mut st: MutexGuard<'_, LogState>) -> Result<FlushTicket> {
+        let a = &mut st.active;
+        let batches = std::mem::take(&mut a.pending);
+        let at = a.written;
+        a.written += batches.len() as u64;
+        // Padded to a block at most (see `direct`).
+        a.allocated = a.allocated.max(a.written.next_multiple_of(crate::aligned::ALIGN as u64));
+        let (base, path) = (a.base, a.path.clone());
+        let file = self.shared.files.get(a.id, &a.path, a.ino, true);
+        let ticket = |file| FlushTicket {
+            file,
+            path: path.clone(),
+            device: self.device,
+            next_offset: st.next_offset,
+            position: (base, st.active.size),
+        };
+        let ticket = file.map(ticket);
+        let mut writer = self.writer();
+        drop(st);
+        if writer.failed {
+            return Err(Error::Poisoned { dir: self.dir.clone() });
+        }
+        let chunks = batches.into_chunks();
+        self.recent().keep(&self.shared.recent, &self.me, base, at, &chunks);
+        let written = ticket.and_then(|ticket| writer.write(base, &path, &ticket.file, at, &chunks).map(|_| ticket));
+        match written {
+            Ok(ticket) => Ok(ticket),
+            Err(e) => {
+                writer.failed = true;
+                drop(writer);
+                self.poison(&path, &e);
+                Err(Error::io(path, e))
+            }
+        }
+    }
+
+    /// Lets go of the active segment's second descriptor and newest bytes (the log was deleted).
+    pub(crate) fn forget_segment(&self) {
+        self.writer().close();
+        self.recent().clear();
+    }
+
     /// Records the outcome of syncing what `ticket` covers: durable, or the log is poisoned.
     fn end_flush(&self, ticket: FlushTicket, result: io::Result<()>) -> Result<()> {
         match result {
             Ok(()) => {
-                self.lock().mark_durable(ticket.next_offset, ticket.position);
+                let mut st = self.lock();
+                if st.active.base == ticket.position.0 {
+                    // Written before the sync began.
+                    st.active.settled = st.active.settled.max(ticket.position.1);
+                }
+                st.mark_durable(ticket.next_offset, ticket.position);
                 Ok(())
             }
             Err(e) => {
@@ -1598,6 +1752,7 @@ pub(crate) fn create_segment(dir: &Path, base: u64, shared: &Shared, now: i64) -
         path,
         size: SEGMENT_HEADER_LEN,
         written: SEGMENT_HEADER_LEN,
+        settled: SEGMENT_HEADER_LEN,
         pending: Pending::default(),
         allocated,
         index: SegmentIndex::empty(base, SEGMENT_HEADER_LEN),

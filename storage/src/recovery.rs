@@ -223,6 +223,7 @@ fn recover_active(
         path,
         size: scan.valid_end,
         written: scan.valid_end,
+        settled: scan.valid_end,
         pending: Pending::default(),
         allocated,
         index: scan.index,

@@ -11,12 +11,14 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::batch::{BatchError, BatchHeader, HEADER_LEN};
 use crate::index::{IndexedBatch, SegmentIndex};
+pub use crate::recent::RecentView;
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"STRATSEG";
 pub const SEGMENT_VERSION: u16 = 1;
@@ -86,9 +88,30 @@ pub struct Scan {
     pub idempotent: Vec<BatchHeader>,
 }
 
+/// Where a read of a segment takes its bytes: the file, except for a span of it the log holds in
+/// memory (the newest bytes of an `always` log, see `crate::recent`), which may not be in the file
+/// yet.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub file: &'a File,
+    pub memory: Option<&'a RecentView>,
+}
+
+impl<'a> From<&'a File> for Source<'a> {
+    fn from(file: &'a File) -> Self {
+        Self { file, memory: None }
+    }
+}
+
+impl<'a> From<&'a std::sync::Arc<File>> for Source<'a> {
+    fn from(file: &'a std::sync::Arc<File>) -> Self {
+        Self { file, memory: None }
+    }
+}
+
 /// Reads a file through a window so scanning small batches is not one syscall each.
 struct Window<'a> {
-    file: &'a File,
+    file: Source<'a>,
     bound: u64,
     start: u64,
     buf: Vec<u8>,
@@ -98,11 +121,12 @@ struct Window<'a> {
 
 impl<'a> Window<'a> {
     /// A window for scanning a whole range: reads of [`SCAN_WINDOW`].
-    fn new(file: &'a File, bound: u64) -> Self {
+    fn new(file: impl Into<Source<'a>>, bound: u64) -> Self {
         Self::with_size(file, bound, SCAN_WINDOW)
     }
 
-    fn with_size(file: &'a File, bound: u64, size: usize) -> Self {
+    fn with_size(file: impl Into<Source<'a>>, bound: u64, size: usize) -> Self {
+        let file = file.into();
         Self { file, bound, start: 0, buf: Vec::new(), size }
     }
 
@@ -242,8 +266,8 @@ fn find_first(
 ///
 /// `verify`: check every batch's checksum. A sender whose receiver checks them anyway passes
 /// `false` (headers are still checked, so the batches are cut right).
-pub fn read_batches(
-    file: &File,
+pub fn read_batches<'a>(
+    file: impl Into<Source<'a>>,
     start: u64,
     bound: u64,
     offset: u64,
@@ -251,6 +275,7 @@ pub fn read_batches(
     overshoot: usize,
     verify: bool,
 ) -> Result<Option<SegmentRead>, ReadFailure> {
+    let file = file.into();
     let mut window = Window::with_size(file, bound, HEADER_WINDOW);
     let Some(extent) = extent(&mut window, start, bound, offset, max_bytes, overshoot)? else { return Ok(None) };
     let (pos, len, room) = (extent.position, extent.len as usize, extent.room as usize);
@@ -318,8 +343,8 @@ pub struct BatchSpan {
 /// read, so the bytes can go from the page cache to a socket without passing through this
 /// process (`sendfile`). Headers are checked (framing, offsets in sequence); checksums are not,
 /// since the bytes are not read — the receiver checks them.
-pub fn locate_batches(
-    file: &File,
+pub fn locate_batches<'a>(
+    file: impl Into<Source<'a>>,
     start: u64,
     bound: u64,
     offset: u64,
@@ -353,6 +378,14 @@ pub fn locate_batches(
         }
     }
     Ok(Some(BatchSpan { position: pos, len: at - pos, first_offset: first.base_offset, next_offset, records }))
+}
+
+/// The `len` bytes at `position` of `source`, as located by [`locate_batches`].
+pub fn read_span(source: Source<'_>, position: u64, len: usize) -> Result<Bytes, ReadFailure> {
+    let mut buf = Vec::with_capacity(len);
+    fill(source, &mut buf, len, position)?;
+    buf.truncate(len);
+    Ok(Bytes::from(buf))
 }
 
 /// Where a read from `offset` starts and how far it goes ([`read_batches`]).
@@ -391,14 +424,29 @@ fn out_of_sequence() -> BatchError {
     BatchError::MalformedRecord { index: 0, reason: "batch base offset out of sequence" }
 }
 
-/// Reads `file` from `pos + buf.len()` on until `buf` holds `to` bytes, into its spare capacity:
-/// a fresh buffer is not zeroed first (the `memset` of a 2 MiB read buffer cost about a tenth of a
-/// catch-up read's CPU).
-fn fill(file: &File, buf: &mut Vec<u8>, to: usize, pos: u64) -> io::Result<()> {
+/// Reads `source` from `pos + buf.len()` on until `buf` holds `to` bytes (it may take in more:
+/// a read from the file fills the buffer's spare capacity, and a fresh buffer is not zeroed
+/// first: the `memset` of a 2 MiB read buffer cost about a tenth of a catch-up read's CPU). What
+/// the source holds in memory is copied from there; the file is never read past where that
+/// begins, since a flush may still be writing it.
+fn fill(source: Source<'_>, buf: &mut Vec<u8>, to: usize, pos: u64) -> io::Result<()> {
     buf.reserve_exact(to.saturating_sub(buf.len()));
     while buf.len() < to {
         let at = pos + buf.len() as u64;
-        match rustix::io::pread(file, rustix::buffer::spare_capacity(buf), at) {
+        if let Some(memory) = source.memory {
+            if (memory.start()..memory.end()).contains(&at) {
+                memory.copy_into(buf, at, to - buf.len());
+                continue;
+            }
+            if at < memory.start() && memory.start() - at < (buf.capacity() - buf.len()) as u64 {
+                // Only up to the memory's start: zeroed first, a rare read from behind the span.
+                let from = buf.len();
+                buf.resize(from + (memory.start() - at) as usize, 0);
+                source.file.read_exact_at(&mut buf[from..], at)?;
+                continue;
+            }
+        }
+        match rustix::io::pread(source.file, rustix::buffer::spare_capacity(buf), at) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),

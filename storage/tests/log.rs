@@ -74,24 +74,26 @@ fn an_inline_append_hands_its_batch_back_when_it_would_roll_or_write_much() {
     assert_eq!(log.segments().len(), 2);
     assert_eq!(read_all(&log, 0).len() as u64, (appended + 1) * 5);
 
-    // A batch too large for the journal is written to its segment at once: inline up to
-    // 256 KiB, beyond that handed back; so is a log that is not `always`.
+    // A batch too large for the journal waits for its flush to write it (past the page cache):
+    // appended in place whatever its size. A log that is not `always` writes it at once: inline
+    // up to 256 KiB, beyond that handed back.
     let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let big = ValidBatch::check(batch(1000, 2000, 1)).unwrap();
     assert!(big.bytes().len() > 32 << 10 && big.bytes().len() < 256 << 10);
-    let Attempt::Appended(pending) = wide.append_inline(big, None).unwrap() else { panic!("a small write is inline") };
+    let Attempt::Appended(pending) = wide.append_inline(big, None).unwrap() else { panic!("no file touched") };
     assert_eq!(pending.wait().unwrap().last_offset, 1999);
     let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
     assert!(huge.bytes().len() > 256 << 10);
-    assert!(matches!(wide.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
+    let Attempt::Appended(pending) = wide.append_inline(huge, None).unwrap() else { panic!("no file touched") };
+    assert_eq!(pending.wait().unwrap().last_offset, 21_999);
     let Attempt::Appended(pending) = wide.append_inline(valid(0), None).unwrap() else { panic!("journaled") };
-    assert_eq!(pending.wait().unwrap().base_offset, 2000);
+    assert_eq!(pending.wait().unwrap().base_offset, 22_000);
     let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
     assert!(matches!(relaxed.append_inline(valid(0), None).unwrap(), Attempt::Appended(_)));
     let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
     assert!(matches!(relaxed.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
     assert_eq!(relaxed.high_watermark(), 5);
-    assert_eq!(read_all(&wide, 0).len(), 2005);
+    assert_eq!(read_all(&wide, 0).len(), 22_005);
 }
 
 #[test]
@@ -125,8 +127,9 @@ fn a_read_may_finish_the_batch_crossing_its_limit_when_given_overshoot() {
 }
 
 /// `Log::locate` finds exactly the bytes `Log::read_crossing` returns, and counts their records;
-/// `Log::read_unverified` returns them too.
-fn assert_locate_matches_read(log: &Log, offset: u64, max_bytes: usize, overshoot: usize) {
+/// `Log::read_unverified` returns them too. Returns whether `locate` handed the bytes over from
+/// the log's memory (they are then in the file as well, every append having been waited for).
+fn assert_locate_matches_read(log: &Log, offset: u64, max_bytes: usize, overshoot: usize) -> bool {
     use std::os::unix::fs::FileExt;
     let read = log.read_crossing(offset, max_bytes, overshoot).unwrap();
     let unverified = log.read_unverified(offset, max_bytes, overshoot).unwrap();
@@ -148,6 +151,10 @@ fn assert_locate_matches_read(log: &Log, offset: u64, max_bytes: usize, overshoo
     };
     assert!(bytes == read.batches, "{at}: located {} bytes, read {}", bytes.len(), read.batches.len());
     assert_eq!(records, strata_storage::batch::count_records(&read.batches, offset), "{at}");
+    if let Some(in_memory) = &located.bytes {
+        assert!(in_memory == &read.batches, "{at}: {} bytes from memory, read {}", in_memory.len(), read.batches.len());
+    }
+    located.bytes.is_some()
 }
 
 #[test]
@@ -162,11 +169,15 @@ fn locating_batches_finds_the_bytes_a_read_returns() {
     }
     let hw = log.high_watermark();
     assert!(log.segments().len() >= 3, "the batches should span several segments: {:?}", log.segments());
+    let mut from_memory = 0;
     for offset in (0..=hw).step_by(37).chain([0, 1, hw - 1, hw]) {
         for (max_bytes, overshoot) in [(1, 0), (5_000, 0), (20_000, 0), (20_000, 10_000), (1 << 20, 1 << 20)] {
-            assert_locate_matches_read(&log, offset, max_bytes, overshoot);
+            from_memory += usize::from(assert_locate_matches_read(&log, offset, max_bytes, overshoot));
         }
     }
+    // `always` batches are written past the page cache by their flush: the newest come from the
+    // log's memory.
+    assert!(from_memory > 0, "the active segment's newest batches are held in memory");
     assert!(matches!(log.locate(hw + 1, 1, 0), Err(Error::OffsetOutOfRange { .. })));
 
     // Damage only a checksum shows: the checked read refuses the batch, the unverified read and
@@ -340,7 +351,7 @@ fn compaction_keeps_latest_per_key_preserves_offsets_and_drops_old_tombstones() 
     assert_eq!(records.iter().filter(|r| r.offset >= active_base).count() as u64, log.high_watermark() - active_base);
     // Reading from a compacted-away offset gives the next record; locating finds the same.
     for offset in 0..=log.high_watermark() {
-        assert_locate_matches_read(&log, offset, 1024, 512);
+        let _ = assert_locate_matches_read(&log, offset, 1024, 512);
     }
     let r = log.read(5, 1024).unwrap();
     assert!(r.records_from(5).unwrap()[0].offset > 5);

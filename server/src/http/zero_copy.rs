@@ -389,7 +389,11 @@ impl Stream {
             let (next, len, records) = match located.map_err(io::Error::other)? {
                 Some(located) => match located.span {
                     Some((file, span)) if located.next_offset > self.next => {
-                        out.file(&file, span.position, span.len)?;
+                        match &located.bytes {
+                            // The newest bytes of a durable log, held in memory by the log.
+                            Some(bytes) => out.bytes(bytes)?,
+                            None => out.file(&file, span.position, span.len)?,
+                        }
                         (located.next_offset, span.len, span.records)
                     }
                     // Caught up with the high watermark, or a compacted range that ends the log.

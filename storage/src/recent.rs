@@ -1,0 +1,294 @@
+//! The newest bytes of `always` logs, kept in memory for their readers.
+//!
+//! A `flush=always` log's batches are written by the flusher with `O_DIRECT` (see
+//! [`crate::direct`]), so they never enter the page cache, and a consumer reading right behind
+//! its producers would read every batch back from the disk. Each such write also hands its
+//! batches (the very buffers the appends built: no copy) to the log's [`Recent`], a contiguous
+//! span of the active segment that reads take from memory instead of the file.
+//!
+//! Memory is bounded twice: a log keeps at most [`LOG_BYTES`], dropping its oldest batches first,
+//! and all logs of a manager share one [`RecentPool`] budget. A log that finds the budget spent
+//! takes it from the log that least recently started a span, so the spans of idle logs go to the
+//! busy ones; a log whose lock is busy is passed over, never waited for.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
+
+use bytes::Bytes;
+
+use crate::partition_log::LogInner;
+
+/// Bytes one log keeps at most: a few fetches' worth behind its producers (a consumer of W2
+/// reads 1 MiB at a time right behind 250 MB/s per partition).
+pub(crate) const LOG_BYTES: usize = 4 << 20;
+
+/// Bytes all logs of a manager keep at most, by default.
+pub const DEFAULT_POOL_BYTES: usize = 64 << 20;
+
+/// The budget the [`Recent`] spans of one manager's logs share.
+#[derive(Debug)]
+pub(crate) struct RecentPool {
+    cap: usize,
+    used: AtomicUsize,
+    /// Logs holding a span, oldest span first (a log is listed once, see `LogInner::listed`).
+    holders: Mutex<VecDeque<Weak<LogInner>>>,
+}
+
+impl RecentPool {
+    pub(crate) fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self { cap, used: AtomicUsize::new(0), holders: Mutex::new(VecDeque::new()) })
+    }
+
+    fn try_reserve(&self, len: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(len).filter(|&u| u <= self.cap))
+            .is_ok()
+    }
+
+    fn release(&self, len: usize) {
+        self.used.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// Bytes held by all spans.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, VecDeque<Weak<LogInner>>> {
+        self.holders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reserves `len` bytes for `me`, dropping other logs' spans, oldest first, while the budget
+    /// is short. Called under `me`'s span lock: other logs' are only tried.
+    fn reserve_for(&self, me: &Weak<LogInner>, len: usize) -> bool {
+        let mut tries = self.holders().len();
+        while !self.try_reserve(len) {
+            if tries == 0 {
+                return false;
+            }
+            tries -= 1;
+            let Some(log) = self.holders().pop_front() else { return false };
+            if Weak::ptr_eq(&log, me) {
+                self.holders().push_back(log);
+                continue;
+            }
+            let Some(inner) = log.upgrade() else { continue };
+            let mut recent = match inner.recent.try_lock() {
+                Ok(recent) => recent,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    self.holders().push_back(log);
+                    continue;
+                }
+            };
+            inner.listed.store(false, Ordering::Release);
+            recent.clear();
+        }
+        true
+    }
+}
+
+/// A contiguous span of the active segment's newest bytes, as chunks (one per batch or write).
+#[derive(Debug, Default)]
+pub(crate) struct Recent {
+    /// The segment's base offset.
+    base: u64,
+    /// File position of the first chunk's first byte.
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+    /// The budget `bytes` is counted in (set by the first keep).
+    pool: Option<Arc<RecentPool>>,
+}
+
+impl Recent {
+    fn end(&self) -> u64 {
+        self.start + self.bytes as u64
+    }
+
+    pub(crate) fn clear(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.release(self.bytes);
+        }
+        self.chunks.clear();
+        self.bytes = 0;
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(chunk) = self.chunks.pop_front() {
+            self.start += chunk.len() as u64;
+            self.bytes -= chunk.len();
+            if let Some(pool) = &self.pool {
+                pool.release(chunk.len());
+            }
+        }
+    }
+
+    /// Keeps `chunks`, written back to back at `at` of the segment `base`, as the newest bytes
+    /// of `me`'s active segment. A write that does not continue the span starts a new one; one
+    /// the budget has no room for leaves the log without a span (its readers then read the file).
+    pub(crate) fn keep(&mut self, pool: &Arc<RecentPool>, me: &Weak<LogInner>, base: u64, at: u64, chunks: &[Bytes]) {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
+        if self.bytes > 0 && (self.base != base || self.end() != at) {
+            self.clear();
+        }
+        if len > LOG_BYTES {
+            self.clear();
+            return;
+        }
+        while self.bytes + len > LOG_BYTES {
+            self.pop_front();
+        }
+        self.pool.get_or_insert_with(|| Arc::clone(pool));
+        if !pool.reserve_for(me, len) {
+            self.clear();
+            return;
+        }
+        if self.bytes == 0 {
+            (self.base, self.start) = (base, at);
+            if let Some(inner) = me.upgrade()
+                && !inner.listed.swap(true, Ordering::AcqRel)
+            {
+                let mut holders = pool.holders();
+                // Logs closed since are dropped from the list now and then (a `Weak` keeps
+                // their memory), at a cost that stays constant per listing.
+                if holders.len() >= 64 && holders.len().is_power_of_two() {
+                    holders.retain(|log| log.strong_count() > 0);
+                }
+                holders.push_back(me.clone());
+            }
+        }
+        self.chunks.extend(chunks.iter().filter(|c| !c.is_empty()).cloned());
+        self.bytes += len;
+    }
+
+    /// The part of the span a read from position `from` of the segment `base`, up to `to`, may
+    /// use.
+    pub(crate) fn view(&self, base: u64, from: u64, to: u64) -> Option<RecentView> {
+        let to = to.min(self.end());
+        if self.bytes == 0 || self.base != base || to <= self.start || from >= to {
+            return None;
+        }
+        let mut at = self.start;
+        let mut view = RecentView { start: 0, chunks: Vec::new(), bytes: 0 };
+        for chunk in &self.chunks {
+            let end = at + chunk.len() as u64;
+            if end > from && at < to {
+                if view.chunks.is_empty() {
+                    view.start = at;
+                }
+                view.chunks.push(chunk.clone());
+                view.bytes += chunk.len();
+            }
+            if end >= to {
+                break;
+            }
+            at = end;
+        }
+        Some(view)
+    }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Chunks of a [`Recent`] span taken for one read: a contiguous run of the segment's bytes.
+#[derive(Debug, Clone)]
+pub struct RecentView {
+    start: u64,
+    chunks: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl RecentView {
+    /// File position of the first byte held.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    pub(crate) fn end(&self) -> u64 {
+        self.start + self.bytes as u64
+    }
+
+    /// Appends to `buf` the bytes from position `at` on (which must lie in the view), at most
+    /// `max` of them.
+    pub(crate) fn copy_into(&self, buf: &mut Vec<u8>, mut at: u64, mut max: usize) {
+        let mut pos = self.start;
+        for chunk in &self.chunks {
+            let end = pos + chunk.len() as u64;
+            if max == 0 {
+                return;
+            }
+            if end > at {
+                let from = (at - pos) as usize;
+                let n = (chunk.len() - from).min(max);
+                buf.extend_from_slice(&chunk[from..from + n]);
+                at += n as u64;
+                max -= n;
+            }
+            pos = end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(recent: &Recent) -> Vec<u8> {
+        let view = recent.view(recent.base, recent.start, u64::MAX).expect("a span");
+        let mut out = Vec::new();
+        view.copy_into(&mut out, view.start(), usize::MAX);
+        out
+    }
+
+    #[test]
+    fn a_span_keeps_contiguous_writes_and_restarts_at_a_gap() {
+        let pool = RecentPool::new(1 << 20);
+        let me = Weak::new();
+        let mut recent = Recent::default();
+        recent.keep(&pool, &me, 1, 100, &[Bytes::from_static(b"abc"), Bytes::from_static(b"de")]);
+        recent.keep(&pool, &me, 1, 105, &[Bytes::from_static(b"fg")]);
+        assert_eq!(kept(&recent), b"abcdefg");
+        assert_eq!(pool.used(), 7);
+        let view = recent.view(1, 103, 106).expect("covered");
+        let mut out = Vec::new();
+        view.copy_into(&mut out, 103, 3);
+        assert_eq!(out, b"def");
+        assert!(recent.view(1, 107, 117).is_none());
+        assert!(recent.view(1, 90, 100).is_none());
+        recent.keep(&pool, &me, 1, 200, &[Bytes::from_static(b"xy")]);
+        assert_eq!((recent.start, kept(&recent)), (200, b"xy".to_vec()));
+        assert_eq!(pool.used(), 2);
+        drop(recent);
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn a_log_keeps_at_most_its_share_oldest_dropped_first() {
+        let pool = RecentPool::new(64 << 20);
+        let me = Weak::new();
+        let mut recent = Recent::default();
+        let chunk = Bytes::from(vec![7u8; 1 << 20]);
+        for i in 0..6u64 {
+            recent.keep(&pool, &me, 1, i << 20, std::slice::from_ref(&chunk));
+        }
+        assert_eq!((recent.start, recent.bytes), (2 << 20, LOG_BYTES));
+        assert_eq!(pool.used(), LOG_BYTES);
+    }
+
+    #[test]
+    fn a_spent_budget_leaves_the_log_without_a_span() {
+        let pool = RecentPool::new(10);
+        let me = Weak::new();
+        let (mut a, mut b) = (Recent::default(), Recent::default());
+        a.keep(&pool, &me, 1, 0, &[Bytes::from_static(b"12345678")]);
+        b.keep(&pool, &me, 2, 0, &[Bytes::from_static(b"1234")]);
+        assert_eq!((a.bytes, b.bytes, pool.used()), (8, 0, 8));
+    }
+}
