@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// larger files mean rarer, larger checkpoints for wide topics and a longer replay after a
     /// crash; at most four exist, zero-filled when created.
     pub journal_file_bytes: u64,
+    /// Memory for the newest bytes of `flush = always` partitions, which are written past the
+    /// page cache: reads of them come from here (from the disk once dropped). 0 turns it off.
+    pub batch_cache_bytes: u64,
 }
 
 /// When the raw batch door sends batches without copying them ([`ServerConfig::zero_copy`]).
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             zero_copy: ZeroCopy::Remote,
             journal: true,
             journal_file_bytes: strata_storage::DEFAULT_JOURNAL_FILE_BYTES,
+            batch_cache_bytes: strata_storage::DEFAULT_RECENT_BYTES as u64,
         }
     }
 }
@@ -141,7 +145,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 29] = [
+const ENV_KEYS: [&str; 30] = [
     "listen",
     "unix_socket",
     "data_dir",
@@ -171,6 +175,7 @@ const ENV_KEYS: [&str; 29] = [
     "zero_copy",
     "journal",
     "journal_file_bytes",
+    "batch_cache_bytes",
 ];
 
 /// Values given as command-line flags (they win over everything else).
@@ -242,6 +247,9 @@ impl ServerConfig {
         }
         if !(1 << 20..=4 << 30).contains(&self.journal_file_bytes) {
             return Err("invalid config key `journal_file_bytes`: must be from 1 MiB to 4 GiB".into());
+        }
+        if usize::try_from(self.batch_cache_bytes).is_err() {
+            return Err("invalid config key `batch_cache_bytes`: larger than this machine can address".into());
         }
         for (key, value) in
             [("tier_interval_ms", self.tier_interval_ms), ("object_store_timeout_ms", self.object_store_timeout_ms)]

@@ -93,10 +93,18 @@ impl Pending {
         direct::write_all_vectored_at(file, &self.batches, offset)
     }
 
-    /// The batches as chunks of shared bytes, without copying them unless there are many.
+    /// The batches as chunks of shared bytes, without copying them unless there are many, or
+    /// one holds much more memory than bytes (a request's buffer a batch was cut from): kept in
+    /// a span, the memory would stay taken while only the bytes count against its budget.
     fn into_chunks(self) -> Vec<Bytes> {
         if self.batches.len() <= Self::MAX_CHUNKS {
-            return self.batches.into_iter().map(Bytes::from).collect();
+            let fit = |mut b: Vec<u8>| {
+                if b.capacity() > b.len() + b.len() / 4 {
+                    b.shrink_to_fit();
+                }
+                Bytes::from(b)
+            };
+            return self.batches.into_iter().map(fit).collect();
         }
         let mut all = Vec::with_capacity(self.bytes);
         for b in &self.batches {
@@ -429,6 +437,13 @@ pub struct Located {
     pub log_start_offset: u64,
 }
 
+/// How far past the index position it starts from a read of `max_bytes` (and `overshoot`) is
+/// likely to go: the index's gap to the first batch and the header windows besides.
+fn reach(max_bytes: usize, overshoot: usize) -> u64 {
+    const SLACK: u64 = 64 << 10;
+    (max_bytes as u64).saturating_add(overshoot as u64).saturating_add(SLACK)
+}
+
 /// What [`Log::in_segment`] found, and the bounds it saw.
 struct InSegment<T> {
     found: Option<(Arc<File>, T)>,
@@ -522,9 +537,10 @@ struct ReadTarget {
     /// A sealed segment's index may need I/O to load: looked up after the lock is released.
     sealed: Option<Arc<SealedSegment>>,
     next_base: Option<u64>,
-    /// Bytes of the active segment held in memory, read from there rather than the file (which
-    /// holds every readable byte outside them).
+    /// Bytes of the active segment held in memory, read from there rather than the file.
     memory: Option<RecentView>,
+    /// The file holds every byte below this (past it, a flush may still be writing).
+    file_end: u64,
 }
 
 impl ReadTarget {
@@ -1113,7 +1129,7 @@ impl Log {
 
     fn read_batches(&self, offset: u64, max_bytes: usize, overshoot: usize, verify: bool) -> Result<ReadResult> {
         let InSegment { found, high_watermark, log_start_offset } =
-            self.in_segment(offset, |source, start, bound, offset| {
+            self.in_segment(offset, reach(max_bytes, overshoot), |source, start, bound, offset| {
                 segment::read_batches(source, start, bound, offset, max_bytes, overshoot, verify)
             })?;
         let (batches, next_offset) = found.map_or((Bytes::new(), high_watermark), |(_, r)| (r.bytes, r.next_offset));
@@ -1132,7 +1148,7 @@ impl Log {
     /// As [`Log::read`], except that only headers are checked.
     pub fn locate(&self, offset: u64, max_bytes: usize, overshoot: usize) -> Result<Located> {
         let InSegment { found, high_watermark, log_start_offset } =
-            self.in_segment(offset, |source, start, bound, offset| {
+            self.in_segment(offset, reach(max_bytes, overshoot), |source, start, bound, offset| {
                 let Some(span) = segment::locate_batches(source, start, bound, offset, max_bytes, overshoot)? else {
                     return Ok(None);
                 };
@@ -1155,13 +1171,17 @@ impl Log {
     /// Runs `read(source, start, bound, offset)` on the segment holding `offset`, from the index
     /// position at or before it, up to the segment's readable bound; across a compaction gap, on
     /// the next segment. Finds nothing when nothing is readable at or after `offset`.
+    ///
+    /// `reach`: how far past the start the read may go (it may go further, reading the file).
     fn in_segment<T>(
         &self,
         offset: u64,
+        reach: u64,
         read: impl Fn(Source<'_>, u64, u64, u64) -> std::result::Result<Option<T>, ReadFailure>,
     ) -> Result<InSegment<T>> {
         let mut offset = offset;
         let mut stale_retries = 0;
+        let mut reach = Some(reach);
         loop {
             let (target, hw, log_start) = {
                 let mut st = self.lock();
@@ -1172,7 +1192,7 @@ impl Log {
                 if offset == hw {
                     return Ok(InSegment { found: None, high_watermark: hw, log_start_offset: log_start });
                 }
-                (self.read_target(&mut st, offset), hw, log_start)
+                (self.read_target(&mut st, offset, reach), hw, log_start)
             };
             let target = target?;
             let file = match self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable) {
@@ -1185,7 +1205,8 @@ impl Log {
                 Err(e) => return Err(Error::io(&target.path, e)),
             };
             let start = target.start_for_offset(self, offset);
-            match read(Source { file: &file, memory: target.memory.as_ref() }, start, target.bound, offset) {
+            let source = Source { file: &file, memory: target.memory.as_ref(), file_end: target.file_end };
+            match read(source, start, target.bound, offset) {
                 Ok(Some(found)) => {
                     return Ok(InSegment {
                         found: Some((file, found)),
@@ -1198,6 +1219,9 @@ impl Log {
                     Some(next) if next > offset => offset = next,
                     _ => return Ok(InSegment { found: None, high_watermark: hw, log_start_offset: log_start }),
                 },
+                // Bytes a flush is still writing, outside the memory taken: again, once they
+                // are written.
+                Err(ReadFailure::Io(e)) if segment::is_unsettled(&e) && reach.is_some() => reach = None,
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),
                 Err(ReadFailure::Corrupt { position, error }) => {
                     return Err(Error::Corrupt { path: target.path, position, source: error });
@@ -1207,9 +1231,10 @@ impl Log {
     }
 
     /// Where a read from `offset` goes. The active segment's pending bytes are written first if
-    /// the read may reach them, and bytes a flush may still be writing come from the log's span
-    /// of newest bytes or are waited for.
-    fn read_target(&self, st: &mut LogState, offset: u64) -> Result<ReadTarget> {
+    /// the read may reach them. With a `reach`, the log's newest bytes it holds in memory from
+    /// the read's start up to there come along, and the file may be read only up to where a
+    /// flush may still be writing; without, that write is waited for.
+    fn read_target(&self, st: &mut LogState, offset: u64, reach: Option<u64>) -> Result<ReadTarget> {
         if offset >= st.active.base {
             let bound = st.active_bound();
             if bound > st.active.written {
@@ -1217,16 +1242,20 @@ impl Log {
             }
             let a = &st.active;
             let start = a.index.position_for_offset(a.base, offset).unwrap_or(SEGMENT_HEADER_LEN);
-            let memory = match st.config.durability {
-                Durability::Always => self.inner.recent().view(a.base, start, bound),
+            let memory = match (reach, st.config.durability) {
+                (Some(reach), Durability::Always) => {
+                    self.inner.recent().view(a.base, start, start.saturating_add(reach).min(bound))
+                }
                 _ => None,
             };
-            let unsettled = start.max(a.settled)..bound;
-            let covered = memory.as_ref().is_some_and(|m| m.start() <= unsettled.start && m.end() >= unsettled.end);
-            if !unsettled.is_empty() && !covered {
+            if reach.is_none() && bound > a.settled {
                 self.inner.settle(st)?;
             }
             let a = &st.active;
+            let file_end = match st.config.durability {
+                Durability::Always => a.settled,
+                _ => u64::MAX,
+            };
             return Ok(ReadTarget {
                 path: a.path.clone(),
                 id: a.id,
@@ -1237,6 +1266,7 @@ impl Log {
                 sealed: None,
                 next_base: None,
                 memory,
+                file_end,
             });
         }
         let (_, seg) =
@@ -1252,6 +1282,7 @@ impl Log {
             sealed: Some(Arc::clone(seg)),
             next_base: Some(next_base),
             memory: None,
+            file_end: u64::MAX,
         })
     }
 
@@ -1291,7 +1322,7 @@ impl Log {
     fn find_timestamp_in(&self, base: u64, timestamp: i64, hw: u64) -> Result<Option<u64>> {
         let mut target = {
             let mut st = self.lock();
-            let mut t = self.read_target(&mut st, base)?;
+            let mut t = self.read_target(&mut st, base, None)?;
             if t.sealed.is_none() {
                 t.start = st.active.index.position_for_timestamp(timestamp).unwrap_or(SEGMENT_HEADER_LEN);
             }
@@ -1301,10 +1332,9 @@ impl Log {
             target.start = self.sealed_index(seg).position_for_timestamp(timestamp).unwrap_or(SEGMENT_HEADER_LEN);
         }
         let file = self.inner.shared.files.get(target.id, &target.path, target.ino, target.writable).at(&target.path)?;
-        let source = Source { file: &file, memory: target.memory.as_ref() };
         let mut pos = target.start;
         loop {
-            let chunk = match segment::read_batches(source, pos, target.bound, 0, 1 << 20, 1 << 19, true) {
+            let chunk = match segment::read_batches(&file, pos, target.bound, 0, 1 << 20, 1 << 19, true) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Ok(None),
                 Err(ReadFailure::Io(e)) => return Err(Error::io(&target.path, e)),

@@ -1,15 +1,19 @@
 //! The newest bytes of `always` logs, kept in memory for their readers.
 //!
 //! A `flush=always` log's batches are written by the flusher with `O_DIRECT` (see
-//! [`crate::direct`]), so they never enter the page cache, and a consumer reading right behind
-//! its producers would read every batch back from the disk. Each such write also hands its
-//! batches (the very buffers the appends built: no copy) to the log's [`Recent`], a contiguous
-//! span of the active segment that reads take from memory instead of the file.
+//! [`crate::direct`]), so they never enter the page cache, and a consumer reading behind its
+//! producers would read every batch back from the disk. Each such write also hands its batches
+//! (the very buffers the appends built: no copy) to the log's [`Recent`], a contiguous span of the
+//! active segment's newest bytes that reads take from memory instead of the file. This is the
+//! page cache's job for the other logs, done by the process for these (as Redpanda's batch cache
+//! does for its `O_DIRECT` writes).
 //!
-//! Memory is bounded twice: a log keeps at most [`LOG_BYTES`], dropping its oldest batches first,
-//! and all logs of a manager share one [`RecentPool`] budget. A log that finds the budget spent
-//! takes it from the log that least recently started a span, so the spans of idle logs go to the
-//! busy ones; a log whose lock is busy is passed over, never waited for.
+//! All logs of a manager share one budget, [`RecentPool`] (`StorageOptions::recent_bytes`, 1 GiB
+//! by default: W2's gigabyte, read by its consumers after its producers finish, stays in memory).
+//! A log that finds the budget spent drops the oldest bytes of the log that least recently had
+//! some dropped, round robin, so every log keeps its newest bytes longest and idle logs' spans
+//! drain first; a log whose span is busy is passed over, never waited for; a log then drops its
+//! own oldest bytes. A roll drops the span (sealed segments are read from their files).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,19 +23,16 @@ use bytes::Bytes;
 
 use crate::partition_log::LogInner;
 
-/// Bytes one log keeps at most: a few fetches' worth behind its producers (a consumer of W2
-/// reads 1 MiB at a time right behind 250 MB/s per partition).
-pub(crate) const LOG_BYTES: usize = 4 << 20;
-
 /// Bytes all logs of a manager keep at most, by default.
-pub const DEFAULT_POOL_BYTES: usize = 64 << 20;
+pub const DEFAULT_POOL_BYTES: usize = 1 << 30;
 
 /// The budget the [`Recent`] spans of one manager's logs share.
 #[derive(Debug)]
 pub(crate) struct RecentPool {
     cap: usize,
     used: AtomicUsize,
-    /// Logs holding a span, oldest span first (a log is listed once, see `LogInner::listed`).
+    /// Logs holding a span, in the order their oldest bytes are dropped (a log is listed once,
+    /// see `LogInner::listed`).
     holders: Mutex<VecDeque<Weak<LogInner>>>,
 }
 
@@ -41,16 +42,14 @@ impl RecentPool {
     }
 
     fn try_reserve(&self, len: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(len).filter(|&u| u <= self.cap))
-            .is_ok()
+        let fits = |used: usize| used.checked_add(len).filter(|&u| u <= self.cap);
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, fits).is_ok()
     }
 
     fn release(&self, len: usize) {
         self.used.fetch_sub(len, Ordering::AcqRel);
     }
 
-    /// Bytes held by all spans.
     #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
@@ -60,9 +59,20 @@ impl RecentPool {
         self.holders.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Reserves `len` bytes for `me`, dropping other logs' spans, oldest first, while the budget
-    /// is short. Called under `me`'s span lock: other logs' are only tried.
-    fn reserve_for(&self, me: &Weak<LogInner>, len: usize) -> bool {
+    /// Lists `me` as holding a span.
+    fn list(&self, me: &Weak<LogInner>) {
+        let mut holders = self.holders();
+        // Logs closed since are dropped from the list now and then (a `Weak` keeps their
+        // memory), at a cost that stays constant per listing.
+        if holders.len() >= 64 && holders.len().is_power_of_two() {
+            holders.retain(|log| log.strong_count() > 0);
+        }
+        holders.push_back(me.clone());
+    }
+
+    /// Drops the oldest bytes of other logs, round robin, until `len` more fit or every other
+    /// log was tried once. Called under `me`'s span lock: other logs' are only tried.
+    fn make_room(&self, me: &Weak<LogInner>, len: usize) -> bool {
         let mut tries = self.holders().len();
         while !self.try_reserve(len) {
             if tries == 0 {
@@ -83,8 +93,15 @@ impl RecentPool {
                     continue;
                 }
             };
-            inner.listed.store(false, Ordering::Release);
-            recent.clear();
+            let mut freed = 0;
+            while freed < len && recent.bytes > 0 {
+                freed += recent.pop_front();
+            }
+            if recent.bytes > 0 {
+                self.holders().push_back(log);
+            } else {
+                inner.listed.store(false, Ordering::Release);
+            }
         }
         true
     }
@@ -95,17 +112,20 @@ impl RecentPool {
 pub(crate) struct Recent {
     /// The segment's base offset.
     base: u64,
-    /// File position of the first chunk's first byte.
-    start: u64,
-    chunks: VecDeque<Bytes>,
+    /// The chunks and the file position of each one's first byte, in order.
+    chunks: VecDeque<(u64, Bytes)>,
     bytes: usize,
     /// The budget `bytes` is counted in (set by the first keep).
     pool: Option<Arc<RecentPool>>,
 }
 
 impl Recent {
+    fn start(&self) -> u64 {
+        self.chunks.front().map_or(0, |(at, _)| *at)
+    }
+
     fn end(&self) -> u64 {
-        self.start + self.bytes as u64
+        self.chunks.back().map_or(0, |(at, c)| at + c.len() as u64)
     }
 
     pub(crate) fn clear(&mut self) {
@@ -116,14 +136,14 @@ impl Recent {
         self.bytes = 0;
     }
 
-    fn pop_front(&mut self) {
-        if let Some(chunk) = self.chunks.pop_front() {
-            self.start += chunk.len() as u64;
-            self.bytes -= chunk.len();
-            if let Some(pool) = &self.pool {
-                pool.release(chunk.len());
-            }
+    /// Drops the oldest chunk; returns its length.
+    fn pop_front(&mut self) -> usize {
+        let Some((_, chunk)) = self.chunks.pop_front() else { return 0 };
+        self.bytes -= chunk.len();
+        if let Some(pool) = &self.pool {
+            pool.release(chunk.len());
         }
+        chunk.len()
     }
 
     /// Keeps `chunks`, written back to back at `at` of the segment `base`, as the newest bytes
@@ -134,58 +154,47 @@ impl Recent {
         if self.bytes > 0 && (self.base != base || self.end() != at) {
             self.clear();
         }
-        if len > LOG_BYTES {
-            self.clear();
-            return;
-        }
-        while self.bytes + len > LOG_BYTES {
+        self.pool.get_or_insert_with(|| Arc::clone(pool));
+        while !pool.make_room(me, len) {
+            if self.bytes == 0 {
+                return;
+            }
             self.pop_front();
         }
-        self.pool.get_or_insert_with(|| Arc::clone(pool));
-        if !pool.reserve_for(me, len) {
-            self.clear();
-            return;
-        }
         if self.bytes == 0 {
-            (self.base, self.start) = (base, at);
+            self.base = base;
             if let Some(inner) = me.upgrade()
                 && !inner.listed.swap(true, Ordering::AcqRel)
             {
-                let mut holders = pool.holders();
-                // Logs closed since are dropped from the list now and then (a `Weak` keeps
-                // their memory), at a cost that stays constant per listing.
-                if holders.len() >= 64 && holders.len().is_power_of_two() {
-                    holders.retain(|log| log.strong_count() > 0);
-                }
-                holders.push_back(me.clone());
+                pool.list(me);
             }
         }
-        self.chunks.extend(chunks.iter().filter(|c| !c.is_empty()).cloned());
+        let mut pos = at;
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            self.chunks.push_back((pos, chunk.clone()));
+            pos += chunk.len() as u64;
+        }
         self.bytes += len;
     }
 
-    /// The part of the span a read from position `from` of the segment `base`, up to `to`, may
+    /// The part of the span a read of the segment `base` from position `from` up to `to` may
     /// use.
     pub(crate) fn view(&self, base: u64, from: u64, to: u64) -> Option<RecentView> {
         let to = to.min(self.end());
-        if self.bytes == 0 || self.base != base || to <= self.start || from >= to {
+        if self.bytes == 0 || self.base != base || to <= self.start() || from >= to {
             return None;
         }
-        let mut at = self.start;
+        let first = self.chunks.partition_point(|(at, c)| at + c.len() as u64 <= from);
         let mut view = RecentView { start: 0, chunks: Vec::new(), bytes: 0 };
-        for chunk in &self.chunks {
-            let end = at + chunk.len() as u64;
-            if end > from && at < to {
-                if view.chunks.is_empty() {
-                    view.start = at;
-                }
-                view.chunks.push(chunk.clone());
-                view.bytes += chunk.len();
-            }
-            if end >= to {
+        for (at, chunk) in self.chunks.range(first..) {
+            if *at >= to {
                 break;
             }
-            at = end;
+            if view.chunks.is_empty() {
+                view.start = *at;
+            }
+            view.chunks.push(chunk.clone());
+            view.bytes += chunk.len();
         }
         Some(view)
     }
@@ -241,7 +250,7 @@ mod tests {
     use super::*;
 
     fn kept(recent: &Recent) -> Vec<u8> {
-        let view = recent.view(recent.base, recent.start, u64::MAX).expect("a span");
+        let view = recent.view(recent.base, recent.start(), u64::MAX).expect("a span");
         let mut out = Vec::new();
         view.copy_into(&mut out, view.start(), usize::MAX);
         out
@@ -263,23 +272,26 @@ mod tests {
         assert!(recent.view(1, 107, 117).is_none());
         assert!(recent.view(1, 90, 100).is_none());
         recent.keep(&pool, &me, 1, 200, &[Bytes::from_static(b"xy")]);
-        assert_eq!((recent.start, kept(&recent)), (200, b"xy".to_vec()));
+        assert_eq!((recent.start(), kept(&recent)), (200, b"xy".to_vec()));
         assert_eq!(pool.used(), 2);
         drop(recent);
         assert_eq!(pool.used(), 0);
     }
 
     #[test]
-    fn a_log_keeps_at_most_its_share_oldest_dropped_first() {
-        let pool = RecentPool::new(64 << 20);
+    fn a_full_budget_drops_the_logs_own_oldest_bytes_when_no_other_log_has_any() {
+        let pool = RecentPool::new(4 << 20);
         let me = Weak::new();
         let mut recent = Recent::default();
         let chunk = Bytes::from(vec![7u8; 1 << 20]);
         for i in 0..6u64 {
             recent.keep(&pool, &me, 1, i << 20, std::slice::from_ref(&chunk));
         }
-        assert_eq!((recent.start, recent.bytes), (2 << 20, LOG_BYTES));
-        assert_eq!(pool.used(), LOG_BYTES);
+        assert_eq!((recent.start(), recent.bytes), (2 << 20, 4 << 20));
+        assert_eq!(pool.used(), 4 << 20);
+        assert!(recent.view(2, 2 << 20, 6 << 20).is_none(), "another segment");
+        let view = recent.view(1, (3 << 20) + 5, 4 << 20).expect("covered");
+        assert_eq!((view.start(), view.end()), (3 << 20, 4 << 20));
     }
 
     #[test]

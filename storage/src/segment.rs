@@ -11,7 +11,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -89,24 +88,37 @@ pub struct Scan {
 }
 
 /// Where a read of a segment takes its bytes: the file, except for a span of it the log holds in
-/// memory (the newest bytes of an `always` log, see `crate::recent`), which may not be in the file
-/// yet.
+/// memory (the newest bytes of an `always` log, see `crate::recent`), and only below `file_end`,
+/// past which a flush may still be writing it. A read that needs bytes from the file past
+/// `file_end` fails with an error [`is_unsettled`] recognises.
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
     pub file: &'a File,
     pub memory: Option<&'a RecentView>,
+    pub file_end: u64,
 }
 
 impl<'a> From<&'a File> for Source<'a> {
     fn from(file: &'a File) -> Self {
-        Self { file, memory: None }
+        Self { file, memory: None, file_end: u64::MAX }
     }
 }
 
 impl<'a> From<&'a std::sync::Arc<File>> for Source<'a> {
     fn from(file: &'a std::sync::Arc<File>) -> Self {
-        Self { file, memory: None }
+        Self { file, memory: None, file_end: u64::MAX }
     }
+}
+
+/// The error of a read that needs bytes of the file a flush may still be writing.
+fn unsettled() -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, "bytes a flush is still writing")
+}
+
+/// Whether `e` is a read's that needs bytes a flush may still be writing ([`Source`]); a read of
+/// a regular file never fails so otherwise.
+pub fn is_unsettled(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 /// Reads a file through a window so scanning small batches is not one syscall each.
@@ -427,30 +439,31 @@ fn out_of_sequence() -> BatchError {
 /// Reads `source` from `pos + buf.len()` on until `buf` holds `to` bytes (it may take in more:
 /// a read from the file fills the buffer's spare capacity, and a fresh buffer is not zeroed
 /// first: the `memset` of a 2 MiB read buffer cost about a tenth of a catch-up read's CPU). What
-/// the source holds in memory is copied from there; the file is never read past where that
-/// begins, since a flush may still be writing it.
+/// the source holds in memory is copied from there; what the file holds past where that begins,
+/// or past `file_end`, is dropped again (a flush may still be writing it).
 fn fill(source: Source<'_>, buf: &mut Vec<u8>, to: usize, pos: u64) -> io::Result<()> {
     buf.reserve_exact(to.saturating_sub(buf.len()));
     while buf.len() < to {
         let at = pos + buf.len() as u64;
+        let mut limit = source.file_end;
         if let Some(memory) = source.memory {
             if (memory.start()..memory.end()).contains(&at) {
                 memory.copy_into(buf, at, to - buf.len());
                 continue;
             }
-            if at < memory.start() && memory.start() - at < (buf.capacity() - buf.len()) as u64 {
-                // Only up to the memory's start: zeroed first, a rare read from behind the span.
-                let from = buf.len();
-                buf.resize(from + (memory.start() - at) as usize, 0);
-                source.file.read_exact_at(&mut buf[from..], at)?;
-                continue;
+            if memory.start() > at {
+                limit = limit.min(memory.start());
             }
+        }
+        if at >= limit {
+            return Err(unsettled());
         }
         match rustix::io::pread(source.file, rustix::buffer::spare_capacity(buf), at) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+        buf.truncate(buf.len().min((limit - pos).try_into().unwrap_or(usize::MAX)));
     }
     Ok(())
 }

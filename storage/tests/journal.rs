@@ -616,3 +616,45 @@ fn durable_batches_written_outside_the_lock_read_back_while_they_are_written() {
         assert_eq!(reopened(root.path(), &names), followed, "budget {recent_bytes}");
     }
 }
+
+/// Syncs files, slowly while `slow` is set.
+#[derive(Debug, Default)]
+struct SlowSync {
+    slow: std::sync::atomic::AtomicBool,
+}
+
+impl strata_storage::Fsync for SlowSync {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        if self.slow.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        file.sync_data()
+    }
+}
+
+/// Journaled batches (durable, so readable) that a flush has taken to write with a large one
+/// are read back while that flush still syncs, with no memory to serve them from: the read
+/// waits until the file holds them.
+#[test]
+fn journaled_batches_a_flush_is_writing_are_read_from_the_file_once_written() {
+    let root = tempfile::tempdir().unwrap();
+    let fsync = std::sync::Arc::new(SlowSync::default());
+    let options = StorageOptions { recent_bytes: 0, fsync: fsync.clone(), ..options(32 << 20) };
+    let manager = LogManager::new(root.path(), options).unwrap();
+    let log = manager.open_log("t-0", LogConfig::default()).unwrap();
+    for i in 0..3 {
+        log.append(batch(i, 2, 0)).unwrap().wait().unwrap();
+    }
+    fsync.slow.store(true, std::sync::atomic::Ordering::Release);
+    let large = log.append(batch(3, 2000, 0)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let small = read_all(&log, 0);
+    let keys: Vec<_> = small.iter().map(|r| r.key.clone().unwrap()).collect();
+    let expected: Vec<_> =
+        (0..3).flat_map(|i| [format!("k{i}-0"), format!("k{i}-1")]).map(bytes::Bytes::from).collect();
+    assert_eq!(keys, expected, "the journaled batches, while the large one syncs");
+    large.wait().unwrap();
+    fsync.slow.store(false, std::sync::atomic::Ordering::Release);
+    let all = read_all(&log, 0);
+    assert_eq!((all.len(), &all[..6]), (2006, &small[..]));
+}
