@@ -164,6 +164,9 @@ impl Log {
             size: bytes.len() as u64,
             index: OnceLock::from(index),
         });
+        // Its batches move: what the log holds of the old file in memory goes first, so that a
+        // read of the new file never takes it.
+        self.inner.recent().forget(|base| base == seg.base);
         self.lock().sealed.insert(seg.base, Arc::clone(&new));
         self.inner.shared.files.evict(seg.id);
         Ok(new)

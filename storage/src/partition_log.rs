@@ -27,7 +27,7 @@ use crate::flusher::{FlushTicket, Flushable, Flusher, Fsync};
 use crate::index::{IndexedBatch, SegmentIndex};
 use crate::journal::{Completion, Journal};
 use crate::producer_state::{self, ProducerTable, SequenceCheck, SequencedBatch};
-use crate::recent::{Recent, RecentPool, RecentView};
+use crate::recent::{Recent, RecentPool};
 use crate::segment::{self, ReadFailure, SEGMENT_HEADER_LEN, Source};
 
 /// What the logs of one [`crate::LogManager`] share: the descriptor cache, the flusher, time.
@@ -527,6 +527,7 @@ pub struct SegmentDamage {
 
 /// Which segment a read goes to, captured under the lock.
 struct ReadTarget {
+    base: u64,
     path: PathBuf,
     id: FileId,
     ino: u64,
@@ -537,8 +538,9 @@ struct ReadTarget {
     /// A sealed segment's index may need I/O to load: looked up after the lock is released.
     sealed: Option<Arc<SealedSegment>>,
     next_base: Option<u64>,
-    /// Bytes of the active segment held in memory, read from there rather than the file.
-    memory: Option<RecentView>,
+    /// The log may hold some of the segment's bytes in memory, to be read from there rather than
+    /// the file (see `storage/src/recent.rs`).
+    cached: bool,
     /// The file holds every byte below this (past it, a flush may still be writing).
     file_end: u64,
 }
@@ -1043,9 +1045,7 @@ impl Log {
     fn seal_and_create(&self, st: &mut LogState, now: i64) -> Result<()> {
         let mut writer = self.inner.writer();
         self.inner.write_pending_locked(st, &mut writer)?;
-        // Sealed segments are read from their files.
         writer.close();
-        self.inner.recent().clear();
         let file = self.active_file(st)?;
         let path = st.active.path.clone();
         if st.active.allocated > st.active.size {
@@ -1205,7 +1205,13 @@ impl Log {
                 Err(e) => return Err(Error::io(&target.path, e)),
             };
             let start = target.start_for_offset(self, offset);
-            let source = Source { file: &file, memory: target.memory.as_ref(), file_end: target.file_end };
+            let memory = match (target.cached, reach) {
+                (true, Some(reach)) => {
+                    self.inner.recent().view(target.base, start, start.saturating_add(reach).min(target.bound))
+                }
+                _ => None,
+            };
+            let source = Source { file: &file, memory: memory.as_ref(), file_end: target.file_end };
             match read(source, start, target.bound, offset) {
                 Ok(Some(found)) => {
                     return Ok(InSegment {
@@ -1242,12 +1248,6 @@ impl Log {
             }
             let a = &st.active;
             let start = a.index.position_for_offset(a.base, offset).unwrap_or(SEGMENT_HEADER_LEN);
-            let memory = match (reach, st.config.durability) {
-                (Some(reach), Durability::Always) => {
-                    self.inner.recent().view(a.base, start, start.saturating_add(reach).min(bound))
-                }
-                _ => None,
-            };
             if reach.is_none() && bound > a.settled {
                 self.inner.settle(st)?;
             }
@@ -1257,6 +1257,7 @@ impl Log {
                 _ => u64::MAX,
             };
             return Ok(ReadTarget {
+                base: a.base,
                 path: a.path.clone(),
                 id: a.id,
                 ino: a.ino,
@@ -1265,7 +1266,7 @@ impl Log {
                 start,
                 sealed: None,
                 next_base: None,
-                memory,
+                cached: reach.is_some() && st.config.durability == Durability::Always,
                 file_end,
             });
         }
@@ -1273,6 +1274,7 @@ impl Log {
             st.sealed.range(..=offset).next_back().ok_or(Error::Internal("offset above log start has no segment"))?;
         let next_base = st.sealed.range(seg.base + 1..).next().map_or(st.active.base, |(b, _)| *b);
         Ok(ReadTarget {
+            base: seg.base,
             path: seg.path.clone(),
             id: seg.id,
             ino: seg.ino,
@@ -1281,7 +1283,7 @@ impl Log {
             start: SEGMENT_HEADER_LEN,
             sealed: Some(Arc::clone(seg)),
             next_base: Some(next_base),
-            memory: None,
+            cached: st.config.durability == Durability::Always,
             file_end: u64::MAX,
         })
     }

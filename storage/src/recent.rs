@@ -4,16 +4,17 @@
 //! [`crate::direct`]), so they never enter the page cache, and a consumer reading behind its
 //! producers would read every batch back from the disk. Each such write also hands its batches
 //! (the very buffers the appends built: no copy) to the log's [`Recent`], a contiguous span of the
-//! active segment's newest bytes that reads take from memory instead of the file. This is the
-//! page cache's job for the other logs, done by the process for these (as Redpanda's batch cache
-//! does for its `O_DIRECT` writes).
+//! log's newest bytes (across rolls: one run per segment) that reads take from memory instead of
+//! the file. This is the page cache's job for the other logs, done by the process for these (as
+//! Redpanda's batch cache does for its `O_DIRECT` writes).
 //!
 //! All logs of a manager share one budget, [`RecentPool`] (`StorageOptions::recent_bytes`, 1 GiB
 //! by default: W2's gigabyte, read by its consumers after its producers finish, stays in memory).
 //! A log that finds the budget spent drops the oldest bytes of the log that least recently had
 //! some dropped, round robin, so every log keeps its newest bytes longest and idle logs' spans
 //! drain first; a log whose span is busy is passed over, never waited for; a log then drops its
-//! own oldest bytes. A roll drops the span (sealed segments are read from their files).
+//! own oldest bytes. Retention and compaction drop the bytes of the segments they remove or
+//! rewrite.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,25 +108,22 @@ impl RecentPool {
     }
 }
 
-/// A contiguous span of the active segment's newest bytes, as chunks (one per batch or write).
+/// A log's newest bytes, as chunks (one per batch or write): in each segment a contiguous run,
+/// up to the newest byte written.
 #[derive(Debug, Default)]
 pub(crate) struct Recent {
-    /// The segment's base offset.
-    base: u64,
-    /// The chunks and the file position of each one's first byte, in order.
-    chunks: VecDeque<(u64, Bytes)>,
+    /// The chunks, each with its segment's base offset and the file position of its first byte,
+    /// in order.
+    chunks: VecDeque<(u64, u64, Bytes)>,
     bytes: usize,
     /// The budget `bytes` is counted in (set by the first keep).
     pool: Option<Arc<RecentPool>>,
 }
 
 impl Recent {
-    fn start(&self) -> u64 {
-        self.chunks.front().map_or(0, |(at, _)| *at)
-    }
-
-    fn end(&self) -> u64 {
-        self.chunks.back().map_or(0, |(at, c)| at + c.len() as u64)
+    /// The segment and position after the newest byte.
+    fn end(&self) -> Option<(u64, u64)> {
+        self.chunks.back().map(|(base, at, c)| (*base, at + c.len() as u64))
     }
 
     pub(crate) fn clear(&mut self) {
@@ -138,7 +136,7 @@ impl Recent {
 
     /// Drops the oldest chunk; returns its length.
     fn pop_front(&mut self) -> usize {
-        let Some((_, chunk)) = self.chunks.pop_front() else { return 0 };
+        let Some((_, _, chunk)) = self.chunks.pop_front() else { return 0 };
         self.bytes -= chunk.len();
         if let Some(pool) = &self.pool {
             pool.release(chunk.len());
@@ -146,12 +144,17 @@ impl Recent {
         chunk.len()
     }
 
-    /// Keeps `chunks`, written back to back at `at` of the segment `base`, as the newest bytes
-    /// of `me`'s active segment. A write that does not continue the span starts a new one; one
-    /// the budget has no room for leaves the log without a span (its readers then read the file).
+    /// Keeps `chunks`, written back to back at `at` of the segment `base`, as `me`'s newest
+    /// bytes. A write that does not continue its segment's run (or goes to an older segment)
+    /// starts the span anew; one the budget has no room for leaves the log without a span (its
+    /// readers then read the file).
     pub(crate) fn keep(&mut self, pool: &Arc<RecentPool>, me: &Weak<LogInner>, base: u64, at: u64, chunks: &[Bytes]) {
         let len: usize = chunks.iter().map(Bytes::len).sum();
-        if self.bytes > 0 && (self.base != base || self.end() != at) {
+        let continues = match self.end() {
+            None => true,
+            Some((b, end)) => (b == base && end == at) || b < base,
+        };
+        if !continues {
             self.clear();
         }
         self.pool.get_or_insert_with(|| Arc::clone(pool));
@@ -161,33 +164,37 @@ impl Recent {
             }
             self.pop_front();
         }
-        if self.bytes == 0 {
-            self.base = base;
-            if let Some(inner) = me.upgrade()
-                && !inner.listed.swap(true, Ordering::AcqRel)
-            {
-                pool.list(me);
-            }
+        if self.bytes == 0
+            && let Some(inner) = me.upgrade()
+            && !inner.listed.swap(true, Ordering::AcqRel)
+        {
+            pool.list(me);
         }
         let mut pos = at;
         for chunk in chunks.iter().filter(|c| !c.is_empty()) {
-            self.chunks.push_back((pos, chunk.clone()));
+            self.chunks.push_back((base, pos, chunk.clone()));
             pos += chunk.len() as u64;
         }
         self.bytes += len;
     }
 
+    /// Drops the bytes of the segments `gone` says were removed or rewritten.
+    pub(crate) fn forget(&mut self, gone: impl Fn(u64) -> bool) {
+        let before = self.bytes;
+        self.chunks.retain(|(base, _, _)| !gone(*base));
+        self.bytes = self.chunks.iter().map(|(_, _, c)| c.len()).sum();
+        if let Some(pool) = &self.pool {
+            pool.release(before - self.bytes);
+        }
+    }
+
     /// The part of the span a read of the segment `base` from position `from` up to `to` may
     /// use.
     pub(crate) fn view(&self, base: u64, from: u64, to: u64) -> Option<RecentView> {
-        let to = to.min(self.end());
-        if self.bytes == 0 || self.base != base || to <= self.start() || from >= to {
-            return None;
-        }
-        let first = self.chunks.partition_point(|(at, c)| at + c.len() as u64 <= from);
+        let first = self.chunks.partition_point(|(b, at, c)| (*b, at + c.len() as u64) <= (base, from));
         let mut view = RecentView { start: 0, chunks: Vec::new(), bytes: 0 };
-        for (at, chunk) in self.chunks.range(first..) {
-            if *at >= to {
+        for (b, at, chunk) in self.chunks.range(first..) {
+            if *b != base || *at >= to {
                 break;
             }
             if view.chunks.is_empty() {
@@ -196,7 +203,7 @@ impl Recent {
             view.chunks.push(chunk.clone());
             view.bytes += chunk.len();
         }
-        Some(view)
+        (view.bytes > 0).then_some(view)
     }
 }
 
@@ -250,7 +257,8 @@ mod tests {
     use super::*;
 
     fn kept(recent: &Recent) -> Vec<u8> {
-        let view = recent.view(recent.base, recent.start(), u64::MAX).expect("a span");
+        let (base, start, _) = recent.chunks.front().cloned().expect("a span");
+        let view = recent.view(base, start, u64::MAX).expect("a span");
         let mut out = Vec::new();
         view.copy_into(&mut out, view.start(), usize::MAX);
         out
@@ -272,7 +280,7 @@ mod tests {
         assert!(recent.view(1, 107, 117).is_none());
         assert!(recent.view(1, 90, 100).is_none());
         recent.keep(&pool, &me, 1, 200, &[Bytes::from_static(b"xy")]);
-        assert_eq!((recent.start(), kept(&recent)), (200, b"xy".to_vec()));
+        assert_eq!((recent.chunks[0].1, kept(&recent)), (200, b"xy".to_vec()));
         assert_eq!(pool.used(), 2);
         drop(recent);
         assert_eq!(pool.used(), 0);
@@ -287,11 +295,29 @@ mod tests {
         for i in 0..6u64 {
             recent.keep(&pool, &me, 1, i << 20, std::slice::from_ref(&chunk));
         }
-        assert_eq!((recent.start(), recent.bytes), (2 << 20, 4 << 20));
+        assert_eq!((recent.chunks[0].1, recent.bytes), (2 << 20, 4 << 20));
         assert_eq!(pool.used(), 4 << 20);
         assert!(recent.view(2, 2 << 20, 6 << 20).is_none(), "another segment");
         let view = recent.view(1, (3 << 20) + 5, 4 << 20).expect("covered");
         assert_eq!((view.start(), view.end()), (3 << 20, 4 << 20));
+    }
+
+    #[test]
+    fn a_span_runs_on_into_the_next_segment_and_forgets_removed_ones() {
+        let pool = RecentPool::new(1 << 20);
+        let me = Weak::new();
+        let mut recent = Recent::default();
+        recent.keep(&pool, &me, 0, 32, &[Bytes::from_static(b"abc")]);
+        recent.keep(&pool, &me, 3, 32, &[Bytes::from_static(b"defg")]);
+        let mut out = Vec::new();
+        recent.view(0, 33, 100).expect("the first segment's run").copy_into(&mut out, 33, 10);
+        assert_eq!(out, b"bc");
+        assert_eq!(recent.view(3, 32, 34).map(|v| (v.start(), v.end())), Some((32, 36)));
+        recent.forget(|base| base < 3);
+        assert!(recent.view(0, 32, 100).is_none());
+        assert_eq!(pool.used(), 4);
+        recent.keep(&pool, &me, 0, 35, &[Bytes::from_static(b"x")]);
+        assert_eq!(pool.used(), 1, "an older segment starts the span anew");
     }
 
     #[test]

@@ -154,6 +154,7 @@ impl Log {
             st.log_start = st.sealed.keys().next().copied().unwrap_or(st.active.base);
             st.log_start
         };
+        self.inner.recent().forget(|base| base < log_start);
         let mut deleted_bytes = 0;
         for seg in &doomed {
             self.inner.shared.files.evict(seg.id);
