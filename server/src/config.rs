@@ -75,8 +75,13 @@ pub struct ServerConfig {
     /// larger files mean rarer, larger checkpoints for wide topics and a longer replay after a
     /// crash; at most four exist, zero-filled when created.
     pub journal_file_bytes: u64,
-    /// Memory for the newest bytes of `flush = always` partitions, which are written past the
-    /// page cache: reads of them come from here (from the disk once dropped). 0 turns it off.
+    /// `flush = always` batches too large for the journal are written by their flush, past the
+    /// page cache (`O_DIRECT`), rather than by their append into it: appends under load cost
+    /// less, while readers find in memory only the newest `batch_cache_bytes` and read the rest
+    /// from the disk.
+    pub direct_writes: bool,
+    /// With `direct_writes`, memory for the newest bytes of `flush = always` partitions, from
+    /// which their readers are served (0: none).
     pub batch_cache_bytes: u64,
 }
 
@@ -127,6 +132,7 @@ impl Default for ServerConfig {
             zero_copy: ZeroCopy::Remote,
             journal: true,
             journal_file_bytes: strata_storage::DEFAULT_JOURNAL_FILE_BYTES,
+            direct_writes: false,
             batch_cache_bytes: strata_storage::DEFAULT_RECENT_BYTES as u64,
         }
     }
@@ -145,7 +151,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 30] = [
+const ENV_KEYS: [&str; 31] = [
     "listen",
     "unix_socket",
     "data_dir",
@@ -175,6 +181,7 @@ const ENV_KEYS: [&str; 30] = [
     "zero_copy",
     "journal",
     "journal_file_bytes",
+    "direct_writes",
     "batch_cache_bytes",
 ];
 

@@ -129,6 +129,7 @@ pub async fn run(
         max_open_files: config.max_open_files,
         journal: config.journal,
         journal_file_bytes: config.journal_file_bytes,
+        direct_writes: config.direct_writes,
         recent_bytes: usize::try_from(config.batch_cache_bytes).unwrap_or(usize::MAX),
         ..Default::default()
     };

@@ -31,8 +31,13 @@ pub struct StorageOptions {
     /// Size of each journal file (zero-filled when created; at most four exist):
     /// [`DEFAULT_JOURNAL_FILE_BYTES`] unless set.
     pub journal_file_bytes: u64,
-    /// Memory all `always` logs together keep of their newest bytes for their readers (see
-    /// `storage/src/recent.rs`): [`crate::DEFAULT_RECENT_BYTES`] unless set.
+    /// `always` logs' batches that the journal does not take are written by their flush, past
+    /// the page cache (see `storage/src/direct.rs`), rather than by their append into it. Off
+    /// by default: faster appends under load, but readers then find in memory only the newest
+    /// `recent_bytes`, and read the rest from the disk.
+    pub direct_writes: bool,
+    /// With `direct_writes`, memory all `always` logs together keep of their newest bytes for
+    /// their readers (see `storage/src/recent.rs`): [`crate::DEFAULT_RECENT_BYTES`] unless set.
     pub recent_bytes: usize,
 }
 
@@ -56,6 +61,7 @@ impl Default for StorageOptions {
             producer_expiry: crate::producer_state::DEFAULT_EXPIRY,
             journal: true,
             journal_file_bytes: DEFAULT_JOURNAL_FILE_BYTES,
+            direct_writes: false,
             recent_bytes: crate::DEFAULT_RECENT_BYTES,
         }
     }
@@ -182,6 +188,7 @@ fn new_shared(options: StorageOptions, root: &Path, journal: Option<Journal>) ->
         fsync: options.fsync,
         producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
         journal,
+        direct_writes: options.direct_writes,
         recent: crate::recent::RecentPool::new(options.recent_bytes),
     }))
 }

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub(crate) producer_expiry_ms: i64,
     /// The manager's write-ahead journal for small durable appends (none for a standalone log).
     pub(crate) journal: Option<Journal>,
+    /// `always` batches the journal does not take are written by their flush, past the page
+    /// cache (`StorageOptions::direct_writes`).
+    pub(crate) direct_writes: bool,
     /// The budget of the logs' in-memory spans of newest bytes.
     pub(crate) recent: Arc<RecentPool>,
 }
@@ -850,8 +853,8 @@ impl Log {
         let write_behind = always && self.journal_takes(len as usize);
         let waits = match (always, write_behind) {
             (true, true) => Some(WRITE_BEHIND_BYTES),
-            (true, false) => Some(DEFER_MAX_BYTES),
-            (false, _) => None,
+            (true, false) if self.inner.shared.direct_writes => Some(DEFER_MAX_BYTES),
+            _ => None,
         };
         let pending = st.active.pending.len();
         let written_now = match waits {
@@ -911,10 +914,12 @@ impl Log {
                 let next_offset = st.next_offset;
                 st.waiters.push(Waiter { next_offset, notify });
                 let journaled = self.journal(&st, &batch);
-                // Written by the next append that fills the pending batches, or by whatever
-                // needs the file to hold them (a read, a sync, a roll, a checkpoint), which
-                // includes the flush queued below when the journal did not take it.
-                st.active.pending.push(batch);
+                if waits.is_some() {
+                    // Written by the next append that fills the pending batches, or by whatever
+                    // needs the file to hold them (a read, a sync, a roll, a checkpoint), which
+                    // includes the flush queued below when the journal did not take it.
+                    st.active.pending.push(batch);
+                }
                 if !journaled {
                     drop(st);
                     self.queue_flush(deferred);
@@ -1252,10 +1257,8 @@ impl Log {
                 self.inner.settle(st)?;
             }
             let a = &st.active;
-            let file_end = match st.config.durability {
-                Durability::Always => a.settled,
-                _ => u64::MAX,
-            };
+            let direct = self.inner.shared.direct_writes && st.config.durability == Durability::Always;
+            let file_end = if direct { a.settled } else { u64::MAX };
             return Ok(ReadTarget {
                 base: a.base,
                 path: a.path.clone(),
@@ -1266,7 +1269,7 @@ impl Log {
                 start,
                 sealed: None,
                 next_base: None,
-                cached: reach.is_some() && st.config.durability == Durability::Always,
+                cached: reach.is_some() && direct,
                 file_end,
             });
         }
@@ -1283,7 +1286,7 @@ impl Log {
             start: SEGMENT_HEADER_LEN,
             sealed: Some(Arc::clone(seg)),
             next_base: Some(next_base),
-            cached: st.config.durability == Durability::Always,
+            cached: self.inner.shared.direct_writes && st.config.durability == Durability::Always,
             file_end: u64::MAX,
         })
     }
@@ -1636,7 +1639,7 @@ impl LogInner {
         if st.deleted {
             return Ok(None);
         }
-        if st.config.durability == Durability::Always && !st.active.pending.is_empty() {
+        if self.shared.direct_writes && st.config.durability == Durability::Always && !st.active.pending.is_empty() {
             return self.write_direct(st).map(Some);
         }
         // Durable through the journal is not yet in the file: a flush puts it there (and syncs).

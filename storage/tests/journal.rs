@@ -549,17 +549,18 @@ fn with_small_journal_files_a_batch_too_large_for_two_per_file_is_synced_in_its_
     assert_eq!(on_disk(), size, "a small batch after it is still journaled");
 }
 
-/// Four producers append batches of both kinds to each of three `always` logs (small ones the
-/// journal takes, ~60 KiB ones their flush writes past the page cache, outside the log's lock)
+/// With `direct_writes`, four producers append batches of both kinds to each of three `always`
+/// logs (small ones the journal takes, ~60 KiB ones their flush writes past the page cache,
+/// outside the log's lock)
 /// into small segments, while a reader follows each log right behind: the reader sees every
-/// batch exactly as a later full read and a reopened log do. Run with the default span budget
-/// (readers served from memory) and with one too small for three logs (spans taken from each
-/// other, readers sent to the file).
+/// batch exactly as a later full read and a reopened log do. Run with the default batch cache
+/// (readers served from memory), one too small for three logs (their bytes taken from each
+/// other, readers sent to the file) and none.
 #[test]
 fn durable_batches_written_outside_the_lock_read_back_while_they_are_written() {
-    for recent_bytes in [strata_storage::DEFAULT_RECENT_BYTES, 300 << 10] {
+    for recent_bytes in [strata_storage::DEFAULT_RECENT_BYTES, 300 << 10, 0] {
         let root = tempfile::tempdir().unwrap();
-        let options = StorageOptions { recent_bytes, ..options(32 << 20) };
+        let options = StorageOptions { direct_writes: true, recent_bytes, ..options(32 << 20) };
         let manager = LogManager::new(root.path(), options).unwrap();
         let config = LogConfig { segment_bytes: 256 << 10, ..LogConfig::default() };
         let names = ["a-0", "b-0", "c-0"];
@@ -639,7 +640,7 @@ impl strata_storage::Fsync for SlowSync {
 fn journaled_batches_a_flush_is_writing_are_read_from_the_file_once_written() {
     let root = tempfile::tempdir().unwrap();
     let fsync = std::sync::Arc::new(SlowSync::default());
-    let options = StorageOptions { recent_bytes: 0, fsync: fsync.clone(), ..options(32 << 20) };
+    let options = StorageOptions { direct_writes: true, recent_bytes: 0, fsync: fsync.clone(), ..options(32 << 20) };
     let manager = LogManager::new(root.path(), options).unwrap();
     let log = manager.open_log("t-0", LogConfig::default()).unwrap();
     for i in 0..3 {

@@ -74,26 +74,35 @@ fn an_inline_append_hands_its_batch_back_when_it_would_roll_or_write_much() {
     assert_eq!(log.segments().len(), 2);
     assert_eq!(read_all(&log, 0).len() as u64, (appended + 1) * 5);
 
-    // A batch too large for the journal waits for its flush to write it (past the page cache):
-    // appended in place whatever its size. A log that is not `always` writes it at once: inline
-    // up to 256 KiB, beyond that handed back.
+    // A batch too large for the journal is written to its segment at once: inline up to
+    // 256 KiB, beyond that handed back; so is a log that is not `always`.
     let wide = manager.open_log("t-2", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
     let big = ValidBatch::check(batch(1000, 2000, 1)).unwrap();
     assert!(big.bytes().len() > 32 << 10 && big.bytes().len() < 256 << 10);
-    let Attempt::Appended(pending) = wide.append_inline(big, None).unwrap() else { panic!("no file touched") };
+    let Attempt::Appended(pending) = wide.append_inline(big, None).unwrap() else { panic!("a small write is inline") };
     assert_eq!(pending.wait().unwrap().last_offset, 1999);
     let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
     assert!(huge.bytes().len() > 256 << 10);
-    let Attempt::Appended(pending) = wide.append_inline(huge, None).unwrap() else { panic!("no file touched") };
-    assert_eq!(pending.wait().unwrap().last_offset, 21_999);
+    assert!(matches!(wide.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
     let Attempt::Appended(pending) = wide.append_inline(valid(0), None).unwrap() else { panic!("journaled") };
-    assert_eq!(pending.wait().unwrap().base_offset, 22_000);
+    assert_eq!(pending.wait().unwrap().base_offset, 2000);
     let relaxed = manager.open_log("t-1", LogConfig { durability: Durability::Never, ..LogConfig::default() }).unwrap();
     assert!(matches!(relaxed.append_inline(valid(0), None).unwrap(), Attempt::Appended(_)));
     let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
     assert!(matches!(relaxed.append_inline(huge, None).unwrap(), Attempt::NeedsIo(_)));
     assert_eq!(relaxed.high_watermark(), 5);
-    assert_eq!(read_all(&wide, 0).len(), 22_005);
+    assert_eq!(read_all(&wide, 0).len(), 2005);
+
+    // With `direct_writes`, such a batch waits for its flush to write it (past the page cache):
+    // appended in place whatever its size.
+    let dir = tempfile::tempdir().unwrap();
+    let manager =
+        LogManager::new(dir.path(), StorageOptions { direct_writes: true, ..StorageOptions::default() }).unwrap();
+    let direct = manager.open_log("t-0", LogConfig { durability: Durability::Always, ..LogConfig::default() }).unwrap();
+    let huge = ValidBatch::check(batch(1000, 20_000, 1)).unwrap();
+    let Attempt::Appended(pending) = direct.append_inline(huge, None).unwrap() else { panic!("no file touched") };
+    assert_eq!(pending.wait().unwrap().last_offset, 19_999);
+    assert_eq!(read_all(&direct, 0).len(), 20_000);
 }
 
 #[test]
@@ -161,7 +170,9 @@ fn assert_locate_matches_read(log: &Log, offset: u64, max_bytes: usize, overshoo
 fn locating_batches_finds_the_bytes_a_read_returns() {
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig { segment_bytes: 64 << 10, index_interval_bytes: 512, ..LogConfig::default() };
-    let log = Log::open(dir.path(), config).unwrap();
+    // Written past the page cache by their flushes, the newest batches held in memory.
+    let options = StorageOptions { direct_writes: true, ..StorageOptions::default() };
+    let log = Log::open_with_options(dir.path(), config, options).unwrap();
     // Batches of 1 to ~400 records: some far smaller than the 8 KiB header window, some larger.
     for tag in 0..60u64 {
         let n = [1, 3, 40, 400, 7, 150][tag as usize % 6];
@@ -175,8 +186,6 @@ fn locating_batches_finds_the_bytes_a_read_returns() {
             from_memory += usize::from(assert_locate_matches_read(&log, offset, max_bytes, overshoot));
         }
     }
-    // `always` batches are written past the page cache by their flush: the newest come from the
-    // log's memory.
     assert!(from_memory > 0, "the active segment's newest batches are held in memory");
     assert!(matches!(log.locate(hw + 1, 1, 0), Err(Error::OffsetOutOfRange { .. })));
 
