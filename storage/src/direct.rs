@@ -6,13 +6,15 @@
 //! write on this project's VM: a `pwrite` of new data copies into freshly allocated page-cache
 //! pages, which the VM's balloon hands back to the host once freed, ~1 GB/s per core against
 //! 10–20 GB/s for a copy into memory touched before (`benches/FINDINGS.md`, "New page-cache pages
-//! against `O_DIRECT`"). So a durable batch the journal does not take is not written by its
-//! append: it waits with the segment's other unwritten batches (`Pending`), and the flush the
+//! against `O_DIRECT`"). So with `StorageOptions::direct_writes` a durable batch the journal does
+//! not take is not written by its append: it waits with the segment's other unwritten batches
+//! (`Pending`), and the flush the
 //! append queues hands them all to [`SegmentWriter::write`], which gathers them behind the
 //! file's partly filled last block in a reused aligned buffer and writes them with `O_DIRECT`,
 //! outside the log's lock. W3 (durable, 1 ms batches, 4 partitions) at 80 % of its peak kept up
-//! for the first time that way (`benches/FINDINGS.md`, "Durable batches written by the flusher").
-//! Readers get those bytes from memory ([`crate::recent`]).
+//! for the first time that way (`benches/FINDINGS.md`, "Durable batches past the page cache,
+//! landed as an option", which also says why it is not the default). Readers get the newest of
+//! those bytes from memory ([`crate::recent`]), the rest from the disk.
 //!
 //! **Order.** Every write into the active segment, direct or not, holds the log's writer lock
 //! (`LogInner::writer`), taken under the log's state lock; a flush takes it before letting go of
@@ -38,7 +40,8 @@ use crate::aligned::{self, AlignedBuf};
 pub(crate) struct SegmentWriter {
     /// The `O_DIRECT` descriptor of the segment written last, and what it knows of its end.
     direct: Option<DirectTail>,
-    /// The log's filesystem refused `O_DIRECT`: its writes go through the page cache.
+    /// The log's filesystem refused `O_DIRECT`, or a second descriptor could not be opened (out
+    /// of descriptors): its writes go through the page cache from then on.
     refused: bool,
     /// A write failed: the log is poisoned, and nothing handed to the writer is known to be in
     /// the file.

@@ -59,7 +59,8 @@ pub(crate) struct Shared {
 pub(crate) const WRITE_BEHIND_BYTES: usize = 64 << 10;
 
 /// Batches waiting to be written to their segment: journaled ones (see [`WRITE_BEHIND_BYTES`])
-/// and the other batches of `always` logs (written by their flush, see [`crate::direct`]). Kept
+/// and, with `direct_writes`, the other batches of `always` logs (written by their flush, see
+/// [`crate::direct`]). Kept
 /// as they were built and written with vectored `pwrite`s: gathering them into one buffer first
 /// was a copy of every byte W6 produces, ~4 % of the server's CPU.
 #[derive(Debug, Default)]
@@ -286,8 +287,8 @@ pub(crate) struct LogInner {
     seal_jobs_done: Condvar,
     /// Every write into the active segment holds this, taken under `state` (see [`crate::direct`]).
     writer: Mutex<SegmentWriter>,
-    /// The newest bytes of an `always` log's active segment, for its readers (see
-    /// [`crate::recent`]); taken under `writer` or `state`, or alone.
+    /// The newest bytes of an `always` log written past the page cache, for its readers (see
+    /// [`crate::recent`]); taken under `writer`, or alone.
     pub(crate) recent: Mutex<Recent>,
     /// Listed among the holders of a span in the pool (`recent`).
     pub(crate) listed: AtomicBool,

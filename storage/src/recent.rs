@@ -217,7 +217,7 @@ impl Drop for Recent {
     }
 }
 
-/// Chunks of a [`Recent`] span taken for one read: a contiguous run of the segment's bytes.
+/// Chunks of a log's cached bytes (`Recent`) taken for one read: a contiguous run of a segment's bytes.
 #[derive(Debug, Clone)]
 pub struct RecentView {
     start: u64,
