@@ -217,7 +217,8 @@ impl Drop for Recent {
     }
 }
 
-/// Chunks of a log's cached bytes (`Recent`) taken for one read: a contiguous run of a segment's bytes.
+/// Chunks of a log's cached bytes (`Recent`) taken for one read: a contiguous run of a
+/// segment's bytes.
 #[derive(Debug, Clone)]
 pub struct RecentView {
     start: u64,
