@@ -416,7 +416,10 @@ fn cli_consume_from_an_offset_retention_removed_starts_at_the_first_record() {
     loop {
         let (out, err) = strata(&["consume", "short", "--from", "0", "--to-end"]);
         if err.contains("starts at offset") {
-            assert!(!out.contains("r1"), "offset 0 is gone: {out:?}");
+            // Retention may run between two of the consumer's reads, so what it printed before
+            // the jump varies (nothing, or r1); after it, the first record left, to the end.
+            let lines: Vec<&str> = out.lines().collect();
+            assert!(lines.len() < 3 && lines.is_sorted(), "a gap where records were removed: {out:?}");
             assert!(out.ends_with("r3\n"), "read from the first record left to the end: {out:?}");
             break;
         }
