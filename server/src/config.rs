@@ -294,6 +294,13 @@ mod tests {
         std::fs::write(&file, "zero_copy = \"sometimes\"\n").unwrap();
         let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("zero_copy"), "{e}");
+        std::fs::write(&file, "direct_writes = true\nbatch_cache_bytes = 1048576\n").unwrap();
+        let config = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap();
+        assert_eq!((config.direct_writes, config.batch_cache_bytes), (true, 1 << 20));
+        assert!(!ServerConfig::default().direct_writes, "the page cache by default");
+        std::fs::write(&file, "direct_writes = \"yes\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
+        assert!(e.contains("direct_writes"), "{e}");
         std::fs::write(&file, "journal_file_bytes = 8388608\n").unwrap();
         assert_eq!(ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap().journal_file_bytes, 8 << 20);
         std::fs::write(&file, "journal_file_bytes = 4096\n").unwrap();
