@@ -158,8 +158,12 @@ impl Recent {
             None => true,
             Some((b, end)) => (b == base && end == at) || b < base,
         };
-        if !continues {
+        if !continues || len > pool.cap {
+            // A write larger than the whole budget is not kept, and takes no one's room.
             self.clear();
+        }
+        if len > pool.cap {
+            return;
         }
         self.pool.get_or_insert_with(|| Arc::clone(pool));
         while !pool.make_room(me, len) {
@@ -333,5 +337,7 @@ mod tests {
         a.keep(&pool, &me, 1, 0, &[Bytes::from_static(b"12345678")]);
         b.keep(&pool, &me, 2, 0, &[Bytes::from_static(b"1234")]);
         assert_eq!((a.bytes, b.bytes, pool.used()), (8, 0, 8));
+        a.keep(&pool, &me, 1, 8, &[Bytes::from_static(b"more than ten bytes")]);
+        assert_eq!((a.bytes, pool.used()), (0, 0), "larger than the budget: not kept, and the span ends");
     }
 }
