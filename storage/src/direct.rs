@@ -94,15 +94,16 @@ impl SegmentWriter {
     }
 
     fn write_direct(&mut self, base: u64, path: &Path, file: &File, at: u64, parts: &[Bytes]) -> io::Result<u64> {
-        let stale = self.direct.as_ref().is_none_or(|d| d.base != base);
-        if stale {
-            let Some((direct, align)) = aligned::open_direct(path) else {
-                return Err(io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error()));
-            };
-            let buf = AlignedBuf::default();
-            self.direct = Some(DirectTail { base, file: direct, align, buf, tail: Vec::new(), end: u64::MAX });
-        }
-        let Some(d) = self.direct.as_mut() else { unreachable!("opened above") };
+        let d = match &mut self.direct {
+            Some(d) if d.base == base => d,
+            slot => {
+                let Some((direct, align)) = aligned::open_direct(path) else {
+                    return Err(io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error()));
+                };
+                let buf = AlignedBuf::default();
+                slot.insert(DirectTail { base, file: direct, align, buf, tail: Vec::new(), end: u64::MAX })
+            }
+        };
         if d.end != at {
             // Something else wrote the file since (a write through the page cache): read the
             // partly filled block back.

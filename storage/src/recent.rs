@@ -158,12 +158,13 @@ impl Recent {
             None => true,
             Some((b, end)) => (b == base && end == at) || b < base,
         };
-        if !continues || len > pool.cap {
+        if len > pool.cap {
             // A write larger than the whole budget is not kept, and takes no one's room.
             self.clear();
-        }
-        if len > pool.cap {
             return;
+        }
+        if !continues {
+            self.clear();
         }
         self.pool.get_or_insert_with(|| Arc::clone(pool));
         while !pool.make_room(me, len) {
