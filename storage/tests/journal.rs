@@ -659,3 +659,103 @@ fn journaled_batches_a_flush_is_writing_are_read_from_the_file_once_written() {
     let all = read_all(&log, 0);
     assert_eq!((all.len(), &all[..6]), (2006, &small[..]));
 }
+
+/// Whether `file` is one of the journal's (by its path, read back from `/proc`).
+fn is_journal_file(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .is_ok_and(|p| p.components().any(|c| c.as_os_str() == "_journal"))
+}
+
+/// Syncs files, each journal sync taking 20 ms, and counts how many journal syncs ran at once.
+#[derive(Debug, Default)]
+struct OverlapSync {
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    /// Journal syncs fail while set.
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl strata_storage::Fsync for OverlapSync {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !is_journal_file(file) {
+            return file.sync_data();
+        }
+        if self.fail.load(SeqCst) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let result = file.sync_data();
+        self.running.fetch_sub(1, SeqCst);
+        result
+    }
+}
+
+/// Appends keep arriving while a journal sync runs: the next write is synced beside it rather
+/// than after it, every append is acknowledged with dense offsets, and a crash then loses none
+/// of them (the replay puts back what the segments lost).
+#[test]
+fn journal_syncs_run_side_by_side_and_every_acknowledged_append_survives_a_crash() {
+    let root = tempfile::tempdir().unwrap();
+    let fsync = std::sync::Arc::new(OverlapSync::default());
+    let names = ["s-0", "s-1", "s-2", "s-3"];
+    let manager = LogManager::new(root.path(), StorageOptions { fsync: fsync.clone(), ..options(32 << 20) }).unwrap();
+    let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let writers: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(k, name)| {
+                let log = manager.open_log(name, LogConfig::default()).unwrap();
+                s.spawn(move || {
+                    (0..25u64)
+                        .map(|i| log.append(batch(i * 10 + k as u64, 2, 0)).unwrap().wait().unwrap().base_offset)
+                        .collect()
+                })
+            })
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for offsets in &acked {
+        assert_eq!(offsets, &(0..25).map(|i| i * 2).collect::<Vec<u64>>(), "dense, in order");
+    }
+    assert!(fsync.most.load(std::sync::atomic::Ordering::SeqCst) >= 2, "journal syncs overlapped");
+    let expected: Vec<_> =
+        names.iter().map(|n| read_all(&manager.open_log(n, LogConfig::default()).unwrap(), 0)).collect();
+    assert!(expected.iter().all(|records| records.len() == 50));
+    drop(manager);
+    for name in names {
+        lose_segment_data(root.path(), name);
+    }
+    assert_eq!(reopened(root.path(), &names), expected);
+}
+
+/// A journal sync that fails fails the appends it would have acknowledged (their log refuses
+/// writes until reopened); the journal takes no more entries, so other logs sync their own
+/// segments; what was acknowledged before is there after a restart.
+#[test]
+fn a_failed_journal_sync_fails_the_appends_it_covers_and_later_ones_sync_their_segments() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let root = tempfile::tempdir().unwrap();
+    let fsync = std::sync::Arc::new(OverlapSync::default());
+    let manager = LogManager::new(root.path(), StorageOptions { fsync: fsync.clone(), ..options(32 << 20) }).unwrap();
+    let a = manager.open_log("a-0", LogConfig::default()).unwrap();
+    let b = manager.open_log("b-0", LogConfig::default()).unwrap();
+    for i in 0..3 {
+        a.append(batch(i, 2, 0)).unwrap().wait().unwrap();
+    }
+    fsync.fail.store(true, SeqCst);
+    let failed = a.append(batch(3, 2, 0)).unwrap().wait();
+    assert!(matches!(failed, Err(strata_storage::Error::Poisoned { .. })), "{failed:?}");
+    assert!(matches!(a.append(batch(4, 2, 0)), Err(strata_storage::Error::Poisoned { .. })));
+    fsync.fail.store(false, SeqCst);
+    let info = b.append(batch(5, 2, 0)).unwrap().wait().unwrap();
+    assert_eq!(info.base_offset, 0);
+    drop((a, b));
+    drop(manager);
+    let reopened = reopened(root.path(), &["a-0", "b-0"]);
+    assert!(reopened[0].len() >= 6, "what was acknowledged: {}", reopened[0].len());
+    assert_eq!(reopened[1].len(), 2);
+}
