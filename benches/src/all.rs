@@ -62,6 +62,10 @@ pub struct Args {
     /// durable peak: for comparing two builds at the same load.
     #[arg(long)]
     w3_peak: Option<f64>,
+    /// The percentages of the peak W3 offers (with `--w3-peak`, e.g. `--w3-percents 10` to compare
+    /// two builds at one load in a third of the time).
+    #[arg(long, value_delimiter = ',', default_value = "10,50,80", requires = "w3_peak")]
+    w3_percents: Vec<u32>,
     /// Records in the W9 SQL dataset (default 10,000,000; 200,000 with --quick).
     #[arg(long)]
     sql_records: Option<u64>,
@@ -645,7 +649,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
         };
         for &peer in &systems {
             let peak = w2_peak(&report, peer.name());
-            for pct in [10u32, 50, 80] {
+            for &pct in &args.w3_percents {
                 let mut row = Row::new("W3", peer.name(), "durable", &format!("latency@{pct}%"));
                 if let Some(why) = peer.skips(false, Mode::Durable) {
                     row.note = why.into();
@@ -1201,5 +1205,13 @@ mod tests {
         assert!(!whole(&["--systems", "strata"]));
         assert!(!whole(&["--workloads", "w2,w3"]));
         assert!(!whole(&["--w3-peak", "900000"]));
+    }
+
+    #[test]
+    fn w3_percents_default_to_three_loads_and_need_a_fixed_peak() {
+        let parse = |argv: &[&str]| Cli::try_parse_from(std::iter::once("all").chain(argv.iter().copied()));
+        assert_eq!(parse(&[]).unwrap().args.w3_percents, [10, 50, 80]);
+        assert_eq!(parse(&["--w3-peak", "900000", "--w3-percents", "10"]).unwrap().args.w3_percents, [10]);
+        assert!(parse(&["--w3-percents", "10"]).is_err(), "a percentage of what peak?");
     }
 }
