@@ -55,9 +55,13 @@
 //! the current one, so a closed file's entries are all acknowledged and a sync covers writes to
 //! its own file only. A failed sync fails the logs of every write not yet covered, and of every
 //! later one. Why: with one thread, an append that arrived while a sync ran waited for it, then
-//! for its own write and sync. Handing each write to a separate sync thread instead cost a
-//! thread wake-up per write (p50 up by ~0.2 ms in W3 at 10 %); here the wake-up an append
-//! already causes goes to the thread that is free.
+//! for its own write and sync, and the thread wrote nothing while it synced. Measured against
+//! one thread (benches/FINDINGS.md, "Two journal threads"): W3 at 50 % of a fixed 900k msgs/s
+//! peak had p99 2.9–181 ms (median 10) against 6.2–522 (156), at 80 % it took as much or
+//! more in six pairs of six, W6 took more in two pairs of three; W3 at 10 % the same within
+//! the noise (p99 medians 6.4 and 7.1 ms over twelve pairs). A first version handed each write to separate sync threads (a wake-up more per
+//! write): about the same (W6 more in three pairs of three); here the wake-up an append
+//! already causes goes to whichever thread is free.
 //!
 //! **Files.** At most four, `_journal/<n>.slot`, [`StorageOptions::journal_file_bytes`] each,
 //! zero-filled when created and then never renamed, resized or removed: a file is retired by a
