@@ -44,7 +44,9 @@
 //!
 //! **Syncs in flight.** [`JOURNAL_THREADS`] threads take turns: one takes what is queued and
 //! writes it while holding the writer (so writes go into the file one after another), lets the
-//! writer go, and `fdatasync`s; meanwhile the next takes what arrived and writes it. When a sync
+//! writer go, and `fdatasync`s; meanwhile, once [`OVERLAP_BYTES`] (256 KiB) have arrived, the
+//! next takes them and writes them (below that they wait for the sync in progress and are
+//! written after it in one piece by the thread that ran it, as with one thread). When a sync
 //! returns, every write up to the one it followed is durable, including those whose own sync
 //! still runs: an `O_DIRECT` write is with the device once `pwrite` returns, and the device
 //! flush of any `fdatasync` started after it covers it; so the logs of all of them are marked
@@ -55,13 +57,17 @@
 //! the current one, so a closed file's entries are all acknowledged and a sync covers writes to
 //! its own file only. A failed sync fails the logs of every write not yet covered, and of every
 //! later one. Why: with one thread, an append that arrived while a sync ran waited for it, then
-//! for its own write and sync, and the thread wrote nothing while it synced. Measured against
-//! one thread (benches/FINDINGS.md, "Two journal threads"): W3 at 50 % of a fixed 900k msgs/s
-//! peak had p99 2.9–181 ms (median 10) against 6.2–522 (156), at 80 % it took as much or
-//! more in six pairs of six, W6 took more in two pairs of three; W3 at 10 % the same within
-//! the noise (p99 medians 6.4 and 7.1 ms over twelve pairs). A first version handed each write to separate sync threads (a wake-up more per
-//! write): about the same (W6 more in three pairs of three); here the wake-up an append
-//! already causes goes to whichever thread is free.
+//! for its own write and sync, and the thread wrote nothing while it synced (in W6, ~1.2 ms per
+//! ~1 MB write, then ~1.0 ms per sync). Measured against one thread (benches/FINDINGS.md, "Two
+//! journal threads"): W6 took more in two pairs of three (a first version, which handed each
+//! write to separate sync threads, a wake-up more per write: three of three); W3 at 10 % (22 KiB
+//! batches, all journaled) the same within the noise (p99 medians 6.4 and 7.1 ms over twelve
+//! pairs). Here the wake-up an append already causes goes to whichever thread is free. With a
+//! second sync started for any amount, single-record requests at 5–43k a second (all
+//! journaled) measured p99 1.5–3.1 ms against 1.3–2.0 (three pairs, two outliers of 24 and
+//! 279 ms aside, both the one thread's) and ~13 % more server CPU
+//! per byte at 5k: more, smaller syncs. Hence [`OVERLAP_BYTES`]: a second sync only for a
+//! backlog, as W6's ~1 MB writes make (see FINDINGS for how far that is measured).
 //!
 //! **Files.** At most four, `_journal/<n>.slot`, [`StorageOptions::journal_file_bytes`] each,
 //! zero-filled when created and then never renamed, resized or removed: a file is retired by a
@@ -145,7 +151,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -180,6 +186,11 @@ const SYNC_EACH_MAX_LOGS: usize = 8;
 /// Threads that write and sync the journal: while one syncs its write, another writes what
 /// arrived meanwhile (see the module docs, "Syncs in flight").
 const JOURNAL_THREADS: usize = 2;
+
+/// Queued bytes for which a journal thread writes while another syncs; below it, what arrives
+/// during a sync waits for that sync and is written after it in one piece, as with one thread
+/// (see the module docs, "Syncs in flight").
+const OVERLAP_BYTES: usize = 256 << 10;
 
 /// `len`, `crc`, `epoch`, `name_len`.
 const ENTRY_HEADER: usize = 4 + 4 + 8 + 2;
@@ -384,6 +395,8 @@ struct Inner {
     /// [`Journal::stop`] was called.
     stopped: AtomicBool,
     writer: Mutex<Writer>,
+    /// Journal threads between their write and the end of its sync.
+    syncing: AtomicUsize,
     /// Writes waiting for their `fdatasync` (see [`Syncs`]).
     syncs: Mutex<Syncs>,
     /// Wakes a journal thread waiting for the others' syncs to finish.
@@ -401,6 +414,14 @@ impl Inner {
 
     fn wait_files<'a>(&self, guard: MutexGuard<'a, Files>) -> MutexGuard<'a, Files> {
         self.files_changed.wait(guard).unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a journal thread should take what is queued now: while another one syncs, only
+    /// once [`OVERLAP_BYTES`] wait (else that one takes them when its sync returns).
+    fn ready(&self, q: &Queue) -> bool {
+        q.rotate
+            || q.shutdown
+            || (!q.buf.is_empty() && (self.syncing.load(Ordering::Acquire) == 0 || q.buf.len() >= OVERLAP_BYTES))
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -442,6 +463,7 @@ impl Journal {
             failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             writer: Mutex::default(),
+            syncing: AtomicUsize::new(0),
             syncs: Mutex::default(),
             synced: Condvar::new(),
             dir: root.join(DIR_NAME),
@@ -478,10 +500,15 @@ impl Journal {
         if q.shutdown {
             return None;
         }
-        // The writer only waits for an empty queue: a push onto a non-empty one needs no wake-up
-        // (a `notify_one` is a `futex` call even with no one waiting, and a keyed request over a
-        // wide topic pushes hundreds of entries).
-        let wake = q.buf.is_empty();
+        // A journal thread waits for an empty queue, or, while another syncs, for
+        // `OVERLAP_BYTES` (the one syncing looks at the queue when its sync returns): other pushes
+        // need no wake-up (a `notify_one` is a `futex` call even with no one waiting, and a keyed
+        // request over a wide topic pushes hundreds of entries).
+        let wake = if self.inner.syncing.load(Ordering::Acquire) == 0 {
+            q.buf.is_empty()
+        } else {
+            q.buf.len() < OVERLAP_BYTES && q.buf.len() + len >= OVERLAP_BYTES
+        };
         q.buf.reserve(len);
         q.buf.extend_from_slice(&(len as u32).to_le_bytes());
         q.buf.extend_from_slice(&[0; 12]); // crc and epoch: the writer's
@@ -597,15 +624,20 @@ impl Current {
 fn journal_loop(inner: &Inner) {
     let mut covered = Vec::new();
     loop {
+        let mut q = inner.queue();
+        while !inner.ready(&q) {
+            q = inner.queued.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(q);
         let mut writer = inner.writer();
         let Writer { current, spare_buf, staging } = &mut *writer;
         let (mut buf, mut done, last, rotate) = {
             let mut q = inner.queue();
-            while q.buf.is_empty() && !q.rotate && !q.shutdown {
-                q = inner.queued.wait(q).unwrap_or_else(PoisonError::into_inner);
-            }
             if q.buf.is_empty() && q.shutdown {
                 return;
+            }
+            if q.buf.is_empty() && !q.rotate {
+                continue; // the other thread took it
             }
             let buf = std::mem::replace(&mut q.buf, std::mem::take(spare_buf));
             let done = std::mem::replace(&mut q.done, inner.syncs().spare.pop().unwrap_or_default());
@@ -673,6 +705,7 @@ fn journal_loop(inner: &Inner) {
 
 /// Records a write of `done`'s entries, to be synced, and returns its number.
 fn hand_over(inner: &Inner, done: Vec<Completion>) -> u64 {
+    inner.syncing.fetch_add(1, Ordering::AcqRel);
     let mut syncs = inner.syncs();
     syncs.written += 1;
     syncs.in_flight += 1;
@@ -728,6 +761,8 @@ fn sync_write(inner: &Inner, write: u64, file: &File, covered: &mut Vec<SyncJob>
     }
     syncs.in_flight -= 1;
     drop(syncs);
+    // This thread looks at the queue next: what was pushed meanwhile without a wake-up is its.
+    inner.syncing.fetch_sub(1, Ordering::AcqRel);
     inner.synced.notify_all();
 }
 

@@ -694,15 +694,16 @@ impl strata_storage::Fsync for OverlapSync {
     }
 }
 
-/// Appends keep arriving while a journal sync runs: the next write is synced beside it rather
-/// than after it, every append is acknowledged with dense offsets, and a crash then loses none
-/// of them (the replay puts back what the segments lost).
+/// Appends keep arriving while a journal sync runs: once more than a few hundred KiB wait, the
+/// next write is synced beside it rather than after it; every append is acknowledged with dense
+/// offsets, and a crash then loses none of them (the replay puts back what the segments lost).
 #[test]
 fn journal_syncs_run_side_by_side_and_every_acknowledged_append_survives_a_crash() {
     let root = tempfile::tempdir().unwrap();
     let fsync = std::sync::Arc::new(OverlapSync::default());
     let names = ["s-0", "s-1", "s-2", "s-3"];
     let manager = LogManager::new(root.path(), StorageOptions { fsync: fsync.clone(), ..options(32 << 20) }).unwrap();
+    // Batches of 500 small records (~17 KiB, journaled), ten in flight per log at a time.
     let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
         let writers: Vec<_> = names
             .iter()
@@ -710,21 +711,26 @@ fn journal_syncs_run_side_by_side_and_every_acknowledged_append_survives_a_crash
             .map(|(k, name)| {
                 let log = manager.open_log(name, LogConfig::default()).unwrap();
                 s.spawn(move || {
-                    (0..25u64)
-                        .map(|i| log.append(batch(i * 10 + k as u64, 2, 0)).unwrap().wait().unwrap().base_offset)
-                        .collect()
+                    let mut offsets = Vec::new();
+                    for round in 0..5u64 {
+                        let pending: Vec<_> = (0..10u64)
+                            .map(|i| log.append(batch((round * 10 + i) * 10 + k as u64, 500, 0)).unwrap())
+                            .collect();
+                        offsets.extend(pending.into_iter().map(|p| p.wait().unwrap().base_offset));
+                    }
+                    offsets
                 })
             })
             .collect();
         writers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     for offsets in &acked {
-        assert_eq!(offsets, &(0..25).map(|i| i * 2).collect::<Vec<u64>>(), "dense, in order");
+        assert_eq!(offsets, &(0..50).map(|i| i * 500).collect::<Vec<u64>>(), "dense, in order");
     }
     assert!(fsync.most.load(std::sync::atomic::Ordering::SeqCst) >= 2, "journal syncs overlapped");
     let expected: Vec<_> =
         names.iter().map(|n| read_all(&manager.open_log(n, LogConfig::default()).unwrap(), 0)).collect();
-    assert!(expected.iter().all(|records| records.len() == 50));
+    assert!(expected.iter().all(|records| records.len() == 25_000));
     drop(manager);
     for name in names {
         lose_segment_data(root.path(), name);
