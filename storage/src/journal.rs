@@ -620,7 +620,8 @@ impl Current {
 
 /// A journal thread: takes what is queued, writes it while holding the writer (so that writes
 /// go into the file one after another), lets the writer go, then syncs its write and tells the
-/// logs. While it syncs, the other thread takes and writes what arrived meanwhile.
+/// logs. While it syncs, the other thread takes and writes what arrived meanwhile once
+/// [`OVERLAP_BYTES`] wait; less is left to this one when its sync returns.
 fn journal_loop(inner: &Inner) {
     let mut covered = Vec::new();
     loop {
