@@ -355,8 +355,6 @@ struct Syncs {
     waiting: VecDeque<SyncJob>,
     /// Number of the last write (writes are numbered from 1).
     written: u64,
-    /// Writes not yet done with (synced and their completions delivered).
-    in_flight: usize,
     /// Emptied completion lists, for the writer to take the queue's next ones in.
     spare: Vec<Vec<Completion>>,
     /// A sync failed: every write not yet covered fails its logs.
@@ -395,7 +393,8 @@ struct Inner {
     /// [`Journal::stop`] was called.
     stopped: AtomicBool,
     writer: Mutex<Writer>,
-    /// Journal threads between their write and the end of its sync.
+    /// Writes not yet done with (synced and their logs told). Changed under the `syncs` lock,
+    /// so that [`wait_for_syncs`] misses no wake-up; read without it by the wake rule.
     syncing: AtomicUsize,
     /// Writes waiting for their `fdatasync` (see [`Syncs`]).
     syncs: Mutex<Syncs>,
@@ -706,10 +705,9 @@ fn journal_loop(inner: &Inner) {
 
 /// Records a write of `done`'s entries, to be synced, and returns its number.
 fn hand_over(inner: &Inner, done: Vec<Completion>) -> u64 {
-    inner.syncing.fetch_add(1, Ordering::AcqRel);
     let mut syncs = inner.syncs();
+    inner.syncing.fetch_add(1, Ordering::AcqRel);
     syncs.written += 1;
-    syncs.in_flight += 1;
     let write = syncs.written;
     syncs.waiting.push_back(SyncJob { write, done });
     write
@@ -719,7 +717,7 @@ fn hand_over(inner: &Inner, done: Vec<Completion>) -> u64 {
 /// its own unsynced).
 fn wait_for_syncs(inner: &Inner) {
     let mut syncs = inner.syncs();
-    while syncs.in_flight > 0 {
+    while inner.syncing.load(Ordering::Acquire) > 0 {
         syncs = inner.synced.wait(syncs).unwrap_or_else(PoisonError::into_inner);
     }
 }
@@ -760,10 +758,9 @@ fn sync_write(inner: &Inner, write: u64, file: &File, covered: &mut Vec<SyncJob>
             syncs.spare.push(job.done);
         }
     }
-    syncs.in_flight -= 1;
-    drop(syncs);
     // This thread looks at the queue next: what was pushed meanwhile without a wake-up is its.
     inner.syncing.fetch_sub(1, Ordering::AcqRel);
+    drop(syncs);
     inner.synced.notify_all();
 }
 
