@@ -3,10 +3,9 @@
 //!
 //! ```text
 //!  append (log lock held) ── pwrite ──► segment, page cache only (written back later)
-//!        └── entry (name, batch) ──► journal buffer ──► a journal thread: pwrite into the
-//!                                                         current file, then (the next thread
-//!                                                         writing meanwhile) fdatasync and mark
-//!                                                         every log in the writes covered durable
+//!        └── entry (name, batch) ──► journal buffer ──► writer thread: pwrite + fdatasync of
+//!                                                         the current journal file, then marks
+//!                                                         every log in the write durable
 //!  full journal file ──► checkpointer: syncfs (or fdatasync of each log it holds), then a
 //!                        new epoch in the file's header ──► spare, written again from its start
 //! ```
@@ -39,35 +38,17 @@
 //! **Order and acknowledgement.** An entry is queued under its log's lock, right after the batch
 //! is written into the segment, so one log's entries are in offset order and a checkpoint that
 //! syncs the segments covers every entry written before it. A log is marked durable up to an
-//! entry's end once a sync started after the write holding the entry finishes; a later entry
-//! never completes before an earlier one (see "Syncs in flight").
+//! entry's end once the write holding the entry is synced; a later entry never completes before
+//! an earlier one (writes complete in order).
 //!
-//! **Syncs in flight.** [`JOURNAL_THREADS`] threads take turns: one takes what is queued and
-//! writes it while holding the writer (so writes go into the file one after another), lets the
-//! writer go, and `fdatasync`s; meanwhile, once [`OVERLAP_BYTES`] (256 KiB) have arrived, the
-//! next takes them and writes them (below that they wait for the sync in progress and are
-//! written after it in one piece by the thread that ran it, as with one thread). When a sync
-//! returns, every write up to the one it followed is durable, including those whose own sync
-//! still runs: an `O_DIRECT` write is with the device once `pwrite` returns, and the device
-//! flush of any `fdatasync` started after it covers it; so the logs of all of them are marked
-//! durable at once, and a later entry never completes before an earlier one. A write through
-//! the page cache (a filesystem without `O_DIRECT`) is synced before the writer is let go, one
-//! at a time: two `fdatasync`s of one file side by side could each see a writeback error
-//! reported to the other. Before the writer moves to another file it waits for every sync of
-//! the current one, so a closed file's entries are all acknowledged and a sync covers writes to
-//! its own file only. A failed sync fails the logs of every write not yet covered, and of every
-//! later one. Why: with one thread, an append that arrived while a sync ran waited for it, then
-//! for its own write and sync, and the thread wrote nothing while it synced (in W6, ~1.2 ms per
-//! ~1 MB write, then ~1.0 ms per sync). Measured against one thread (benches/FINDINGS.md, "Two
-//! journal threads"): W6 took more in two pairs of three (a first version, which handed each
-//! write to separate sync threads, a wake-up more per write: three of three); W3 at 10 % (22 KiB
-//! batches, all journaled) the same within the noise (p99 medians 6.4 and 7.1 ms over twelve
-//! pairs). Here the wake-up an append already causes goes to whichever thread is free. With a
-//! second sync started for any amount, single-record requests at 5–43k a second (all
-//! journaled) measured p99 1.5–3.1 ms against 1.3–2.0 (three pairs, two outliers of 24 and
-//! 279 ms aside, both the one thread's) and ~13 % more server CPU
-//! per byte at 5k: more, smaller syncs. Hence [`OVERLAP_BYTES`]: a second sync only for a
-//! backlog, as W6's ~1 MB writes make (see FINDINGS for how far that is measured).
+//! **One thread.** An append that arrives while the thread syncs waits for that sync, then for
+//! the write and sync that carry it. Tried and taken out (2026-12-07, benches/FINDINGS.md "Two
+//! journal threads"): two threads taking turns, one writing what arrived while the other
+//! synced (an `O_DIRECT` write is with the device once `pwrite` returns, so any sync started
+//! after it covers it). W3's journaled rows did not move beyond the noise, and W6, the load it
+//! was for, measured lower in six of eight alternated pairs in a calm hour (median 247k against
+//! 279k msgs/s, more CPU per byte): W6's ~1 MB requests then went out as more, smaller writes,
+//! synced side by side.
 //!
 //! **Files.** At most four, `_journal/<n>.slot`, [`StorageOptions::journal_file_bytes`] each,
 //! zero-filled when created and then never renamed, resized or removed: a file is retired by a
@@ -151,7 +132,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
@@ -182,15 +163,6 @@ const CHECKPOINT_PER_LOG: u64 = 64 << 10;
 /// Logs with entries in a file up to which its checkpoint syncs each log's segment on its own
 /// rather than the whole filesystem (see [`retire`]).
 const SYNC_EACH_MAX_LOGS: usize = 8;
-
-/// Threads that write and sync the journal: while one syncs its write, another writes what
-/// arrived meanwhile (see the module docs, "Syncs in flight").
-const JOURNAL_THREADS: usize = 2;
-
-/// Queued bytes for which a journal thread writes while another syncs; below it, what arrives
-/// during a sync waits for that sync and is written after it in one piece, as with one thread
-/// (see the module docs, "Syncs in flight").
-const OVERLAP_BYTES: usize = 256 << 10;
 
 /// `len`, `crc`, `epoch`, `name_len`.
 const ENTRY_HEADER: usize = 4 + 4 + 8 + 2;
@@ -348,36 +320,6 @@ struct Files {
     failed: bool,
 }
 
-/// Writes waiting for a sync (see the module docs, "Syncs in flight").
-#[derive(Default)]
-struct Syncs {
-    /// Writes not yet covered by a finished sync, in write order.
-    waiting: VecDeque<SyncJob>,
-    /// Number of the last write (writes are numbered from 1).
-    written: u64,
-    /// Emptied completion lists, for the writer to take the queue's next ones in.
-    spare: Vec<Vec<Completion>>,
-    /// A sync failed: every write not yet covered fails its logs.
-    failed: bool,
-}
-
-/// What the journal thread writing holds: one writes at a time, so writes go into the file in
-/// order (see [`journal_loop`]).
-#[derive(Default)]
-struct Writer {
-    current: Option<Current>,
-    /// The queue's next buffer.
-    spare_buf: AlignedBuf,
-    /// For the rare write of part of what was queued (the rest goes to the next file).
-    staging: AlignedBuf,
-}
-
-/// One write's entries, durable once a sync started after it finishes.
-struct SyncJob {
-    write: u64,
-    done: Vec<Completion>,
-}
-
 struct Inner {
     dir: PathBuf,
     file_bytes: u64,
@@ -392,14 +334,6 @@ struct Inner {
     failed: AtomicBool,
     /// [`Journal::stop`] was called.
     stopped: AtomicBool,
-    writer: Mutex<Writer>,
-    /// Writes not yet done with (synced and their logs told). Changed under the `syncs` lock,
-    /// so that [`wait_for_syncs`] misses no wake-up; read without it by the wake rule.
-    syncing: AtomicUsize,
-    /// Writes waiting for their `fdatasync` (see [`Syncs`]).
-    syncs: Mutex<Syncs>,
-    /// Wakes a journal thread waiting for the others' syncs to finish.
-    synced: Condvar,
 }
 
 impl Inner {
@@ -414,26 +348,10 @@ impl Inner {
     fn wait_files<'a>(&self, guard: MutexGuard<'a, Files>) -> MutexGuard<'a, Files> {
         self.files_changed.wait(guard).unwrap_or_else(PoisonError::into_inner)
     }
-
-    /// Whether a journal thread should take what is queued now: while another one syncs, only
-    /// once [`OVERLAP_BYTES`] wait (else that one takes them when its sync returns).
-    fn ready(&self, q: &Queue) -> bool {
-        q.rotate
-            || q.shutdown
-            || (!q.buf.is_empty() && (self.syncing.load(Ordering::Acquire) == 0 || q.buf.len() >= OVERLAP_BYTES))
-    }
-
-    fn writer(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn syncs(&self) -> MutexGuard<'_, Syncs> {
-        self.syncs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
-/// Handle to the journal's threads (writers, checkpointer); [`Journal::stop`] (or dropping it)
-/// writes and syncs what is queued and stops them.
+/// Handle to the journal's two threads; [`Journal::stop`] (or dropping it) writes what is
+/// queued and stops them.
 pub(crate) struct Journal {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -461,22 +379,14 @@ impl Journal {
             files_changed: Condvar::new(),
             failed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            writer: Mutex::default(),
-            syncing: AtomicUsize::new(0),
-            syncs: Mutex::default(),
-            synced: Condvar::new(),
             dir: root.join(DIR_NAME),
         });
-        let journal = Self { inner, threads: Mutex::new(Vec::with_capacity(1 + JOURNAL_THREADS)) };
-        let mut threads = journal.threads.lock().unwrap_or_else(PoisonError::into_inner);
-        // On failure, dropping `journal` stops the threads already started.
-        for n in 0..JOURNAL_THREADS {
-            let inner = Arc::clone(&journal.inner);
-            threads.push(
-                std::thread::Builder::new().name(format!("strata-journal-{n}")).spawn(move || journal_loop(&inner))?,
-            );
-        }
+        let journal = Self { inner, threads: Mutex::new(Vec::with_capacity(2)) };
+        let writer = Arc::clone(&journal.inner);
         let checkpointer = Arc::clone(&journal.inner);
+        let mut threads = journal.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        // On failure, dropping `journal` stops the thread already started.
+        threads.push(std::thread::Builder::new().name("strata-journal".into()).spawn(move || write_loop(&writer))?);
         threads.push(
             std::thread::Builder::new()
                 .name("strata-checkpoint".into())
@@ -499,15 +409,10 @@ impl Journal {
         if q.shutdown {
             return None;
         }
-        // A journal thread waits for an empty queue, or, while another syncs, for
-        // `OVERLAP_BYTES` (the one syncing looks at the queue when its sync returns): other pushes
-        // need no wake-up (a `notify_one` is a `futex` call even with no one waiting, and a keyed
-        // request over a wide topic pushes hundreds of entries).
-        let wake = if self.inner.syncing.load(Ordering::Acquire) == 0 {
-            q.buf.is_empty()
-        } else {
-            q.buf.len() < OVERLAP_BYTES && q.buf.len() + len >= OVERLAP_BYTES
-        };
+        // The writer only waits for an empty queue: a push onto a non-empty one needs no wake-up
+        // (a `notify_one` is a `futex` call even with no one waiting, and a keyed request over a
+        // wide topic pushes hundreds of entries).
+        let wake = q.buf.is_empty();
         q.buf.reserve(len);
         q.buf.extend_from_slice(&(len as u32).to_le_bytes());
         q.buf.extend_from_slice(&[0; 12]); // crc and epoch: the writer's
@@ -570,7 +475,7 @@ impl Journal {
 }
 
 impl Journal {
-    /// Writes and syncs what is queued and stops the threads; entries pushed later are refused (their
+    /// Writes what is queued and stops both threads; entries pushed later are refused (their
     /// logs sync their segments). Full files not yet checkpointed stay for the next replay.
     ///
     /// The threads hold the logs with entries in the current file, which hold the manager's
@@ -617,69 +522,48 @@ impl Current {
     }
 }
 
-/// A journal thread: takes what is queued, writes it while holding the writer (so that writes
-/// go into the file one after another), lets the writer go, then syncs its write and tells the
-/// logs. While it syncs, the other thread takes and writes what arrived meanwhile once
-/// [`OVERLAP_BYTES`] wait; less is left to this one when its sync returns.
-fn journal_loop(inner: &Inner) {
-    let mut covered = Vec::new();
+fn write_loop(inner: &Inner) {
+    let mut current: Option<Current> = None;
+    let mut spare_buf = AlignedBuf::default();
+    let mut spare_done = Vec::new();
+    // For the rare write of part of what was queued (the rest goes to the next file).
+    let mut staging = AlignedBuf::default();
     loop {
-        let mut q = inner.queue();
-        while !inner.ready(&q) {
-            q = inner.queued.wait(q).unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(q);
-        let mut writer = inner.writer();
-        let Writer { current, spare_buf, staging } = &mut *writer;
         let (mut buf, mut done, last, rotate) = {
             let mut q = inner.queue();
+            while q.buf.is_empty() && !q.rotate && !q.shutdown {
+                q = inner.queued.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
             if q.buf.is_empty() && q.shutdown {
                 return;
             }
-            if q.buf.is_empty() && !q.rotate {
-                continue; // the other thread took it
-            }
-            let buf = std::mem::replace(&mut q.buf, std::mem::take(spare_buf));
-            let done = std::mem::replace(&mut q.done, inner.syncs().spare.pop().unwrap_or_default());
+            let buf = std::mem::replace(&mut q.buf, std::mem::take(&mut spare_buf));
+            let done = std::mem::replace(&mut q.done, std::mem::take(&mut spare_done));
             (buf, done, q.queued, std::mem::take(&mut q.rotate))
         };
-        // One completion per entry, in order: `done[0]` is entry number `first`.
-        let mut first = last + 1 - done.len() as u64;
+        // One completion per entry, in order: entry `i` has sequence number `first + i`.
+        let mut written = Written { first: last + 1 - done.len() as u64, entries: 0 };
+        let mut result = Ok(());
         let mut pos = 0;
-        // This thread's last write, to sync once the writer is free.
-        let mut unsynced: Option<(u64, Arc<File>)> = None;
-        while pos < buf.len() {
-            if let Some((write, file)) = unsynced.take() {
-                // Rare: what was queued did not fit in the file; the next write goes to another.
-                sync_write(inner, write, &file, &mut covered);
+        while pos < buf.len() && result.is_ok() {
+            result = write_some(inner, &mut current, &mut buf, &mut pos, &done, &mut written, &mut staging);
+        }
+        match result {
+            Ok(()) => {
+                for c in &done {
+                    c.log.lock().mark_durable(c.next_offset, c.position);
+                }
             }
-            match write_some(inner, current, &mut buf, &mut pos, &done, first, staging) {
-                Ok((n, file, buffered)) => {
-                    let entries = if n == done.len() { std::mem::take(&mut done) } else { done.drain(..n).collect() };
-                    first += n as u64;
-                    let write = hand_over(inner, entries);
-                    if buffered {
-                        // Through the page cache: synced before the next write (see "Syncs in flight").
-                        sync_write(inner, write, file, &mut covered);
-                    } else {
-                        unsynced = Some((write, Arc::clone(file)));
-                    }
+            Err(e) => {
+                tracing::error!(dir = %inner.dir.display(), error = %e, "journal write failed; logs sync their segments from now on");
+                inner.failed.store(true, Ordering::Release);
+                for c in &done {
+                    c.log.poison(&inner.dir, &e);
                 }
-                Err(e) => {
-                    tracing::error!(dir = %inner.dir.display(), error = %e, "journal write failed; logs sync their segments from now on");
-                    inner.failed.store(true, Ordering::Release);
-                    for c in &done {
-                        c.log.poison(&inner.dir, &e);
-                    }
-                    inner.files_changed.notify_all();
-                    break;
-                }
+                inner.files_changed.notify_all();
             }
         }
         if rotate {
-            if let Some((write, file)) = unsynced.take() {
-                sync_write(inner, write, &file, &mut covered);
-            }
             match current.take() {
                 Some(cur) => close(inner, cur),
                 None => {
@@ -695,90 +579,30 @@ fn journal_loop(inner: &Inner) {
             }
         }
         buf.clear();
-        *spare_buf = buf;
-        drop(writer);
-        if let Some((write, file)) = unsynced {
-            sync_write(inner, write, &file, &mut covered);
-        }
+        done.clear();
+        spare_buf = buf;
+        spare_done = done;
     }
 }
 
-/// Records a write of `done`'s entries, to be synced, and returns its number.
-fn hand_over(inner: &Inner, done: Vec<Completion>) -> u64 {
-    let mut syncs = inner.syncs();
-    inner.syncing.fetch_add(1, Ordering::AcqRel);
-    syncs.written += 1;
-    let write = syncs.written;
-    syncs.waiting.push_back(SyncJob { write, done });
-    write
+/// Entries of one batch of work written so far.
+struct Written {
+    first: u64,
+    entries: u64,
 }
 
-/// Waits until every write handed over is synced and its logs told (the caller has none of
-/// its own unsynced).
-fn wait_for_syncs(inner: &Inner) {
-    let mut syncs = inner.syncs();
-    while inner.syncing.load(Ordering::Acquire) > 0 {
-        syncs = inner.synced.wait(syncs).unwrap_or_else(PoisonError::into_inner);
-    }
-}
-
-/// `fdatasync`s `file` after write number `write` and then marks durable (or fails) the logs
-/// of every write up to it not yet told, including those whose own sync still runs: whichever
-/// sync finishes first covers every write before it was started (see "Syncs in flight").
-fn sync_write(inner: &Inner, write: u64, file: &File, covered: &mut Vec<SyncJob>) {
-    let result = inner.fsync.sync_data(file);
-    let mut syncs = inner.syncs();
-    if let Err(e) = &result {
-        if !syncs.failed {
-            tracing::error!(dir = %inner.dir.display(), error = %e, "journal sync failed; logs sync their segments from now on");
-        }
-        syncs.failed = true;
-        inner.failed.store(true, Ordering::Release);
-    }
-    let failed = syncs.failed;
-    while syncs.waiting.front().is_some_and(|j| j.write <= write) {
-        covered.extend(syncs.waiting.pop_front());
-    }
-    drop(syncs);
-    if failed {
-        let e = result.err().unwrap_or_else(|| io::Error::other("an earlier journal sync failed"));
-        for c in covered.iter().flat_map(|j| &j.done) {
-            c.log.poison(&inner.dir, &e);
-        }
-        inner.files_changed.notify_all();
-    } else {
-        for c in covered.iter().flat_map(|j| &j.done) {
-            c.log.lock().mark_durable(c.next_offset, c.position);
-        }
-    }
-    let mut syncs = inner.syncs();
-    for mut job in covered.drain(..) {
-        if syncs.spare.len() < JOURNAL_THREADS + 2 {
-            job.done.clear();
-            syncs.spare.push(job.done);
-        }
-    }
-    // This thread looks at the queue next: what was pushed meanwhile without a wake-up is its.
-    inner.syncing.fetch_sub(1, Ordering::AcqRel);
-    drop(syncs);
-    inner.synced.notify_all();
-}
-
-/// Writes whole entries from `buf[*pos..]` into the current file (opening the next one when it
-/// is full), filling in their epoch and checksum; `done` holds the completions of the entries
-/// from `*pos` on, the first being entry number `first`. A file written with `O_DIRECT` gets a
-/// padding entry after them, so that the next write starts on a block boundary. Returns how
-/// many entries it wrote, the file they are in (to sync), and whether it wrote them through
-/// the page cache.
-fn write_some<'a>(
+/// Writes and syncs whole entries from `buf[*pos..]` into the current file (opening the next
+/// one when it is full), filling in their epoch and checksum. A file written with `O_DIRECT`
+/// gets a padding entry after them, so that the next write starts on a block boundary.
+fn write_some(
     inner: &Inner,
-    current: &'a mut Option<Current>,
+    current: &mut Option<Current>,
     buf: &mut AlignedBuf,
     pos: &mut usize,
     done: &[Completion],
-    first: u64,
+    written: &mut Written,
     staging: &mut AlignedBuf,
-) -> io::Result<(usize, &'a Arc<File>, bool)> {
+) -> io::Result<()> {
     let entry_len =
         |buf: &[u8], at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
     let next = entry_len(buf.as_slice(), *pos) as u64;
@@ -830,13 +654,15 @@ fn write_some<'a>(
         cur.slot.write_at(staging.as_slice(), cur.pos)?;
         *pos = end;
     }
+    inner.fsync.sync_data(&cur.slot.file)?;
     cur.pos += (end - start + pad) as u64;
 
-    for c in &done[..entries] {
+    for c in &done[written.entries as usize..(written.entries + entries) as usize] {
         cur.logs.entry(Arc::as_ptr(&c.log) as usize).or_insert_with(|| Arc::clone(&c.log));
     }
-    cur.last = first + entries as u64 - 1;
-    Ok((entries, &cur.slot.file, cur.slot.direct.is_none()))
+    written.entries += entries;
+    cur.last = written.first + written.entries - 1;
+    Ok(())
 }
 
 /// Bytes of padding after a write that ends at `end`, so that the next one starts on an `align`
@@ -868,9 +694,6 @@ fn push_pad(buf: &mut AlignedBuf, pad: usize, epoch: u64) {
 
 /// Hands a full (or checkpointed) file to the checkpointer.
 fn close(inner: &Inner, cur: Current) {
-    // Its entries' logs told first: the checkpointer then retires a file whose every write is
-    // synced, and the next file's syncs cover only its own writes.
-    wait_for_syncs(inner);
     let mut files = inner.files();
     files.closed.push_back(Closed { slot: cur.slot, logs: cur.logs.into_values().collect(), last: cur.last });
     drop(files);
