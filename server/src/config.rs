@@ -83,6 +83,10 @@ pub struct ServerConfig {
     /// With `direct_writes`, memory for the newest bytes of `flush = always` partitions, from
     /// which their readers are served (0: none).
     pub batch_cache_bytes: u64,
+    /// The journal's entries (and `direct_writes`' segment writes) go past the page cache with
+    /// `O_DIRECT` where the filesystem takes it; `false` keeps them in the page cache (for a
+    /// filesystem whose `O_DIRECT` is slow or emulated).
+    pub direct_io: bool,
 }
 
 /// When the raw batch door sends batches without copying them ([`ServerConfig::zero_copy`]).
@@ -134,6 +138,7 @@ impl Default for ServerConfig {
             journal_file_bytes: strata_storage::DEFAULT_JOURNAL_FILE_BYTES,
             direct_writes: false,
             batch_cache_bytes: strata_storage::DEFAULT_RECENT_BYTES as u64,
+            direct_io: true,
         }
     }
 }
@@ -151,7 +156,7 @@ impl std::fmt::Debug for Secret {
 
 /// Keys the environment may set (`STRATA_<KEY>`); other `STRATA_*` variables belong to the
 /// client commands (e.g. `STRATA_SERVER`).
-const ENV_KEYS: [&str; 31] = [
+const ENV_KEYS: [&str; 32] = [
     "listen",
     "unix_socket",
     "data_dir",
@@ -183,6 +188,7 @@ const ENV_KEYS: [&str; 31] = [
     "journal_file_bytes",
     "direct_writes",
     "batch_cache_bytes",
+    "direct_io",
 ];
 
 /// Values given as command-line flags (they win over everything else).
@@ -298,6 +304,9 @@ mod tests {
         let config = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap();
         assert_eq!((config.direct_writes, config.batch_cache_bytes), (true, 1 << 20));
         assert!(!ServerConfig::default().direct_writes, "the page cache by default");
+        std::fs::write(&file, "direct_io = false\n").unwrap();
+        assert!(!ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap().direct_io);
+        assert!(ServerConfig::default().direct_io, "past the page cache where it can by default");
         std::fs::write(&file, "direct_writes = \"yes\"\n").unwrap();
         let e = ServerConfig::load(Some(&file), &FlagOverrides::default()).unwrap_err();
         assert!(e.contains("direct_writes"), "{e}");

@@ -130,6 +130,7 @@ pub async fn run(
         journal: config.journal,
         journal_file_bytes: config.journal_file_bytes,
         direct_writes: config.direct_writes,
+        direct_io: config.direct_io,
         recent_bytes: usize::try_from(config.batch_cache_bytes).unwrap_or(usize::MAX),
         ..Default::default()
     };

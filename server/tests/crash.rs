@@ -2,7 +2,8 @@
 //! each restart every acknowledged record is readable with the same bytes, and offsets are dense.
 //! Half the clients send small records (journaled), half large ones, into segments of 64 KiB
 //! (rolled every few requests); rounds alternate `direct_writes` (large batches written by their
-//! flush with `O_DIRECT`) and the default.
+//! flush with `O_DIRECT`) and the default, and the last turns `direct_io` off (the journal, too,
+//! through the page cache).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly
 
@@ -36,11 +37,14 @@ fn verify(url: &str, acked: &Acked) {
 fn acknowledged_records_survive_sigkill_of_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked = Acked::new();
-    for round in 0..3u64 {
+    for round in 0..4u64 {
         // The large batches written by their appends, and past the page cache by their flushes
-        // (`direct_writes`), in turn: each restart reads what the other way wrote.
+        // (`direct_writes`), in turn: each restart reads what the other way wrote. The last
+        // round keeps every write in the page cache (`direct_io` off), the journal's too.
         let direct = if round % 2 == 0 { "true" } else { "false" };
-        let server = Server::start_with_env(dir.path(), &[("STRATA_DIRECT_WRITES", direct)]);
+        let direct_io = if round == 3 { "false" } else { "true" };
+        let server =
+            Server::start_with_env(dir.path(), &[("STRATA_DIRECT_WRITES", direct), ("STRATA_DIRECT_IO", direct_io)]);
         if round == 0 {
             create_topic(&server.url, "ledger", 4, json!({"flush": "always", "segment_bytes": 65536}));
         } else {

@@ -70,6 +70,11 @@ impl std::fmt::Debug for DirectTail {
 }
 
 impl SegmentWriter {
+    /// A writer that tries `O_DIRECT` only if `direct_io`.
+    pub(crate) fn new(direct_io: bool) -> Self {
+        Self { refused: !direct_io, ..Self::default() }
+    }
+
     /// Writes `parts` back to back at `at` of the segment `base` (`path`, whose buffered
     /// descriptor is `file`) with `O_DIRECT` where the filesystem takes it. Returns the end of
     /// what the file now holds, padding included.

@@ -277,7 +277,8 @@ impl Slot {
 /// `fdatasync` then walks and writes back those pages. Past it (measured here, 1 MiB writes
 /// each followed by an `fdatasync` into a zero-filled file): 0.11–0.15 CPU-s per GiB against
 /// 0.30–0.32, and 1.6–2.0 GB/s against 1.5–1.7; 64 KiB writes 1.15–1.22 against 1.38–1.53
-/// CPU-s per GiB.
+/// CPU-s per GiB. `StorageOptions::direct_io = false` keeps every write in the page cache, as
+/// on a filesystem without `O_DIRECT` (the tests run both ways).
 #[derive(Clone)]
 struct Direct {
     file: Arc<File>,
@@ -285,10 +286,11 @@ struct Direct {
 }
 
 impl Direct {
-    /// `path` opened for `O_DIRECT` writes, if its filesystem takes them (see
+    /// `path` opened for `O_DIRECT` writes, if `direct_io` and its filesystem takes them (see
     /// [`aligned::open_direct`]).
-    fn open(path: &Path) -> Option<Self> {
-        aligned::open_direct(path).map(|(file, align)| Self { file: Arc::new(file), align })
+    fn open(path: &Path, direct_io: bool) -> Option<Self> {
+        let (file, align) = direct_io.then(|| aligned::open_direct(path)).flatten()?;
+        Some(Self { file: Arc::new(file), align })
     }
 }
 
@@ -323,6 +325,9 @@ struct Files {
 struct Inner {
     dir: PathBuf,
     file_bytes: u64,
+    /// New files' entries go past the page cache where the filesystem takes it
+    /// (`StorageOptions::direct_io`).
+    direct_io: bool,
     fsync: Arc<dyn Fsync>,
     queue: Mutex<Queue>,
     /// Wakes the writer.
@@ -365,13 +370,20 @@ impl std::fmt::Debug for Journal {
 
 impl Journal {
     /// Starts the journal in `<root>/_journal` with the files [`replay`] emptied.
-    pub(crate) fn start(root: &Path, file_bytes: u64, fsync: Arc<dyn Fsync>, replayed: Replayed) -> io::Result<Self> {
+    pub(crate) fn start(
+        root: &Path,
+        file_bytes: u64,
+        direct_io: bool,
+        fsync: Arc<dyn Fsync>,
+        replayed: Replayed,
+    ) -> io::Result<Self> {
         let Replayed { mut slots, next_epoch } = replayed;
         for slot in &mut slots {
-            slot.direct = Direct::open(&slot.path);
+            slot.direct = Direct::open(&slot.path, direct_io);
         }
         let inner = Arc::new(Inner {
             file_bytes: file_len(file_bytes),
+            direct_io,
             fsync,
             queue: Mutex::default(),
             queued: Condvar::new(),
@@ -750,8 +762,14 @@ fn create_file(inner: &Inner, epoch: u64) -> io::Result<Slot> {
         .ok_or_else(|| io::Error::other("the journal directory has no free file name"))?;
     let tmp = path.with_extension("tmp");
     let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
-    let mut slot =
-        Slot { file: Arc::new(file), direct: Direct::open(&tmp), path, len: inner.file_bytes, epoch, header: 0 };
+    let mut slot = Slot {
+        file: Arc::new(file),
+        direct: Direct::open(&tmp, inner.direct_io),
+        path,
+        len: inner.file_bytes,
+        epoch,
+        header: 0,
+    };
     // Past the page cache too, where the entries will be written so: then none of the file's
     // pages is cached for each entry write to drop.
     let mut zeros = AlignedBuf::default();

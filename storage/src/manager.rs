@@ -39,6 +39,11 @@ pub struct StorageOptions {
     /// With `direct_writes`, memory all `always` logs together keep of their newest bytes for
     /// their readers (see `storage/src/recent.rs`): [`crate::DEFAULT_RECENT_BYTES`] unless set.
     pub recent_bytes: usize,
+    /// The journal's entries (and, with `direct_writes`, segment writes) go past the page cache
+    /// with `O_DIRECT` where the filesystem takes it (see `storage/src/journal.rs`). Off: through
+    /// the page cache, as on a filesystem without `O_DIRECT` — for filesystems whose `O_DIRECT`
+    /// is slow or emulated, and for the tests of that path.
+    pub direct_io: bool,
 }
 
 /// Journal file size by default. A file holding entries of many logs is checkpointed when full
@@ -63,6 +68,7 @@ impl Default for StorageOptions {
             journal_file_bytes: DEFAULT_JOURNAL_FILE_BYTES,
             direct_writes: false,
             recent_bytes: crate::DEFAULT_RECENT_BYTES,
+            direct_io: true,
         }
     }
 }
@@ -99,7 +105,14 @@ impl LogManager {
         };
         let journal = match replayed {
             Some(replayed) if options.journal => Some(
-                Journal::start(&root, options.journal_file_bytes, Arc::clone(&options.fsync), replayed).at(&root)?,
+                Journal::start(
+                    &root,
+                    options.journal_file_bytes,
+                    options.direct_io,
+                    Arc::clone(&options.fsync),
+                    replayed,
+                )
+                .at(&root)?,
             ),
             _ => None,
         };
@@ -189,6 +202,7 @@ fn new_shared(options: StorageOptions, root: &Path, journal: Option<Journal>) ->
         producer_expiry_ms: options.producer_expiry.as_millis().min(i64::MAX as u128) as i64,
         journal,
         direct_writes: options.direct_writes,
+        direct_io: options.direct_io,
         recent: crate::recent::RecentPool::new(options.recent_bytes),
     }))
 }

@@ -43,6 +43,8 @@ pub(crate) struct Shared {
     /// `always` batches the journal does not take are written by their flush, past the page
     /// cache (`StorageOptions::direct_writes`).
     pub(crate) direct_writes: bool,
+    /// Segment writes may go past the page cache (`StorageOptions::direct_io`).
+    pub(crate) direct_io: bool,
     /// The budget of the logs' in-memory spans of newest bytes.
     pub(crate) recent: Arc<RecentPool>,
 }
@@ -564,6 +566,7 @@ impl Log {
         // Unknown (the directory cannot be examined): a device of its own, never grouped.
         let device = std::fs::metadata(&dir).map_or(u64::MAX, |m| m.dev());
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let writer = SegmentWriter::new(shared.direct_io);
         let inner = Arc::new_cyclic(|me| LogInner {
             name,
             journaled: AtomicU64::new(0),
@@ -575,7 +578,7 @@ impl Log {
             device,
             seal_jobs: Mutex::new(0),
             seal_jobs_done: Condvar::new(),
-            writer: Mutex::new(SegmentWriter::default()),
+            writer: Mutex::new(writer),
             recent: Mutex::new(Recent::default()),
             listed: AtomicBool::new(false),
             me: me.clone(),

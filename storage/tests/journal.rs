@@ -212,6 +212,63 @@ fn full_journal_files_are_checkpointed_and_reused() {
     assert_eq!(reopened(root.path(), &names), expected);
 }
 
+/// The current entries of the journal file at `path` from 4 KiB on, as (length, whether a
+/// padding entry), up to the first that has no length or another epoch than the file's.
+fn entries(path: &Path) -> Vec<(usize, bool)> {
+    let epoch = header_epoch(path).unwrap();
+    let file = std::fs::read(path).unwrap();
+    let mut at = 4096;
+    let mut found = Vec::new();
+    while at + 18 <= file.len() {
+        let len = u32::from_le_bytes(file[at..at + 4].try_into().unwrap()) as usize;
+        if len < 18 || u64::from_le_bytes(file[at + 8..at + 16].try_into().unwrap()) != epoch {
+            break;
+        }
+        found.push((len, u16::from_le_bytes([file[at + 16], file[at + 17]]) == 0));
+        at += len;
+    }
+    found
+}
+
+/// With `direct_io` off (as on a filesystem without `O_DIRECT`) the journal writes through the
+/// page cache: entries back to back with no padding, files checkpointed and reused, and a crash
+/// loses no acknowledged append; with it on (this project's disk takes `O_DIRECT`) each write
+/// ends with padding up to a block.
+#[test]
+fn through_the_page_cache_the_journal_checkpoints_reuses_files_and_replays_what_a_crash_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let names = ["t-0", "t-1", "t-2", "t-3"];
+    let buffered = StorageOptions { direct_io: false, ..options(16 << 10) };
+    let manager = LogManager::new(root.path(), buffered).unwrap();
+    let expected = fill(&manager, &names, 300);
+    let files = slots(root.path());
+    let last_epoch = files.iter().filter_map(|p| header_epoch(p)).max().unwrap();
+    assert!(last_epoch > 4, "files checkpointed and reused: epoch {last_epoch}");
+    let written: Vec<_> = files.iter().flat_map(|p| entries(p)).collect();
+    assert!(!written.is_empty(), "entries in the files not yet retired");
+    assert!(written.iter().all(|&(_, padding)| !padding), "no padding through the page cache");
+    drop(manager);
+    assert_eq!(reopened(root.path(), &names), expected);
+
+    // Files large enough for no checkpoint: a crash that takes every segment's unsynced pages
+    // leaves the journal to put them back.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), StorageOptions { direct_io: false, ..options(32 << 20) }).unwrap();
+    let expected = fill(&manager, &names, 40);
+    drop(manager);
+    for name in names {
+        lose_segment_data(root.path(), name);
+    }
+    assert_eq!(reopened(root.path(), &names), expected);
+
+    // Past the page cache, in a fresh directory: every write is padded to a block.
+    let root = tempfile::tempdir().unwrap();
+    let manager = LogManager::new(root.path(), options(32 << 20)).unwrap();
+    fill(&manager, &["t-0"], 5);
+    let written = entries(&fullest_slot(root.path()));
+    assert!(written.iter().any(|&(_, padding)| padding), "padding after O_DIRECT writes: {written:?}");
+}
+
 #[test]
 fn a_torn_journal_write_ends_the_replay_before_it() {
     let root = tempfile::tempdir().unwrap();
@@ -693,10 +750,21 @@ impl strata_storage::Fsync for SlowJournalSync {
 /// then loses none of them (the replay puts back what the segments lost).
 #[test]
 fn appends_queued_behind_slow_journal_syncs_are_acknowledged_in_order_and_survive_a_crash() {
+    appends_behind_slow_syncs_survive_a_crash(true);
+}
+
+/// The same through the page cache (`direct_io` off, as on a filesystem without `O_DIRECT`).
+#[test]
+fn through_the_page_cache_appends_behind_slow_journal_syncs_survive_a_crash() {
+    appends_behind_slow_syncs_survive_a_crash(false);
+}
+
+fn appends_behind_slow_syncs_survive_a_crash(direct_io: bool) {
     let root = tempfile::tempdir().unwrap();
     let fsync = std::sync::Arc::new(SlowJournalSync::default());
     let names = ["s-0", "s-1", "s-2", "s-3"];
-    let manager = LogManager::new(root.path(), StorageOptions { fsync: fsync.clone(), ..options(32 << 20) }).unwrap();
+    let options = StorageOptions { fsync: fsync.clone(), direct_io, ..options(32 << 20) };
+    let manager = LogManager::new(root.path(), options).unwrap();
     // Batches of 500 small records (~17 KiB, journaled), ten in flight per log at a time.
     let acked: Vec<Vec<u64>> = std::thread::scope(|s| {
         let writers: Vec<_> = names
