@@ -195,6 +195,7 @@ async fn fill(url: &str, topic: &str, partitions: u32, mib: usize) -> anyhow::Re
             acks: proto::Acks::Leader as i32,
             request_id: i,
             producer: None,
+            expected_offset: None,
         })
         .collect();
     let mut acks = producer.produce_stream(tokio_stream::iter(reqs)).await?.into_inner();

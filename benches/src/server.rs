@@ -157,6 +157,7 @@ pub(crate) async fn produce_run(
                                     acks: proto::Acks::Leader as i32,
                                     request_id: seq,
                                     producer: None,
+                                    expected_offset: None,
                                 };
                                 sent_at.lock().map_err(|_| anyhow::anyhow!("lock"))?.push_back(Instant::now());
                                 if tx.send(req).await.is_err() {
@@ -192,6 +193,7 @@ pub(crate) async fn produce_run(
                             acks: proto::Acks::Leader as i32,
                             request_id: seq,
                             producer: None,
+                            expected_offset: None,
                         };
                         client.produce(req).await?;
                         h.record(t.elapsed().as_micros() as u64)?;
@@ -286,6 +288,7 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
                     acks: proto::Acks::Leader as i32,
                     request_id: 0,
                     producer: None,
+                    expected_offset: None,
                 };
                 let mut client = client.clone();
                 in_flight.spawn(async move {
@@ -504,6 +507,7 @@ async fn run_async(args: &Args) -> anyhow::Result<()> {
             acks: proto::Acks::Leader as i32,
             request_id: i,
             producer: None,
+            expected_offset: None,
         })
         .collect();
     let mut acks = producer.produce_stream(tokio_stream::iter(reqs)).await?.into_inner();

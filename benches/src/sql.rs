@@ -146,6 +146,7 @@ async fn fill_partition(url: String, partition: u32, n: u64) -> anyhow::Result<u
                 acks: proto::Acks::Leader as i32,
                 request_id,
                 producer: None,
+                expected_offset: None,
             };
             if tx.send(req).await.is_err() {
                 break;

@@ -727,6 +727,7 @@ async fn send(
         acks: config.acks as i32,
         request_id: 0,
         producer: None,
+        expected_offset: None,
     };
     let mut waiting = Vec::with_capacity(batches.len());
     for (partition, Pending { batch, replies, .. }) in batches {

@@ -584,6 +584,7 @@ impl Broker {
     /// produce requests: a producer session numbers a request's batches alike, so a second batch
     /// of a partition would read as a retry of the first. A topic with a value schema decodes
     /// them and takes the records' path ([`Broker::produce_with`]), since every value is checked.
+    /// `options` as for [`Broker::produce_with`]; `expected_offset` needs a request of one batch.
     ///
     /// # Errors
     /// `topic_not_found`, `partition_not_found`, `invalid_record` (a batch that does not check,
@@ -594,11 +595,15 @@ impl Broker {
         topic: &str,
         batches: Vec<(u32, Bytes)>,
         acks: Acks,
-        producer: Option<ProducerSession>,
+        options: ProduceOptions,
     ) -> Result<PendingProduce<Vec<BatchOffsets>>, ApiError> {
+        let ProduceOptions { expected_offset, producer } = options;
         let meta = self.metadata.topic(topic).ok_or_else(|| ApiError::topic_not_found(topic))?;
         if batches.is_empty() {
             return Err(ApiError::new(ErrorCode::InvalidRecord, "a produce request needs at least one batch"));
+        }
+        if expected_offset.is_some() && batches.len() != 1 {
+            return Err(ApiError::invalid("expected_offset needs a request of one batch (one explicit partition)"));
         }
         let max_record = meta.config.max_record_bytes as usize;
         let mut checked = Vec::with_capacity(batches.len());
@@ -632,7 +637,7 @@ impl Broker {
             checked.push((p, batch));
         }
         if meta.config.value_schema_subject.is_some() {
-            return self.produce_decoded(topic, checked, acks, producer).await;
+            return self.produce_decoded(topic, checked, acks, options).await;
         }
         let partitions = self.partitions_of(topic, checked.iter().map(|&(p, _)| p))?;
         let mut batches = Vec::with_capacity(checked.len());
@@ -643,7 +648,7 @@ impl Broker {
             batches.push((p, partition, batch));
         }
         let counts: Vec<u32> = batches.iter().map(|(_, _, b)| b.header().record_count).collect();
-        let (appended, durable) = append_grouped(batches, None).await?;
+        let (appended, durable) = append_grouped(batches, expected_offset).await?;
         let (offsets, partitions) = appended
             .into_iter()
             .zip(counts)
@@ -661,7 +666,7 @@ impl Broker {
         topic: &str,
         batches: Vec<(u32, ValidBatch)>,
         acks: Acks,
-        producer: Option<ProducerSession>,
+        options: ProduceOptions,
     ) -> Result<PendingProduce<Vec<BatchOffsets>>, ApiError> {
         let mut records = Vec::new();
         let mut runs = Vec::with_capacity(batches.len());
@@ -678,7 +683,6 @@ impl Broker {
                 partition: Some(p),
             }));
         }
-        let options = ProduceOptions { expected_offset: None, producer };
         let pending = self.produce_with(topic, records, acks, options).await?;
         Ok(pending.map(|offsets| {
             runs.into_iter()

@@ -128,7 +128,7 @@ impl Services {
             return Err(ApiError::invalid("a produce request carries records or batches, not both"));
         }
         let batches = std::mem::take(&mut req.batches).into_iter().map(|b| (b.partition, b.data)).collect();
-        let pending = broker.produce_batches(&topic, batches, acks, options.producer).await?;
+        let pending = broker.produce_batches(&topic, batches, acks, options).await?;
         let count: u64 = pending.offsets().iter().map(|b| u64::from(b.count)).sum();
         self.state.metrics.records_in(&topic, count as usize);
         Ok(self.staged(started, pending, Produced::Batches))
@@ -233,7 +233,7 @@ fn produce_options(req: &pb::ProduceRequest) -> Result<ProduceOptions, ApiError>
             ProducerSession { id: p.id, epoch, sequence: p.sequence }.validate()
         })
         .transpose()?;
-    Ok(ProduceOptions { expected_offset: None, producer })
+    Ok(ProduceOptions { expected_offset: req.expected_offset, producer })
 }
 
 fn error_response(request_id: u64, e: ApiError) -> pb::ProduceResponse {

@@ -63,6 +63,7 @@ async fn fill(url: &str, topic: &str, batches: u64, per_batch: u64) {
             acks: proto::Acks::Leader as i32,
             request_id: b,
             producer: None,
+            expected_offset: None,
         };
         producer.produce(request).await.unwrap();
     }

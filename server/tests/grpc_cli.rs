@@ -41,6 +41,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             acks: proto::Acks::Leader as i32,
             request_id: 9,
             producer: None,
+            expected_offset: None,
         })
         .await
         .unwrap()
@@ -62,6 +63,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             acks: 0,
             request_id: i,
             producer: None,
+            expected_offset: None,
         })
         .collect();
     let mut acks = raw.produce_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
@@ -93,6 +95,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             acks: 0,
             request_id: 1,
             producer: None,
+            expected_offset: None,
         },
         proto::ProduceRequest {
             batches: Vec::new(),
@@ -101,6 +104,7 @@ async fn grpc_unary_stream_fetch_and_admin() {
             acks: 0,
             request_id: 2,
             producer: None,
+            expected_offset: None,
         },
     ];
     let acks: Vec<_> = raw.produce_stream(tokio_stream::iter(bad)).await.unwrap().into_inner().collect().await;
@@ -452,6 +456,7 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
             acks: 0,
             request_id: 0,
             producer: None,
+            expected_offset: None,
         })
         .await
         .unwrap();
@@ -552,6 +557,7 @@ async fn subscribe_stream_assigns_pushes_commits_and_hands_over_on_ack() {
         acks: 0,
         request_id: 0,
         producer: None,
+        expected_offset: None,
     })
     .await
     .unwrap();
@@ -621,6 +627,7 @@ fn batches_request(topic: &str, batches: Vec<(u32, bytes::Bytes)>, request_id: u
         acks: proto::Acks::Leader as i32,
         request_id,
         producer: None,
+        expected_offset: None,
         batches: batches.into_iter().map(|(partition, data)| proto::RecordBatch { partition, data }).collect(),
     }
 }
@@ -959,4 +966,68 @@ async fn the_producer_finds_partitions_added_after_metadata_max_age() {
         partitions.insert(partition);
     }
     assert!(partitions.len() > 1, "50 keys over 8 partitions went to {partitions:?}");
+}
+
+/// `expected_offset` over gRPC, as over HTTP: a request to one explicit partition is appended
+/// only at that partition's next offset; otherwise `FAILED_PRECONDITION` and nothing is
+/// appended. Records and client-built batches alike; a request that spans partitions, or whose
+/// records leave the partition to the key, is refused as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_offset_appends_only_at_the_partitions_next_offset() {
+    use strata_storage::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let client = Client::connect(&s.url).await.unwrap();
+    client.admin().create_topic("ledger", 2, HashMap::new()).await.unwrap();
+    let mut raw = proto::producer_client::ProducerClient::connect(s.url.clone()).await.unwrap();
+    let records = |partition: Option<u32>, values: &[&str], expected_offset: Option<u64>| proto::ProduceRequest {
+        topic: "ledger".into(),
+        records: values
+            .iter()
+            .map(|v| proto::Record {
+                key: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                value: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
+                partition,
+                ..Default::default()
+            })
+            .collect(),
+        acks: proto::Acks::Leader as i32,
+        expected_offset,
+        ..Default::default()
+    };
+    let high_watermark = || {
+        let topic = common::get(&format!("{}/v1/topics/ledger", s.url)).json();
+        topic["partitions"][1]["high_watermark"].as_u64().unwrap()
+    };
+
+    let reply = raw.produce(records(Some(1), &["a", "b"], Some(0))).await.unwrap().into_inner();
+    assert_eq!(reply.offsets.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), [(1, 0), (1, 1)]);
+    // A second writer that read the partition at offset 0 loses the race.
+    let stale = raw.produce(records(Some(1), &["c"], Some(0))).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+    assert!(stale.message().contains("it is 2"), "names the next offset: {}", stale.message());
+    assert_eq!(high_watermark(), 2, "nothing appended");
+    let reply = raw.produce(records(Some(1), &["c"], Some(2))).await.unwrap().into_inner();
+    assert_eq!(reply.offsets[0].offset, 2);
+
+    // Records the key places, or two partitions in one request: not one explicit partition.
+    let keyed = raw.produce(records(None, &["d"], Some(3))).await.unwrap_err();
+    assert_eq!(keyed.code(), tonic::Code::InvalidArgument, "{keyed:?}");
+
+    // Client-built batches: one batch, one partition.
+    let mut request = batches_request("ledger", vec![(1, client_batch(&["e", "f"], Compression::None))], 7);
+    request.expected_offset = Some(3);
+    let reply = raw.produce(request.clone()).await.unwrap().into_inner();
+    assert_eq!((reply.batches[0].partition, reply.batches[0].base_offset), (1, 3));
+    let stale = raw.produce(request).await.unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+    let mut two = batches_request(
+        "ledger",
+        vec![(0, client_batch(&["g"], Compression::None)), (1, client_batch(&["h"], Compression::None))],
+        8,
+    );
+    two.expected_offset = Some(5);
+    let spans = raw.produce(two).await.unwrap_err();
+    assert_eq!(spans.code(), tonic::Code::InvalidArgument, "{spans:?}");
+    assert_eq!(high_watermark(), 5, "refused requests appended nothing");
 }

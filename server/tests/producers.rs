@@ -94,6 +94,7 @@ async fn grpc_sessions_dedupe_retries_and_the_client_numbers_its_requests() {
         acks: proto::Acks::Leader as i32,
         request_id: 0,
         producer: Some(proto::ProducerSession { id: session.id, epoch, sequence }),
+        expected_offset: None,
     };
     let first = raw.produce(request(3, 0)).await.unwrap().into_inner();
     let retry = raw.produce(request(3, 0)).await.unwrap().into_inner();

@@ -159,6 +159,7 @@ impl Strata {
                         acks: proto::Acks::Leader as i32,
                         request_id: n,
                         producer: None,
+                        expected_offset: None,
                     };
                     sent.lock()
                         .map_err(|_| anyhow::anyhow!("lock poisoned"))?
