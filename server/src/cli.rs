@@ -67,8 +67,9 @@ pub enum ClientCommand {
         /// (after `--max` records or Ctrl-C); `manual` commits after each batch printed.
         #[arg(long, value_enum)]
         commit: Option<CommitArg>,
-        /// `earliest`, `latest`, an offset, or a time (RFC 3339, e.g. 2026-11-25T10:00:00Z). With
-        /// `--group` only `earliest` or `latest`: where partitions without a committed offset start.
+        /// `earliest`, `latest`, an offset, a time (RFC 3339, e.g. 2026-11-25T10:00:00Z), or how
+        /// long ago (`15m`, `2h`, `1d`). With `--group` only `earliest` or `latest`: where
+        /// partitions without a committed offset start.
         #[arg(long, default_value = "earliest")]
         from: String,
         /// Only this partition (default: all).
@@ -165,7 +166,7 @@ pub enum GroupAction {
         group: String,
         #[arg(long)]
         topic: String,
-        /// `earliest`, `latest`, an offset, or a time (RFC 3339).
+        /// `earliest`, `latest`, an offset, a time (RFC 3339), or how long ago (`15m`, `2h`, `1d`).
         #[arg(long)]
         to: String,
     },
@@ -426,7 +427,7 @@ async fn group(client: &Client, action: GroupAction) -> anyhow::Result<()> {
             }
         }
         GroupAction::ResetOffsets { group, topic, to } => {
-            for (partition, offset) in admin.reset_group_offsets(&group, &topic, parse_from(&to)?).await? {
+            for (partition, offset) in admin.reset_group_offsets(&group, &topic, parse_from("--to", &to)?).await? {
                 println!("{topic}/{partition}\t{offset}");
             }
         }
@@ -498,16 +499,28 @@ async fn produce(
     Ok(())
 }
 
-fn parse_from(from: &str) -> anyhow::Result<Start> {
+/// `earliest`, `latest`, an offset, a time (RFC 3339), or a time that long ago (`15m`, `2h`,
+/// `1d 12h`: a duration with units, as `humantime` reads it).
+fn parse_from(flag: &str, from: &str) -> anyhow::Result<Start> {
+    parse_start(flag, from, std::time::SystemTime::now())
+}
+
+fn parse_start(flag: &str, from: &str, now: std::time::SystemTime) -> anyhow::Result<Start> {
     Ok(match from {
         "earliest" => Start::Earliest,
         "latest" => Start::Latest,
         other => match other.parse::<u64>() {
             Ok(offset) => Start::Offset(offset),
             Err(_) => {
-                let time = humantime::parse_rfc3339_weak(other).with_context(|| {
-                    format!("--from must be earliest, latest, an offset or an RFC 3339 time, got {other:?}")
-                })?;
+                let time = humantime::parse_rfc3339_weak(other)
+                    .ok()
+                    .or_else(|| humantime::parse_duration(other).ok().and_then(|ago| now.checked_sub(ago)))
+                    .with_context(|| {
+                        format!(
+                            "{flag} must be earliest, latest, an offset, an RFC 3339 time \
+                             (2026-11-25T10:00:00Z) or how long ago (15m, 2h, 1d), got {other:?}"
+                        )
+                    })?;
                 let ms = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
                 Start::Timestamp(ms)
             }
@@ -650,7 +663,7 @@ async fn consume(
     // Following every partition, partitions added meanwhile are read too, from their start:
     // whatever they hold came after this consume began.
     let discover = partitions.only.is_none() && !stop.to_end;
-    let start = parse_from(from)?;
+    let start = parse_from("--from", from)?;
     let reader = Reader {
         topic: Arc::from(topic),
         to_end: stop.to_end,
@@ -967,4 +980,25 @@ async fn consume_group(
     consumer.close().await?;
     eprintln!("strata: consumed {}; left group {group}", rate(printed, bytes, start.elapsed()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn from_takes_names_offsets_times_and_how_long_ago() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |s: &str| parse_start("--from", s, now).map_err(|e| e.to_string());
+        assert!(matches!(at("earliest"), Ok(Start::Earliest)));
+        assert!(matches!(at("latest"), Ok(Start::Latest)));
+        assert!(matches!(at("42"), Ok(Start::Offset(42))));
+        assert!(matches!(at("2026-11-25T10:00:00Z"), Ok(Start::Timestamp(1_795_600_800_000))));
+        assert!(matches!(at("15m"), Ok(Start::Timestamp(ms)) if ms == 1_800_000_000_000 - 900_000));
+        assert!(matches!(at("1d 2h"), Ok(Start::Timestamp(ms)) if ms == 1_800_000_000_000 - 93_600_000));
+        let e = at("yesterday").unwrap_err();
+        assert!(e.starts_with("--from must be earliest, latest") && e.contains("\"yesterday\""), "{e}");
+        assert!(at("-5").is_err(), "no negative offsets");
+    }
 }

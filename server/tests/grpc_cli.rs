@@ -336,6 +336,12 @@ fn cli_consume_to_end_prints_what_the_topic_holds_and_exits() {
     assert_eq!(ok(&strata(&["consume", "spread", "--from", "2", "--to-end"], b"")), ["a3"]);
     assert!(ok(&strata(&["consume", "spread", "--from", "3", "--to-end"], b"")).is_empty());
     assert!(ok(&strata(&["consume", "spread", "--partition", "2", "--from", "9", "--to-end"], b"")).is_empty());
+    // By how long ago: every record is from the last hour, none from after now.
+    assert_eq!(ok(&strata(&["consume", "spread", "--from", "1h", "--to-end"], b"")).len(), 5);
+    assert!(ok(&strata(&["consume", "spread", "--from", "0s", "--to-end"], b"")).is_empty());
+    let vague = strata(&["consume", "spread", "--from", "yesterday", "--to-end"], b"");
+    assert!(!vague.status.success());
+    assert!(String::from_utf8_lossy(&vague.stderr).contains("how long ago (15m, 2h, 1d)"), "{vague:?}");
 
     // Following from an offset past a partition's end prints what arrives at or after it.
     let follower =
