@@ -40,8 +40,9 @@ fn acknowledged_records_survive_sigkill_of_the_server() {
     for round in 0..4u64 {
         // The large batches written by their appends, and past the page cache by their flushes
         // (`direct_writes`), in turn: each restart reads what the other way wrote. The last
-        // round keeps every write in the page cache (`direct_io` off), the journal's too.
-        let direct = if round % 2 == 0 { "true" } else { "false" };
+        // round keeps every write in the page cache (`direct_io` off), the journal's and the
+        // flushes' too.
+        let direct = if round % 2 == 0 || round == 3 { "true" } else { "false" };
         let direct_io = if round == 3 { "false" } else { "true" };
         let server =
             Server::start_with_env(dir.path(), &[("STRATA_DIRECT_WRITES", direct), ("STRATA_DIRECT_IO", direct_io)]);

@@ -40,8 +40,8 @@ use crate::aligned::{self, AlignedBuf};
 pub(crate) struct SegmentWriter {
     /// The `O_DIRECT` descriptor of the segment written last, and what it knows of its end.
     direct: Option<DirectTail>,
-    /// The log's filesystem refused `O_DIRECT`, or a second descriptor could not be opened (out
-    /// of descriptors): its writes go through the page cache from then on.
+    /// The log's filesystem refused `O_DIRECT`, a second descriptor could not be opened (out of
+    /// descriptors), or `StorageOptions::direct_io` is off: its writes go through the page cache.
     refused: bool,
     /// A write failed: the log is poisoned, and nothing handed to the writer is known to be in
     /// the file.
