@@ -86,3 +86,31 @@ fn quick_run_of_every_workload_writes_a_valid_report() {
     assert!(std::fs::read_to_string(&md).unwrap().contains("| W1 |"), "the markdown report has the tables");
     assert!(dir.path().join("latency-throughput-quick.svg").exists(), "the plot beside the JSON");
 }
+
+/// `strata-bench server --only-latency` offers its load both ways, unary requests and the same
+/// requests on `ProduceStream`s, and prints a row for each (every request acknowledged: the
+/// stream measurement fails otherwise).
+#[test]
+fn the_latency_row_runs_unary_requests_and_streams() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_strata-bench"));
+    let strata = bench.parent().unwrap().join("strata");
+    assert!(strata.exists(), "{} not built (cargo test --workspace builds it)", strata.display());
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(bench)
+        .args(["server", "--quick", "--runs", "1", "--only-latency", "--latency-rate", "100", "--strata"])
+        .arg(&strata)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    for line in [
+        "latency run 1: p50 ",
+        "latency run 1 (stream): p50 ",
+        "unary requests | p50 ",
+        "| the same load as gRPC stream requests",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+}
