@@ -277,6 +277,10 @@ pub(crate) struct LogInner {
     /// Serialises retention, compaction and deletion (the slow maintenance work).
     pub(crate) maintenance: Mutex<Maintenance>,
     flush_queued: AtomicBool,
+    /// A flusher thread is syncing the log (see [`LogInner::flush_from_queue`]).
+    flushing: AtomicBool,
+    /// Popped from the queue while `flushing`: the thread syncing flushes once more.
+    flush_again: AtomicBool,
     /// The filesystem the log's files live on (flushes of one filesystem can be grouped).
     device: u64,
     /// The log's directory name: what its journal entries are filed under.
@@ -575,6 +579,8 @@ impl Log {
             state: Mutex::new(state),
             maintenance: Mutex::new(Maintenance::default()),
             flush_queued: AtomicBool::new(false),
+            flushing: AtomicBool::new(false),
+            flush_again: AtomicBool::new(false),
             device,
             seal_jobs: Mutex::new(0),
             seal_jobs_done: Condvar::new(),
@@ -1739,10 +1745,26 @@ impl LogInner {
 }
 
 impl Flushable for LogInner {
+    /// One sync of a log at a time: a log popped while another thread syncs it is left to that
+    /// thread, which syncs once more when its sync returns (covering everything appended
+    /// meanwhile, as group commit does). Popped again at once, a hot log had every flusher
+    /// thread `fdatasync` its one file side by side — sixteen device flushes queued behind each
+    /// other for what one covers (benches/FINDINGS.md, "half the stream peak").
     fn flush_from_queue(&self) {
         self.flush_queued.store(false, Ordering::Release);
-        // Errors are delivered to the waiting appenders; nothing more to do here.
-        let _ = self.flush();
+        self.flush_again.store(true, Ordering::Release);
+        while !self.flushing.swap(true, Ordering::AcqRel) {
+            while self.flush_again.swap(false, Ordering::AcqRel) {
+                // Errors are delivered to the waiting appenders; nothing more to do here.
+                let _ = self.flush();
+            }
+            self.flushing.store(false, Ordering::Release);
+            // Marked after the last check and before `flushing` cleared: its thread saw the
+            // log busy and left it to this one.
+            if !self.flush_again.load(Ordering::Acquire) {
+                break;
+            }
+        }
     }
 
     fn take_from_queue(&self) -> Option<FlushTicket> {

@@ -414,6 +414,62 @@ fn concurrent_appenders_are_group_committed_without_loss() {
     assert_eq!(read_all(&log, 0).len(), 8000);
 }
 
+/// Syncs files, each sync taking 2 ms, and counts the most syncs of one file running at once.
+#[derive(Debug, Default)]
+struct CountingSync {
+    running: std::sync::Mutex<std::collections::HashMap<u64, usize>>,
+    most: std::sync::atomic::AtomicUsize,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl strata_storage::Fsync for CountingSync {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering::SeqCst;
+        let inode = file.metadata()?.ino();
+        {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(inode).or_default();
+            *n += 1;
+            self.most.fetch_max(*n, SeqCst);
+        }
+        thread::sleep(std::time::Duration::from_millis(2));
+        let result = file.sync_data();
+        *self.running.lock().unwrap().get_mut(&inode).unwrap() -= 1;
+        self.syncs.fetch_add(1, SeqCst);
+        result
+    }
+}
+
+/// Sixteen threads append to one `always` log (no journal: the flusher's threads sync its
+/// segment), each waiting for its append to be durable: every append is acknowledged with dense
+/// offsets, the log is synced by one flusher thread at a time (a thread that finds it being
+/// synced leaves it to that one, which syncs again), and the syncs are fewer than the appends.
+#[test]
+fn a_hot_log_is_synced_by_one_flusher_at_a_time_and_every_append_is_acknowledged() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let fsync = Arc::new(CountingSync::default());
+    let options = StorageOptions { journal: false, fsync: fsync.clone(), ..StorageOptions::default() };
+    let manager = LogManager::new(dir.path(), options).unwrap();
+    let log = manager.open_log("hot-0", LogConfig::default()).unwrap();
+    let handles: Vec<_> = (0..16u64)
+        .map(|t| {
+            let log = log.clone();
+            thread::spawn(move || {
+                (0..30u64).map(|i| log.append(batch(t * 1000 + i, 10, 0)).unwrap().wait().unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut infos: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    infos.sort_by_key(|i| i.base_offset);
+    assert!(infos.iter().enumerate().all(|(i, info)| info.base_offset == i as u64 * 10), "dense offsets");
+    assert_eq!(read_all(&log, 0).len(), 4800);
+    assert_eq!(fsync.most.load(SeqCst), 1, "one sync of a file at a time");
+    let syncs = fsync.syncs.load(SeqCst);
+    assert!(syncs < 480, "group commit: {syncs} syncs for 480 appends");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_appenders_wait_for_durability_without_blocking_the_runtime() {
     let dir = tempfile::tempdir().unwrap();
