@@ -1749,19 +1749,24 @@ impl Flushable for LogInner {
     /// thread, which syncs once more when its sync returns (covering everything appended
     /// meanwhile, as group commit does). Popped again at once, a hot log had every flusher
     /// thread `fdatasync` its one file side by side — sixteen device flushes queued behind each
-    /// other for what one covers (benches/FINDINGS.md, "half the stream peak").
+    /// other for what one covers (benches/FINDINGS.md, "One sync of a log at a time").
+    ///
+    /// The two flags are a handshake across two variables (mark, then look; clear, then look
+    /// again), which only holds with one total order of all four steps: `SeqCst` throughout,
+    /// or the syncing thread could miss a mark made just before it let go, and the appends
+    /// behind that mark would wait for the next append's flush.
     fn flush_from_queue(&self) {
         self.flush_queued.store(false, Ordering::Release);
-        self.flush_again.store(true, Ordering::Release);
-        while !self.flushing.swap(true, Ordering::AcqRel) {
-            while self.flush_again.swap(false, Ordering::AcqRel) {
+        self.flush_again.store(true, Ordering::SeqCst);
+        while !self.flushing.swap(true, Ordering::SeqCst) {
+            while self.flush_again.swap(false, Ordering::SeqCst) {
                 // Errors are delivered to the waiting appenders; nothing more to do here.
                 let _ = self.flush();
             }
-            self.flushing.store(false, Ordering::Release);
+            self.flushing.store(false, Ordering::SeqCst);
             // Marked after the last check and before `flushing` cleared: its thread saw the
             // log busy and left it to this one.
-            if !self.flush_again.load(Ordering::Acquire) {
+            if !self.flush_again.load(Ordering::SeqCst) {
                 break;
             }
         }
