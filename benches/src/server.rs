@@ -248,6 +248,36 @@ const LATENCY_CONNECTIONS: usize = 8;
 /// Load offered before latencies count in [`latency_at`].
 const WARMUP: Duration = Duration::from_secs(1);
 
+/// The schedule both latency measurements share: `per_client` requests for each of
+/// [`LATENCY_CONNECTIONS`] connections, spaced so that together they offer `rate` a second,
+/// starting shortly from now; latencies count from `measured_from`, after [`WARMUP`].
+#[derive(Clone, Copy)]
+struct OpenLoop {
+    interval: Duration,
+    per_client: u64,
+    start: tokio::time::Instant,
+    measured_from: tokio::time::Instant,
+}
+
+impl OpenLoop {
+    fn new(rate: f64, seconds: f64) -> Self {
+        let clients = LATENCY_CONNECTIONS;
+        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        Self {
+            interval: Duration::from_secs_f64(clients as f64 / rate.max(1.0)),
+            per_client: ((rate * (WARMUP.as_secs_f64() + seconds)) as u64 / clients as u64).max(10),
+            start,
+            measured_from: start + WARMUP,
+        }
+    }
+
+    /// When connection `c`'s request `i` is due.
+    fn schedule(self, c: usize) -> impl Fn(u64) -> tokio::time::Instant + Copy + Send + 'static {
+        let offset = self.interval.mul_f64(c as f64 / LATENCY_CONNECTIONS as f64);
+        move |i: u64| self.start + offset + self.interval * i as u32
+    }
+}
+
 /// Open-loop unary produces at `rate` requests/s over [`LATENCY_CONNECTIONS`] connections:
 /// each request is sent at its scheduled time (released by a [`crate::pacer::Pacer`]) whether or
 /// not earlier ones were answered, and its latency counts from that time; recorded for `seconds`
@@ -260,31 +290,27 @@ const WARMUP: Duration = Duration::from_secs(1);
 /// then had to be served within 8 / rate, 2.8 ms at 2,900 requests/s, to catch up), which showed
 /// as p50s of hundreds of milliseconds in some runs and not in others.
 async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
-    let clients = LATENCY_CONNECTIONS;
-    let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
-    let per_client = ((rate * (WARMUP.as_secs_f64() + seconds)) as usize / clients).max(10);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let measured_from = start + WARMUP;
+    let plan = OpenLoop::new(rate, seconds);
+    let (per_client, measured_from) = (plan.per_client, plan.measured_from);
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
+    for c in 0..LATENCY_CONNECTIONS {
         let (url, topic) = (url.to_string(), topic.to_string());
         tasks.spawn(async move {
             let client = proto::producer_client::ProducerClient::connect(url).await?;
-            let offset = interval.mul_f64(c as f64 / clients as f64);
-            let schedule = move |i: u64| start + offset + interval * i as u32;
+            let schedule = plan.schedule(c);
             let mut pacer = crate::pacer::Pacer::start(move |i| schedule(i).into_std())?;
             let mut in_flight = tokio::task::JoinSet::new();
             let mut h = Histogram::<u64>::new(3)?;
             for i in 0..per_client {
-                let due = schedule(i as u64);
-                pacer.until(i as u64).await;
+                let due = schedule(i);
+                pacer.until(i).await;
                 while let Some(done) = in_flight.try_join_next() {
                     record(&mut h, done??)?;
                 }
                 let req = proto::ProduceRequest {
                     batches: Vec::new(),
                     topic: topic.clone(),
-                    records: records(i as u64),
+                    records: records(i),
                     acks: proto::Acks::Leader as i32,
                     request_id: 0,
                     producer: None,
@@ -315,18 +341,14 @@ async fn latency_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::
 /// those requests' latencies still count from their scheduled times), each latency from that
 /// time to its acknowledgement, which carries its `request_id`.
 async fn latency_stream_at(url: &str, topic: &str, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
-    let clients = LATENCY_CONNECTIONS;
-    let interval = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
-    let per_client = ((rate * (WARMUP.as_secs_f64() + seconds)) as u64 / clients as u64).max(10);
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let measured_from = start + WARMUP;
+    let plan = OpenLoop::new(rate, seconds);
+    let (per_client, measured_from) = (plan.per_client, plan.measured_from);
     let mut tasks = tokio::task::JoinSet::new();
-    for c in 0..clients {
+    for c in 0..LATENCY_CONNECTIONS {
         let (url, topic) = (url.to_string(), topic.to_string());
         tasks.spawn(async move {
             let mut client = proto::producer_client::ProducerClient::connect(url).await?;
-            let offset = interval.mul_f64(c as f64 / clients as f64);
-            let schedule = move |i: u64| start + offset + interval * i as u32;
+            let schedule = plan.schedule(c);
             let (tx, rx) = tokio::sync::mpsc::channel::<proto::ProduceRequest>(256);
             let sender = tokio::spawn(async move {
                 let mut pacer = crate::pacer::Pacer::start(move |i| schedule(i).into_std())?;
